@@ -1,0 +1,190 @@
+"""The run configuration: one YAML file names the real source, the model registry, the encoder,
+the SAE and the statistics. Loaded into frozen dataclasses; every mistake is reported with the
+field that is wrong and how to fix it."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from blindspot_assets.store.layout import DataLayout, check_key
+
+DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "demo.yaml"
+CONFIG_ENV = "BLINDSPOT_CONFIG"
+
+
+class ConfigError(ValueError):
+    """A run config that cannot be used; the message names the field and the fix."""
+
+
+@dataclass(frozen=True)
+class SourceSpec:
+    kind: str  # demo | laion_parquet | img2dataset | folder
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    key: str
+    family: str  # demo | stable_diffusion | sd_dpo | pixart | kandinsky | pregenerated | ...
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class EncoderSpec:
+    model_id: str = "facebook/dinov2-with-registers-base"
+    revision: str = "main"
+    image_size: int = 224  # crop size; the resize side is round(image_size * 256 / 224)
+    batch_size: int = 32
+    dtype: str = "auto"  # auto | float32 | float16 | bfloat16
+    device: str = "auto"
+    # Demo only: save a seeded, randomly initialised tiny model at model_id if none is there.
+    init_random_tiny: bool = False
+
+
+@dataclass(frozen=True)
+class SAESpec:
+    n_concepts: int = 32000
+    sparsity: str = "batchtopk"  # topk | batchtopk
+    k: int = 32
+    n_candidates: int = 32000
+    delta_relax: float = 0.01
+    train_on: str = "real"  # real | real+generated
+    epochs: int = 1
+    batch_size: int = 4096
+    lr: float = 5e-4
+    lr_end: float = 1e-6
+    warmup_frac: float = 0.05
+    aux_weight: float = 1.0 / 32
+    seed: int = 0
+    k_max_store: int = 64  # how many active concepts per token the code store keeps
+    pretrained: str | None = None  # a converted checkpoint dir, or a released .pt to import
+
+
+@dataclass(frozen=True)
+class StatsSpec:
+    temperature: float = 0.8
+    suppressed_below: float = 0.1
+    exaggerated_above: float = 0.9
+    alpha: float = 0.05
+    n_bootstrap: int = 1000
+    n_permutations: int = 1000
+    top_images: int = 20
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    name: str
+    data_root: Path
+    seed: int
+    real: SourceSpec
+    models: dict[str, ModelSpec]
+    encoder: EncoderSpec
+    sae: SAESpec
+    stats: StatsSpec
+    source_path: Path | None = None
+
+    @property
+    def layout(self) -> DataLayout:
+        return DataLayout(self.data_root)
+
+    def model(self, key: str) -> ModelSpec:
+        if key not in self.models:
+            raise ConfigError(
+                f"unknown model {key!r}: the run config {self.source_path} registers "
+                f"{sorted(self.models)}; add an entry under 'models:' or pick one of those"
+            )
+        return self.models[key]
+
+
+def _dataclass_from(cls: type, raw: Any, where: str) -> Any:
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"'{where}' must be a mapping, got {type(raw).__name__}")
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(raw) - known)
+    if unknown:
+        raise ConfigError(f"unknown field(s) {unknown} in '{where}'; known fields: {sorted(known)}")
+    try:
+        return cls(**raw)
+    except TypeError as exc:
+        raise ConfigError(f"bad '{where}': {exc}") from exc
+
+
+def parse_config(raw: dict[str, Any], source_path: Path | None = None) -> RunConfig:
+    if not isinstance(raw, dict):
+        raise ConfigError("a run config must be a YAML mapping")
+    base = source_path.parent if source_path else Path.cwd()
+    for required in ("name", "data_root", "real", "models"):
+        if required not in raw:
+            raise ConfigError(f"run config {source_path} lacks the required field '{required}'")
+    allowed = {"name", "data_root", "seed", "real", "models", "encoder", "sae", "stats"}
+    extra = sorted(set(raw) - allowed)
+    if extra:
+        raise ConfigError(f"unknown top-level field(s) {extra}; allowed: {sorted(allowed)}")
+
+    real_raw = dict(raw["real"] or {})
+    if "kind" not in real_raw:
+        raise ConfigError("'real.kind' is required: demo | laion_parquet | img2dataset | folder")
+    real = SourceSpec(kind=str(real_raw.pop("kind")), params=real_raw)
+
+    models_raw = raw["models"]
+    if not isinstance(models_raw, dict) or not models_raw:
+        raise ConfigError("'models' must map at least one model key to its entry")
+    models: dict[str, ModelSpec] = {}
+    for key, entry in models_raw.items():
+        try:
+            check_key(str(key))
+        except ValueError as exc:
+            raise ConfigError(f"models.{key}: {exc}") from exc
+        entry = dict(entry or {})
+        if "family" not in entry:
+            raise ConfigError(f"models.{key}.family is required (e.g. demo, stable_diffusion)")
+        models[str(key)] = ModelSpec(key=str(key), family=str(entry.pop("family")), params=entry)
+
+    data_root = Path(os.path.expandvars(str(raw["data_root"])))
+    if not data_root.is_absolute():
+        data_root = (base / data_root).resolve()
+    encoder = _dataclass_from(EncoderSpec, raw.get("encoder"), "encoder")
+    if encoder.init_random_tiny and not Path(encoder.model_id).is_absolute():
+        encoder = EncoderSpec(**{**encoder.__dict__, "model_id": str((base / encoder.model_id).resolve())})
+    sae = _dataclass_from(SAESpec, raw.get("sae"), "sae")
+    if sae.sparsity not in ("topk", "batchtopk"):
+        raise ConfigError(f"sae.sparsity must be topk or batchtopk, got {sae.sparsity!r}")
+    if sae.train_on not in ("real", "real+generated"):
+        raise ConfigError(f"sae.train_on must be 'real' or 'real+generated', got {sae.train_on!r}")
+    stats = _dataclass_from(StatsSpec, raw.get("stats"), "stats")
+    if not 0 < stats.suppressed_below < stats.exaggerated_above < 1:
+        raise ConfigError("need 0 < stats.suppressed_below < stats.exaggerated_above < 1")
+    if stats.temperature <= 0:
+        raise ConfigError("stats.temperature must be > 0")
+    return RunConfig(
+        name=str(raw["name"]),
+        data_root=data_root,
+        seed=int(raw.get("seed", 0)),
+        real=real,
+        models=models,
+        encoder=encoder,
+        sae=sae,
+        stats=stats,
+        source_path=source_path,
+    )
+
+
+def load_config(path: str | Path | None = None) -> RunConfig:
+    """Load the run config at ``path``, else ``$BLINDSPOT_CONFIG``, else the embedded demo."""
+    chosen = Path(path or os.environ.get(CONFIG_ENV) or DEFAULT_CONFIG)
+    if not chosen.exists():
+        raise ConfigError(f"run config {chosen} does not exist (set {CONFIG_ENV} to a YAML file)")
+    with open(chosen) as fh:
+        try:
+            raw = yaml.safe_load(fh)
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"run config {chosen} is not valid YAML: {exc}") from exc
+    return parse_config(raw, chosen.resolve())

@@ -1,0 +1,38 @@
+"""What every generative-model family provides, and the resumable loop that makes an image set."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from PIL import Image
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    image_id: str  # the real image this generated image pairs with
+    caption: str
+    seed: int
+
+
+class ImageGenerator(Protocol):
+    """A caption-conditioned image model (a diffusers pipeline, a folder, the demo renderer)."""
+
+    def lineage(self) -> dict[str, Any]:
+        """Everything that determines the images: repo, revision, scheduler, steps, seed policy..."""
+        ...
+
+    def generate(self, requests: Sequence[GenerationRequest]) -> list[Image.Image]:
+        """One image per request, in order; raise on failure (the caller records it)."""
+        ...
+
+
+def derive_seed(model_key: str, image_id: str, base_seed: int = 0) -> int:
+    """Per-image seed from (model, image): re-running one image reproduces it."""
+    h = hashlib.sha256(f"{base_seed}:{model_key}:{image_id}".encode()).digest()
+    return int.from_bytes(h[:4], "little") & 0x7FFFFFFF
+
+
+ProgressFn = Callable[[int, int], None]

@@ -1,0 +1,78 @@
+"""Where every artifact lives under a run's data root, and the arrays of each row store."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from blindspot_assets.store.rowstore import ArraySpec
+
+REAL = "real"  # dataset key of the real images; generated datasets are keyed by model key
+_KEY_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+def check_key(key: str) -> str:
+    """Model and dataset keys become folder names and partition keys: keep them plain."""
+    if not _KEY_RE.match(key):
+        raise ValueError(f"key {key!r} must match {_KEY_RE.pattern} (letters, digits, _ . -)")
+    return key
+
+
+@dataclass(frozen=True)
+class DataLayout:
+    root: Path
+
+    @property
+    def real_images(self) -> Path:
+        return self.root / "images" / REAL
+
+    def generated_images(self, model: str) -> Path:
+        return self.root / "images" / "generated" / check_key(model)
+
+    def images(self, dataset: str) -> Path:
+        return self.real_images if dataset == REAL else self.generated_images(dataset)
+
+    def features(self, dataset: str) -> Path:
+        return self.root / "features" / f"{check_key(dataset)}.zarr"
+
+    def codes(self, dataset: str) -> Path:
+        return self.root / "codes" / f"{check_key(dataset)}.zarr"
+
+    @property
+    def sae(self) -> Path:
+        return self.root / "sae"
+
+    @property
+    def tables(self) -> Path:
+        return self.root / "tables"
+
+    @property
+    def duckdb(self) -> Path:
+        return self.root / "blindspots.duckdb"
+
+    @property
+    def report(self) -> Path:
+        return self.root / "report"
+
+
+def feature_arrays(n_tokens: int, d: int) -> dict[str, ArraySpec]:
+    """``tokens``: (N, T, d) float16 — every token of the encoder's last hidden state."""
+    return {"tokens": ArraySpec((n_tokens, d), "float16")}
+
+
+def code_arrays(n_tokens: int, n_concepts: int, k_max: int) -> dict[str, ArraySpec]:
+    """Concept codes of one dataset.
+
+    - ``xi`` (N, c) float32: per-image concept energy ξ_k = Σ_t z[t, k].
+    - ``nfire`` (N, c) uint16: per-image count of tokens with z[t, k] > 0.
+    - ``token_idx`` / ``token_val`` (N, T, k_max): the sparse token codes (top k_max active
+      concepts of each token, value 0 where fewer are active), for heat maps and audits.
+    """
+    c_chunk = (min(n_concepts, 4096),)
+    return {
+        "xi": ArraySpec((n_concepts,), "float32", trailing_chunks=c_chunk),
+        "nfire": ArraySpec((n_concepts,), "uint16", trailing_chunks=c_chunk),
+        "token_idx": ArraySpec((n_tokens, k_max), "int32"),
+        "token_val": ArraySpec((n_tokens, k_max), "float16"),
+    }
