@@ -153,7 +153,9 @@ def parse_config(raw: dict[str, Any], source_path: Path | None = None) -> RunCon
         data_root = (base / data_root).resolve()
     encoder = _dataclass_from(EncoderSpec, raw.get("encoder"), "encoder")
     if encoder.init_random_tiny and not Path(encoder.model_id).is_absolute():
-        encoder = EncoderSpec(**{**encoder.__dict__, "model_id": str((base / encoder.model_id).resolve())})
+        encoder = EncoderSpec(
+            **{**encoder.__dict__, "model_id": str((base / encoder.model_id).resolve())}
+        )
     sae = _dataclass_from(SAESpec, raw.get("sae"), "sae")
     if sae.sparsity not in ("topk", "batchtopk"):
         raise ConfigError(f"sae.sparsity must be topk or batchtopk, got {sae.sparsity!r}")

@@ -21,7 +21,7 @@ class ImageGenerator(Protocol):
     """A caption-conditioned image model (a diffusers pipeline, a folder, the demo renderer)."""
 
     def lineage(self) -> dict[str, Any]:
-        """Everything that determines the images: repo, revision, scheduler, steps, seed policy..."""
+        """Everything that determines the images: repo, revision, scheduler, steps, seeds."""
         ...
 
     def generate(self, requests: Sequence[GenerationRequest]) -> list[Image.Image]:

@@ -1,1 +1,1 @@
-"""Storage: the only code that knows file layouts (Zarr row stores, Parquet tables, DuckDB views)."""
+"""Storage: the only code that knows file layouts (Zarr row stores, Parquet, DuckDB views)."""

@@ -1,10 +1,10 @@
 """Image sets on disk: a folder of image files plus ``manifest.parquet``, one row per image.
 
 Manifest columns (real and generated sets alike):
-  image_id  str   stable id (img2dataset key, content hash, or the real id a generated image pairs with)
+  image_id  str   stable id (img2dataset key, content hash; a generated image: its real partner's)
   path      str   file path relative to the set's folder ("" when the image could not be had)
   caption   str   the caption (the prompt, for generated sets)
-  status    str   "ok", or the reason the image is missing ("http_404", "decode_error", "empty_caption", ...)
+  status    str   "ok", or why the image is missing ("http_404", "decode_error", "empty_caption")
   detail    str   free text about a failure
 Further columns are allowed (``attributes`` JSON for the demo world, ``seed`` for generated sets).
 """
@@ -43,3 +43,31 @@ def read_manifest(set_dir: Path) -> pl.DataFrame:
 
 def ok_rows(df: pl.DataFrame) -> pl.DataFrame:
     return df.filter(pl.col("status") == "ok")
+
+
+LINEAGE = "lineage.json"
+
+
+def write_lineage(set_dir: Path, lineage: dict[str, object]) -> None:
+    """Record what produced an image set (generator settings, planted truth, versions)."""
+    import json
+
+    set_dir.mkdir(parents=True, exist_ok=True)
+    tmp = set_dir / f".{LINEAGE}.{os.getpid()}.tmp"
+    tmp.write_text(json.dumps(lineage, indent=2, sort_keys=True, default=str))
+    os.replace(tmp, set_dir / LINEAGE)
+
+
+def read_lineage(set_dir: Path) -> dict[str, object]:
+    import json
+
+    path = set_dir / LINEAGE
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def model_version(lineage: dict[str, object]) -> str:
+    """The version string of the model that made a set: resolved revision or content hash."""
+    for key in ("resolved_version", "model_version", "version", "revision"):
+        if lineage.get(key):
+            return str(lineage[key])
+    return "unknown"

@@ -83,8 +83,9 @@ class RowStore:
         if n:
             ids[:] = np.asarray(list(image_ids), dtype=str)
         for flag in ("done", "valid"):
-            group.create_array(flag, shape=(n,), dtype="bool", chunks=(max(1, min(n, 4096)),),
-                               fill_value=False)
+            group.create_array(
+                flag, shape=(n,), dtype="bool", chunks=(max(1, min(n, 4096)),), fill_value=False
+            )
         group.create_array("status", shape=(n,), dtype=str, chunks=(max(1, min(n, 4096)),))
         for name, spec in arrays.items():
             trailing = spec.trailing_chunks or spec.row_shape
@@ -113,7 +114,9 @@ class RowStore:
             raise FileNotFoundError(f"no row store at {path}: materialise the upstream asset first")
         group = zarr.open_group(str(path), mode=mode)  # type: ignore[arg-type]
         if group.attrs.get("schema") != ROWSTORE_SCHEMA:
-            raise ValueError(f"{path} is not a blindspot row store (schema {group.attrs.get('schema')!r})")
+            raise ValueError(
+                f"{path} is not a blindspot row store (schema {group.attrs.get('schema')!r})"
+            )
         return cls(group)
 
     # -- reading ------------------------------------------------------------------------------

@@ -1,0 +1,28 @@
+"""The code location: every asset, check, job and resource of blindspot-assets.
+
+Read this first. Stages (asset groups) run left to right:
+inputs → generation → features → concepts → analysis. The science lives in plain modules
+(sources, generators, encoders, sae, stats, report, store); ``defs/`` only wires them.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import dagster as dg
+
+from blindspot_assets.defs import analysis, concepts, features, generation, inputs
+from blindspot_assets.defs.jobs import blindspot_job, model_job, real_job
+from blindspot_assets.defs.resources import RunConfigResource, default_config_path
+
+warnings.filterwarnings("ignore", category=dg.BetaWarning, module=r"dagster\..*")
+warnings.filterwarnings("ignore", category=dg.PreviewWarning, module=r"dagster\..*")
+
+_modules = [inputs, generation, features, concepts, analysis]
+
+defs = dg.Definitions(
+    assets=dg.load_assets_from_modules(_modules),
+    asset_checks=dg.load_asset_checks_from_modules(_modules),
+    jobs=[blindspot_job, model_job, real_job],
+    resources={"run_config": RunConfigResource(config_path=default_config_path())},
+)

@@ -1,0 +1,47 @@
+"""Small helpers shared by the asset modules: progress logging and metadata formatting."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from typing import Any
+
+import dagster as dg
+import polars as pl
+
+
+def progress_logger(
+    context: dg.AssetExecutionContext, label: str, every_s: float = 5.0
+) -> Callable[[int, int], None]:
+    """A ``progress(done, total)`` callback logging done/total, rate and ETA every few seconds."""
+    t0 = time.perf_counter()
+    last = [0.0]
+
+    def progress(done: int, total: int) -> None:
+        now = time.perf_counter()
+        if now - last[0] < every_s and done < total:
+            return
+        last[0] = now
+        rate = done / max(now - t0, 1e-9)
+        eta = (total - done) / rate if rate > 0 else float("nan")
+        context.log.info(f"{label}: {done}/{total} ({rate:.1f}/s, ETA {eta:.0f}s)")
+
+    return progress
+
+
+def lineage_md(lineage: dict[str, Any]) -> dg.MetadataValue:
+    return dg.MetadataValue.json(json.loads(json.dumps(lineage, default=str)))
+
+
+def table_md(df: pl.DataFrame, max_rows: int = 15) -> dg.MetadataValue:
+    """A markdown preview of a polars frame for the Dagster UI."""
+    if df.is_empty():
+        return dg.MetadataValue.md("_(no rows)_")
+    head = df.head(max_rows)
+    cols = head.columns
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for row in head.iter_rows():
+        cells = [f"{v:.4g}" if isinstance(v, float) else str(v) for v in row]
+        lines.append("| " + " | ".join(cells) + " |")
+    return dg.MetadataValue.md("\n".join(lines))

@@ -1,0 +1,136 @@
+"""Stage 4 — concepts: the archetypal SAE and every image's sparse concept codes."""
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+
+from blindspot_assets.config import RunConfig
+from blindspot_assets.defs.common import lineage_md, progress_logger
+from blindspot_assets.defs.features import gen_features, real_features
+from blindspot_assets.defs.partitions import model_partitions, single_run
+from blindspot_assets.defs.resources import RunConfigResource
+from blindspot_assets.sae import (
+    RASAEConfig,
+    TrainConfig,
+    encode_features_to_codes,
+    load_sae,
+    save_sae,
+    train_sae,
+)
+from blindspot_assets.store.layout import REAL
+from blindspot_assets.store.rowstore import RowStore
+
+
+def _training_stores(cfg: RunConfig) -> list[Path]:
+    stores = [cfg.layout.features(REAL)]
+    if cfg.sae.train_on == "real+generated":
+        stores += [cfg.layout.features(m) for m in cfg.models if cfg.layout.features(m).exists()]
+    return stores
+
+
+@dg.asset(
+    group_name="concepts",
+    deps=[real_features, gen_features],
+    kinds={"pytorch", "safetensors"},
+    code_version="1",
+    pool="gpu",
+    description="Relaxed archetypal SAE (TopK/BatchTopK) trained on the real features (or real "
+    "+ generated, as configured); safetensors weights with a JSON header.",
+)
+def sae(context: dg.AssetExecutionContext, run_config: RunConfigResource) -> dg.MaterializeResult:
+    cfg = run_config.load()
+    stores = _training_stores(cfg)
+    d = int(RowStore.open(stores[0]).array("tokens").shape[2])
+    sae_cfg = RASAEConfig.from_spec(cfg.sae, d)
+    train_cfg = TrainConfig.from_spec(cfg.sae)
+    t0 = time.perf_counter()
+    result = train_sae(
+        stores,
+        sae_cfg,
+        train_cfg,
+        checkpoint_dir=cfg.layout.sae / "checkpoints",
+        log=lambda m: context.log.info(f"sae step {json.dumps(m, default=str)}"),
+    )
+    header: dict[str, Any] = {
+        "trained_on": cfg.sae.train_on,
+        "training_stores": [str(s) for s in stores],
+        "data_version": result.data_version,
+        "metrics": result.metrics,
+        "run_config": cfg.name,
+    }
+    save_sae(result.model, cfg.layout.sae, header)
+    return dg.MaterializeResult(
+        metadata={
+            "path": dg.MetadataValue.path(str(cfg.layout.sae)),
+            "n_concepts": sae_cfg.n_concepts,
+            "d": d,
+            **{k: v for k, v in result.metrics.items() if isinstance(v, int | float)},
+            "trained_on": cfg.sae.train_on,
+            "data_version": result.data_version,
+            "config": lineage_md({"sae": sae_cfg.__dict__, "train": train_cfg.__dict__}),
+            "seconds": round(time.perf_counter() - t0, 2),
+        },
+        data_version=dg.DataVersion(str(result.data_version)),
+    )
+
+
+def _encode(context: dg.AssetExecutionContext, cfg: RunConfig, dataset: str) -> dict[str, Any]:
+    model, header = load_sae(cfg.layout.sae)
+    summary = encode_features_to_codes(
+        model,
+        cfg.layout.features(dataset),
+        cfg.layout.codes(dataset),
+        k_max=cfg.sae.k_max_store,
+        progress=progress_logger(context, f"codes {dataset}"),
+    )
+    return {**summary, "sae_data_version": header.get("data_version")}
+
+
+def _codes_metadata(cfg: RunConfig, dataset: str, summary: dict[str, Any]) -> dict[str, Any]:
+    store = RowStore.open(cfg.layout.codes(dataset))
+    return {
+        "path": dg.MetadataValue.path(str(cfg.layout.codes(dataset))),
+        "xi_shape": str(tuple(store.array("xi").shape)),
+        "n_valid": int(store.valid().sum()),
+        "summary": lineage_md(summary),
+    }
+
+
+@dg.asset(
+    group_name="concepts",
+    deps=[sae, real_features],
+    kinds={"pytorch", "zarr"},
+    code_version="1",
+    description="Sparse concept codes of the real images: per-image energy ξ (N, c), firing "
+    "counts, and the top active concepts of every token.",
+)
+def real_concept_codes(
+    context: dg.AssetExecutionContext, run_config: RunConfigResource
+) -> dg.MaterializeResult:
+    cfg = run_config.load()
+    return dg.MaterializeResult(metadata=_codes_metadata(cfg, REAL, _encode(context, cfg, REAL)))
+
+
+@dg.asset(
+    group_name="concepts",
+    partitions_def=model_partitions,
+    backfill_policy=single_run,
+    deps=[sae, gen_features],
+    kinds={"pytorch", "zarr"},
+    code_version="1",
+    description="Sparse concept codes of one model's generated images (same layout as "
+    "real_concept_codes).",
+)
+def concept_codes(
+    context: dg.AssetExecutionContext, run_config: RunConfigResource
+) -> dg.MaterializeResult:
+    cfg = run_config.load()
+    summaries = {m: _encode(context, cfg, m) for m in context.partition_keys}
+    first = context.partition_keys[0]
+    meta = _codes_metadata(cfg, first, summaries[first])
+    if len(summaries) > 1:
+        meta["models"] = lineage_md(summaries)
+    return dg.MaterializeResult(metadata=meta)

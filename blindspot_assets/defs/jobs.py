@@ -1,0 +1,26 @@
+"""Jobs: the whole graph in one run, per-model backfills, and the real-data side alone."""
+
+from __future__ import annotations
+
+import dagster as dg
+
+from blindspot_assets.defs.partitions import model_partitions
+
+# Everything: real side once, every model in the run's partition range, then the report.
+blindspot_job = dg.define_asset_job("blindspot_job", selection=dg.AssetSelection.all())
+
+# Per-model work only, for backfills over model partitions (one run per model or a range).
+model_job = dg.define_asset_job(
+    "model_job",
+    selection=dg.AssetSelection.assets(
+        "generated_images", "gen_features", "concept_codes", "concept_stats", "blindspots"
+    ),
+)
+
+# Real images → features → SAE → real codes, with no model partition involved.
+real_job = dg.define_asset_job(
+    "real_job",
+    selection=dg.AssetSelection.assets("real_images", "real_features"),
+)
+
+__all__ = ["blindspot_job", "model_job", "model_partitions", "real_job"]

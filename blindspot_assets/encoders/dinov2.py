@@ -1,0 +1,228 @@
+"""DINOv2-with-registers token features through transformers, streamed into a Zarr row store.
+
+The same code loads ``facebook/dinov2-with-registers-base`` by hub id and a tiny local model by
+path. Preprocessing is the checkpoint's own image processor (resize shortest edge 256 bicubic,
+centre-crop 224, ImageNet normalisation for the released model); the features are
+``last_hidden_state`` — after the final LayerNorm — with every token kept (CLS, registers,
+patches).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+import torch
+from PIL import Image
+
+from blindspot_assets.config import EncoderSpec
+from blindspot_assets.generators.base import ProgressFn
+from blindspot_assets.store.layout import feature_arrays
+from blindspot_assets.store.rowstore import RowStore
+
+
+def pick_device(requested: str = "auto") -> str:
+    if requested != "auto":
+        return requested
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def pick_dtype(requested: str, device: str) -> torch.dtype:
+    if requested == "auto":
+        if device.startswith("cuda"):
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.float32
+    return {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[
+        requested
+    ]
+
+
+@dataclass
+class DinoEncoder:
+    model: torch.nn.Module
+    processor: Any
+    spec: EncoderSpec
+    device: str
+    dtype: torch.dtype
+    n_tokens: int
+    dim: int
+    version: str
+
+    def lineage(self) -> dict[str, Any]:
+        return {
+            "encoder_id": self.spec.model_id,
+            "encoder_revision": self.spec.revision,
+            "encoder_version": self.version,
+            "encoder_class": type(self.model).__name__,
+            "n_tokens": self.n_tokens,
+            "dim": self.dim,
+            "dtype": str(self.dtype).removeprefix("torch."),
+            "device": self.device,
+        }
+
+    @torch.inference_mode()
+    def encode(self, images: list[Image.Image]) -> np.ndarray:
+        """(B, T, d) float32 tokens of ``last_hidden_state``."""
+        pixels = self.processor(images=images, return_tensors="pt")["pixel_values"]
+        out = self.model(pixel_values=pixels.to(self.device, self.dtype))
+        return np.asarray(out.last_hidden_state.float().cpu().numpy(), dtype=np.float32)
+
+
+def _local_version(path: Path) -> str:
+    """Content hash of the weights and configs in a local checkpoint directory."""
+    h = hashlib.sha256()
+    for f in sorted(p for p in path.rglob("*") if p.is_file()):
+        h.update(str(f.relative_to(path)).encode())
+        with open(f, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                h.update(block)
+    return "sha256:" + h.hexdigest()[:16]
+
+
+def load_encoder(spec: EncoderSpec) -> DinoEncoder:
+    from transformers import AutoImageProcessor, AutoModel
+
+    if spec.init_random_tiny and not (Path(spec.model_id) / "config.json").exists():
+        from blindspot_assets.demo.encoder import save_tiny_dinov2
+
+        save_tiny_dinov2(Path(spec.model_id), image_size=spec.image_size)
+    device = pick_device(spec.device)
+    dtype = pick_dtype(spec.dtype, device)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*torchvision.*")
+        processor = AutoImageProcessor.from_pretrained(spec.model_id, revision=spec.revision)
+        model = AutoModel.from_pretrained(spec.model_id, revision=spec.revision, dtype=dtype)
+    model = model.to(device).eval()
+    cfg = model.config
+    if getattr(cfg, "image_size", spec.image_size) and spec.image_size % cfg.patch_size:
+        raise ValueError(
+            f"encoder.image_size {spec.image_size} is not a multiple of the patch size "
+            f"{cfg.patch_size} of {spec.model_id}"
+        )
+    crop = getattr(processor, "crop_size", None) or {}
+    if crop and crop.get("height") != spec.image_size:
+        raise ValueError(
+            f"encoder.image_size {spec.image_size} differs from the crop size {crop} of the "
+            f"image processor of {spec.model_id}; set encoder.image_size to {crop.get('height')}"
+        )
+    grid = spec.image_size // cfg.patch_size
+    n_tokens = 1 + int(getattr(cfg, "num_register_tokens", 0)) + grid * grid
+    local = Path(spec.model_id)
+    version = _local_version(local) if local.exists() else _hub_version(spec)
+    return DinoEncoder(model, processor, spec, device, dtype, n_tokens, cfg.hidden_size, version)
+
+
+def _hub_version(spec: EncoderSpec) -> str:
+    """The resolved commit of a hub checkpoint, from the local cache when offline."""
+    try:
+        from huggingface_hub import snapshot_download
+
+        path = snapshot_download(spec.model_id, revision=spec.revision, local_files_only=True)
+        return "commit:" + Path(path).name
+    except Exception:  # noqa: BLE001 - the revision string is then the best we know
+        return "revision:" + spec.revision
+
+
+@dataclass(frozen=True)
+class ExtractionSummary:
+    n_rows: int
+    n_valid: int
+    n_computed: int
+    n_invalid_by_status: dict[str, int]
+    seconds: float
+    images_per_s: float
+
+
+def _load_image(path: Path) -> Image.Image:
+    with Image.open(path) as im:
+        im.load()
+        return im.convert("RGB")
+
+
+def manifest_fingerprint(manifest: pl.DataFrame) -> str:
+    cols = manifest.select("image_id", "path", "status")
+    return hashlib.sha256(cols.write_csv().encode()).hexdigest()[:16]
+
+
+def extract_features(
+    encoder: DinoEncoder,
+    manifest: pl.DataFrame,
+    image_dir: Path,
+    store_path: Path,
+    progress: ProgressFn | None = None,
+) -> ExtractionSummary:
+    """Encode every manifest row into ``store_path``; resumes an interrupted run.
+
+    Every manifest row gets a row in the store, so nothing is lost: rows whose image is missing
+    upstream, unreadable, or whose features are not finite are kept invalid with a status.
+    """
+    t0 = time.perf_counter()
+    ids = manifest["image_id"].to_list()
+    attrs = {
+        **encoder.lineage(),
+        "fingerprint": json.dumps(
+            [encoder.version, manifest_fingerprint(manifest), encoder.spec.image_size]
+        ),
+        "manifest_fingerprint": manifest_fingerprint(manifest),
+    }
+    store = RowStore.create_or_resume(
+        store_path,
+        ids,
+        feature_arrays(encoder.n_tokens, encoder.dim),
+        attrs,
+        chunk_rows=encoder.spec.batch_size,
+    )
+    statuses = manifest["status"].to_list()
+    paths = manifest["path"].to_list()
+    pending = store.pending_blocks()
+    total = sum(b - a for a, b in pending)
+    computed = 0
+    for start, stop in pending:
+        images: list[Image.Image] = []
+        where: list[int] = []
+        status = ["ok"] * (stop - start)
+        for i in range(start, stop):
+            if statuses[i] != "ok":
+                status[i - start] = f"upstream_{statuses[i]}"
+                continue
+            try:
+                images.append(_load_image(image_dir / paths[i]))
+                where.append(i - start)
+            except Exception as exc:  # noqa: BLE001 - recorded per row
+                status[i - start] = f"decode_error: {type(exc).__name__}"
+        tokens = np.zeros((stop - start, encoder.n_tokens, encoder.dim), dtype=np.float16)
+        valid = np.zeros(stop - start, dtype=bool)
+        if images:
+            feats = encoder.encode(images)
+            finite = np.isfinite(feats).all(axis=(1, 2))
+            for j, row in enumerate(where):
+                if finite[j]:
+                    tokens[row] = feats[j].astype(np.float16)
+                    valid[row] = True
+                else:
+                    status[row] = "nonfinite_features"
+        store.write_block(start, {"tokens": tokens}, valid, status)
+        computed += stop - start
+        if progress:
+            progress(computed, total)
+    seconds = time.perf_counter() - t0
+    store.finish(completed_at=time.time())
+    st = [s for s, v in zip(store.status(), store.valid(), strict=True) if not v]
+    by_status: dict[str, int] = {}
+    for s in st:
+        by_status[s] = by_status.get(s, 0) + 1
+    return ExtractionSummary(
+        n_rows=store.n_rows,
+        n_valid=int(store.valid().sum()),
+        n_computed=computed,
+        n_invalid_by_status=by_status,
+        seconds=seconds,
+        images_per_s=computed / seconds if seconds > 0 else 0.0,
+    )

@@ -1,0 +1,90 @@
+"""The demo family: a caption-conditioned procedural renderer with planted blindspots."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from blindspot_assets.config import ConfigError, ModelSpec
+from blindspot_assets.demo.world import IMAGE_SIZE, Plants, parse_caption, render
+from blindspot_assets.generators.base import GenerationRequest
+
+PARAMS = {
+    "suppress_colors",
+    "suppress_shapes",
+    "exaggerate_background",
+    "exaggerate_rate",
+    "image_size",
+    "seed",
+    "batch_size",
+    "memorize_from",
+    "memorize_rate",
+    "version",
+}
+
+
+class DemoGenerator:
+    def __init__(self, spec: ModelSpec) -> None:
+        p = spec.params
+        self.key = spec.key
+        try:
+            self.plants = Plants(
+                suppress_colors=tuple(p.get("suppress_colors", ())),
+                suppress_shapes=tuple(p.get("suppress_shapes", ())),
+                exaggerate_background=p.get("exaggerate_background"),
+                exaggerate_rate=float(p.get("exaggerate_rate", 0.7)),
+            )
+        except ValueError as exc:
+            raise ConfigError(f"models.{spec.key}: {exc}") from exc
+        self.size = int(p.get("image_size", IMAGE_SIZE))
+        self.version = str(p.get("version", "1"))
+        # Memorisation plant: for a fraction of ids, return the training image itself.
+        self.memorize_from = Path(p["memorize_from"]) if p.get("memorize_from") else None
+        self.memorize_rate = float(p.get("memorize_rate", 0.0))
+
+    def lineage(self) -> dict[str, Any]:
+        return {
+            "family": "demo",
+            "model_key": self.key,
+            "version": self.version,
+            "planted_truth": self.plants.truth(),
+            "plants": self.plants.as_dict(),
+            "image_size": self.size,
+            "memorize_rate": self.memorize_rate,
+        }
+
+    def _memorized(self, req: GenerationRequest) -> Image.Image | None:
+        if self.memorize_from is None or (req.seed % 10_000) / 10_000 >= self.memorize_rate:
+            return None
+        path = self.memorize_from / f"{req.image_id}.png"
+        return Image.open(path).convert("RGB") if path.exists() else None
+
+    def generate(self, requests: Sequence[GenerationRequest]) -> list[Image.Image]:
+        images = []
+        for req in requests:
+            copy = self._memorized(req)
+            if copy is not None:
+                images.append(copy)
+                continue
+            rng = np.random.default_rng(req.seed)
+            scene = self.plants.apply(parse_caption(req.caption), rng)
+            images.append(render(scene, req.seed, self.size))
+        return images
+
+
+def validate(spec: ModelSpec) -> None:
+    unknown = sorted(set(spec.params) - PARAMS)
+    if unknown:
+        raise ConfigError(
+            f"models.{spec.key}.{unknown[0]} is not a demo-family field; known: {sorted(PARAMS)}"
+        )
+    DemoGenerator(spec)
+
+
+def build(spec: ModelSpec, device: str | None = None) -> DemoGenerator:
+    validate(spec)
+    return DemoGenerator(spec)

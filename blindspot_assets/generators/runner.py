@@ -1,0 +1,120 @@
+"""Make one generated image per real caption, resumably: images already on disk are kept, each
+new image is written under a temporary name and renamed, and every image that could not be made
+is recorded in the manifest with its reason."""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import polars as pl
+from PIL import Image
+
+from blindspot_assets.generators.base import (
+    GenerationRequest,
+    ImageGenerator,
+    ProgressFn,
+    derive_seed,
+)
+from blindspot_assets.store.images import read_manifest, write_manifest
+
+
+@dataclass(frozen=True)
+class GenerationSummary:
+    n_requested: int
+    n_generated: int
+    n_reused: int
+    n_failed: int
+    seconds: float
+    failures_by_reason: dict[str, int]
+
+
+def _usable(path: Path) -> bool:
+    try:
+        with Image.open(path) as im:
+            im.verify()
+        return True
+    except Exception:  # noqa: BLE001 - any unreadable leftover is regenerated
+        return False
+
+
+def generate_image_set(
+    generator: ImageGenerator,
+    model_key: str,
+    real_manifest: pl.DataFrame,
+    out_dir: Path,
+    batch_size: int = 8,
+    base_seed: int = 0,
+    progress: ProgressFn | None = None,
+) -> tuple[pl.DataFrame, GenerationSummary]:
+    """Generate ``out_dir/<image_id>.png`` for every usable real row; returns manifest, summary."""
+    t0 = time.perf_counter()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    real_ok = real_manifest.filter(pl.col("status") == "ok")
+    rows: dict[str, dict[str, object]] = {}
+    todo: list[GenerationRequest] = []
+    reused = 0
+    for image_id, caption in zip(real_ok["image_id"], real_ok["caption"], strict=True):
+        seed = derive_seed(model_key, image_id, base_seed)
+        row = {
+            "image_id": image_id,
+            "path": f"{image_id}.png",
+            "caption": caption or "",
+            "status": "ok",
+            "detail": "",
+            "seed": seed,
+        }
+        rows[image_id] = row
+        if not caption or not str(caption).strip():
+            row.update(path="", status="empty_caption", detail="the real image has no caption")
+        elif (out_dir / f"{image_id}.png").exists() and _usable(out_dir / f"{image_id}.png"):
+            reused += 1
+        else:
+            todo.append(GenerationRequest(image_id, str(caption), seed))
+
+    done = 0
+    for start in range(0, len(todo), batch_size):
+        batch = todo[start : start + batch_size]
+        try:
+            results: list[Image.Image | Exception] = list(generator.generate(batch))
+            if len(results) != len(batch):
+                raise RuntimeError(f"generator returned {len(results)} images for {len(batch)}")
+        except Exception:  # noqa: BLE001 - retry one by one so one bad prompt costs one image
+            results = []
+            for req in batch:
+                try:
+                    results.extend(generator.generate([req]))
+                except Exception as exc:  # noqa: BLE001 - recorded in the manifest
+                    results.append(exc)
+        for req, result in zip(batch, results, strict=True):
+            if isinstance(result, Exception):
+                rows[req.image_id].update(
+                    path="", status="generation_error", detail=f"{type(result).__name__}: {result}"
+                )
+                continue
+            final = out_dir / f"{req.image_id}.png"
+            tmp = out_dir / f".{req.image_id}.{os.getpid()}.tmp.png"
+            result.convert("RGB").save(tmp)
+            os.replace(tmp, final)
+        done += len(batch)
+        if progress:
+            progress(done, len(todo))
+
+    df = pl.DataFrame(list(rows.values()), schema_overrides={"seed": pl.Int64})
+    write_manifest(out_dir, df)
+    failed = df.filter(pl.col("status") != "ok")
+    summary = GenerationSummary(
+        n_requested=len(rows),
+        n_generated=len(todo) - failed.filter(pl.col("status") == "generation_error").height,
+        n_reused=reused,
+        n_failed=failed.height,
+        seconds=time.perf_counter() - t0,
+        failures_by_reason=dict(failed.group_by("status").len().iter_rows()),
+    )
+    return df, summary
+
+
+def load_generated_manifest(out_dir: Path) -> pl.DataFrame:
+    return read_manifest(out_dir)

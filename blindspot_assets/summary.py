@@ -1,0 +1,34 @@
+"""Print where a run's results are, and its blindspot counts (``python -m blindspot_assets.summary``).
+"""
+
+from __future__ import annotations
+
+import sys
+
+from blindspot_assets.config import load_config
+from blindspot_assets.store.tables import query
+
+
+def main(config_path: str | None = None) -> int:
+    cfg = load_config(config_path)
+    db = cfg.layout.duckdb
+    if not db.exists():
+        print(f"no results yet: {db} does not exist (run the job first)")
+        return 1
+    print(f"\nResults of run config '{cfg.name}':")
+    print(f"  DuckDB tables : {db}")
+    print(f"  HTML report   : {cfg.layout.report / 'index.html'}")
+    print(f"  features/codes: {cfg.layout.root / 'features'}, {cfg.layout.root / 'codes'}")
+    summary = query(
+        db,
+        "SELECT model_key, kind, count(*) AS n, "
+        "sum(CAST(paper_verdict AS INT)) AS paper, sum(CAST(significant AS INT)) AS significant "
+        "FROM blindspots GROUP BY ALL ORDER BY ALL",
+    )
+    print(summary)
+    print("Query it: duckdb", db, '"SELECT * FROM blindspots ORDER BY delta LIMIT 10"')
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1] if len(sys.argv) > 1 else None))
