@@ -1,4 +1,6 @@
-"""Print where a run's results are, and its blindspot counts (``python -m blindspot_assets.summary``).
+"""Print where a run's results are, and its blindspot counts.
+
+``python -m blindspot_assets.summary [config.yaml]``
 """
 
 from __future__ import annotations

@@ -1,0 +1,41 @@
+"""Shared fixtures. No test reaches the network: hub ids fail fast offline."""
+
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+
+import pytest
+import yaml
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+warnings.filterwarnings("ignore", message=".*torchvision.*")
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def demo_config_dict(tmp_path: Path, n_images: int = 120, **overrides: object) -> dict[str, object]:
+    """The embedded demo config, pointed at ``tmp_path`` and optionally shrunk."""
+    raw = yaml.safe_load((REPO / "configs" / "demo.yaml").read_text())
+    raw["data_root"] = str(tmp_path / "data")
+    raw["real"]["n_images"] = n_images
+    raw["encoder"]["model_id"] = str(tmp_path / "models" / "tiny-dinov2")
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(raw.get(key), dict):
+            raw[key] = {**raw[key], **value}
+        else:
+            raw[key] = value
+    return raw
+
+
+def write_config(tmp_path: Path, raw: dict[str, object]) -> Path:
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+@pytest.fixture
+def demo_config_path(tmp_path: Path) -> Path:
+    return write_config(tmp_path, demo_config_dict(tmp_path))

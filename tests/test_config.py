@@ -1,0 +1,43 @@
+import pytest
+
+from blindspot_assets.config import ConfigError, load_config, parse_config
+from tests.conftest import REPO, demo_config_dict
+
+
+def test_embedded_demo_config_loads():
+    cfg = load_config(REPO / "configs" / "demo.yaml")
+    assert set(cfg.models) == {"demo-a", "demo-b"}
+    assert cfg.stats.temperature == 0.8
+    assert cfg.stats.suppressed_below == 0.1 and cfg.stats.exaggerated_above == 0.9
+    assert cfg.data_root.is_absolute()
+
+
+@pytest.mark.parametrize(
+    ("mutate", "message"),
+    [
+        (lambda r: r.pop("models"), "lacks the required field 'models'"),
+        (lambda r: r["models"].update({"x": {"suppress_colors": []}}), r"models\.x\.family"),
+        (lambda r: r["models"].update({"bad key!": {"family": "demo"}}), "bad key"),
+        (lambda r: r["sae"].update({"n_concept": 3}), r"unknown field\(s\) \['n_concept'\]"),
+        (lambda r: r["stats"].update({"suppressed_below": 0.95}), "suppressed_below"),
+        (lambda r: r["sae"].update({"train_on": "all"}), "train_on"),
+        (lambda r: r.update({"extra": 1}), "unknown top-level"),
+        (lambda r: r["real"].pop("kind"), "real.kind"),
+    ],
+)
+def test_bad_configs_name_the_field(tmp_path, mutate, message):
+    raw = demo_config_dict(tmp_path)
+    mutate(raw)
+    with pytest.raises(ConfigError, match=message):
+        parse_config(raw)
+
+
+def test_unknown_model_key_lists_the_registered_ones(tmp_path):
+    cfg = parse_config(demo_config_dict(tmp_path))
+    with pytest.raises(ConfigError, match=r"unknown model 'sd15'.*demo-a"):
+        cfg.model("sd15")
+
+
+def test_missing_config_file_is_clear(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "nope.yaml")
