@@ -1,0 +1,203 @@
+"""Per-concept statistics of one generated set against the real set, and the blindspot verdicts."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import torch
+
+from blindspot_assets.stats.energy import EnergyAccumulator
+from blindspot_assets.stats.params import BlindspotParams
+from blindspot_assets.stats.reading import (
+    iter_blocks,
+    iter_paired_blocks,
+    n_concepts_of,
+    open_store,
+    pair_rows,
+    read_rows,
+    select_rows,
+)
+from blindspot_assets.stats.scores import benjamini_hochberg, blindspot_scores
+from blindspot_assets.stats.uncertainty import PairedDiffAccumulator, PairedDiffResult
+from blindspot_assets.store.rowstore import RowStore
+
+CONCEPT_STATS_COLUMNS = (
+    "concept", "n_pairs", "energy_real", "energy_gen", "nb_fire_real", "nb_fire_gen",
+    "image_freq_real", "image_freq_gen", "delta_energy", "delta", "relative",
+    "delta_energy_ci_low", "delta_energy_ci_high", "delta_ci_low", "delta_ci_high",
+    "effect_size", "p_value", "p_value_mc", "q_value",
+)  # fmt: skip
+
+
+def _sigmoid(x: np.ndarray, temperature: float) -> np.ndarray:
+    # The CI of δ is δ at the ends of the CI of ΔE: route through the one owner of δ.
+    return blindspot_scores(x, np.zeros_like(x), temperature)["delta"]
+
+
+def compute_concept_stats(
+    real_codes: str | Path | RowStore,
+    gen_codes: str | Path | RowStore,
+    params: BlindspotParams,
+) -> pl.DataFrame:
+    """One row per concept: the paper's scores and their paired uncertainty.
+
+    Pairing rule: real image x and generated image x' form a pair when x' carries x's image id
+    (x' was prompted with x's caption) and both rows are valid in their code stores; everything
+    here, energies included, is computed over those pairs only, so E(R) and E(G) describe the
+    same captions. Streams ``params.block_rows`` pairs at a time.
+
+    Columns (energies in the SAE's activation units, summed over an image's tokens):
+    ``concept``; ``n_pairs``; ``energy_real``/``energy_gen`` = E_k over the pairs;
+    ``nb_fire_real``/``nb_fire_gen`` = non-zero token codes; ``image_freq_real``/``_gen`` =
+    fraction of images where ξ_k > 0; ``delta_energy``, ``delta``, ``relative`` (see
+    ``blindspot_scores``); ``delta_energy_ci_low/high`` and ``delta_ci_low/high`` (paired
+    bootstrap percentile CI at ``params.ci_level``); ``effect_size`` (Cohen's d_z of the paired
+    differences); ``p_value`` (two-sided sign-flip test, see ``uncertainty``), ``p_value_mc``
+    (its Monte-Carlo part alone), ``q_value`` (Benjamini–Hochberg over all concepts).
+    """
+    real, gen = open_store(real_codes), open_store(gen_codes)
+    n_concepts = n_concepts_of(real)
+    if n_concepts_of(gen) != n_concepts:
+        raise ValueError(f"real codes have {n_concepts} concepts, generated {n_concepts_of(gen)}")
+    pairing = pair_rows(real, gen)
+    real_acc, gen_acc = EnergyAccumulator(n_concepts), EnergyAccumulator(n_concepts)
+    diff_acc = PairedDiffAccumulator(
+        n_concepts, pairing.n_pairs, params.n_bootstrap, params.n_permutations, params.seed
+    )
+    blocks = iter_paired_blocks(real, gen, pairing, ("xi", "nfire"), params.block_rows)
+    for _, _, real_block, gen_block in blocks:
+        real_acc.update(real_block["xi"], real_block["nfire"])
+        gen_acc.update(gen_block["xi"], gen_block["nfire"])
+        diff_acc.update(real_block["xi"], gen_block["xi"])
+    diff = diff_acc.finish(params.ci_level)
+    return concept_stats_frame(real_acc, gen_acc, diff, params)
+
+
+def concept_stats_frame(
+    real_acc: EnergyAccumulator,
+    gen_acc: EnergyAccumulator,
+    diff: PairedDiffResult,
+    params: BlindspotParams,
+) -> pl.DataFrame:
+    """Assemble the concept-stats table from finished accumulators (shared with benchmarks)."""
+    n = max(real_acc.n_images, 1)
+    scores = blindspot_scores(gen_acc.energy_k, real_acc.energy_k, params.temperature)
+    return pl.DataFrame(
+        {
+            "concept": np.arange(real_acc.n_concepts, dtype=np.int32),
+            "n_pairs": np.full(real_acc.n_concepts, diff.n_pairs, dtype=np.int64),
+            "energy_real": real_acc.energy_k,
+            "energy_gen": gen_acc.energy_k,
+            "nb_fire_real": real_acc.nb_fire_k,
+            "nb_fire_gen": gen_acc.nb_fire_k,
+            "image_freq_real": real_acc.n_images_firing_k / n,
+            "image_freq_gen": gen_acc.n_images_firing_k / n,
+            "delta_energy": scores["delta_energy"],
+            "delta": scores["delta"],
+            "relative": scores["relative"],
+            "delta_energy_ci_low": diff.ci_low_k,
+            "delta_energy_ci_high": diff.ci_high_k,
+            "delta_ci_low": _sigmoid(diff.ci_low_k, params.temperature),
+            "delta_ci_high": _sigmoid(diff.ci_high_k, params.temperature),
+            "effect_size": diff.effect_size_k,
+            "p_value": diff.p_value_k,
+            "p_value_mc": diff.p_value_mc_k,
+            "q_value": benjamini_hochberg(diff.p_value_k),
+        }
+    ).select(CONCEPT_STATS_COLUMNS)
+
+
+def flag_blindspots(stats_df: pl.DataFrame, params: BlindspotParams) -> pl.DataFrame:
+    """The concepts flagged by the paper's δ thresholds or by significance, ranked.
+
+    ``paper_verdict``: δ < ``suppressed_below`` or δ > ``exaggerated_above`` (DESIGN.md §6).
+    ``significant``: q < ``alpha`` (Benjamini–Hochberg). A concept is listed when either holds;
+    ``kind`` is "suppressed" when ΔE < 0, else "exaggerated". ``rank`` orders significant
+    concepts first, then by |effect size| (largest first), then by |ΔE|.
+    """
+    df = stats_df.with_columns(
+        paper_verdict=(pl.col("delta") < params.suppressed_below)
+        | (pl.col("delta") > params.exaggerated_above),
+        significant=(pl.col("q_value") < params.alpha).fill_null(False),  # NaN is never < α
+    )
+    flagged = (
+        df.filter(pl.col("paper_verdict") | pl.col("significant"))
+        .with_columns(
+            kind=pl.when(pl.col("delta_energy") < 0)
+            .then(pl.lit("suppressed"))
+            .otherwise(pl.lit("exaggerated"))
+        )
+        .sort(
+            [pl.col("significant"), pl.col("effect_size").abs(), pl.col("delta_energy").abs()],
+            descending=True,
+            nulls_last=True,
+        )
+        .with_row_index("rank", offset=1)
+    )
+    columns = [
+        "rank", "concept", "kind", "delta", "delta_energy", "relative", "effect_size",
+        "delta_energy_ci_low", "delta_energy_ci_high", "p_value", "q_value", "paper_verdict",
+        "significant", "energy_real", "energy_gen", "image_freq_real", "n_pairs",
+    ]  # fmt: skip
+    return flagged.select([c for c in columns if c in flagged.columns])
+
+
+class TopKAccumulator:
+    """Keeps, per concept, the k largest scores seen so far and the row they came from."""
+
+    def __init__(self, n_concepts: int, k: int) -> None:
+        self.k = k
+        self.values_kc = torch.full((0, n_concepts), -torch.inf, dtype=torch.float32)
+        self.rows_kc = torch.zeros((0, n_concepts), dtype=torch.int64)
+
+    def update(self, scores_nc: np.ndarray, rows_n: np.ndarray) -> None:
+        scores = torch.from_numpy(np.asarray(scores_nc, dtype=np.float32))
+        rows = torch.from_numpy(np.asarray(rows_n, dtype=np.int64))[:, None].expand_as(scores)
+        values = torch.cat([self.values_kc, scores])
+        all_rows = torch.cat([self.rows_kc, rows])
+        k = min(self.k, values.shape[0])
+        self.values_kc, idx = torch.topk(values, k, dim=0, largest=True, sorted=True)
+        self.rows_kc = torch.gather(all_rows, 0, idx)
+
+
+def top_images_per_concept(
+    codes_path: str | Path | RowStore,
+    k: int,
+    concepts: list[int] | np.ndarray | None = None,
+    block_rows: int = 1024,
+) -> pl.DataFrame:
+    """The k images with the largest ξ_k per concept (valid rows only, scores > 0).
+
+    Columns: ``concept``, ``image_id``, ``rank`` (1 = highest ξ_k), ``score`` (ξ_k). Streams
+    ``block_rows`` rows at a time; ``concepts`` restricts the concepts (default: all).
+    """
+    store = open_store(codes_path)
+    n_concepts = n_concepts_of(store)
+    concept_c = (
+        np.arange(n_concepts, dtype=np.int64)
+        if concepts is None
+        else np.asarray(concepts, dtype=np.int64).reshape(-1)
+    )
+    rows_n = select_rows(store, None)
+    xi = store.array("xi")
+    acc = TopKAccumulator(concept_c.size, k)
+    whole = concepts is None
+    for start, stop in iter_blocks(rows_n.size, block_rows):
+        block = read_rows(xi, rows_n[start:stop])
+        acc.update(block if whole else block[:, concept_c], rows_n[start:stop])
+    ids = np.asarray(store.image_ids(), dtype=object)
+    values_kc, rows_kc = acc.values_kc.numpy(), acc.rows_kc.numpy()
+    rank_kc = np.broadcast_to(np.arange(1, values_kc.shape[0] + 1)[:, None], values_kc.shape)
+    keep = values_kc > 0
+    concept_kc = np.broadcast_to(concept_c[None, :], values_kc.shape)
+    df = pl.DataFrame(
+        {
+            "concept": concept_kc[keep].astype(np.int32),
+            "image_id": pl.Series(ids[rows_kc[keep]].tolist(), dtype=pl.String),
+            "rank": rank_kc[keep].astype(np.int32),
+            "score": values_kc[keep].astype(np.float64),
+        }
+    )
+    return df.sort(["concept", "rank"])
