@@ -1,1 +1,23 @@
-"""sae."""
+"""The Relaxed Archetypal SAE: model, streaming trainer, checkpoints, encoding to concept codes.
+
+A plain library (no Dagster): ``train_sae`` over feature row stores, ``save_sae`` / ``load_sae``
+(safetensors + JSON header), ``encode_features_to_codes`` into a codes row store.
+"""
+
+from blindspot_assets.sae.checkpoint import load_sae, save_sae
+from blindspot_assets.sae.config import RASAEConfig, TrainConfig
+from blindspot_assets.sae.encode import encode_features_to_codes, model_fingerprint
+from blindspot_assets.sae.model import RelaxedArchetypalSAE
+from blindspot_assets.sae.train import TrainResult, train_sae
+
+__all__ = [
+    "RASAEConfig",
+    "RelaxedArchetypalSAE",
+    "TrainConfig",
+    "TrainResult",
+    "encode_features_to_codes",
+    "load_sae",
+    "model_fingerprint",
+    "save_sae",
+    "train_sae",
+]

@@ -1,0 +1,157 @@
+"""Concept codes of a feature store: per-image energy ξ, fire counts and sparse token codes.
+
+Streams one block of rows at a time and, inside it, encodes a few whole rows at a time so the
+dense codes never exceed ``dense_budget`` floats: nothing of size (all tokens × c) is built.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from blindspot_assets.sae.model import RelaxedArchetypalSAE
+from blindspot_assets.store.layout import code_arrays
+from blindspot_assets.store.rowstore import RowStore
+
+ProgressFn = Callable[[int, int], None]
+DENSE_BUDGET = 1 << 24  # floats of dense codes alive at once (64 MiB in float32)
+
+
+def model_fingerprint(model: RelaxedArchetypalSAE) -> str:
+    """Hash of what decides the codes: encoder, norm, fused dictionary, threshold, config."""
+    h = hashlib.sha256(json.dumps(model.cfg.to_dict(), sort_keys=True).encode())
+    with torch.no_grad():
+        was_training = model.training
+        model.eval()
+        parts = [*model.encoder.state_dict().values(), *model.norm.state_dict().values()]
+        parts += [model.dictionary(), model.threshold]
+        model.train(was_training)
+        for t in parts:
+            h.update(t.detach().float().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+@torch.no_grad()
+def encode_block(
+    model: RelaxedArchetypalSAE, tokens_rtd: torch.Tensor, k_max: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int, int]:
+    """Codes of whole rows: ξ (r, c), nfire (r, c), token idx / val (r, T, k_max), Σ L0, and
+    how many tokens had more than ``k_max`` active concepts (their token codes are cut)."""
+    r, t, d = tokens_rtd.shape
+    z_nc = model.encode(tokens_rtd.reshape(r * t, d))
+    z_rtc = z_nc.view(r, t, -1)
+    xi = z_rtc.sum(dim=1, dtype=torch.float32)
+    active = z_rtc > 0
+    nfire = active.sum(dim=1)
+    l0_n = active.view(r * t, -1).sum(dim=1)
+    kk = min(k_max, z_nc.shape[1])
+    vals, idx = z_nc.topk(kk, dim=-1)
+    idx = torch.where(vals > 0, idx, torch.full_like(idx, -1))
+    if kk < k_max:  # fewer concepts than slots: pad
+        vals = torch.nn.functional.pad(vals, (0, k_max - kk))
+        idx = torch.nn.functional.pad(idx, (0, k_max - kk), value=-1)
+    return (
+        xi.cpu().numpy(),
+        nfire.to(torch.int32).cpu().numpy().astype(np.uint16),
+        idx.view(r, t, k_max).to(torch.int32).cpu().numpy(),
+        vals.view(r, t, k_max).to(torch.float16).cpu().numpy(),
+        int(l0_n.sum()),
+        int((l0_n > k_max).sum()),
+    )
+
+
+def encode_features_to_codes(
+    model: RelaxedArchetypalSAE,
+    features_path: Path,
+    codes_path: Path,
+    k_max: int,
+    batch_rows: int | None = None,
+    progress: ProgressFn | None = None,
+    device: str | torch.device | None = None,
+    dense_budget: int = DENSE_BUDGET,
+) -> dict[str, Any]:
+    """Write the codes row store of ``features_path`` at ``codes_path``; resumes.
+
+    ``token_idx`` is -1 where ``token_val`` is 0 (a token with fewer than ``k_max`` active
+    concepts). Rows invalid in the features store stay invalid with their status.
+    """
+    t0 = time.perf_counter()
+    features = RowStore.open(features_path)
+    tokens = features.array("tokens")
+    n, t, d = tokens.shape
+    if d != model.cfg.d:
+        raise ValueError(f"features are {d}-d but the SAE expects d={model.cfg.d}")
+    c = model.n_concepts
+    dev = torch.device(device) if device is not None else next(model.parameters()).device
+    model.eval()
+    sae_fp = model_fingerprint(model)
+    attrs = {
+        "fingerprint": json.dumps([sae_fp, features.attrs.get("fingerprint"), k_max]),
+        "sae_fingerprint": sae_fp,
+        "features_fingerprint": features.attrs.get("fingerprint"),
+        "n_concepts": c,
+        "k_max": k_max,
+        "token_idx_empty": -1,
+    }
+    codes = RowStore.create_or_resume(
+        codes_path,
+        features.image_ids(),
+        code_arrays(t, c, k_max),
+        attrs,
+        chunk_rows=features.chunk_rows,
+    )
+    f_valid, f_status = features.valid(), features.status()
+    pending = codes.pending_blocks()
+    total = sum(b - a for a, b in pending)
+    rows_per_pass = max(1, dense_budget // (t * c))
+    done_rows = 0
+    tokens_encoded = 0
+    l0_sum = 0
+    truncated = 0
+    for start, stop in pending:
+        r = stop - start
+        xi = np.zeros((r, c), np.float32)
+        nfire = np.zeros((r, c), np.uint16)
+        t_idx = np.full((r, t, k_max), -1, np.int32)
+        t_val = np.zeros((r, t, k_max), np.float16)
+        valid = f_valid[start:stop].copy()
+        block = np.asarray(tokens[start:stop], dtype=np.float16)
+        rows = np.flatnonzero(valid)
+        for a in range(0, len(rows), rows_per_pass):
+            sel = rows[a : a + rows_per_pass]
+            x = torch.from_numpy(block[sel].astype(np.float32)).to(dev)
+            bx, bn, bi, bv, l0, cut = encode_block(model, x, k_max)
+            xi[sel], nfire[sel], t_idx[sel], t_val[sel] = bx, bn, bi, bv
+            l0_sum += l0
+            truncated += cut
+            tokens_encoded += len(sel) * t
+        data: dict[str, np.ndarray] = {
+            "xi": xi,
+            "nfire": nfire,
+            "token_idx": t_idx,
+            "token_val": t_val,
+        }
+        codes.write_block(start, data, valid, f_status[start:stop])
+        done_rows += r
+        if progress:
+            progress(done_rows, total)
+    seconds = time.perf_counter() - t0
+    codes.finish(completed_at=time.time())
+    return {
+        "rows": n,
+        "valid_rows": int(codes.valid().sum()),
+        "rows_computed": done_rows,
+        "tokens_encoded": tokens_encoded,
+        "mean_l0": l0_sum / tokens_encoded if tokens_encoded else float("nan"),
+        "tokens_over_k_max": truncated,
+        "seconds": seconds,
+        "tokens_per_s": tokens_encoded / seconds if seconds > 0 else 0.0,
+        "sae_fingerprint": sae_fp,
+    }

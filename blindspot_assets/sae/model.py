@@ -1,0 +1,150 @@
+"""The Relaxed Archetypal SAE: encoder, sparsity, archetypal dictionary (DESIGN.md §4).
+
+    pre_nc  = LayerNorm(x_nd · E + b)          (LayerNorm optional)
+    code_nc = ReLU(pre_nc), then TopK per token or BatchTopK over the batch
+    D_cd    = exp(m) · (rowstochastic(relu(W_cm)) · C_md + Λ_cd),  ‖Λ_i‖ ≤ δ
+    x̂_nd    = z_nc · D_cd
+
+At inference BatchTopK keeps ``z = code · 1[code ≥ θ]`` with the running threshold θ tracked
+during training, and the dictionary is fused once and cached.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from blindspot_assets.sae.config import RASAEConfig
+
+_EPS = 1e-8
+
+
+class RelaxedArchetypalSAE(nn.Module):
+    W: Tensor
+    C: Tensor
+    relax: Tensor
+    log_scale: Tensor
+    D: Tensor
+    threshold: Tensor
+
+    def __init__(self, cfg: RASAEConfig, candidates_md: Tensor | None = None) -> None:
+        super().__init__()
+        self.cfg = cfg
+        c, d = cfg.n_concepts, cfg.d
+        self.encoder = nn.Linear(d, c)
+        self.norm: nn.Module = nn.LayerNorm(c) if cfg.encoder_layernorm else nn.Identity()
+        if cfg.fused:
+            self.register_buffer("D", torch.zeros(c, d))
+        else:
+            m = cfg.n_candidates
+            if candidates_md is None:
+                candidates_md = torch.zeros(m, d)
+            if tuple(candidates_md.shape) != (m, d):
+                raise ValueError(f"candidates must be ({m}, {d}), got {tuple(candidates_md.shape)}")
+            self.register_buffer("C", candidates_md.detach().to(torch.float32).clone())
+            # Each concept starts on one candidate (a random one), as overcomplete's eye(c, m).
+            start = torch.randperm(max(m, c))[:c] % m
+            w = torch.zeros(c, m)
+            w[torch.arange(c), start] = 1.0
+            self.W = nn.Parameter(w)
+            self.relax = nn.Parameter(torch.zeros(c, d))
+            self.log_scale = nn.Parameter(torch.zeros(()), requires_grad=cfg.use_multiplier)
+        # NaN until the first training batch sets it (BatchTopK only).
+        self.register_buffer("threshold", torch.tensor(float("nan")))
+        self._fused_cd: Tensor | None = None
+
+    # -- dictionary ---------------------------------------------------------------------------
+    @torch.no_grad()
+    def project_(self) -> None:
+        """Re-project W onto row-stochastic matrices and clip each row of Λ to norm ≤ δ."""
+        if self.cfg.fused:
+            return
+        w = torch.relu(self.W)
+        w /= w.sum(dim=-1, keepdim=True) + _EPS
+        self.W.copy_(w)
+        norms = self.relax.norm(dim=-1, keepdim=True)
+        self.relax.mul_(torch.clamp(self.cfg.delta_relax / (norms + _EPS), max=1.0))
+        self._fused_cd = None
+
+    def dictionary(self) -> Tensor:
+        """D (c × d): computed with gradients in training, fused and cached in eval mode."""
+        if self.cfg.fused:
+            return self.D
+        if self.training or torch.is_grad_enabled():
+            return torch.exp(self.log_scale) * (self.W @ self.C + self.relax)
+        if self._fused_cd is None:
+            self._fused_cd = torch.exp(self.log_scale) * (self.W @ self.C + self.relax)
+        return self._fused_cd
+
+    def train(self, mode: bool = True) -> RelaxedArchetypalSAE:
+        self._fused_cd = None
+        return super().train(mode)
+
+    def _load_from_state_dict(self, *args: Any, **kwargs: Any) -> None:
+        self._fused_cd = None
+        super()._load_from_state_dict(*args, **kwargs)
+
+    # -- encoder ------------------------------------------------------------------------------
+    def pre_codes(self, x_nd: Tensor) -> Tensor:
+        """ReLU(LayerNorm(linear(x))): the dense non-negative codes before sparsity."""
+        return torch.relu(self.norm(self.encoder(x_nd)))
+
+    def sparsify(self, codes_nc: Tensor, update_threshold: bool = False) -> Tensor:
+        """Keep the active codes: TopK per token, or BatchTopK (batch in training, θ else)."""
+        k = self.cfg.k
+        if self.cfg.sparsity == "topk":
+            vals, idx = codes_nc.topk(k, dim=-1)
+            return torch.zeros_like(codes_nc).scatter_(-1, idx, vals)
+        if update_threshold:
+            n_keep = min(k * codes_nc.shape[0], codes_nc.numel())
+            theta = codes_nc.detach().flatten().float().topk(n_keep, sorted=False).values.min()
+            with torch.no_grad():
+                if torch.isnan(self.threshold):
+                    self.threshold.copy_(theta)
+                else:
+                    mu = self.cfg.threshold_momentum
+                    self.threshold.mul_(mu).add_((1.0 - mu) * theta)
+        else:
+            if torch.isnan(self.threshold):
+                raise RuntimeError("BatchTopK threshold θ is not set: train the SAE first")
+            theta = self.threshold
+        return codes_nc * (codes_nc >= theta.to(codes_nc.dtype))
+
+    def encode(self, x_nd: Tensor) -> Tensor:
+        """Sparse codes z (n × c), dense: meant for small batches (a block of tokens)."""
+        return self.sparsify(self.pre_codes(x_nd), update_threshold=False)
+
+    def decode(self, z_nc: Tensor) -> Tensor:
+        return z_nc @ self.dictionary().to(z_nc.dtype)
+
+    def forward(self, x_nd: Tensor) -> tuple[Tensor, Tensor]:
+        z = self.encode(x_nd)
+        return z, self.decode(z)
+
+    @property
+    def n_concepts(self) -> int:
+        return self.cfg.n_concepts
+
+    def init_encoder_from_dictionary(self) -> None:
+        """Start the encoder as the transposed dictionary (common SAE initialisation)."""
+        with torch.no_grad():
+            d_cd = self.dictionary().detach()
+            unit = d_cd / (d_cd.norm(dim=-1, keepdim=True) + _EPS)
+            self.encoder.weight.copy_(unit)
+            self.encoder.bias.zero_()
+        self._fused_cd = None
+
+
+def flops_per_token_encode(d: int, c: int) -> float:
+    """Multiply-adds ×2 of the encoder matmul: the floor of encoding one token."""
+    return 2.0 * d * c
+
+
+def explained_variance(x_nd: Tensor, xhat_nd: Tensor) -> float:
+    """R² = 1 − SSE / SST with per-dimension means."""
+    sse = float(((x_nd - xhat_nd) ** 2).sum())
+    sst = float(((x_nd - x_nd.mean(dim=0, keepdim=True)) ** 2).sum())
+    return 1.0 - sse / sst if sst > 0 else math.nan

@@ -1,0 +1,292 @@
+"""Training loop of the RA-SAE over feature row stores, with exact resume."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from blindspot_assets.sae.checkpoint import load_train_checkpoint, save_train_checkpoint
+from blindspot_assets.sae.config import RASAEConfig, TrainConfig
+from blindspot_assets.sae.data import TokenLoader
+from blindspot_assets.sae.kmeans import minibatch_kmeans
+from blindspot_assets.sae.model import RelaxedArchetypalSAE, explained_variance
+
+LogFn = Callable[[dict[str, Any]], None]
+
+
+@dataclass
+class TrainResult:
+    model: RelaxedArchetypalSAE
+    metrics: dict[str, Any]
+    data_version: str
+    sae_config: RASAEConfig
+    train_config: TrainConfig
+    adjustments: list[str] = field(default_factory=list)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def lr_at(step: int, total_steps: int, cfg: TrainConfig) -> float:
+    """Linear warm-up to ``lr`` over ``warmup_frac`` of the steps, then cosine to ``lr_end``."""
+    warmup = int(cfg.warmup_frac * total_steps)
+    if step < warmup:
+        return cfg.lr * (step + 1) / warmup
+    span = max(1, total_steps - warmup)
+    progress = min(1.0, (step - warmup) / span)
+    return cfg.lr_end + 0.5 * (cfg.lr - cfg.lr_end) * (1.0 + math.cos(math.pi * progress))
+
+
+def auxk_loss(
+    model: RelaxedArchetypalSAE, codes_nc: Tensor, residual_nd: Tensor, dead_c: Tensor
+) -> Tensor:
+    """AuxK (Gao et al. 2024): the dead concepts' top codes must explain the residual.
+
+    Normalised by the residual's energy so its weight does not depend on the data's scale.
+    """
+    n_dead = int(dead_c.sum())
+    if n_dead == 0:
+        return codes_nc.new_zeros(())
+    k_aux = min(model.cfg.effective_aux_k, n_dead)
+    dead_codes = codes_nc * dead_c.to(codes_nc.dtype)
+    vals, idx = dead_codes.topk(k_aux, dim=-1)
+    z_aux = torch.zeros_like(codes_nc).scatter_(-1, idx, vals)
+    target = residual_nd.detach()
+    err = ((model.decode(z_aux) - target) ** 2).sum(dim=-1).mean()
+    return err / ((target**2).sum(dim=-1).mean() + 1e-8)
+
+
+def _optimizer(model: RelaxedArchetypalSAE, cfg: TrainConfig) -> torch.optim.AdamW:
+    params = [p for p in model.parameters() if p.requires_grad]
+    return torch.optim.AdamW(params, lr=cfg.lr, betas=(0.9, 0.999), weight_decay=cfg.weight_decay)
+
+
+def _optim_tensors(opt: torch.optim.Optimizer) -> dict[str, Tensor]:
+    out: dict[str, Tensor] = {}
+    for idx, st in opt.state_dict()["state"].items():
+        for key, val in st.items():
+            out[f"optim.{idx}.{key}"] = val if isinstance(val, Tensor) else torch.tensor(val)
+    return out
+
+
+def _load_optim(opt: torch.optim.Optimizer, tensors: dict[str, Tensor]) -> None:
+    sd = opt.state_dict()
+    state: dict[int, dict[str, Tensor]] = {}
+    for name, val in tensors.items():
+        if name.startswith("optim."):
+            _, idx, key = name.split(".", 2)
+            state.setdefault(int(idx), {})[key] = val
+    opt.load_state_dict({"state": state, "param_groups": sd["param_groups"]})
+
+
+@torch.no_grad()
+def evaluate(
+    model: RelaxedArchetypalSAE, tokens_nd: Tensor, device: torch.device, batch: int = 4096
+) -> dict[str, float]:
+    """Inference-mode metrics (θ for BatchTopK, fused dictionary) on held tokens."""
+    was_training = model.training
+    model.eval()
+    sse = 0.0
+    l0 = 0.0
+    fired_c = torch.zeros(model.n_concepts, dtype=torch.bool, device=device)
+    for a in range(0, tokens_nd.shape[0], batch):
+        x = tokens_nd[a : a + batch].to(device)
+        z, xh = model(x)
+        sse += float(((x - xh) ** 2).sum())
+        l0 += float((z > 0).sum())
+        fired_c |= (z > 0).any(dim=0)
+    model.train(was_training)
+    n, d = tokens_nd.shape
+    sst = float(((tokens_nd - tokens_nd.mean(dim=0, keepdim=True)) ** 2).sum())
+    return {
+        "mse": sse / (n * d),
+        "r2": 1.0 - sse / sst if sst > 0 else math.nan,
+        "mean_l0": l0 / n,
+        "dead_fraction": 1.0 - float(fired_c.float().mean()),
+        "eval_tokens": float(n),
+    }
+
+
+def train_sae(
+    feature_stores: Sequence[Path],
+    sae_cfg: RASAEConfig,
+    train_cfg: TrainConfig,
+    checkpoint_dir: Path | None = None,
+    log: LogFn | None = None,
+) -> TrainResult:
+    """Train an RA-SAE on every valid token of ``feature_stores`` (RowStores of ``tokens``).
+
+    With ``checkpoint_dir``, a checkpoint is written every ``checkpoint_every`` steps and an
+    existing one for the same configs and data is resumed exactly.
+    """
+    t0 = time.perf_counter()
+    device = resolve_device(train_cfg.device)
+    loader = TokenLoader(
+        [Path(p) for p in feature_stores],
+        train_cfg.batch_size,
+        train_cfg.buffer_tokens,
+        train_cfg.seed,
+    )
+    if loader.d != sae_cfg.d:
+        raise ValueError(f"the stores hold {loader.d}-d tokens but the SAE expects d={sae_cfg.d}")
+    sae_cfg, adjustments = sae_cfg.clamped_to(loader.n_tokens)
+    version = loader.version()
+    total_steps = max(1, loader.steps_for(train_cfg.epochs))
+    run_steps = min(total_steps, train_cfg.max_steps or total_steps)
+    if loader.n_tokens < train_cfg.batch_size:
+        adjustments.append(
+            f"batch_size {train_cfg.batch_size} > {loader.n_tokens} tokens: one step per epoch"
+        )
+    run_key = json.dumps(
+        {"sae": sae_cfg.to_dict(), "train": train_cfg.to_dict(), "data": version}, sort_keys=True
+    )
+
+    torch.manual_seed(train_cfg.seed)
+    resumed = load_train_checkpoint(checkpoint_dir) if checkpoint_dir else None
+    if resumed is not None and resumed[3].get("run_key") != run_key:
+        adjustments.append("ignored a checkpoint of another config or data version")
+        resumed = None
+
+    kmeans_info: dict[str, float] = {}
+    if resumed is None:
+        candidates = None
+        if not sae_cfg.fused:
+            km_loader = TokenLoader(
+                [Path(p) for p in feature_stores],
+                min(train_cfg.kmeans_batch, loader.n_tokens),
+                train_cfg.buffer_tokens,
+                train_cfg.seed + 1,
+            )
+            n_km = max(train_cfg.kmeans_tokens, sae_cfg.n_candidates)
+            candidates, kmeans_info = minibatch_kmeans(
+                km_loader, sae_cfg.n_candidates, n_km, device
+            )
+        model = RelaxedArchetypalSAE(sae_cfg, candidates).to(device)
+        model.project_()
+        model.init_encoder_from_dictionary()
+        step = 0
+        silent_c = torch.zeros(sae_cfg.n_concepts, dtype=torch.long, device=device)
+        opt = _optimizer(model, train_cfg)
+    else:
+        model_t, _, train_t, state = resumed
+        model = RelaxedArchetypalSAE(sae_cfg).to(device)
+        model.load_state_dict(model_t)
+        opt = _optimizer(model, train_cfg)
+        _load_optim(opt, {k: v.to(device) for k, v in train_t.items()})
+        loader.load_state(state["loader"], train_t["loader.carry"].numpy())
+        silent_c = train_t["silent"].to(device)
+        torch.set_rng_state(train_t["rng.cpu"])
+        step = int(state["step"])
+        kmeans_info = state.get("kmeans", {})
+        adjustments.append(f"resumed from step {step}")
+    model.train()
+
+    use_amp = device.type == "cuda"
+    amp_dtype = torch.bfloat16 if train_cfg.amp_dtype == "bfloat16" else torch.float16
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
+    tokens_at_start = step * train_cfg.batch_size
+    t_loop = time.perf_counter()
+    last: dict[str, Any] = {}
+    batches = iter(loader)
+    while step < run_steps:
+        x = next(batches).to(device, non_blocking=True)
+        lr = lr_at(step, total_steps, train_cfg)
+        for group in opt.param_groups:
+            group["lr"] = lr
+        autocast = torch.autocast("cuda", dtype=amp_dtype) if use_amp else contextlib.nullcontext()
+        with autocast:
+            codes = model.pre_codes(x)
+            z = model.sparsify(codes, update_threshold=True)
+            x_hat = model.decode(z)
+            mse = ((x_hat.float() - x) ** 2).mean()
+            dead_c = silent_c >= train_cfg.dead_after_tokens
+            aux = auxk_loss(model, codes, x - x_hat.float(), dead_c)
+            loss = mse + train_cfg.aux_weight * aux
+        opt.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()  # type: ignore[no-untyped-call]
+        scaler.unscale_(opt)
+        if train_cfg.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), train_cfg.grad_clip)
+        scaler.step(opt)
+        scaler.update()
+        model.project_()
+        with torch.no_grad():
+            fired_c = (z > 0).any(dim=0)
+            silent_c += x.shape[0]
+            silent_c[fired_c] = 0
+        step += 1
+
+        if checkpoint_dir and train_cfg.checkpoint_every and step % train_cfg.checkpoint_every == 0:
+            position, carry = loader.state()
+            save_train_checkpoint(
+                checkpoint_dir,
+                model,
+                {"step": step, "data_version": version},
+                {
+                    **_optim_tensors(opt),
+                    "loader.carry": torch.from_numpy(carry),
+                    "silent": silent_c,
+                    "rng.cpu": torch.get_rng_state(),
+                },
+                {"step": step, "loader": position, "run_key": run_key, "kmeans": kmeans_info},
+            )
+        if log and (step % max(1, train_cfg.log_every) == 0 or step == run_steps):
+            with torch.no_grad():
+                elapsed = time.perf_counter() - t_loop
+                last = {
+                    "step": step,
+                    "total_steps": total_steps,
+                    "lr": lr,
+                    "loss": float(loss),
+                    "mse": float(mse),
+                    "aux_loss": float(aux),
+                    "r2": explained_variance(x, x_hat.float()),
+                    "l0": float((z > 0).sum(dim=-1).float().mean()),
+                    "dead_fraction": float(dead_c.float().mean()),
+                    "threshold": float(model.threshold),
+                    "tokens_per_s": (step * train_cfg.batch_size - tokens_at_start) / elapsed
+                    if elapsed > 0
+                    else 0.0,
+                }
+            log(last)
+
+    loop_seconds = time.perf_counter() - t_loop
+    model.eval()
+    eval_tokens = loader.sample(min(train_cfg.eval_tokens, loader.n_tokens), train_cfg.seed + 2)
+    metrics: dict[str, Any] = evaluate(model, eval_tokens, device)
+    tokens_seen = step * train_cfg.batch_size
+    metrics.update(
+        {
+            "steps": step,
+            "total_steps": total_steps,
+            "tokens_seen": tokens_seen,
+            "epochs_seen": tokens_seen / loader.n_tokens,
+            "dataset_tokens": loader.n_tokens,
+            "seconds": time.perf_counter() - t0,
+            "train_tokens_per_s": (tokens_seen - tokens_at_start) / loop_seconds
+            if loop_seconds > 0
+            else 0.0,
+            "n_concepts": sae_cfg.n_concepts,
+            "n_candidates": sae_cfg.n_candidates,
+            "threshold": float(model.threshold),
+            "dead_fraction_train": float(
+                (silent_c >= min(train_cfg.dead_after_tokens, max(1, tokens_seen))).float().mean()
+            ),
+            "device": str(device),
+            "adjustments": list(adjustments),
+            **kmeans_info,
+        }
+    )
+    return TrainResult(model, metrics, version, sae_cfg, train_cfg, adjustments)

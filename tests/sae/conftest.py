@@ -1,0 +1,58 @@
+"""Fixtures of the SAE tests: seeded, two threads, a small trained model shared per module."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from blindspot_assets.sae import RASAEConfig, TrainConfig, TrainResult, train_sae
+from tests.sae.planted import planted_atoms, write_planted_store
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+@pytest.fixture(autouse=True)
+def _seeded_torch() -> None:
+    torch.manual_seed(0)
+    torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+
+@dataclass(frozen=True)
+class Trained:
+    result: TrainResult
+    features: Path
+    atoms: np.ndarray
+
+
+TINY_SAE = RASAEConfig(
+    d=32, n_concepts=48, sparsity="batchtopk", k=3, n_candidates=256, delta_relax=0.05
+)
+TINY_TRAIN = TrainConfig(
+    epochs=40,
+    batch_size=256,
+    lr=1e-2,
+    lr_end=1e-5,
+    buffer_tokens=1024,
+    kmeans_tokens=20_000,
+    kmeans_batch=1024,
+    log_every=50,
+    dead_after_tokens=5_000,
+    eval_tokens=4_000,
+    checkpoint_every=0,
+)
+
+
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> Trained:
+    """A BatchTopK RA-SAE trained on 200 images × 16 tokens of a planted 24-atom dictionary."""
+    torch.manual_seed(0)
+    root = tmp_path_factory.mktemp("planted")
+    atoms = planted_atoms(24, 32, seed=0)
+    write_planted_store(root / "features.zarr", atoms, 200, 16, seed=1, invalid_rows=(3, 40))
+    result = train_sae([root / "features.zarr"], TINY_SAE, TINY_TRAIN)
+    return Trained(result, root / "features.zarr", atoms)
