@@ -7,16 +7,11 @@ inputs → generation → features → concepts → analysis. The science lives 
 
 from __future__ import annotations
 
-import warnings
-
 import dagster as dg
 
 from blindspot_assets.defs import analysis, concepts, features, generation, inputs
 from blindspot_assets.defs.jobs import blindspot_job, model_job, real_job
 from blindspot_assets.defs.resources import RunConfigResource, default_config_path
-
-warnings.filterwarnings("ignore", category=dg.BetaWarning, module=r"dagster\..*")
-warnings.filterwarnings("ignore", category=dg.PreviewWarning, module=r"dagster\..*")
 
 _modules = [inputs, generation, features, concepts, analysis]
 

@@ -50,13 +50,15 @@ def test_planted_model_never_draws_its_suppressed_colour_and_overdraws_its_backg
         )
     )
     reqs = [
-        GenerationRequest(f"i{i}", "two red circles and a green square on a dotted background", i)
+        GenerationRequest(f"i{i}", "two red circles and a green square on a plain background", i)
         for i in range(5)
     ]
     for img in gen.generate(reqs):
         assert _color_fraction(img, COLORS["red"]) == 0
         assert _color_fraction(img, COLORS["green"]) > 0.01
-    assert gen.lineage()["planted_truth"] == {"suppressed": ["red"], "exaggerated": ["striped"]}
+    truth = gen.lineage()["planted_truth"]
+    assert truth["suppressed"] == ["red"]
+    assert truth["exaggerated"] == ["striped"]
     faithful = build(ModelSpec("f", "demo", {}))
     img = faithful.generate(reqs[:1])[0]
     assert _color_fraction(img, COLORS["red"]) > 0.01

@@ -1,6 +1,8 @@
 """Stage 5 — analysis: per-concept statistics, blindspots, top images, the report (DuckDB)."""
 
+import hashlib
 import json
+from pathlib import Path
 from typing import Any
 
 import dagster as dg
@@ -11,6 +13,7 @@ from blindspot_assets.defs.common import lineage_md, table_md
 from blindspot_assets.defs.concepts import concept_codes, real_concept_codes, sae
 from blindspot_assets.defs.partitions import model_partitions, single_run
 from blindspot_assets.defs.resources import RunConfigResource
+from blindspot_assets.sae.checkpoint import read_header
 from blindspot_assets.stats import (
     BlindspotParams,
     compute_concept_stats,
@@ -26,17 +29,18 @@ def _lineage_columns(
     context: dg.AssetExecutionContext, cfg: RunConfig, model_key: str
 ) -> dict[str, str]:
     """Columns stamped on every row so it traces back to the exact model and SAE version."""
-    sae_header = (
-        json.loads((cfg.layout.sae / "config.json").read_text())
-        if (cfg.layout.sae / "config.json").exists()
-        else {}
-    )
     return {
         "model_key": model_key,
         "model_version": model_version(read_lineage(cfg.layout.generated_images(model_key))),
-        "sae_version": str(sae_header.get("header", sae_header).get("data_version", "unknown")),
+        "sae_version": sae_version(cfg.layout.sae),
         "run_id": context.run.run_id,
     }
+
+
+def sae_version(sae_dir: Path) -> str:
+    """A short hash of the SAE's header (config, training-data version, step, metrics)."""
+    header = json.dumps(read_header(sae_dir), sort_keys=True, default=str)
+    return "sae:" + hashlib.sha256(header.encode()).hexdigest()[:12]
 
 
 def _stamp(df: pl.DataFrame, columns: dict[str, str]) -> pl.DataFrame:

@@ -151,7 +151,7 @@ class Plants:
     suppress_colors: tuple[str, ...] = ()
     suppress_shapes: tuple[str, ...] = ()
     exaggerate_background: str | None = None
-    exaggerate_rate: float = 0.7
+    exaggerate_rate: float = 0.9
 
     def __post_init__(self) -> None:
         for c in self.suppress_colors:
@@ -170,6 +170,8 @@ class Plants:
         return {
             "suppressed": [*self.suppress_colors, *self.suppress_shapes],
             "exaggerated": [self.exaggerate_background] if self.exaggerate_background else [],
+            # A consequence of the exaggeration rather than a plant of its own.
+            "implied_suppressed": ["plain"] if self.exaggerate_background else [],
         }
 
     def apply(self, scene: Scene, rng: np.random.Generator) -> Scene:
@@ -179,7 +181,10 @@ class Plants:
             if o.color not in self.suppress_colors and o.shape not in self.suppress_shapes
         )
         bg = scene.background
-        if self.exaggerate_background and rng.random() < self.exaggerate_rate:
+        # Over-drawing a texture: where the caption asks for a plain background, the model
+        # draws its favourite texture instead. Other textures are left alone, so the plant
+        # exaggerates one texture and suppresses only "plain" (recorded as implied).
+        if self.exaggerate_background and bg == "plain" and rng.random() < self.exaggerate_rate:
             bg = self.exaggerate_background
         return Scene(objects, bg)
 

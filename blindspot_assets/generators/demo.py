@@ -36,7 +36,7 @@ class DemoGenerator:
                 suppress_colors=tuple(p.get("suppress_colors", ())),
                 suppress_shapes=tuple(p.get("suppress_shapes", ())),
                 exaggerate_background=p.get("exaggerate_background"),
-                exaggerate_rate=float(p.get("exaggerate_rate", 0.7)),
+                exaggerate_rate=float(p.get("exaggerate_rate", 0.9)),
             )
         except ValueError as exc:
             raise ConfigError(f"models.{spec.key}: {exc}") from exc
