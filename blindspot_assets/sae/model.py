@@ -88,9 +88,14 @@ class RelaxedArchetypalSAE(nn.Module):
         super()._load_from_state_dict(*args, **kwargs)
 
     # -- encoder ------------------------------------------------------------------------------
+    def pre_activations(self, x_nd: Tensor) -> Tensor:
+        """LayerNorm(linear(x)), before ReLU (AuxK trains dead concepts from these)."""
+        out: Tensor = self.norm(self.encoder(x_nd))
+        return out
+
     def pre_codes(self, x_nd: Tensor) -> Tensor:
         """ReLU(LayerNorm(linear(x))): the dense non-negative codes before sparsity."""
-        return torch.relu(self.norm(self.encoder(x_nd)))
+        return torch.relu(self.pre_activations(x_nd))
 
     def sparsify(self, codes_nc: Tensor, update_threshold: bool = False) -> Tensor:
         """Keep the active codes: TopK per token, or BatchTopK (batch in training, θ else)."""

@@ -14,7 +14,11 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from blindspot_assets.sae.checkpoint import load_train_checkpoint, save_train_checkpoint
+from blindspot_assets.sae.checkpoint import (
+    build_empty,
+    load_train_checkpoint,
+    save_train_checkpoint,
+)
 from blindspot_assets.sae.config import RASAEConfig, TrainConfig
 from blindspot_assets.sae.data import TokenLoader
 from blindspot_assets.sae.kmeans import minibatch_kmeans
@@ -31,6 +35,10 @@ class TrainResult:
     sae_config: RASAEConfig
     train_config: TrainConfig
     adjustments: list[str] = field(default_factory=list)
+
+
+def _finite_or_none(v: float) -> float | None:
+    return v if math.isfinite(v) else None
 
 
 def resolve_device(name: str) -> torch.device:
@@ -50,22 +58,93 @@ def lr_at(step: int, total_steps: int, cfg: TrainConfig) -> float:
 
 
 def auxk_loss(
-    model: RelaxedArchetypalSAE, codes_nc: Tensor, residual_nd: Tensor, dead_c: Tensor
+    model: RelaxedArchetypalSAE, pre_nc: Tensor, residual_nd: Tensor, dead_c: Tensor
 ) -> Tensor:
-    """AuxK (Gao et al. 2024): the dead concepts' top codes must explain the residual.
+    """AuxK (Gao et al. 2024): the top ``aux_k`` dead concepts must explain the residual.
 
-    Normalised by the residual's energy so its weight does not depend on the data's scale.
+    Uses the dead concepts' pre-activations *before* ReLU: a concept whose pre-activation is
+    negative on every token (truly dead) still gets a gradient that moves it toward the data.
+    Normalised by the residual's energy, so its weight does not depend on the data's scale.
     """
     n_dead = int(dead_c.sum())
     if n_dead == 0:
-        return codes_nc.new_zeros(())
+        return pre_nc.new_zeros(())
     k_aux = min(model.cfg.effective_aux_k, n_dead)
-    dead_codes = codes_nc * dead_c.to(codes_nc.dtype)
-    vals, idx = dead_codes.topk(k_aux, dim=-1)
-    z_aux = torch.zeros_like(codes_nc).scatter_(-1, idx, vals)
-    target = residual_nd.detach()
-    err = ((model.decode(z_aux) - target) ** 2).sum(dim=-1).mean()
+    masked = pre_nc.masked_fill(~dead_c, float("-inf"))
+    idx = masked.topk(k_aux, dim=-1).indices
+    z_aux = torch.zeros_like(pre_nc).scatter_(-1, idx, pre_nc.gather(-1, idx))
+    target = residual_nd.detach().float()
+    err = ((model.decode(z_aux).float() - target) ** 2).sum(dim=-1).mean()
     return err / ((target**2).sum(dim=-1).mean() + 1e-8)
+
+
+class Trainer:
+    """One optimisation step at a time: loss, backward, clipping, AdamW, projection, tracking.
+
+    Holds everything a step changes (model, optimizer, scaler, silence counters), so the loop
+    in ``train_sae`` and the tests drive the same code.
+    """
+
+    def __init__(self, model: RelaxedArchetypalSAE, cfg: TrainConfig, device: torch.device):
+        self.model = model
+        self.cfg = cfg
+        self.device = device
+        self.opt = _optimizer(model, cfg)
+        self.use_amp = device.type == "cuda"
+        self.amp_dtype = torch.bfloat16 if cfg.amp_dtype == "bfloat16" else torch.float16
+        self.scaler = torch.amp.GradScaler(
+            "cuda", enabled=self.use_amp and self.amp_dtype == torch.float16
+        )
+        # tokens since each concept last fired: ≥ dead_after_tokens means dead (AuxK)
+        self.silent_c = torch.zeros(model.n_concepts, dtype=torch.long, device=device)
+        self.last_grad_norm = 0.0
+
+    def dead_c(self) -> Tensor:
+        return self.silent_c >= self.cfg.dead_after_tokens
+
+    def step(self, x_nd: Tensor, lr: float) -> dict[str, Tensor]:
+        model, cfg = self.model, self.cfg
+        for group in self.opt.param_groups:
+            group["lr"] = lr
+        autocast = (
+            torch.autocast("cuda", dtype=self.amp_dtype)
+            if self.use_amp
+            else contextlib.nullcontext()
+        )
+        dead_c = self.dead_c()
+        with autocast:
+            pre = model.pre_activations(x_nd)
+            z = model.sparsify(torch.relu(pre), update_threshold=True)
+            x_hat = model.decode(z).float()
+            mse = ((x_hat - x_nd) ** 2).mean()
+            aux = auxk_loss(model, pre, x_nd - x_hat, dead_c) if cfg.aux_weight > 0 else mse * 0
+            loss = mse + cfg.aux_weight * aux
+        self.opt.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()  # type: ignore[no-untyped-call]
+        self.scaler.unscale_(self.opt)
+        if cfg.grad_clip > 0:
+            norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            self.last_grad_norm = float(norm)
+        self.scaler.step(self.opt)
+        self.scaler.update()
+        model.project_()
+        with torch.no_grad():
+            self.silent_c += x_nd.shape[0]
+            self.silent_c[(z > 0).any(dim=0)] = 0
+        return {"loss": loss, "mse": mse, "aux": aux, "z": z, "x_hat": x_hat, "dead": dead_c}
+
+    # -- exact resume -------------------------------------------------------------------------
+    def state_tensors(self) -> dict[str, Tensor]:
+        return {
+            **_optim_tensors(self.opt),
+            "silent": self.silent_c,
+            "rng.cpu": torch.get_rng_state(),
+        }
+
+    def load_state_tensors(self, tensors: dict[str, Tensor]) -> None:
+        _load_optim(self.opt, {k: v.to(self.device) for k, v in tensors.items()})
+        self.silent_c = tensors["silent"].to(self.device)
+        torch.set_rng_state(tensors["rng.cpu"])
 
 
 def _optimizer(model: RelaxedArchetypalSAE, cfg: TrainConfig) -> torch.optim.AdamW:
@@ -169,98 +248,67 @@ def train_sae(
                 train_cfg.buffer_tokens,
                 train_cfg.seed + 1,
             )
-            n_km = max(train_cfg.kmeans_tokens, sae_cfg.n_candidates)
+            # small data: ten passes are plenty; large data: the configured token budget
+            n_km = max(min(train_cfg.kmeans_tokens, 10 * loader.n_tokens), sae_cfg.n_candidates)
             candidates, kmeans_info = minibatch_kmeans(
                 km_loader, sae_cfg.n_candidates, n_km, device
             )
         model = RelaxedArchetypalSAE(sae_cfg, candidates).to(device)
         model.project_()
         model.init_encoder_from_dictionary()
+        model.train()
+        trainer = Trainer(model, train_cfg, device)
         step = 0
-        silent_c = torch.zeros(sae_cfg.n_concepts, dtype=torch.long, device=device)
-        opt = _optimizer(model, train_cfg)
     else:
         model_t, _, train_t, state = resumed
-        model = RelaxedArchetypalSAE(sae_cfg).to(device)
-        model.load_state_dict(model_t)
-        opt = _optimizer(model, train_cfg)
-        _load_optim(opt, {k: v.to(device) for k, v in train_t.items()})
+        model = build_empty(sae_cfg)
+        model.load_state_dict(model_t, assign=True)
+        model.to(device).train()
+        trainer = Trainer(model, train_cfg, device)
+        trainer.load_state_tensors(train_t)
         loader.load_state(state["loader"], train_t["loader.carry"].numpy())
-        silent_c = train_t["silent"].to(device)
-        torch.set_rng_state(train_t["rng.cpu"])
         step = int(state["step"])
         kmeans_info = state.get("kmeans", {})
         adjustments.append(f"resumed from step {step}")
-    model.train()
 
-    use_amp = device.type == "cuda"
-    amp_dtype = torch.bfloat16 if train_cfg.amp_dtype == "bfloat16" else torch.float16
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
     tokens_at_start = step * train_cfg.batch_size
     t_loop = time.perf_counter()
-    last: dict[str, Any] = {}
     batches = iter(loader)
     while step < run_steps:
         x = next(batches).to(device, non_blocking=True)
         lr = lr_at(step, total_steps, train_cfg)
-        for group in opt.param_groups:
-            group["lr"] = lr
-        autocast = torch.autocast("cuda", dtype=amp_dtype) if use_amp else contextlib.nullcontext()
-        with autocast:
-            codes = model.pre_codes(x)
-            z = model.sparsify(codes, update_threshold=True)
-            x_hat = model.decode(z)
-            mse = ((x_hat.float() - x) ** 2).mean()
-            dead_c = silent_c >= train_cfg.dead_after_tokens
-            aux = auxk_loss(model, codes, x - x_hat.float(), dead_c)
-            loss = mse + train_cfg.aux_weight * aux
-        opt.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()  # type: ignore[no-untyped-call]
-        scaler.unscale_(opt)
-        if train_cfg.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), train_cfg.grad_clip)
-        scaler.step(opt)
-        scaler.update()
-        model.project_()
-        with torch.no_grad():
-            fired_c = (z > 0).any(dim=0)
-            silent_c += x.shape[0]
-            silent_c[fired_c] = 0
+        out = trainer.step(x, lr)
         step += 1
-
         if checkpoint_dir and train_cfg.checkpoint_every and step % train_cfg.checkpoint_every == 0:
             position, carry = loader.state()
             save_train_checkpoint(
                 checkpoint_dir,
                 model,
                 {"step": step, "data_version": version},
-                {
-                    **_optim_tensors(opt),
-                    "loader.carry": torch.from_numpy(carry),
-                    "silent": silent_c,
-                    "rng.cpu": torch.get_rng_state(),
-                },
+                {**trainer.state_tensors(), "loader.carry": torch.from_numpy(carry)},
                 {"step": step, "loader": position, "run_key": run_key, "kmeans": kmeans_info},
             )
         if log and (step % max(1, train_cfg.log_every) == 0 or step == run_steps):
+            elapsed = time.perf_counter() - t_loop
             with torch.no_grad():
-                elapsed = time.perf_counter() - t_loop
-                last = {
-                    "step": step,
-                    "total_steps": total_steps,
-                    "lr": lr,
-                    "loss": float(loss),
-                    "mse": float(mse),
-                    "aux_loss": float(aux),
-                    "r2": explained_variance(x, x_hat.float()),
-                    "l0": float((z > 0).sum(dim=-1).float().mean()),
-                    "dead_fraction": float(dead_c.float().mean()),
-                    "threshold": float(model.threshold),
-                    "tokens_per_s": (step * train_cfg.batch_size - tokens_at_start) / elapsed
-                    if elapsed > 0
-                    else 0.0,
-                }
-            log(last)
+                log(
+                    {
+                        "step": step,
+                        "total_steps": total_steps,
+                        "lr": lr,
+                        "loss": float(out["loss"]),
+                        "mse": float(out["mse"]),
+                        "aux_loss": float(out["aux"]),
+                        "r2": explained_variance(x, out["x_hat"]),
+                        "l0": float((out["z"] > 0).sum(dim=-1).float().mean()),
+                        "dead_fraction": float(out["dead"].float().mean()),
+                        "threshold": _finite_or_none(float(model.threshold)),
+                        "grad_norm": trainer.last_grad_norm,
+                        "tokens_per_s": (step * train_cfg.batch_size - tokens_at_start) / elapsed
+                        if elapsed > 0
+                        else 0.0,
+                    }
+                )
 
     loop_seconds = time.perf_counter() - t_loop
     model.eval()
@@ -280,9 +328,11 @@ def train_sae(
             else 0.0,
             "n_concepts": sae_cfg.n_concepts,
             "n_candidates": sae_cfg.n_candidates,
-            "threshold": float(model.threshold),
+            "threshold": _finite_or_none(float(model.threshold)),
             "dead_fraction_train": float(
-                (silent_c >= min(train_cfg.dead_after_tokens, max(1, tokens_seen))).float().mean()
+                (trainer.silent_c >= min(train_cfg.dead_after_tokens, max(1, tokens_seen)))
+                .float()
+                .mean()
             ),
             "device": str(device),
             "adjustments": list(adjustments),

@@ -1,0 +1,182 @@
+"""Training mechanics: projections, BatchTopK threshold, AuxK revival, LR schedule, clipping,
+exact resume."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+
+from blindspot_assets.sae import RASAEConfig, TrainConfig, train_sae
+from blindspot_assets.sae.model import RelaxedArchetypalSAE
+from blindspot_assets.sae.train import Trainer, lr_at
+from tests.sae.planted import planted_atoms, write_planted_store
+
+CPU = torch.device("cpu")
+
+
+def _planted_tokens(n: int, d: int = 16, n_atoms: int = 12, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    atoms = torch.nn.functional.normalize(torch.randn(n_atoms, d, generator=g), dim=1)
+    coef = torch.rand(n, n_atoms, generator=g) * (torch.rand(n, n_atoms, generator=g) < 0.2)
+    return coef @ atoms + 0.01 * torch.randn(n, d, generator=g)
+
+
+def _model(x: torch.Tensor, **kw: object) -> RelaxedArchetypalSAE:
+    cfg = RASAEConfig(
+        **{"d": x.shape[1], "n_concepts": 24, "k": 3, "n_candidates": 64, "delta_relax": 0.05, **kw}  # type: ignore[arg-type]
+    )
+    model = RelaxedArchetypalSAE(cfg, x[: cfg.n_candidates].clone())
+    model.project_()
+    model.init_encoder_from_dictionary()
+    return model.train()
+
+
+def test_projection_keeps_w_row_stochastic_and_lambda_clipped() -> None:
+    x = _planted_tokens(512)
+    model = _model(x)
+    trainer = Trainer(model, TrainConfig(lr=0.05, grad_clip=0), CPU)
+    reached_bound = False
+    for i in range(30):
+        trainer.step(x[(i * 64) % 512 :][:64], lr=0.05)
+        assert (model.W >= 0).all()
+        torch.testing.assert_close(model.W.sum(dim=1), torch.ones(24), atol=1e-5, rtol=0)
+        norms = model.relax.norm(dim=1)
+        assert (norms <= model.cfg.delta_relax * (1 + 1e-5)).all()
+        reached_bound |= bool((norms > 0.99 * model.cfg.delta_relax).any())
+    assert reached_bound, "Λ never reached δ: the clipping was not exercised"
+    # the dictionary is exp(m)·(W·C + Λ): inside the (scaled) hull of C up to δ
+    with torch.no_grad():
+        d_cd = model.dictionary() / torch.exp(model.log_scale)
+        hull = model.W @ model.C
+        assert ((d_cd - hull).norm(dim=1) <= model.cfg.delta_relax * (1 + 1e-4)).all()
+
+
+def test_batchtopk_threshold_tracks_the_batch_kth_value() -> None:
+    x = _planted_tokens(1024)
+    model = _model(x, sparsity="batchtopk", threshold_momentum=0.5)
+    assert math.isnan(float(model.threshold))
+    with pytest.raises(RuntimeError, match="threshold"):
+        model.eval().encode(x[:4])
+    model.train()
+    expected = None
+    for i in range(8):
+        batch = x[i * 128 : (i + 1) * 128]
+        with torch.no_grad():
+            codes = model.pre_codes(batch)
+            kth = codes.flatten().topk(3 * 128).values.min()
+            z = model.sparsify(codes, update_threshold=True)
+        assert int((z > 0).sum()) >= 3 * 128 - 5  # the batch keeps ~k per token on average
+        expected = kth if expected is None else 0.5 * expected + 0.5 * kth
+        torch.testing.assert_close(model.threshold, expected)
+    model.eval()
+    with torch.no_grad():
+        z = model.encode(x)
+        assert torch.equal(z, model.pre_codes(x) * (model.pre_codes(x) >= model.threshold))
+        assert 1.0 < float((z > 0).sum(dim=1).float().mean()) < 6.0
+
+
+def test_auxk_revives_planted_dead_concepts() -> None:
+    x = _planted_tokens(2048)
+
+    def dead_after(aux_weight: float) -> float:
+        torch.manual_seed(0)
+        model = _model(x, sparsity="batchtopk")
+        with torch.no_grad():  # plant: half the concepts point away from all data
+            mean_dir = torch.nn.functional.normalize(x.mean(dim=0), dim=0)
+            model.encoder.weight[12:] = -2.0 * mean_dir
+            model.encoder.bias[12:] = -3.0
+        cfg = TrainConfig(lr=3e-2, aux_weight=aux_weight, dead_after_tokens=256, grad_clip=0)
+        trainer = Trainer(model, cfg, CPU)
+        for _ in range(10):
+            fired = torch.zeros(24, dtype=torch.bool)
+            for i in range(0, 2048, 128):
+                out = trainer.step(x[i : i + 128], lr=3e-2)
+                fired |= (out["z"] > 0).any(dim=0)
+        return 1.0 - float(fired[12:].float().mean())  # dead in the last epoch
+
+    without, with_aux = dead_after(0.0), dead_after(1.0)
+    assert without >= 0.9  # the planted concepts stay dead without AuxK
+    assert with_aux <= 0.25
+
+
+def test_lr_warms_up_linearly_then_decays_by_cosine() -> None:
+    cfg = TrainConfig(lr=1e-3, lr_end=1e-5, warmup_frac=0.1)
+    lrs = [lr_at(s, 200, cfg) for s in range(200)]
+    warm = lrs[:20]
+    assert all(b > a for a, b in zip(warm, warm[1:], strict=False))
+    assert lrs[19] == pytest.approx(1e-3)
+    decay = lrs[20:]
+    assert all(b <= a for a, b in zip(decay, decay[1:], strict=False))
+    assert lrs[-1] == pytest.approx(1e-5, rel=0.01, abs=1e-6)
+    assert lr_at(110, 200, cfg) == pytest.approx((1e-3 + 1e-5) / 2, rel=1e-6)
+
+
+def test_gradients_are_clipped_to_the_configured_norm() -> None:
+    x = _planted_tokens(256) * 100.0  # large inputs, large gradients
+    model = _model(x)
+    trainer = Trainer(model, TrainConfig(grad_clip=0.01), CPU)
+    trainer.step(x[:128], lr=1e-4)
+    assert trainer.last_grad_norm > 0.01
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    total = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
+    assert float(total) <= 0.01 * (1 + 1e-4)
+
+
+def test_cpu_training_runs_in_float32_without_autocast() -> None:
+    x = _planted_tokens(128)
+    trainer = Trainer(_model(x), TrainConfig(), CPU)
+    assert not trainer.use_amp
+    out = trainer.step(x, lr=1e-3)
+    assert out["z"].dtype == torch.float32 and out["x_hat"].dtype == torch.float32
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="autocast is used on CUDA only")
+def test_cuda_training_autocasts_to_bf16() -> None:
+    x = _planted_tokens(128).cuda()
+    model = _model(x.cpu()).cuda()
+    trainer = Trainer(model, TrainConfig(amp_dtype="bfloat16"), torch.device("cuda"))
+    out = trainer.step(x, lr=1e-3)
+    assert trainer.use_amp and out["z"].dtype == torch.bfloat16
+    assert model.W.dtype == torch.float32
+
+
+def test_stopped_and_resumed_run_equals_uninterrupted(tmp_path: Path) -> None:
+    write_planted_store(tmp_path / "f.zarr", planted_atoms(10, 16, 0), 40, 12, seed=3)
+    sae_cfg = RASAEConfig(d=16, n_concepts=20, k=2, n_candidates=48, sparsity="batchtopk")
+    tc = TrainConfig(
+        epochs=3,
+        batch_size=100,
+        lr=3e-3,
+        buffer_tokens=150,
+        kmeans_tokens=500,
+        kmeans_batch=100,
+        checkpoint_every=3,
+        log_every=1,
+        eval_tokens=200,
+        dead_after_tokens=200,
+    )
+    ref = train_sae([tmp_path / "f.zarr"], sae_cfg, replace(tc, checkpoint_every=0))
+
+    class Crash(Exception):
+        pass
+
+    def crash_at_step_8(m: dict[str, object]) -> None:
+        if m["step"] == 8:
+            raise Crash
+
+    with pytest.raises(Crash):
+        train_sae([tmp_path / "f.zarr"], sae_cfg, tc, tmp_path / "ckpt", log=crash_at_step_8)
+    resumed = train_sae([tmp_path / "f.zarr"], sae_cfg, tc, tmp_path / "ckpt")
+    assert "resumed from step 6" in resumed.metrics["adjustments"]
+    assert resumed.metrics["steps"] == ref.metrics["steps"] == (40 * 12 * 3) // 100
+    ref_sd, res_sd = ref.model.state_dict(), resumed.model.state_dict()
+    assert ref_sd.keys() == res_sd.keys()
+    for name in ref_sd:
+        assert ref_sd[name].numpy().tobytes() == res_sd[name].numpy().tobytes(), name
+    # a checkpoint of another config is not resumed
+    other = train_sae([tmp_path / "f.zarr"], sae_cfg, replace(tc, lr=1e-3), tmp_path / "ckpt")
+    assert not any("resumed" in a for a in other.metrics["adjustments"])
