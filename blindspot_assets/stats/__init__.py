@@ -9,19 +9,43 @@ from blindspot_assets.stats.concepts import (
     flag_blindspots,
     top_images_per_concept,
 )
+from blindspot_assets.stats.datapoints import datapoint_deltas
 from blindspot_assets.stats.energy import concept_energy
+from blindspot_assets.stats.labels import concept_labels, top_label
+from blindspot_assets.stats.memorization import memorization_candidates
 from blindspot_assets.stats.params import BlindspotParams
+from blindspot_assets.stats.planted import planted_summary_frame, score_planted
 from blindspot_assets.stats.reading import Pairing, pair_rows
 from blindspot_assets.stats.scores import benjamini_hochberg, blindspot_scores
+from blindspot_assets.stats.summaries import (
+    compare_variants,
+    delta_histogram,
+    frequency_vs_relative,
+    l2_histograms,
+    model_summaries,
+    relative_correlations,
+)
 
 __all__ = [
     "BlindspotParams",
     "Pairing",
     "benjamini_hochberg",
     "blindspot_scores",
+    "compare_variants",
     "compute_concept_stats",
     "concept_energy",
+    "concept_labels",
+    "datapoint_deltas",
+    "delta_histogram",
     "flag_blindspots",
+    "frequency_vs_relative",
+    "l2_histograms",
+    "memorization_candidates",
+    "model_summaries",
     "pair_rows",
+    "planted_summary_frame",
+    "relative_correlations",
+    "score_planted",
     "top_images_per_concept",
+    "top_label",
 ]
