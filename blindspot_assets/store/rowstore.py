@@ -145,7 +145,8 @@ class RowStore:
 
     def valid(self) -> np.ndarray:
         """Rows that are written and usable."""
-        return np.asarray(self.array("valid")[:], dtype=bool) & self.done()
+        valid: np.ndarray = np.asarray(self.array("valid")[:], dtype=bool) & self.done()
+        return valid
 
     def status(self) -> list[str]:
         return [str(x) for x in self.array("status")[:]]

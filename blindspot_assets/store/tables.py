@@ -89,6 +89,7 @@ def query(db_path: Path, sql: str) -> pl.DataFrame:
     """Run a read-only SQL query against the results database."""
     con = duckdb.connect(str(db_path), read_only=True)
     try:
-        return con.sql(sql).pl()
+        df: pl.DataFrame = con.sql(sql).pl()
+        return df
     finally:
         con.close()
