@@ -1,0 +1,128 @@
+"""PixArt-α through ``PixArtAlphaPipeline``.
+
+Family ``pixart``; fields beyond the common ones (``generators/common.py``):
+
+    resolution_binning: true (the library default) | false. With it, a 512×512 request to the
+        1024 checkpoint (``PixArt-alpha/PixArt-XL-2-1024-MS``) is made at the nearest trained
+        aspect-ratio bin (1024×1024) and resized down to 512×512; without it, it is made at 512
+        directly. The lineage records which, and the size actually denoised.
+    max_sequence_length: T5 tokens kept of a caption (default 120, the library's).
+    clean_caption: false (default) | true. The library's default is true, but it silently turns
+        itself off unless beautifulsoup4 and ftfy are installed; false makes the prompt the
+        caption as is on every machine.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from PIL import Image
+
+from blindspot_assets.config import ModelSpec
+from blindspot_assets.generators.common import (
+    DiffusersGenerator,
+    DiffusionSettings,
+    check_params,
+    fail,
+    load_pipeline,
+    runtime_for,
+    sampling_kwargs,
+    settings_from,
+    steps_and_guidance,
+    swap_scheduler,
+)
+from blindspot_assets.lineage import CheckpointVersion, resolve_checkpoint
+
+FAMILY_PARAMS = {
+    "resolution_binning": "denoise at the nearest trained aspect-ratio bin, resize (default true)",
+    "max_sequence_length": "T5 tokens kept per caption (default 120)",
+    "clean_caption": "the library's caption cleaning (default false)",
+}
+# transformer.config.sample_size → the bin table PixArtAlphaPipeline uses
+_BINNED_SAMPLE_SIZES = {128: 1024, 64: 512, 32: 256}
+
+
+def validate(spec: ModelSpec) -> None:
+    check_params(spec, FAMILY_PARAMS)
+    settings_from(spec)
+    for name in ("resolution_binning", "clean_caption"):
+        if not isinstance(spec.params.get(name, True), bool):
+            raise fail(spec, name, "must be true or false", f"write {name}: false")
+    length = spec.params.get("max_sequence_length", 120)
+    if isinstance(length, bool) or not isinstance(length, int) or length < 1:
+        raise fail(spec, "max_sequence_length", f"{length!r}", "use a positive integer (120)")
+
+
+def checkpoints(spec: ModelSpec) -> list[CheckpointVersion]:
+    settings = settings_from(spec)
+    return [resolve_checkpoint(settings.repo, settings.revision)]
+
+
+def _denoised_size(pipe: Any, settings: DiffusionSettings, binning: bool) -> tuple[int, int]:
+    """The size the transformer really denoises (binning moves 512×512 to a trained bin)."""
+    if not binning:
+        return settings.height, settings.width
+    from diffusers.pipelines.pixart_alpha import pipeline_pixart_alpha as pixart_module
+
+    side = _BINNED_SAMPLE_SIZES[int(pipe.transformer.config.sample_size)]
+    bins = getattr(pixart_module, f"ASPECT_RATIO_{side}_BIN")
+    height, width = pipe.image_processor.classify_height_width_bin(
+        settings.height, settings.width, ratios=bins
+    )
+    return int(height), int(width)
+
+
+def build(spec: ModelSpec, device: str | None = None) -> DiffusersGenerator:
+    from diffusers import PixArtAlphaPipeline
+
+    validate(spec)
+    settings = settings_from(spec)
+    runtime = runtime_for(settings, device)
+    pipe = load_pipeline(
+        PixArtAlphaPipeline, settings.repo, settings.revision, settings.variant, runtime
+    )
+    swap_scheduler(pipe, settings, spec)
+    binning = bool(spec.params.get("resolution_binning", True))
+    sample_size = int(pipe.transformer.config.sample_size)
+    if binning and sample_size not in _BINNED_SAMPLE_SIZES:
+        raise fail(
+            spec,
+            "resolution_binning",
+            f"the transformer's sample_size {sample_size} has no aspect-ratio bins",
+            "set resolution_binning: false",
+        )
+    steps, guidance = steps_and_guidance(settings, pipe)
+    max_len = int(spec.params.get("max_sequence_length", 120))
+    clean = bool(spec.params.get("clean_caption", False))
+
+    def call(prompts: list[str], generators: list[torch.Generator]) -> list[Image.Image]:
+        out = pipe(
+            prompt=prompts,
+            generator=generators,
+            use_resolution_binning=binning,
+            max_sequence_length=max_len,
+            clean_caption=clean,
+            output_type="pil",
+            **sampling_kwargs(settings, steps, guidance, len(prompts), no_negative=""),
+        )
+        return list(out.images)
+
+    extra: dict[str, Any] = {
+        "resolution_binning": binning,
+        "denoised_size": list(_denoised_size(pipe, settings, binning)),
+        "max_sequence_length": max_len,
+        "clean_caption": clean,
+    }
+    return DiffusersGenerator(
+        spec,
+        settings,
+        runtime,
+        pipeline_class=type(pipe).__name__,
+        scheduler=pipe.scheduler,
+        call=call,
+        checkpoints=checkpoints(spec),
+        steps=steps,
+        guidance=guidance,
+        extra=extra,
+    )

@@ -1,0 +1,141 @@
+"""Pre-generated sets: images made elsewhere (a closed model, another machine), one per real image,
+named by the real image's id. Same partition mechanism as any model, no generation.
+
+Family ``pregenerated``; fields:
+
+    path:     the folder (required). Images are found as ``<image_id>.<png|jpg|jpeg|webp>``
+              anywhere below it, or through ``manifest``.
+    manifest: optional CSV or parquet inside or beside ``path`` with columns ``image_id`` and
+              ``path`` (relative to ``path``), for files named otherwise.
+    model:    free text naming what made the images (kept in the lineage)
+    batch_size, seed: accepted for symmetry with the other families (seeds are not used)
+
+The version (data version of the model checkpoint) is the content hash of the folder. A real
+image with no pregenerated counterpart raises for that image alone; the runner records it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+from PIL import Image
+
+from blindspot_assets.config import ModelSpec
+from blindspot_assets.generators.base import GenerationRequest
+from blindspot_assets.generators.common import fail
+from blindspot_assets.lineage import CheckpointVersion, resolve_checkpoint
+
+PARAMS = {"path", "manifest", "model", "batch_size", "seed"}
+EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp")
+
+
+def _folder(spec: ModelSpec) -> Path:
+    raw = spec.params.get("path")
+    if not isinstance(raw, str) or not raw:
+        raise fail(spec, "path", "missing", "set path: /folder/of/<image_id>.png images")
+    folder = Path(raw).expanduser()
+    if not folder.is_dir():
+        raise fail(
+            spec,
+            "path",
+            f"folder {folder} does not exist",
+            "point it at the folder of pre-generated images",
+        )
+    return folder
+
+
+def _manifest_path(spec: ModelSpec, folder: Path) -> Path | None:
+    raw = spec.params.get("manifest")
+    if raw is None:
+        return None
+    path = Path(str(raw)).expanduser()
+    path = path if path.is_absolute() else folder / path
+    if not path.is_file():
+        raise fail(spec, "manifest", f"{path} does not exist", "give a CSV/parquet inside path")
+    return path
+
+
+def validate(spec: ModelSpec) -> None:
+    unknown = sorted(set(spec.params) - PARAMS)
+    if unknown:
+        raise fail(
+            spec,
+            unknown[0],
+            "not a field of the 'pregenerated' family",
+            f"use only {sorted(PARAMS)}",
+        )
+    _manifest_path(spec, _folder(spec))
+
+
+def index_folder(spec: ModelSpec) -> dict[str, Path]:
+    """image id → file."""
+    folder = _folder(spec)
+    manifest = _manifest_path(spec, folder)
+    if manifest is not None:
+        df = pl.read_parquet(manifest) if manifest.suffix == ".parquet" else pl.read_csv(manifest)
+        missing = {"image_id", "path"} - set(df.columns)
+        if missing:
+            raise fail(
+                spec,
+                "manifest",
+                f"{manifest} lacks column(s) {sorted(missing)}",
+                "give it image_id and path columns",
+            )
+        return {str(i): folder / str(p) for i, p in zip(df["image_id"], df["path"], strict=True)}
+    found: dict[str, Path] = {}
+    for path in sorted(folder.rglob("*")):
+        if path.suffix.lower() not in EXTENSIONS or path.name.startswith("."):
+            continue
+        if path.stem in found:
+            raise fail(
+                spec,
+                "path",
+                f"two images for id {path.stem!r}: {found[path.stem]} and {path}",
+                "keep one file per image id, or give a manifest",
+            )
+        found[path.stem] = path
+    return found
+
+
+def checkpoints(spec: ModelSpec) -> list[CheckpointVersion]:
+    return [resolve_checkpoint(str(_folder(spec)))]
+
+
+class PregeneratedImages:
+    def __init__(self, spec: ModelSpec) -> None:
+        self.spec = spec
+        self.folder = _folder(spec)
+        self.files = index_folder(spec)
+        self._checkpoints = checkpoints(spec)
+
+    def lineage(self) -> dict[str, Any]:
+        return {
+            "family": "pregenerated",
+            "model_key": self.spec.key,
+            "model": self.spec.params.get("model", ""),
+            "repo": str(self.folder.resolve()),
+            "version": self._checkpoints[0].data_version,
+            "checkpoints": [c.as_dict() for c in self._checkpoints],
+            "n_images": len(self.files),
+            "seed_policy": "none: the images were made elsewhere",
+        }
+
+    def generate(self, requests: Sequence[GenerationRequest]) -> list[Image.Image]:
+        images = []
+        for req in requests:
+            path = self.files.get(req.image_id)
+            if path is None or not path.is_file():
+                raise FileNotFoundError(
+                    f"no pre-generated image for {req.image_id} in {self.folder}"
+                )
+            with Image.open(path) as im:
+                images.append(im.convert("RGB"))
+        return images
+
+
+def build(spec: ModelSpec, device: str | None = None) -> PregeneratedImages:
+    validate(spec)
+    return PregeneratedImages(spec)
