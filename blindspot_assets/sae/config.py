@@ -25,6 +25,7 @@ class RASAEConfig:
     n_candidates: int = 32000
     delta_relax: float = 0.01
     encoder_layernorm: bool = True
+    layernorm_eps: float = 1e-5
     use_multiplier: bool = True  # train the scale m of D = exp(m) · (...)
     threshold_momentum: float = 0.9  # running θ ← μ·θ + (1−μ)·θ_batch, as overcomplete
     aux_k: int | None = None  # AuxK: dead concepts used to model the residual; None → d // 2

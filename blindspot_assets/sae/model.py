@@ -35,7 +35,9 @@ class RelaxedArchetypalSAE(nn.Module):
         self.cfg = cfg
         c, d = cfg.n_concepts, cfg.d
         self.encoder = nn.Linear(d, c)
-        self.norm: nn.Module = nn.LayerNorm(c) if cfg.encoder_layernorm else nn.Identity()
+        self.norm: nn.Module = (
+            nn.LayerNorm(c, eps=cfg.layernorm_eps) if cfg.encoder_layernorm else nn.Identity()
+        )
         if cfg.fused:
             self.register_buffer("D", torch.zeros(c, d))
         else:

@@ -1,0 +1,445 @@
+"""Import the authors' released RA-SAE (``matybohacek/RA-SAE-DINOv2-32k``) without running it.
+
+The release is ``torch.save(DataParallel(BatchTopKSAE))`` from the ``overcomplete`` library: a
+pickle of whole modules. Loading a pickle runs whatever callables it names, so this module reads
+it with a restricted unpickler:
+
+- tensors are rebuilt by our own functions from the raw bytes of the zip archive (memory-mapped,
+  never executed), storages become dtype markers;
+- plain containers (``OrderedDict``, ``set``) and ``torch.device`` are allowed;
+- every class of ``overcomplete`` or ``torch.nn`` becomes an inert :class:`Placeholder` that only
+  records its constructor arguments and pickled state: no import of those modules, no code;
+- any other global (``os.system``, ``builtins.eval``, ``subprocess.Popen``, ...) stops the load
+  with :class:`UnsafeCheckpointError`.
+
+The placeholders' state is then read like a state dict and converted into our fused-dictionary
+:class:`RelaxedArchetypalSAE` (safetensors + JSON header, DESIGN.md §4).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import mmap
+import pickle
+import struct
+import time
+import zipfile
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from blindspot_assets.sae.checkpoint import save_sae
+from blindspot_assets.sae.config import RASAEConfig
+from blindspot_assets.sae.model import RelaxedArchetypalSAE
+
+PLACEHOLDER_MODULES = ("overcomplete", "torch.nn.")
+_STORAGE_DTYPES = {
+    "FloatStorage": torch.float32,
+    "DoubleStorage": torch.float64,
+    "HalfStorage": torch.float16,
+    "BFloat16Storage": torch.bfloat16,
+    "LongStorage": torch.int64,
+    "IntStorage": torch.int32,
+    "ShortStorage": torch.int16,
+    "CharStorage": torch.int8,
+    "ByteStorage": torch.uint8,
+    "BoolStorage": torch.bool,
+    "UntypedStorage": torch.uint8,
+}
+_DTYPES = {
+    name: getattr(torch, name)
+    for name in ("float32", "float64", "float16", "bfloat16", "int64", "int32", "uint8", "bool")
+}
+
+
+class UnsafeCheckpointError(pickle.UnpicklingError):
+    """The checkpoint names something that could run code on load; nothing was executed."""
+
+
+class Placeholder:
+    """An inert stand-in for a class of the pickle: it only stores what the pickle gives it.
+
+    Read its content with :func:`children`, :func:`tensors_of` and :func:`attr` (functions, so
+    that no pickled attribute can shadow them).
+    """
+
+    _placeholder_qualname = "?"
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> Placeholder:
+        obj = super().__new__(cls)
+        obj.__dict__["_pickle_args"] = args
+        return obj
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self.__dict__["_pickle_args"] = args
+
+    def __setstate__(self, state: Any) -> None:
+        if isinstance(state, tuple) and len(state) == 2:  # (dict state, slot state)
+            state = {**(state[0] or {}), **(state[1] or {})}
+        if isinstance(state, dict):
+            self.__dict__.update(state)
+        else:
+            self.__dict__["_pickle_state"] = state
+
+    def __repr__(self) -> str:
+        return f"<placeholder {type(self)._placeholder_qualname}>"
+
+
+def qualname(node: Placeholder) -> str:
+    return type(node)._placeholder_qualname
+
+
+def short_name(node: Placeholder) -> str:
+    return qualname(node).rsplit(".", 1)[-1]
+
+
+def children(node: Placeholder) -> dict[str, Any]:
+    """The submodules of a pickled ``nn.Module`` (its ``_modules``)."""
+    return dict(node.__dict__.get("_modules") or {})
+
+
+def tensors_of(node: Placeholder) -> dict[str, Tensor]:
+    """The parameters and buffers of a pickled ``nn.Module``."""
+    out: dict[str, Tensor] = {}
+    for key in ("_parameters", "_buffers"):
+        for k, v in (node.__dict__.get(key) or {}).items():
+            if isinstance(v, Tensor):
+                out[k] = v
+    return out
+
+
+def attr(node: Placeholder, name: str, default: Any = None) -> Any:
+    return node.__dict__.get(name, default)
+
+
+def _placeholder_class(module: str, name: str) -> type[Placeholder]:
+    return type(name, (Placeholder,), {"_placeholder_qualname": f"{module}.{name}"})
+
+
+@dataclass(frozen=True)
+class _StorageType:
+    dtype: torch.dtype
+
+
+def _rebuild_tensor(
+    storage: Tensor,
+    storage_offset: int,
+    size: tuple[int, ...],
+    stride: tuple[int, ...],
+    requires_grad: bool = False,
+    backward_hooks: Any = None,
+    metadata: Any = None,
+) -> Tensor:
+    if not isinstance(storage, Tensor):
+        raise UnsafeCheckpointError("a tensor was rebuilt from something that is not a storage")
+    return storage.as_strided(tuple(size), tuple(stride), int(storage_offset))
+
+
+def _rebuild_parameter(data: Tensor, requires_grad: bool = False, hooks: Any = None) -> Tensor:
+    return data
+
+
+def _rebuild_parameter_with_state(
+    data: Tensor, requires_grad: bool, hooks: Any, state: Any
+) -> Tensor:
+    return data
+
+
+def _device(*args: Any) -> str:
+    return ":".join(str(a) for a in args)
+
+
+_ALLOWED: dict[tuple[str, str], Any] = {
+    ("collections", "OrderedDict"): OrderedDict,
+    ("builtins", "set"): set,
+    ("builtins", "frozenset"): frozenset,
+    ("__builtin__", "set"): set,
+    ("__builtin__", "frozenset"): frozenset,
+    ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor,
+    ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
+    ("torch._utils", "_rebuild_parameter_with_state"): _rebuild_parameter_with_state,
+    ("torch", "device"): _device,
+    ("torch", "Size"): tuple,
+}
+
+
+class _ZipTensors:
+    """The raw storages of a torch zip checkpoint, memory-mapped (stored members only)."""
+
+    def __init__(self, path: Path, archive: zipfile.ZipFile, prefix: str) -> None:
+        self.archive = archive
+        self.prefix = prefix
+        self._fh = open(path, "rb")  # noqa: SIM115 - closed in close()
+        self._map = mmap.mmap(self._fh.fileno(), 0, access=mmap.ACCESS_COPY)
+
+    def storage(self, key: str, dtype: torch.dtype, numel: int) -> Tensor:
+        info = self.archive.getinfo(f"{self.prefix}/data/{key}")
+        nbytes = numel * torch.empty((), dtype=dtype).element_size()
+        if info.compress_type == zipfile.ZIP_STORED:
+            local = self._map[info.header_offset : info.header_offset + 30]
+            name_len, extra_len = struct.unpack("<HH", local[26:30])
+            start = info.header_offset + 30 + name_len + extra_len
+            raw = np.frombuffer(self._map, dtype=np.uint8, count=nbytes, offset=start)
+        else:
+            raw = np.frombuffer(self.archive.read(info)[:nbytes], dtype=np.uint8).copy()
+        return torch.from_numpy(raw).view(dtype)
+
+    def close(self) -> None:
+        self._fh.close()
+
+
+class RestrictedUnpickler(pickle.Unpickler):
+    """Rebuilds tensors, plain containers and inert placeholders; refuses everything else."""
+
+    def __init__(self, data: bytes, tensors: _ZipTensors, source: str) -> None:
+        super().__init__(io.BytesIO(data))
+        self.zip_tensors = tensors
+        self.source = source
+        self.placeholders: dict[str, type[Placeholder]] = {}
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) in _ALLOWED:
+            return _ALLOWED[(module, name)]
+        if module == "torch" and name in _STORAGE_DTYPES:
+            return _StorageType(_STORAGE_DTYPES[name])
+        if module == "torch" and name in _DTYPES:
+            return _DTYPES[name]
+        if module.startswith(PLACEHOLDER_MODULES) or module == "overcomplete":
+            key = f"{module}.{name}"
+            if key not in self.placeholders:
+                self.placeholders[key] = _placeholder_class(module, name)
+            return self.placeholders[key]
+        raise UnsafeCheckpointError(
+            f"{self.source}: refusing to load: the pickle names {module}.{name}, which could run "
+            "code. Only tensors, plain containers and overcomplete/torch.nn module state are "
+            "read from a released checkpoint; nothing from this file was executed."
+        )
+
+    def persistent_load(self, pid: Any) -> Any:
+        if not (isinstance(pid, tuple) and len(pid) == 5 and pid[0] == "storage"):
+            raise UnsafeCheckpointError(f"{self.source}: unexpected persistent id {pid!r}")
+        _, storage_type, key, _location, numel = pid
+        if not isinstance(storage_type, _StorageType):
+            raise UnsafeCheckpointError(f"{self.source}: unknown storage type {storage_type!r}")
+        return self.zip_tensors.storage(str(key), storage_type.dtype, int(numel))
+
+
+def read_torch_pickle(src: Path) -> Any:
+    """The object graph of a ``torch.save`` zip file, through :class:`RestrictedUnpickler`.
+
+    Tensors are views of a private copy-on-write memory map of ``src``.
+    """
+    src = Path(src)
+    if not zipfile.is_zipfile(src):
+        raise ValueError(
+            f"{src} is not a torch zip checkpoint (torch ≥ 1.6 format); legacy and raw pickle "
+            "files are not read"
+        )
+    archive = zipfile.ZipFile(src)
+    pkl = [n for n in archive.namelist() if n.endswith("/data.pkl") and n.count("/") == 1]
+    if len(pkl) != 1:
+        raise ValueError(f"{src}: expected one <archive>/data.pkl, found {pkl}")
+    prefix = pkl[0].split("/")[0]
+    byteorder = f"{prefix}/byteorder"
+    if byteorder in archive.namelist() and archive.read(byteorder).strip() != b"little":
+        raise ValueError(f"{src}: big-endian checkpoints are not supported")
+    tensors = _ZipTensors(src, archive, prefix)
+    try:
+        return RestrictedUnpickler(archive.read(pkl[0]), tensors, str(src)).load()
+    finally:
+        tensors.close()
+
+
+# -- conversion ---------------------------------------------------------------------------------
+def _leaves(node: Placeholder) -> list[Placeholder]:
+    kids = [k for k in children(node).values() if isinstance(k, Placeholder)]
+    if not kids:
+        return [node]
+    out: list[Placeholder] = []
+    for kid in kids:
+        out += _leaves(kid)
+    return out
+
+
+def _unwrap(root: Any) -> Placeholder:
+    if not isinstance(root, Placeholder):
+        raise ValueError(f"the checkpoint holds a {type(root).__name__}, not a pickled SAE module")
+    node = root
+    while "encoder" not in children(node):
+        kids = children(node)
+        if set(kids) != {"module"} or not isinstance(kids["module"], Placeholder):
+            raise ValueError(f"no SAE (a module with an encoder) inside {qualname(root)}")
+        node = kids["module"]  # DataParallel / DistributedDataParallel wrapper
+    return node
+
+
+def _encoder_parts(encoder: Placeholder) -> dict[str, Any]:
+    """Linear → (LayerNorm | BatchNorm1d)? → ReLU, as overcomplete's one-block encoders."""
+    blocks = children(encoder).get("mlp_blocks")
+    if isinstance(blocks, Placeholder) and children(blocks):
+        raise ValueError("encoders with hidden MLP blocks are not supported (only Linear+norm)")
+    leaves = [leaf for leaf in _leaves(encoder) if leaf is not blocks]
+    kinds = [short_name(leaf) for leaf in leaves]
+    if not kinds or kinds[0] != "Linear" or "Linear" in kinds[1:]:
+        raise ValueError(f"unsupported encoder layers {kinds}: expected Linear, norm, ReLU")
+    extra = [k for k in kinds[1:] if k not in ("LayerNorm", "BatchNorm1d", "ReLU", "Identity")]
+    if extra:
+        raise ValueError(f"unsupported encoder layers {extra} in {kinds}")
+    lin = tensors_of(leaves[0])
+    weight, bias = lin["weight"].float(), lin.get("bias")
+    bias = bias.float() if bias is not None else torch.zeros(weight.shape[0])
+    parts: dict[str, Any] = {"weight": weight, "bias": bias, "layers": kinds, "norm": None}
+    for leaf in leaves[1:]:
+        t = tensors_of(leaf)
+        if short_name(leaf) == "LayerNorm":
+            c = weight.shape[0]
+            parts["norm"] = {
+                "weight": t["weight"].float() if "weight" in t else torch.ones(c),
+                "bias": t["bias"].float() if "bias" in t else torch.zeros(c),
+                "eps": float(attr(leaf, "eps", 1e-5)),
+            }
+        elif (
+            short_name(leaf) == "BatchNorm1d"
+        ):  # eval-mode BatchNorm is affine: fold it into Linear
+            scale = t["weight"].float() / torch.sqrt(
+                t["running_var"].float() + float(attr(leaf, "eps", 1e-5))
+            )
+            parts["weight"] = parts["weight"] * scale[:, None]
+            parts["bias"] = (parts["bias"] - t["running_mean"].float()) * scale + t["bias"].float()
+    if "ReLU" not in kinds:
+        parts["layers"] = [*kinds, "ReLU (applied by the SAE)"]
+    return parts
+
+
+@torch.no_grad()
+def fuse_archetypal_dictionary(
+    w_cm: Tensor, c_md: Tensor, relax_cd: Tensor, multiplier: Tensor, delta: float
+) -> Tensor:
+    """overcomplete's eval dictionary: exp(m)·(rowstochastic(relu(W))·C + clip_δ(Λ)), by blocks."""
+    c = w_cm.shape[0]
+    out = torch.empty(c, c_md.shape[1])
+    cm = c_md.float()
+    scale = torch.exp(multiplier.float())
+    for a in range(0, c, 2048):
+        w = torch.relu(w_cm[a : a + 2048].float())
+        w /= w.sum(dim=-1, keepdim=True) + 1e-8
+        lam = relax_cd[a : a + 2048].float()
+        lam = lam * torch.clamp(delta / lam.norm(dim=-1, keepdim=True), max=1)
+        out[a : a + 2048] = (w @ cm + lam) * scale
+    return out
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 24), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def convert_released(root: Any) -> tuple[RelaxedArchetypalSAE, dict[str, Any]]:
+    """Our fused-dictionary model from the placeholder graph of an overcomplete SAE."""
+    sae = _unwrap(root)
+    enc = _encoder_parts(children(sae)["encoder"])
+    dictionary = children(sae).get("dictionary")
+    if not isinstance(dictionary, Placeholder):
+        raise ValueError(f"{qualname(sae)} has no dictionary module")
+    dt = tensors_of(dictionary)
+    info: dict[str, Any] = {
+        "source_class": qualname(sae),
+        "wrapper": qualname(root) if root is not sae else None,
+        "dictionary_class": qualname(dictionary),
+        "encoder_layers": enc["layers"],
+    }
+    fused = attr(dictionary, "_fused_dictionary")
+    if {"W", "C", "Relax"} <= set(dt):
+        delta = float(attr(dictionary, "delta", 1.0))
+        mult = dt.get("multiplier", torch.zeros(()))
+        d_cd = fuse_archetypal_dictionary(dt["W"], dt["C"], dt["Relax"], mult, delta)
+        info.update(n_candidates=int(dt["C"].shape[0]), delta_relax=delta, multiplier=float(mult))
+        if isinstance(fused, Tensor):
+            info["stored_fused_max_abs_diff"] = float((fused.float() - d_cd).abs().max())
+            d_cd = fused.float().clone()
+            info["dictionary_source"] = "stored _fused_dictionary (what the original eval uses)"
+        else:
+            info["dictionary_source"] = "fused from W, C, Relax, multiplier"
+    elif isinstance(fused, Tensor):
+        d_cd, delta = fused.float().clone(), 0.0
+        info["dictionary_source"] = "stored _fused_dictionary"
+    else:
+        raise ValueError(f"unsupported dictionary {qualname(dictionary)}: no W/C/Relax or fused D")
+    c, d = d_cd.shape
+    if tuple(enc["weight"].shape) != (c, d):
+        raise ValueError(f"encoder {tuple(enc['weight'].shape)} does not match dictionary {(c, d)}")
+
+    threshold = attr(sae, "running_threshold")
+    top_k = attr(sae, "top_k")
+    if isinstance(threshold, Tensor):
+        sparsity, theta = "batchtopk", float(threshold.float().reshape(()))
+    elif isinstance(top_k, int):
+        sparsity, theta = "topk", float("nan")
+    else:
+        raise ValueError(f"{qualname(sae)}: neither a running threshold nor an int top_k")
+    k = int(top_k) if isinstance(top_k, int) else 1
+    norm = enc["norm"]
+    cfg = RASAEConfig(
+        d=d,
+        n_concepts=c,
+        sparsity=sparsity,
+        k=max(1, min(k, c)),
+        n_candidates=0,
+        delta_relax=delta,
+        encoder_layernorm=norm is not None,
+        layernorm_eps=norm["eps"] if norm else 1e-5,
+        threshold_momentum=float(attr(sae, "threshold_momentum", 0.9)),
+    )
+    model = RelaxedArchetypalSAE(cfg)
+    state = {
+        "encoder.weight": enc["weight"].contiguous(),
+        "encoder.bias": enc["bias"].contiguous(),
+        "D": d_cd.contiguous(),
+        "threshold": torch.tensor(theta),
+    }
+    if norm is not None:
+        state["norm.weight"], state["norm.bias"] = norm["weight"].clone(), norm["bias"].clone()
+    model.load_state_dict(state, strict=True)
+    model.eval()
+    info.update(
+        sparsity=sparsity,
+        threshold=theta if sparsity == "batchtopk" else None,
+        n_concepts=c,
+        d=d,
+        source_top_k=top_k,
+    )
+    return model, info
+
+
+def import_released_checkpoint(
+    src: Path, out_dir: Path, log: Callable[[str], None] | None = None
+) -> dict[str, Any]:
+    """Convert a released overcomplete checkpoint at ``src`` into our format at ``out_dir``.
+
+    Returns the header written (threshold, c, d, source hash, conversion details).
+    """
+    src = Path(src)
+    t0 = time.perf_counter()
+    root = read_torch_pickle(src)
+    model, info = convert_released(root)
+    digest = _sha256(src)
+    header = {
+        "step": None,
+        "data_version": f"released:{digest[:16]}",
+        "released": {**info, "source_file": src.name, "source_sha256": digest},
+        "converted_seconds": round(time.perf_counter() - t0, 2),
+    }
+    written = save_sae(model, Path(out_dir), header)
+    if log:
+        log(f"imported {src.name}: c={info['n_concepts']} d={info['d']} θ={info['threshold']}")
+    return written
