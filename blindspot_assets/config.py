@@ -75,6 +75,13 @@ class StatsSpec:
     n_permutations: int = 1000
     top_images: int = 20
     seed: int = 0
+    # Model pairs compared as a model and its variant (e.g. [sd15, sd15-dpo]) on ‖ξ(x')−ξ(x)‖.
+    variant_pairs: tuple[tuple[str, str], ...] = ()
+    # Real–real nearest-neighbour distance quantile below which a generated image is a
+    # memorisation candidate.
+    memorization_quantile: float = 0.001
+    top_datapoint_concepts: int = 5
+    label_terms: int = 5
 
 
 @dataclass(frozen=True)
@@ -162,6 +169,14 @@ def parse_config(raw: dict[str, Any], source_path: Path | None = None) -> RunCon
     if sae.train_on not in ("real", "real+generated"):
         raise ConfigError(f"sae.train_on must be 'real' or 'real+generated', got {sae.train_on!r}")
     stats = _dataclass_from(StatsSpec, raw.get("stats"), "stats")
+    pairs = tuple(tuple(str(k) for k in pair) for pair in (stats.variant_pairs or ()))
+    for pair in pairs:
+        if len(pair) != 2 or any(k not in models for k in pair):
+            raise ConfigError(
+                f"stats.variant_pairs entry {list(pair)} must name two registered models "
+                f"({sorted(models)})"
+            )
+    stats = StatsSpec(**{**stats.__dict__, "variant_pairs": pairs})
     if not 0 < stats.suppressed_below < stats.exaggerated_above < 1:
         raise ConfigError("need 0 < stats.suppressed_below < stats.exaggerated_above < 1")
     if stats.temperature <= 0:

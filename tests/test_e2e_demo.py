@@ -63,7 +63,9 @@ def planted_hits(cfg, model_key, kind, word, verdict="true", top_n=20, min_share
 
 @pytest.mark.slow
 def test_demo_world_planted_blindspots_are_found(tmp_path):
-    config_path = write_config(tmp_path, demo_config_dict(tmp_path, n_images=400))
+    raw = demo_config_dict(tmp_path, n_images=400)
+    raw["real"].update({"corrupt_images": 2, "empty_captions": 2})  # bad inputs, recorded
+    config_path = write_config(tmp_path, raw)
     result = run_whole_graph(config_path)
     assert result.success
     cfg = load_config(config_path)
@@ -99,3 +101,23 @@ def test_demo_world_planted_blindspots_are_found(tmp_path):
     meta = {e.asset_key.to_user_string(): e.materialization.metadata for e in mats}
     assert "lineage" in meta["real_features"]
     assert meta["real_images"]["n_images"].value == 400
+    assert meta["real_images"]["n_empty_captions"].value == 2
+    assert meta["real_features"]["n_valid"].value == 398  # two truncated files, recorded
+    invalid = meta["real_features"]["n_invalid_by_status"].value
+    assert sum(invalid.values()) == 2
+    assert all(k.startswith("decode_error") for k in invalid)
+
+    # The planted-truth scorer's floors, and the tables beyond the paper.
+    scores = query(cfg.layout.duckdb, "SELECT * FROM planted_scores")
+    recall = scores.filter(pl.col("metric") == "recall")
+    assert recall["value"].to_list() == [1.0, 1.0]
+    p5 = scores.filter((pl.col("metric") == "precision_at") & (pl.col("key") == "5"))
+    assert p5["value"].min() >= 0.6
+    deltas = query(
+        cfg.layout.duckdb,
+        "SELECT model_key, count(*) n FROM datapoint_deltas GROUP BY 1 ORDER BY 1",
+    )
+    assert deltas["n"].to_list() == [396, 396]  # 400 − 2 corrupt − 2 without a caption
+    labels = query(cfg.layout.duckdb, "SELECT * FROM concept_labels")
+    assert labels.height > 0
+    assert query(cfg.layout.duckdb, "SELECT * FROM model_correlations").height > 0

@@ -8,9 +8,12 @@ from typing import Any
 import dagster as dg
 import polars as pl
 
+from blindspot_assets import stats as stats_lib
 from blindspot_assets.config import RunConfig
 from blindspot_assets.defs.common import lineage_md, table_md
 from blindspot_assets.defs.concepts import concept_codes, real_concept_codes, sae
+from blindspot_assets.defs.features import gen_features, real_features
+from blindspot_assets.defs.inputs import real_images
 from blindspot_assets.defs.partitions import model_partitions, single_run
 from blindspot_assets.defs.resources import RunConfigResource
 from blindspot_assets.sae.checkpoint import read_header
@@ -20,21 +23,23 @@ from blindspot_assets.stats import (
     flag_blindspots,
     top_images_per_concept,
 )
-from blindspot_assets.store.images import model_version, read_lineage
+from blindspot_assets.store.images import model_version, read_lineage, read_manifest
 from blindspot_assets.store.layout import REAL
 from blindspot_assets.store.tables import read_table, refresh_views, write_table_partition
 
 
 def _lineage_columns(
-    context: dg.AssetExecutionContext, cfg: RunConfig, model_key: str
+    context: dg.AssetExecutionContext, cfg: RunConfig, model_key: str, with_sae: bool = True
 ) -> dict[str, str]:
     """Columns stamped on every row so it traces back to the exact model and SAE version."""
-    return {
+    columns = {
         "model_key": model_key,
         "model_version": model_version(read_lineage(cfg.layout.generated_images(model_key))),
-        "sae_version": sae_version(cfg.layout.sae),
         "run_id": context.run.run_id,
     }
+    if with_sae:
+        columns["sae_version"] = sae_version(cfg.layout.sae)
+    return columns
 
 
 def sae_version(sae_dir: Path) -> str:
@@ -142,7 +147,172 @@ def concept_top_images(
 
 @dg.asset(
     group_name="analysis",
-    deps=[blindspots, concept_top_images, sae],
+    partitions_def=model_partitions,
+    backfill_policy=single_run,
+    deps=[real_concept_codes, concept_codes],
+    kinds={"duckdb", "polars"},
+    code_version="1",
+    description="Per real/generated pair: ‖ξ(x')−ξ(x)‖ and the concepts most missing and most "
+    "added (table datapoint_deltas).",
+)
+def datapoint_deltas(
+    context: dg.AssetExecutionContext, run_config: RunConfigResource
+) -> dg.MaterializeResult:
+    cfg = run_config.load()
+    per_model = {}
+    for model_key in context.partition_keys:
+        deltas = stats_lib.datapoint_deltas(
+            cfg.layout.codes(REAL), cfg.layout.codes(model_key), cfg.stats.top_datapoint_concepts
+        )
+        deltas = _stamp(deltas, _lineage_columns(context, cfg, model_key))
+        write_table_partition(cfg.layout.tables, "datapoint_deltas", model_key, deltas)
+        l2 = deltas["l2"] if "l2" in deltas.columns else pl.Series([], dtype=pl.Float64)
+        per_model[model_key] = {"n_pairs": deltas.height, "l2_mean": float(l2.mean() or 0.0)}
+    refresh_views(cfg.layout.duckdb, cfg.layout.tables)
+    return dg.MaterializeResult(metadata={"per_model": dg.MetadataValue.json(per_model)})
+
+
+@dg.asset(
+    group_name="analysis",
+    partitions_def=model_partitions,
+    backfill_policy=single_run,
+    deps=[real_features, gen_features],
+    kinds={"duckdb", "pytorch"},
+    code_version="1",
+    description="Generated images closer (DINOv2 CLS cosine distance) to a real image than the "
+    "threshold calibrated on real–real nearest neighbours (table memorization_candidates).",
+)
+def memorization_candidates(
+    context: dg.AssetExecutionContext, run_config: RunConfigResource
+) -> dg.MaterializeResult:
+    cfg = run_config.load()
+    per_model = {}
+    for model_key in context.partition_keys:
+        cands = stats_lib.memorization_candidates(
+            cfg.layout.features(REAL),
+            cfg.layout.features(model_key),
+            calibration_quantile=cfg.stats.memorization_quantile,
+            seed=cfg.stats.seed,
+        )
+        cands = _stamp(cands, _lineage_columns(context, cfg, model_key, with_sae=False))
+        write_table_partition(cfg.layout.tables, "memorization_candidates", model_key, cands)
+        per_model[model_key] = cands.height
+    refresh_views(cfg.layout.duckdb, cfg.layout.tables)
+    return dg.MaterializeResult(metadata={"candidates_per_model": dg.MetadataValue.json(per_model)})
+
+
+@dg.asset(
+    group_name="analysis",
+    deps=[real_concept_codes, real_images],
+    kinds={"duckdb", "polars"},
+    code_version="1",
+    description="Automatic concept names: the caption terms most associated with each "
+    "concept's activation over the real images (table concept_labels).",
+)
+def concept_labels(
+    context: dg.AssetExecutionContext, run_config: RunConfigResource
+) -> dg.MaterializeResult:
+    cfg = run_config.load()
+    labels = stats_lib.concept_labels(
+        cfg.layout.codes(REAL), read_manifest(cfg.layout.real_images), cfg.stats.label_terms
+    )
+    labels = labels.with_columns(pl.lit(sae_version(cfg.layout.sae)).alias("sae_version"))
+    write_table_partition(cfg.layout.tables, "concept_labels", "all", labels)
+    refresh_views(cfg.layout.duckdb, cfg.layout.tables)
+    return dg.MaterializeResult(metadata={"n_rows": labels.height, "preview": table_md(labels, 10)})
+
+
+def _available(cfg: RunConfig, table: str) -> dict[str, pl.DataFrame]:
+    out = {}
+    for model_key in cfg.models:
+        try:
+            out[model_key] = read_table(cfg.layout.tables, table, model_key)
+        except FileNotFoundError:
+            continue
+    return out
+
+
+@dg.asset(
+    group_name="analysis",
+    deps=[concept_stats, datapoint_deltas, blindspots, concept_top_images],
+    kinds={"duckdb", "polars"},
+    code_version="1",
+    description="Across models: δ skewness, frequency vs relative difference, Pearson "
+    "correlation of relative differences, model-vs-variant comparisons, and — for worlds with "
+    "planted truth — recall and precision@k of the planted blindspots.",
+)
+def model_comparison(
+    context: dg.AssetExecutionContext, run_config: RunConfigResource
+) -> dg.MaterializeResult:
+    cfg = run_config.load()
+    params = BlindspotParams.from_spec(cfg.stats)
+    stats_by_model = _available(cfg, "concept_stats")
+    meta: dict[str, Any] = {}
+    if stats_by_model:
+        summaries = stats_lib.model_summaries(stats_by_model, params)
+        write_table_partition(cfg.layout.tables, "model_summaries", "all", summaries)
+        meta["summaries"] = table_md(summaries)
+        freq = pl.concat(
+            [
+                stats_lib.frequency_vs_relative(df, params).with_columns(
+                    pl.lit(m).alias("model_key")
+                )
+                for m, df in stats_by_model.items()
+            ],
+            how="diagonal_relaxed",
+        )
+        write_table_partition(cfg.layout.tables, "frequency_vs_relative", "all", freq)
+    if len(stats_by_model) > 1:
+        corr = stats_lib.relative_correlations(stats_by_model)
+        write_table_partition(cfg.layout.tables, "model_correlations", "all", corr)
+        meta["correlations"] = table_md(corr)
+    deltas = _available(cfg, "datapoint_deltas")
+    variants = [
+        stats_lib.compare_variants(deltas[a], deltas[b], params, a, b)
+        for a, b in cfg.stats.variant_pairs
+        if a in deltas and b in deltas
+    ]
+    if variants:
+        comparison = pl.concat(variants, how="diagonal_relaxed")
+        write_table_partition(cfg.layout.tables, "variant_comparisons", "all", comparison)
+        meta["variants"] = table_md(comparison)
+    planted = _planted_scores(cfg)
+    if planted is not None:
+        write_table_partition(cfg.layout.tables, "planted_scores", "all", planted)
+        meta["planted_scores"] = table_md(planted)
+    refresh_views(cfg.layout.duckdb, cfg.layout.tables)
+    return dg.MaterializeResult(metadata=meta)
+
+
+def _planted_scores(cfg: RunConfig) -> pl.DataFrame | None:
+    """Recall / precision@k of planted blindspots, for models whose lineage records a truth."""
+    try:
+        top = read_table(cfg.layout.tables, "concept_top_images", REAL)
+    except FileNotFoundError:
+        return None
+    manifest = read_manifest(cfg.layout.real_images)
+    frames = []
+    for model_key, flagged in _available(cfg, "blindspots").items():
+        truth = read_lineage(cfg.layout.generated_images(model_key)).get("planted_truth")
+        if not isinstance(truth, dict):
+            continue
+        planted = {k: v for k, v in truth.items() if k in ("suppressed", "exaggerated")}
+        summary, _ = stats_lib.score_planted(flagged, top, manifest, planted)
+        frames.append(stats_lib.planted_summary_frame(summary, model_key))
+    return pl.concat(frames, how="diagonal_relaxed") if frames else None
+
+
+@dg.asset(
+    group_name="analysis",
+    deps=[
+        blindspots,
+        concept_top_images,
+        sae,
+        concept_labels,
+        datapoint_deltas,
+        memorization_candidates,
+        model_comparison,
+    ],
     kinds={"html"},
     code_version="1",
     description="A self-contained HTML report: per model the top suppressed and exaggerated "

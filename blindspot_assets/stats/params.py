@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 
 from blindspot_assets.config import StatsSpec
 
@@ -26,8 +26,8 @@ class BlindspotParams:
     seed: int = 0
     ci_level: float = 0.95
     # Rows per streamed block: one block of ``xi`` is block_rows × n_concepts float32
-    # (1024 × 32,000 → 128 MB), held for the real and the generated side at once.
-    block_rows: int = 1024
+    # (512 × 32,000 → 64 MB), held for the real and the generated side at once.
+    block_rows: int = 512
 
     def __post_init__(self) -> None:
         if self.temperature <= 0:
@@ -46,5 +46,8 @@ class BlindspotParams:
     @classmethod
     def from_spec(cls, spec: StatsSpec, **overrides: float | int) -> BlindspotParams:
         """The parameters of a run config's ``stats`` block (``overrides`` for the extras)."""
-        # Same field names as StatsSpec by design; a field StatsSpec lacks keeps its default.
-        return cls(**asdict(spec), **overrides)  # type: ignore[arg-type]
+        # Same field names as StatsSpec by design; a field StatsSpec lacks keeps its default,
+        # and StatsSpec fields that are not statistics parameters (variant pairs...) are skipped.
+        known = {f.name for f in fields(cls)}
+        given = {k: v for k, v in asdict(spec).items() if k in known}
+        return cls(**{**given, **overrides})  # type: ignore[arg-type]
