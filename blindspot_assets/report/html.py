@@ -1,19 +1,53 @@
-"""Render the results tables and images into ``report/index.html``."""
+"""Render the results tables and images into ``report/index.html`` (one page, opens offline).
+
+The page shows, per generative model: the δ histogram, real-vs-generated energy per concept and
+concept frequency against relative difference (blindspots highlighted); the top suppressed and
+exaggerated concepts with their names, δ, ΔE with its interval and q-value, each with a gallery
+of top-activating images beside their partners from the same captions, the concept's token
+activation drawn over each; the most different datapoint pairs; memorisation candidates. Across
+models: a summary, the correlation matrix of relative differences, the datapoint-distance
+distributions. Last, the lineage of everything on the page.
+
+Optional tables (labels, datapoint deltas, memorisation, correlations) are shown when present and
+read by column meaning, not by a fixed schema.
+"""
 
 from __future__ import annotations
 
-import html
-import json
+import contextlib
+import datetime as dt
+import os
 import shutil
-from dataclasses import dataclass
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import polars as pl
 
 from blindspot_assets.config import RunConfig
-from blindspot_assets.store.images import read_lineage, read_manifest
+from blindspot_assets.report import svg
+from blindspot_assets.report.data import (
+    OPTIONAL_TABLES,
+    REQUIRED_TABLES,
+    Labels,
+    Lineage,
+    for_model,
+    load_table,
+    numeric,
+    parse_concepts,
+    pick,
+    read_lineage_block,
+)
+from blindspot_assets.report.images import ImageWriter, TokenLayout, concept_maps
+from blindspot_assets.report.page import render_page
 from blindspot_assets.store.layout import REAL
-from blindspot_assets.store.tables import read_table
+from blindspot_assets.store.rowstore import RowStore
+
+ProgressFn = Callable[[int, int], None]
 
 
 @dataclass(frozen=True)
@@ -22,62 +56,606 @@ class ReportSummary:
     n_models: int
     n_blindspots: int
     n_images: int
+    n_concept_cards: int = 0
+    seconds: float = 0.0
 
 
-def _copy_image(cfg: RunConfig, dataset: str, image_id: str, out_dir: Path) -> str | None:
-    src = cfg.layout.images(dataset) / f"{image_id}.png"
-    if not src.exists():
-        manifest = read_manifest(cfg.layout.images(dataset))
-        row = manifest.filter(pl.col("image_id") == image_id)
-        if row.is_empty() or not row["path"][0]:
-            return None
-        src = cfg.layout.images(dataset) / row["path"][0]
-    rel = f"img/{dataset}/{image_id}{src.suffix}"
-    dst = out_dir / rel
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    if not dst.exists():
-        shutil.copyfile(src, dst)
-    return rel
+@dataclass(frozen=True)
+class ReportOptions:
+    """How much the page shows. Defaults keep the demo page small and a 32k-concept run fast."""
+
+    per_kind: int = 8  # concept cards (with galleries) per kind per model
+    images_per_concept: int = 4  # gallery pairs per concept card
+    max_table_rows: int = 300  # rows of the flagged-concepts table per model
+    n_datapoints: int = 8  # most different real/generated pairs shown per model
+    n_memorization: int = 12  # memorisation candidates shown per model
+    thumb_px: int = 128  # side of thumbnails and heat maps, in pixels
+
+
+@dataclass
+class Tile:
+    """One image on the page (a plain thumbnail or a heat map), filled in when written."""
+
+    dataset: str
+    image_id: str
+    concept: int | None = None
+    caption: str = ""
+    src: str | None = None
+    note: str = ""
+
+
+@dataclass
+class ConceptCard:
+    model_key: str
+    concept: int
+    kind: str
+    name: str
+    stats: dict[str, Any]
+    gallery_title: str
+    pairs: list[tuple[Tile, Tile]] = field(default_factory=list)
+
+    @property
+    def anchor(self) -> str:
+        return f"m-{self.model_key}-c{self.concept}"
+
+
+@dataclass
+class ModelSection:
+    key: str
+    figures: list[str] = field(default_factory=list)
+    counts: dict[str, Any] = field(default_factory=dict)
+    cards: dict[str, list[ConceptCard]] = field(default_factory=dict)
+    flagged_columns: list[str] = field(default_factory=list)
+    flagged_rows: list[dict[str, Any]] = field(default_factory=list)
+    n_flagged: int = 0
+    datapoints: list[dict[str, Any]] = field(default_factory=list)
+    datapoint_columns: dict[str, str | None] = field(default_factory=dict)
+    memorization: list[dict[str, Any]] = field(default_factory=list)
+    memorization_total: int = 0
+    notes: list[str] = field(default_factory=list)
+
+
+def _sigmoid_markers(cfg: RunConfig) -> dict[float, str]:
+    return {cfg.stats.suppressed_below: "suppressed", cfg.stats.exaggerated_above: "exaggerated"}
+
+
+def _skewness(x: np.ndarray) -> float:
+    x = x[np.isfinite(x)]
+    if x.size < 3 or float(x.std()) == 0:
+        return float("nan")
+    d = x - x.mean()
+    return float((d**3).mean() / (d**2).mean() ** 1.5)
+
+
+def _concept_tooltip(row: dict[str, Any], name: str) -> str:
+    label = f" ({name})" if name else ""
+    return (
+        f"concept {row.get('concept')}{label}: δ={svg.fmt(row.get('delta'))}, "
+        f"ΔE={svg.fmt(row.get('delta_energy'))}, q={svg.fmt(row.get('q_value'))}"
+    )
+
+
+def _num(value: object) -> float:
+    try:
+        return float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return float("nan")
+
+
+def _figures(
+    cfg: RunConfig, key: str, stats: pl.DataFrame, flagged: pl.DataFrame, labels: Labels
+) -> list[str]:
+    figs = []
+    delta = numeric(stats, pick(stats, "delta"))
+    figs.append(
+        svg.histogram_svg(
+            delta,
+            title=f"δ of every concept — {key}",
+            xlabel="δ = sigmoid(ΔE / T)",
+            value_range=(0.0, 1.0),
+            markers=_sigmoid_markers(cfg),
+        )
+    )
+    sig_col = pick(flagged, "significant")
+    flagged_rows = list(flagged.iter_rows(named=True))
+
+    def points(x_col: str, y_col: str) -> list[svg.ScatterPoint]:
+        """The flagged concepts, coloured by kind, outlined when significant."""
+        return [
+            svg.ScatterPoint(
+                _num(r.get(x_col)),
+                _num(r.get(y_col)),
+                svg.SUPPRESSED if r.get("kind") == "suppressed" else svg.EXAGGERATED,
+                _concept_tooltip(r, labels.name(int(r["concept"]))),
+                bool(r.get(sig_col)) if sig_col else False,
+            )
+            for r in flagged_rows
+            if x_col in r and y_col in r
+        ]
+
+    legend = {"suppressed": svg.SUPPRESSED, "exaggerated": svg.EXAGGERATED, "other": svg.NEUTRAL}
+    e_real, e_gen = pick(stats, "energy_real"), pick(stats, "energy_gen")
+    if e_real and e_gen:
+        figs.append(
+            svg.scatter_svg(
+                numeric(stats, e_real),
+                numeric(stats, e_gen),
+                title=f"Energy per concept, real vs generated — {key}",
+                xlabel="E(real)",
+                ylabel=f"E({key})",
+                highlight=points(e_real, e_gen),
+                log_x=True,
+                log_y=True,
+                diagonal=True,
+                legend=legend,
+            )
+        )
+    freq = pick(stats, "image_freq_real", "nb_fire_real")
+    rel = pick(stats, "relative")
+    if freq and rel:
+        figs.append(
+            svg.scatter_svg(
+                numeric(stats, freq),
+                numeric(stats, rel),
+                title=f"Concept frequency vs relative difference — {key}",
+                xlabel="fraction of real images where it fires"
+                if freq == "image_freq_real"
+                else "token codes firing (real)",
+                ylabel="relative difference",
+                highlight=points(freq, rel),
+                log_x=True,
+            )
+        )
+    return figs
+
+
+_STAT_KEYS = (
+    ("delta", ("delta",)),
+    ("delta_ci", ("delta_ci_low", "delta_ci_high")),
+    ("delta_energy", ("delta_energy",)),
+    ("delta_energy_ci", ("delta_energy_ci_low", "delta_energy_ci_high")),
+    ("relative", ("relative",)),
+    ("effect_size", ("effect_size",)),
+    ("p_value", ("p_value",)),
+    ("q_value", ("q_value",)),
+    ("energy_real", ("energy_real",)),
+    ("energy_gen", ("energy_gen",)),
+    ("image_freq_real", ("image_freq_real",)),
+    ("paper_verdict", ("paper_verdict",)),
+    ("significant", ("significant",)),
+)
+
+
+def _card_stats(row: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, cols in _STAT_KEYS:
+        if all(c in row for c in cols):
+            out[key] = tuple(row[c] for c in cols) if len(cols) > 1 else row[cols[0]]
+    return out
+
+
+def _top_rows(flagged: pl.DataFrame, kind: str, n: int) -> pl.DataFrame:
+    rows = flagged.filter(pl.col("kind") == kind) if "kind" in flagged.columns else flagged[:0]
+    if "rank" in rows.columns:
+        rows = rows.sort("rank")
+    elif "delta_energy" in rows.columns:
+        rows = rows.sort("delta_energy", descending=kind == "exaggerated")
+    return rows.head(n)
+
+
+def _top_images(top: pl.DataFrame | None, concept: int, dataset: str, n: int) -> list[str]:
+    if top is None or not {"concept", "image_id"} <= set(top.columns):
+        return []
+    rows = top.filter(pl.col("concept") == concept)
+    if "dataset" in rows.columns:
+        rows = rows.filter(pl.col("dataset") == dataset)
+    if "rank" in rows.columns:
+        rows = rows.sort("rank")
+    elif "score" in rows.columns:
+        rows = rows.sort("score", descending=True)
+    return [str(i) for i in rows["image_id"].head(n).to_list()]
+
+
+def _cards(
+    key: str,
+    flagged: pl.DataFrame,
+    top: pl.DataFrame | None,
+    labels: Labels,
+    writer: ImageWriter,
+    opts: ReportOptions,
+) -> dict[str, list[ConceptCard]]:
+    cards: dict[str, list[ConceptCard]] = {}
+    for kind in ("suppressed", "exaggerated"):
+        cards[kind] = []
+        for row in _top_rows(flagged, kind, opts.per_kind).iter_rows(named=True):
+            concept = int(row["concept"])
+            # Suppressed: where the concept is in real images, and what the model drew instead.
+            # Exaggerated: where the model puts it, and the real images of the same captions.
+            lead, other = (REAL, key) if kind == "suppressed" else (key, REAL)
+            ids = _top_images(top, concept, lead, opts.images_per_concept)
+            if not ids and kind == "exaggerated":
+                lead, other = REAL, key
+                ids = _top_images(top, concept, lead, opts.images_per_concept)
+            title = (
+                f"left: its top real images; right: what {key} drew from the same captions"
+                if lead == REAL
+                else f"right: its top {key} images; left: the real images of the same captions"
+            )
+            card = ConceptCard(key, concept, kind, labels.name(concept), _card_stats(row), title)
+            for image_id in ids:
+                caption = writer.caption(lead, image_id) or writer.caption(other, image_id)
+                real_tile = Tile(REAL, image_id, concept, caption)
+                gen_tile = Tile(key, image_id, concept, caption)
+                card.pairs.append((real_tile, gen_tile))
+            cards[kind].append(card)
+    return cards
+
+
+def _fill_heat_maps(
+    cfg: RunConfig, cards: list[ConceptCard], writer: ImageWriter, progress: ProgressFn | None
+) -> None:
+    """Compute every card's token heat maps (one pass over each codes store) and write them."""
+    wanted: dict[str, dict[str, set[int]]] = defaultdict(lambda: defaultdict(set))
+    for card in cards:
+        for pair in card.pairs:
+            for tile in pair:
+                wanted[tile.dataset][tile.image_id].add(card.concept)
+    features_attrs: dict[str, Any] = {}
+    with contextlib.suppress(FileNotFoundError, ValueError):
+        features_attrs = RowStore.open(cfg.layout.features(REAL)).attrs
+    maps: dict[tuple[str, str, int], np.ndarray] = {}
+    for dataset, per_image in wanted.items():
+        path = cfg.layout.codes(dataset)
+        if not (path / "zarr.json").exists():
+            continue
+        n_tokens = int(RowStore.open(path).array("token_idx").shape[1])
+        layout = TokenLayout.infer(n_tokens, features_attrs)
+        for (image_id, concept), m in concept_maps(path, per_image, layout).items():
+            maps[(dataset, image_id, concept)] = m
+    total = sum(len(c.pairs) * 2 for c in cards)
+    done = 0
+    for card in cards:
+        got = [maps.get((t.dataset, t.image_id, card.concept)) for p in card.pairs for t in p]
+        vmax = max([float(m.max()) for m in got if m is not None] + [0.0])
+        for pair in card.pairs:
+            for tile in pair:
+                heat = maps.get((tile.dataset, tile.image_id, card.concept))
+                tile.src = writer.heat(tile.dataset, tile.image_id, card.concept, heat, vmax)
+                if heat is None:
+                    tile.note = "no codes"
+                else:
+                    tile.note = f"peak {svg.fmt(float(heat.max()))}"
+                done += 1
+        if progress:
+            progress(done, total)
+
+
+def _flagged_table(
+    key: str, flagged: pl.DataFrame, labels: Labels, carded: set[int], opts: ReportOptions
+) -> tuple[list[str], list[dict[str, Any]]]:
+    preferred = [
+        "rank", "concept", "name", "kind", "delta", "delta_ci_low", "delta_ci_high",
+        "delta_energy", "delta_energy_ci_low", "delta_energy_ci_high", "relative",
+        "effect_size", "q_value", "paper_verdict", "significant",
+    ]  # fmt: skip
+    df = flagged.sort("rank") if "rank" in flagged.columns else flagged
+    df = df.head(opts.max_table_rows)
+    cols = [c for c in preferred if c in df.columns or (c == "name" and labels.terms)]
+    rows = []
+    for r in df.iter_rows(named=True):
+        concept = int(r["concept"])
+        row = {c: r.get(c) for c in cols}
+        row["name"] = labels.name(concept)
+        row["_anchor"] = f"m-{key}-c{concept}" if concept in carded else ""
+        rows.append(row)
+    return cols, rows
+
+
+def _datapoints(
+    key: str, df: pl.DataFrame | None, labels: Labels, writer: ImageWriter, opts: ReportOptions
+) -> tuple[list[dict[str, Any]], dict[str, str | None]]:
+    df = for_model(df, key)
+    if df is None or df.is_empty():
+        return [], {}
+    image = pick(df, "image_id", "real_image_id", contains=("image", "id"))
+    dist = pick(
+        df, "l2", "distance", "xi_distance", "l2_distance", "delta_norm", contains=("dist",)
+    )
+    missing = pick(df, "missing_concepts", "most_missing", contains=("missing",))
+    added = pick(df, "added_concepts", "most_added", contains=("added",))
+    cols = {"image": image, "distance": dist, "missing": missing, "added": added}
+    if image is None:
+        return [], cols
+    if dist is not None:
+        df = df.sort(dist, descending=True, nulls_last=True)
+    out = []
+    for r in df.head(opts.n_datapoints).iter_rows(named=True):
+        image_id = str(r[image])
+        caption = writer.caption(REAL, image_id) or writer.caption(key, image_id)
+        real = Tile(REAL, image_id, None, caption, writer.thumbnail(REAL, image_id))
+        gen = Tile(key, image_id, None, caption, writer.thumbnail(key, image_id))
+
+        def named(col: str | None, row: dict[str, Any] = r) -> list[tuple[int, str]]:
+            ids = parse_concepts(row.get(col)) if col else []
+            return [(c, labels.short(c)) for c in ids[:8]]
+
+        out.append(
+            {
+                "real": real,
+                "gen": gen,
+                "distance": r.get(dist) if dist else None,
+                "missing": named(missing),
+                "added": named(added),
+            }
+        )
+    return out, cols
+
+
+def _memorization(
+    key: str, df: pl.DataFrame | None, writer: ImageWriter, opts: ReportOptions
+) -> tuple[list[dict[str, Any]], int]:
+    df = for_model(df, key)
+    if df is None or df.is_empty():
+        return [], 0
+    gen = pick(df, "gen_image_id", "generated_image_id", "image_id", contains=("gen", "id"))
+    real = pick(
+        df, "real_image_id", "nearest_real_image_id", "nearest_real_id", "nearest_image_id",
+        contains=("real", "id"),
+    )  # fmt: skip
+    dist = pick(df, "distance", "nn_distance", contains=("dist",))
+    thr = pick(df, "threshold", contains=("threshold",))
+    candidate = pick(df, "is_candidate")
+    if candidate is not None:
+        df = df.filter(pl.col(candidate).fill_null(False))
+    own = pick(df, "is_own_pair")
+    if gen is None:
+        return [], df.height
+    if dist is not None:
+        df = df.sort(dist, nulls_last=True)
+    out = []
+    for r in df.head(opts.n_memorization).iter_rows(named=True):
+        gen_id = str(r[gen])
+        real_id = str(r[real]) if real and r.get(real) is not None else None
+        out.append(
+            {
+                "gen": Tile(key, gen_id, None, writer.caption(key, gen_id),
+                            writer.thumbnail(key, gen_id)),
+                "real": Tile(REAL, real_id, None, writer.caption(REAL, real_id),
+                             writer.thumbnail(REAL, real_id)) if real_id else None,
+                "distance": r.get(dist) if dist else None,
+                "threshold": r.get(thr) if thr else None,
+                "own_pair": bool(r.get(own)) if own else None,
+            }
+        )  # fmt: skip
+    return out, df.height
+
+
+def _correlations(
+    tables_root: Path, stats: pl.DataFrame | None, models: list[str]
+) -> tuple[list[str], np.ndarray, str] | None:
+    """(models, matrix, source) of the Pearson correlation of relative differences."""
+    for d in sorted(tables_root.glob("*corr*")) if tables_root.exists() else []:
+        df = load_table(tables_root, d.name)
+        if df is None or df.is_empty():
+            continue
+        strings = [c for c, t in df.schema.items() if t == pl.String and c not in ("run_id",)]
+        value = pick(df, "pearson_r", "pearson", "r", "correlation", contains=("pearson",))
+        if len(strings) >= 2 and value:
+            a, b = strings[0], strings[1]
+            names = sorted(set(df[a].to_list()) | set(df[b].to_list()))
+            m = np.eye(len(names))
+            for x, y, v in df.select(a, b, value).iter_rows():
+                i, j = names.index(x), names.index(y)
+                m[i, j] = m[j, i] = float(v) if v is not None else np.nan
+            return names, m, f"table {d.name}"
+    if stats is None or not {"model_key", "concept", "relative"} <= set(stats.columns):
+        return None
+    present = [m for m in models if m in set(stats["model_key"].to_list())]
+    if len(present) < 2:
+        return None
+    wide = stats.pivot(
+        on="model_key", index="concept", values="relative", aggregate_function="first"
+    )
+    mat = np.array([numeric(wide, m) for m in present])
+    n = len(present)
+    corr = np.eye(n)
+    for i in range(n):
+        for j in range(i + 1, n):
+            ok = np.isfinite(mat[i]) & np.isfinite(mat[j])
+            if ok.sum() > 2 and mat[i][ok].std() > 0 and mat[j][ok].std() > 0:
+                corr[i, j] = corr[j, i] = float(np.corrcoef(mat[i][ok], mat[j][ok])[0, 1])
+            else:
+                corr[i, j] = corr[j, i] = np.nan
+    return present, corr, "computed by the report from concept_stats.relative"
+
+
+def _frequency_figure(tables_root: Path) -> tuple[str, str] | None:
+    """Mean relative difference per concept-frequency bin, one line per model (if tabled)."""
+    df = load_table(tables_root, "frequency_vs_relative")
+    model = pick(df, "model_key", "model")
+    y = pick(df, "mean_relative", "median_relative", contains=("relative",))
+    lo, hi = pick(df, "freq_low"), pick(df, "freq_high")
+    if df is None or df.is_empty() or model is None or y is None or lo is None or hi is None:
+        return None
+    series = {}
+    for key in df[model].unique(maintain_order=True).to_list():
+        part = df.filter(pl.col(model) == key)
+        mid = np.sqrt(np.maximum(numeric(part, lo), 1e-12) * np.maximum(numeric(part, hi), 1e-12))
+        series[str(key)] = (mid, numeric(part, y))
+    figure = svg.lines_svg(
+        series,
+        title="Relative difference by concept frequency",
+        xlabel="fraction of real images where the concept fires (bin)",
+        ylabel=y.replace("_", " "),
+        log_x=True,
+    )
+    return figure, (
+        "Do rare concepts get suppressed more? Concepts binned by how often they fire in the "
+        "real images (table frequency_vs_relative)."
+    )
+
+
+def _model_counts(
+    cfg: RunConfig, stats: pl.DataFrame, flagged: pl.DataFrame, summaries: pl.DataFrame | None
+) -> dict[str, Any]:
+    counts: dict[str, Any] = {"concepts": stats.height}
+    for verdict in ("paper_verdict", "significant"):
+        if verdict in flagged.columns and "kind" in flagged.columns:
+            for kind in ("suppressed", "exaggerated"):
+                n = flagged.filter((pl.col("kind") == kind) & pl.col(verdict)).height
+                counts[f"{kind} ({'paper' if verdict == 'paper_verdict' else 'q < α'})"] = n
+        elif "kind" in flagged.columns:
+            for kind in ("suppressed", "exaggerated"):
+                counts[kind] = flagged.filter(pl.col("kind") == kind).height
+    skew_col = pick(summaries, "delta_skewness", "skewness", contains=("skew",))
+    if summaries is not None and skew_col is not None:
+        counts["δ skewness"] = float(numeric(summaries, skew_col)[0]) if summaries.height else None
+    else:
+        counts["δ skewness"] = _skewness(numeric(stats, pick(stats, "delta")))
+    spearman = pick(summaries, contains=("spearman",))
+    if summaries is not None and spearman is not None and summaries.height:
+        counts["freq–relative ρ"] = float(numeric(summaries, spearman)[0])
+    delta = numeric(stats, pick(stats, "delta"))
+    counts["median δ"] = float(np.nanmedian(delta)) if np.isfinite(delta).any() else None
+    n_pairs = pick(stats, "n_pairs")
+    if n_pairs and stats.height:
+        counts["pairs"] = int(stats[n_pairs][0])
+    return counts
+
+
+def _summary_table(tables_root: Path) -> pl.DataFrame | None:
+    """A per-model summary table from the statistics, if one exists (for δ skewness)."""
+    if not tables_root.exists():
+        return None
+    for d in sorted(tables_root.glob("*summar*")):
+        df = load_table(tables_root, d.name)
+        if df is not None and pick(df, contains=("skew",)):
+            return df
+    return None
+
+
+def _other_tables(tables_root: Path, shown: set[str]) -> list[dict[str, Any]]:
+    out = []
+    for d in sorted(p for p in tables_root.glob("*") if p.is_dir()) if tables_root.exists() else []:
+        if d.name in shown:
+            continue
+        df = load_table(tables_root, d.name)
+        if df is None:
+            continue
+        head = df if df.height <= 30 else df.head(10)
+        out.append({"name": d.name, "rows": df.height, "columns": df.columns, "head": head})
+    return out
 
 
 def build_report(
-    cfg: RunConfig, out_dir: Path, per_kind: int = 5, per_concept: int = 6
+    cfg: RunConfig,
+    out_dir: Path,
+    options: ReportOptions | None = None,
+    progress: ProgressFn | None = None,
 ) -> ReportSummary:
+    """Write ``out_dir/index.html`` and its images (``out_dir/img/…``, relative paths)."""
+    t0 = time.perf_counter()
+    opts = options or ReportOptions()
     out_dir.mkdir(parents=True, exist_ok=True)
-    top = read_table(cfg.layout.tables, "concept_top_images")
-    parts = [f"<h1>Conceptual blindspots — {html.escape(cfg.name)}</h1>"]
-    n_blind = n_img = 0
-    for model_key in cfg.models:
-        try:
-            flagged = read_table(cfg.layout.tables, "blindspots", model_key)
-        except FileNotFoundError:
+    shutil.rmtree(out_dir / "img", ignore_errors=True)  # stale images of an earlier run
+    root = cfg.layout.tables
+    tables = {name: load_table(root, name) for name in (*REQUIRED_TABLES, *OPTIONAL_TABLES)}
+    stats_all, blind_all, top = (tables[n] for n in REQUIRED_TABLES)
+    labels = Labels.from_table(tables["concept_labels"])
+    summaries = _summary_table(root)
+    crop = cfg.encoder.image_size / round(cfg.encoder.image_size * 256 / 224)
+    writer = ImageWriter(cfg.layout, out_dir, opts.thumb_px, crop)
+
+    sections: list[ModelSection] = []
+    missing_models: list[str] = []
+    n_blind = 0
+    all_cards: list[ConceptCard] = []
+    distances: dict[str, np.ndarray] = {}
+    for key in cfg.models:
+        stats = for_model(stats_all, key)
+        flagged = for_model(blind_all, key)
+        if stats is None or stats.is_empty():
+            missing_models.append(key)
             continue
+        flagged = flagged if flagged is not None else stats[:0]
         n_blind += flagged.height
-        lineage = read_lineage(cfg.layout.generated_images(model_key))
-        parts.append(f"<h2>{html.escape(model_key)}</h2>")
-        parts.append(f"<pre class='lineage'>{html.escape(json.dumps(lineage, indent=1))}</pre>")
-        for kind, order in (("suppressed", False), ("exaggerated", True)):
-            rows = flagged.filter(pl.col("kind") == kind).sort("delta_energy", descending=order)
-            parts.append(f"<h3>{kind} ({rows.height})</h3>")
-            for r in rows.head(per_kind).iter_rows(named=True):
-                parts.append(
-                    f"<div class='concept'><b>concept {r['concept']}</b> δ={r['delta']:.3f} "
-                    f"ΔE={r['delta_energy']:.4g}<div class='gallery'>"
-                )
-                imgs = top.filter((pl.col("concept") == r["concept"]) & (pl.col("dataset") == REAL))
-                for image_id in imgs.sort("rank")["image_id"].head(per_concept):
-                    for dataset in (REAL, model_key):
-                        rel = _copy_image(cfg, dataset, image_id, out_dir)
-                        if rel:
-                            n_img += 1
-                            parts.append(f"<img src='{rel}' title='{dataset} {image_id}' width=96>")
-                parts.append("</div></div>")
-    page = (
-        "<!doctype html><html><head><meta charset='utf-8'><title>blindspots</title>"
-        "<style>body{font-family:sans-serif;margin:2em}.gallery img{margin:2px}"
-        ".lineage{font-size:11px;background:#f4f4f4;max-height:12em;overflow:auto}</style>"
-        "</head><body>" + "\n".join(parts) + "</body></html>"
+        section = ModelSection(key)
+        section_summary = for_model(summaries, key)
+        section.counts = _model_counts(cfg, stats, flagged, section_summary)
+        section.figures = _figures(cfg, key, stats, flagged, labels)
+        section.cards = _cards(key, flagged, top, labels, writer, opts)
+        all_cards += [c for cs in section.cards.values() for c in cs]
+        carded = {c.concept for cs in section.cards.values() for c in cs}
+        section.flagged_columns, section.flagged_rows = _flagged_table(
+            key, flagged, labels, carded, opts
+        )
+        section.n_flagged = flagged.height
+        section.datapoints, section.datapoint_columns = _datapoints(
+            key, tables["datapoint_deltas"], labels, writer, opts
+        )
+        dp = for_model(tables["datapoint_deltas"], key)
+        dist_col = section.datapoint_columns.get("distance")
+        if dp is not None and dist_col:
+            distances[key] = numeric(dp, dist_col)
+        section.memorization, section.memorization_total = _memorization(
+            key, tables["memorization_candidates"], writer, opts
+        )
+        if top is None:
+            section.notes.append("concept_top_images has not been materialised: no galleries.")
+        sections.append(section)
+    _fill_heat_maps(cfg, all_cards, writer, progress)
+
+    cross: list[tuple[str, str]] = []
+    corr = _correlations(root, stats_all, list(cfg.models))
+    if corr is not None:
+        names, matrix, source = corr
+        cross.append(
+            (
+                svg.matrix_svg(names, matrix, title="Pearson r of relative differences"),
+                f"Correlation of per-concept relative differences between models ({source}).",
+            )
+        )
+    freq_fig = _frequency_figure(root)
+    if freq_fig is not None:
+        cross.append(freq_fig)
+    if distances:
+        cross.append(
+            (
+                svg.step_histograms_svg(
+                    distances,
+                    title="‖ξ(x′) − ξ(x)‖ per datapoint",
+                    xlabel="‖ξ(x′) − ξ(x)‖",
+                ),
+                "Per-datapoint distance between the concept vectors of a real image and the "
+                "image generated from its caption, per model.",
+            )
+        )
+    lineage: Lineage = read_lineage_block(cfg, tables)
+    shown = {*REQUIRED_TABLES, *OPTIONAL_TABLES}
+    page = render_page(
+        title=f"Conceptual blindspots — {cfg.name}",
+        generated_at=dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        cfg=cfg,
+        sections=sections,
+        missing_models=missing_models,
+        missing_tables=[n for n in REQUIRED_TABLES if tables[n] is None],
+        optional_present=[n for n in OPTIONAL_TABLES if tables[n] is not None],
+        cross=cross,
+        lineage=lineage,
+        other_tables=_other_tables(root, shown),
+        labels_present=bool(labels.terms),
+        px=opts.thumb_px,
     )
     path = out_dir / "index.html"
-    path.write_text(page)
-    return ReportSummary(path, len(cfg.models), n_blind, n_img)
+    tmp = out_dir / f".index.html.{os.getpid()}.tmp"
+    tmp.write_text(page, encoding="utf-8")
+    os.replace(tmp, path)
+    n_images = sum(1 for p in (out_dir / "img").rglob("*.jpg")) if (out_dir / "img").exists() else 0
+    return ReportSummary(
+        path,
+        len(sections),
+        n_blind,
+        n_images,
+        len(all_cards),
+        time.perf_counter() - t0,
+    )
