@@ -154,11 +154,12 @@ class TopKAccumulator:
 
     def update(self, scores_nc: np.ndarray, rows_n: np.ndarray) -> None:
         scores = torch.from_numpy(np.asarray(scores_nc, dtype=np.float32))
-        rows = torch.from_numpy(np.asarray(rows_n, dtype=np.int64))[:, None].expand_as(scores)
-        values = torch.cat([self.values_kc, scores])
-        all_rows = torch.cat([self.rows_kc, rows])
-        k = min(self.k, values.shape[0])
-        self.values_kc, idx = torch.topk(values, k, dim=0, largest=True, sorted=True)
+        # the block's own top k first, so the merge is 2k × c whatever the block size
+        block_values, block_idx = torch.topk(scores, min(self.k, scores.shape[0]), dim=0)
+        block_rows = torch.from_numpy(np.asarray(rows_n, dtype=np.int64))[block_idx]
+        values = torch.cat([self.values_kc, block_values])
+        all_rows = torch.cat([self.rows_kc, block_rows])
+        self.values_kc, idx = torch.topk(values, min(self.k, values.shape[0]), dim=0)
         self.rows_kc = torch.gather(all_rows, 0, idx)
 
 
@@ -166,7 +167,7 @@ def top_images_per_concept(
     codes_path: str | Path | RowStore,
     k: int,
     concepts: list[int] | np.ndarray | None = None,
-    block_rows: int = 1024,
+    block_rows: int = 512,
 ) -> pl.DataFrame:
     """The k images with the largest ξ_k per concept (valid rows only, scores > 0).
 

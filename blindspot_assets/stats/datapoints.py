@@ -30,7 +30,7 @@ def datapoint_deltas(
     real_codes: str | Path | RowStore,
     gen_codes: str | Path | RowStore,
     top_n: int = 5,
-    block_rows: int = 1024,
+    block_rows: int = 512,
 ) -> pl.DataFrame:
     """One row per (real, generated) pair (pairing as in ``compute_concept_stats``).
 
@@ -49,9 +49,10 @@ def datapoint_deltas(
         xi_real = torch.from_numpy(real_block["xi"].astype(np.float32, copy=False))
         xi_gen = torch.from_numpy(gen_block["xi"].astype(np.float32, copy=False))
         d_mc = xi_gen - xi_real
-        l2 = torch.linalg.vector_norm(d_mc, dim=1, dtype=torch.float64).numpy()
-        norm_real = torch.linalg.vector_norm(xi_real, dim=1, dtype=torch.float64).numpy()
-        norm_gen = torch.linalg.vector_norm(xi_gen, dim=1, dtype=torch.float64).numpy()
+        # float32 norms: a float64 cast would copy the whole block
+        l2 = torch.linalg.vector_norm(d_mc, dim=1).numpy().astype(np.float64)
+        norm_real = torch.linalg.vector_norm(xi_real, dim=1).numpy().astype(np.float64)
+        norm_gen = torch.linalg.vector_norm(xi_gen, dim=1).numpy().astype(np.float64)
         total = norm_real + norm_gen
         missing_c, missing_v = _top_signed(d_mc, top_n, largest=False)
         added_c, added_v = _top_signed(d_mc, top_n, largest=True)

@@ -48,7 +48,7 @@ class EnergyAccumulator:
 def concept_energy(
     codes_path: str | Path | RowStore,
     rows: NDArray[np.bool_] | NDArray[np.integer] | None = None,
-    block_rows: int = 1024,
+    block_rows: int = 512,
 ) -> tuple[F64, I64, int]:
     """``(energy_k, nb_fire_k, n_images)`` of one dataset's codes.
 

@@ -50,6 +50,8 @@ def read_rows(arr: zarr.Array, rows_n: I64, selection: tuple[slice | int, ...] =
     chunk = int(arr.chunks[0])
     if hi - lo <= 2 * rows_n.size + chunk:
         block = np.asarray(arr[lo:hi, *selection]) if selection else np.asarray(arr[lo:hi])
+        if block.shape[0] == rows_n.size and (np.diff(rows_n) == 1).all():
+            return block  # already the rows asked for, in order: no copy
         return block[rows_n - lo]
     sel = (rows_n, *selection) if selection else (rows_n,)
     return np.asarray(arr.oindex[sel])

@@ -32,6 +32,7 @@ from numpy.typing import NDArray
 
 F64 = NDArray[np.float64]
 I64 = NDArray[np.int64]
+_COLUMN_CHUNK = 4096
 
 
 @dataclass(frozen=True)
@@ -84,9 +85,13 @@ class PairedDiffAccumulator:
         d_mc = torch.from_numpy(np.asarray(xi_gen_mc, dtype=np.float32)) - torch.from_numpy(
             np.asarray(xi_real_mc, dtype=np.float32)
         )
-        self.sum_d_k += d_mc.sum(0, dtype=torch.float64).numpy()
-        self.sum_d2_k += (d_mc * d_mc).sum(0, dtype=torch.float64).numpy()
-        self.sum_abs_d_k += d_mc.abs().sum(0, dtype=torch.float64).numpy()
+        # column chunks keep the temporaries (d², |d|, float64 casts) small
+        for c0 in range(0, self.n_concepts, _COLUMN_CHUNK):
+            chunk = d_mc[:, c0 : c0 + _COLUMN_CHUNK]
+            cols = slice(c0, c0 + chunk.shape[1])
+            self.sum_d_k[cols] += chunk.sum(0, dtype=torch.float64).numpy()
+            self.sum_d2_k[cols] += chunk.square().sum(0, dtype=torch.float64).numpy()
+            self.sum_abs_d_k[cols] += chunk.abs().sum(0, dtype=torch.float64).numpy()
         weights = [self._bootstrap_counts(m)] if self.n_bootstrap else []
         if self.n_permutations:
             signs_pm = self.rng.integers(0, 2, size=(self.n_permutations, m), dtype=np.int8)
@@ -125,14 +130,6 @@ class PairedDiffAccumulator:
         effect_k = np.where(mean_k == 0, 0.0, effect_k)
 
         resampled = self.resampled_rc.numpy()
-        if self.n_bootstrap:
-            boot_means_bc = resampled[: self.n_bootstrap] / np.float32(n)
-            tail = (1.0 - ci_level) / 2.0
-            low_k, high_k = np.quantile(boot_means_bc, [tail, 1.0 - tail], axis=0)
-            low_k, high_k = low_k.astype(np.float64), high_k.astype(np.float64)
-        else:
-            low_k, high_k = nan_k, nan_k
-
         abs_t_k = np.abs(self.sum_d_k)
         with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
             bound_k = np.where(
@@ -140,11 +137,20 @@ class PairedDiffAccumulator:
                 np.minimum(1.0, 2.0 * np.exp(-(abs_t_k**2) / (2.0 * self.sum_d2_k))),
                 1.0,
             )
+        low_k, high_k = nan_k.copy(), nan_k.copy()
+        exceed_k = np.zeros(self.n_concepts, dtype=np.int64)
+        tail = (1.0 - ci_level) / 2.0
+        # float32 sums of the same numbers in another order: a tie must count as a tie.
+        threshold_k = abs_t_k - 1e-5 * self.sum_abs_d_k
+        for c0 in range(0, self.n_concepts, _COLUMN_CHUNK):
+            cols = slice(c0, min(c0 + _COLUMN_CHUNK, self.n_concepts))
+            if self.n_bootstrap:
+                boot_means = resampled[: self.n_bootstrap, cols] / np.float32(n)
+                low_k[cols], high_k[cols] = np.quantile(boot_means, [tail, 1.0 - tail], axis=0)
+            if self.n_permutations:
+                flips = np.abs(resampled[self.n_bootstrap :, cols])
+                exceed_k[cols] = np.count_nonzero(flips >= threshold_k[None, cols], axis=0)
         if self.n_permutations:
-            flips_pc = np.abs(resampled[self.n_bootstrap :])
-            # float32 sums of the same numbers in another order: a tie must count as a tie.
-            tol_k = 1e-5 * self.sum_abs_d_k
-            exceed_k = np.count_nonzero(flips_pc >= (abs_t_k - tol_k)[None, :], axis=0)
             p_mc_k = (1.0 + exceed_k) / (self.n_permutations + 1.0)
             p_k = np.minimum(p_mc_k, bound_k)
         else:

@@ -33,7 +33,9 @@ def test_datapoint_deltas_hand_case(tmp_path: Path) -> None:
     g = write_codes(tmp_path / "g.zarr", ids[::-1], gen[::-1].copy(), chunk_rows=2)
     out = datapoint_deltas(r, g, top_n=2, block_rows=2)
     a, b, c = out.sort("image_id").iter_rows(named=True)
-    assert a["l2"] == 5.0 and a["norm_real"] == np.sqrt(10.0) and a["norm_gen"] == np.sqrt(17.0)
+    assert a["l2"] == 5.0
+    assert a["norm_real"] == pytest.approx(np.sqrt(10.0), rel=1e-6)
+    assert a["norm_gen"] == pytest.approx(np.sqrt(17.0), rel=1e-6)
     assert a["missing_concepts"] == [0] and a["missing_values"] == [-3.0]
     assert a["added_concepts"] == [1] and a["added_values"] == [4.0]
     assert a["l2_relative"] == pytest.approx(5.0 / (np.sqrt(10.0) + np.sqrt(17.0)))
