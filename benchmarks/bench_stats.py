@@ -191,9 +191,10 @@ def main() -> None:
             out = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True)
                              .stdout.strip().splitlines()[-1])  # fmt: skip
             planted = "yes" if out["planted_gone_found"] and out["planted_doubled_found"] else "NO"
-            print(f"{mode:6} {n:>9} {out['compute_s']:>10.1f} "
-                  f"{1000 * out['compute_s'] / n:>9.2f} {out['peak_rss_mb']:>12.0f} "
-                  f"{out['n_flagged']:>8} {out['n_significant']:>7} {planted}", flush=True)  # fmt: skip
+            line = (f"{mode:6} {n:>9} {out['compute_s']:>10.1f} "
+                    f"{1000 * out['compute_s'] / n:>9.2f} {out['peak_rss_mb']:>12.0f} "
+                    f"{out['n_flagged']:>8} {out['n_significant']:>7} {planted}")  # fmt: skip
+            print(line, flush=True)
             print("   ", json.dumps(out), flush=True)
 
 

@@ -50,4 +50,4 @@ class BlindspotParams:
         # and StatsSpec fields that are not statistics parameters (variant pairs...) are skipped.
         known = {f.name for f in fields(cls)}
         given = {k: v for k, v in asdict(spec).items() if k in known}
-        return cls(**{**given, **overrides})  # type: ignore[arg-type]
+        return cls(**{**given, **overrides})

@@ -151,7 +151,7 @@ class PairedDiffAccumulator:
                 flips = np.abs(resampled[self.n_bootstrap :, cols])
                 exceed_k[cols] = np.count_nonzero(flips >= threshold_k[None, cols], axis=0)
         if self.n_permutations:
-            p_mc_k = (1.0 + exceed_k) / (self.n_permutations + 1.0)
+            p_mc_k = ((1.0 + exceed_k) / (self.n_permutations + 1.0)).astype(np.float64)
             p_k = np.minimum(p_mc_k, bound_k)
         else:
             p_mc_k = nan_k
