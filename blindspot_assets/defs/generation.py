@@ -8,15 +8,38 @@ from blindspot_assets.defs.inputs import real_images
 from blindspot_assets.defs.partitions import model_partitions, single_run
 from blindspot_assets.defs.resources import RunConfigResource
 from blindspot_assets.generators.registry import build_generator
+from blindspot_assets.generators.registry import model_checkpoints as model_checkpoints_of
 from blindspot_assets.generators.runner import generate_image_set
-from blindspot_assets.store.images import read_manifest, write_lineage
+from blindspot_assets.lineage import combined_data_version
+from blindspot_assets.store.images import model_version, read_lineage, read_manifest, write_lineage
+
+
+@dg.observable_source_asset(
+    group_name="generation",
+    partitions_def=model_partitions,
+    description="The checkpoint(s) each model entry points at (hub repo + revision, or a local "
+    "directory). Its data version is the resolved commit, or a content hash offline; observing "
+    "a new version marks the model's downstream assets stale.",
+)
+def model_checkpoints(
+    context: dg.AssetExecutionContext, run_config: RunConfigResource
+) -> dg.DataVersionsByPartition:
+    cfg = run_config.load()
+    versions = {}
+    for model_key in context.partition_keys if context.has_partition_key_range else cfg.models:
+        if model_key not in cfg.models:
+            continue
+        found = model_checkpoints_of(cfg.model(model_key))
+        versions[model_key] = combined_data_version(found)
+        context.log.info(f"{model_key}: {[c.as_dict() for c in found]}")
+    return dg.DataVersionsByPartition(versions)
 
 
 @dg.asset(
     group_name="generation",
     partitions_def=model_partitions,
     backfill_policy=single_run,
-    deps=[real_images],
+    deps=[real_images, model_checkpoints],
     kinds={"pytorch", "diffusers"},
     code_version="1",
     pool="gpu",
@@ -83,4 +106,29 @@ def generated_images_paired(
         unpaired[model_key] = len(real_ids - set(gen["image_id"]))
     return dg.AssetCheckResult(
         passed=not any(unpaired.values()), metadata={"unpaired": dg.MetadataValue.json(unpaired)}
+    )
+
+
+@dg.asset_check(
+    asset=generated_images,
+    description="Each model's generated images were made by the checkpoint version the model "
+    "entry resolves to now; fails (naming the models) when a revision moved since.",
+)
+def generated_images_current_model(run_config: RunConfigResource) -> dg.AssetCheckResult:
+    cfg = run_config.load()
+    outdated = {}
+    for model_key, spec in cfg.models.items():
+        set_dir = cfg.layout.generated_images(model_key)
+        if not (set_dir / "manifest.parquet").exists():
+            continue
+        made_by = model_version(read_lineage(set_dir))
+        current = combined_data_version(model_checkpoints_of(spec))
+        if made_by != current:
+            outdated[model_key] = {"made_by": made_by, "current": current}
+    return dg.AssetCheckResult(
+        passed=not outdated,
+        metadata={"outdated_models": dg.MetadataValue.json(outdated)},
+        description=(
+            f"re-materialise generated_images for {sorted(outdated)}" if outdated else None
+        ),
     )

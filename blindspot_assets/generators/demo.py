@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -12,6 +14,7 @@ from PIL import Image
 from blindspot_assets.config import ConfigError, ModelSpec
 from blindspot_assets.demo.world import IMAGE_SIZE, Plants, parse_caption, render
 from blindspot_assets.generators.base import GenerationRequest
+from blindspot_assets.lineage import CheckpointVersion
 
 PARAMS = {
     "suppress_colors",
@@ -30,6 +33,7 @@ PARAMS = {
 class DemoGenerator:
     def __init__(self, spec: ModelSpec) -> None:
         p = spec.params
+        self.spec = spec
         self.key = spec.key
         try:
             self.plants = Plants(
@@ -51,6 +55,7 @@ class DemoGenerator:
             "family": "demo",
             "model_key": self.key,
             "version": self.version,
+            "resolved_version": demo_version(self.spec),
             "planted_truth": self.plants.truth(),
             "plants": self.plants.as_dict(),
             "image_size": self.size,
@@ -74,6 +79,16 @@ class DemoGenerator:
             scene = self.plants.apply(parse_caption(req.caption), rng)
             images.append(render(scene, req.seed, self.size))
         return images
+
+
+def demo_version(spec: ModelSpec) -> str:
+    """A demo model's 'checkpoint' is its settings: their hash is its version."""
+    settings = json.dumps(spec.params, sort_keys=True, default=str)
+    return "sha256:" + hashlib.sha256(settings.encode()).hexdigest()[:32]
+
+
+def checkpoints(spec: ModelSpec) -> list[CheckpointVersion]:
+    return [CheckpointVersion(f"demo:{spec.key}", None, demo_version(spec), "local")]
 
 
 def validate(spec: ModelSpec) -> None:
