@@ -33,8 +33,8 @@ TINY_SAE = RASAEConfig(
     d=32, n_concepts=48, sparsity="batchtopk", k=3, n_candidates=256, delta_relax=0.05
 )
 TINY_TRAIN = TrainConfig(
-    epochs=40,
-    batch_size=256,
+    epochs=20,
+    batch_size=128,
     lr=1e-2,
     lr_end=1e-5,
     buffer_tokens=1024,
