@@ -14,6 +14,7 @@ from blindspot_assets.report.svg import fmt
 _CSS = """
 :root{--sup:#2b6cb0;--exa:#dd6b20;--ink:#1a202c;--mute:#4a5568;--line:#e2e8f0;--bg:#f7fafc}
 *{box-sizing:border-box}
+[id]{scroll-margin-top:40px}
 body{font:14px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;color:var(--ink);
  margin:0;background:#fff}
 header.top{background:var(--ink);color:#fff;padding:14px 28px}

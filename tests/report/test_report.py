@@ -1,0 +1,227 @@
+"""The HTML report as a library: figures, token heat maps, defensive table reading, the page."""
+
+from __future__ import annotations
+
+import re
+import time
+import xml.etree.ElementTree as ET
+from html.parser import HTMLParser
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+
+from blindspot_assets.report import ReportOptions, build_report, svg
+from blindspot_assets.report.data import Labels, parse_concepts, pick
+from blindspot_assets.report.images import TokenLayout, concept_maps, overlay_heat, safe_name
+from blindspot_assets.store.layout import code_arrays
+from blindspot_assets.store.rowstore import RowStore
+from tests.report.synthetic_run import EXAGGERATED, SUPPRESSED, build_run
+
+
+class _Page(HTMLParser):
+    """Collects image sources, element ids and text of a page."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.srcs: list[str] = []
+        self.ids: set[str] = set()
+        self.text: list[str] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        a = dict(attrs)
+        if tag == "img" and a.get("src"):
+            self.srcs.append(str(a["src"]))
+        if a.get("id"):
+            self.ids.add(str(a["id"]))
+
+    def handle_data(self, data: str) -> None:
+        self.text.append(data)
+
+
+def _parse(path: Path) -> _Page:
+    page = _Page()
+    page.feed(path.read_text(encoding="utf-8"))
+    return page
+
+
+def _svgs(html_text: str) -> list[str]:
+    return re.findall(r"<svg .*?</svg>", html_text, flags=re.S)
+
+
+# -- figures ----------------------------------------------------------------------------------
+def test_svg_figures_are_well_formed_and_bounded():
+    rng = np.random.default_rng(0)
+    many = rng.lognormal(size=40_000)
+    figures = [
+        svg.histogram_svg(rng.random(500), title="δ <&>", xlabel="δ", value_range=(0, 1),
+                          markers={0.1: "suppressed", 0.9: "exaggerated"}),
+        svg.histogram_svg([], title="empty", xlabel="x"),
+        svg.scatter_svg(many, many * rng.lognormal(size=many.size), title="big", xlabel="a",
+                        ylabel="b", log_x=True, log_y=True, diagonal=True,
+                        highlight=[svg.ScatterPoint(1.0, 0.0, svg.SUPPRESSED, "c 1 <x>", True)]),
+        svg.scatter_svg([0.0, np.nan, 1.0], [1.0, 2.0, np.inf], title="odd", xlabel="a",
+                        ylabel="b", log_x=True),
+        svg.matrix_svg(["a", "b<"], [[1.0, np.nan], [np.nan, 1.0]], title="m"),
+        svg.step_histograms_svg({"x": rng.random(50), "y": []}, title="s", xlabel="l2"),
+        svg.lines_svg({"m": ([0.01, 0.1, 1.0], [0.2, -0.1, 0.0])}, title="l", xlabel="f",
+                      ylabel="r", log_x=True),
+    ]  # fmt: skip
+    for fig in figures:
+        root = ET.fromstring(fig)  # well-formed XML, text escaped
+        assert root.tag.endswith("svg")
+    # 40k background points become a density grid: the figure stays small.
+    assert len(figures[2]) < 400_000
+    assert "c 1 &lt;x&gt;" in figures[2]
+
+
+def test_number_format():
+    assert svg.fmt(None) == svg.fmt(float("nan")) == "–"
+    assert svg.fmt(0.000012) == "1.20e-05"
+    assert svg.fmt(3) == "3" and svg.fmt(True) == "yes" and svg.fmt(0.12345) == "0.123"
+
+
+# -- token heat maps ---------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("n_tokens", "attrs", "registers", "grid"),
+    [(261, None, 4, 16), (69, None, 4, 8), (257, None, 0, 16), (257, {"n_registers": 0}, 0, 16),
+     (37, {"num_register_tokens": 0}, 0, 6)],
+)  # fmt: skip
+def test_token_layout(n_tokens, attrs, registers, grid):
+    layout = TokenLayout.infer(n_tokens, attrs)
+    assert (layout.n_registers, layout.grid) == (registers, grid)
+    assert layout.first_patch + grid * grid == n_tokens
+
+
+def test_concept_maps_sum_token_codes_over_patches(tmp_path):
+    n_tokens, k_max = 1 + 4 + 4, 2  # CLS, 4 registers, a 2×2 grid
+    store = RowStore.create_or_resume(
+        tmp_path / "codes.zarr", ["a", "b", "c"], code_arrays(n_tokens, 10, k_max),
+        {"fingerprint": "t"}, chunk_rows=2,
+    )  # fmt: skip
+    idx = np.full((3, n_tokens, k_max), -1, np.int32)
+    val = np.zeros((3, n_tokens, k_max), np.float16)
+    idx[0, 0] = [7, -1]  # CLS token: never drawn
+    val[0, 0] = [9.0, 0]
+    idx[0, 5] = [7, 3]  # first patch: concept 7 = 1.5, concept 3 = 0.5
+    val[0, 5] = [1.5, 0.5]
+    idx[0, 8] = [3, 7]  # last patch: concept 7 = 0.25
+    val[0, 8] = [2.0, 0.25]
+    xi = np.zeros((3, 10), np.float32)
+    zeros = np.zeros((3, 10), np.uint16)
+    store.write_block(0, {"token_idx": idx[:2], "token_val": val[:2], "xi": xi[:2],
+                          "nfire": zeros[:2]}, np.array([True, True]), ["ok", "ok"])  # fmt: skip
+    store.write_block(2, {"token_idx": idx[2:], "token_val": val[2:], "xi": xi[2:],
+                          "nfire": zeros[2:]}, np.array([False]), ["decode_error"])  # fmt: skip
+    maps = concept_maps(tmp_path / "codes.zarr", {"a": [7, 3], "c": [7], "zzz": [1]})
+    np.testing.assert_allclose(maps[("a", 7)], [[1.5, 0.0], [0.0, 0.25]])
+    np.testing.assert_allclose(maps[("a", 3)], [[0.5, 0.0], [0.0, 2.0]])
+    assert ("c", 7) not in maps and ("zzz", 1) not in maps  # invalid row, unknown image
+
+
+def test_overlay_and_names():
+    base = np.full((32, 32, 3), 200, np.uint8)
+    heat = np.zeros((4, 4), np.float32)
+    heat[0, 0] = 2.0
+    out = overlay_heat(base, heat, vmax=2.0)
+    assert out.shape == base.shape and out.dtype == np.uint8
+    assert out[0, 0].tolist() != out[31, 31].tolist()  # hot corner differs from the cold one
+    assert safe_name("demo-000001") == "demo-000001"
+    assert "/" not in safe_name("a/b c") and safe_name("a/b c") != safe_name("a_b_c")
+
+
+# -- defensive reading -------------------------------------------------------------------------
+def test_labels_and_concept_lists_by_meaning():
+    df = pl.DataFrame({"concept_id": [1, 1, 2], "phrase": ["red", "two red", "sky"],
+                       "pmi": [0.5, 0.9, 0.1]})  # fmt: skip
+    labels = Labels.from_table(df)
+    assert labels.name(1) == "two red · red" and labels.short(2) == "sky" and labels.name(9) == ""
+    assert Labels.from_table(pl.DataFrame({"x": [1]})).terms == {}
+    assert parse_concepts([3, 4]) == [3, 4] and parse_concepts("[5, 6]") == [5, 6]
+    assert parse_concepts("7,8") == [7, 8] and parse_concepts(None) == []
+    assert pick(pl.DataFrame({"nn_distance": [1.0]}), "distance", contains=("dist",)) == (
+        "nn_distance"
+    )
+
+
+# -- the page ----------------------------------------------------------------------------------
+def _check_page(summary, out_dir: Path) -> _Page:
+    page = _parse(summary.path)
+    assert summary.path == out_dir / "index.html"
+    for src in page.srcs:
+        assert not src.startswith(("/", "file:", "http")), src  # relative: the folder travels
+        assert (out_dir / src).is_file(), src
+    for fig in _svgs(summary.path.read_text(encoding="utf-8")):
+        ET.fromstring(fig)
+    return page
+
+
+def test_report_from_library_tables(tmp_path):
+    cfg = build_run(tmp_path, tables="library")
+    out = tmp_path / "report"
+    summary = build_report(cfg, out)
+    page = _check_page(summary, out)
+    text = " ".join(page.text)
+    assert (
+        summary.n_models == 2
+        and summary.n_blindspots > 0
+        and summary.n_images == len(list((out / "img").rglob("*.jpg")))
+    )
+    # The planted suppressed concept has a card on demo-a, named by its caption term.
+    assert f"m-demo-a-c{SUPPRESSED}" in page.ids
+    assert f"m-demo-a-c{EXAGGERATED}" in page.ids
+    assert "red" in text and "Memorisation candidates" in text and "Lineage" in text
+    assert "table model_correlations" in text and "frequency_vs_relative" in text
+    # Heat maps of the suppressed concept: drawn on real images, none on demo-a's.
+    heat_dir = out / "img" / "demo-a" / f"c{SUPPRESSED}"
+    assert any(heat_dir.glob("*.jpg"))
+    assert "demo-a · peak 0" in text
+    # Lineage: encoder attrs, planted truth of the generators, table stamps.
+    assert "synthetic-dino" in text and "planted_truth" in text and "synthetic-sae" in text
+    # A rebuild replaces the images of the previous one.
+    (out / "img" / "stale.jpg").write_bytes(b"x")
+    build_report(cfg, out)
+    assert not (out / "img" / "stale.jpg").exists()
+
+
+def test_report_reads_optional_tables_by_column_meaning(tmp_path):
+    cfg = build_run(tmp_path, tables="handmade")
+    summary = build_report(cfg, tmp_path / "report")
+    page = _check_page(summary, tmp_path / "report")
+    text = " ".join(page.text)
+    assert "‖Δξ‖" in text and "missing:" in text  # xi_distance / "missing" as a string
+    assert "2 generated image(s)" in text  # generated_image_id / nn_distance
+    assert "computed by the report" in text  # no correlation table: computed from concept_stats
+
+
+def test_report_with_required_tables_only_and_with_none(tmp_path):
+    cfg = build_run(tmp_path, tables="required")
+    summary = build_report(cfg, tmp_path / "report")
+    text = " ".join(_check_page(summary, tmp_path / "report").text)
+    assert summary.n_models == 2
+    assert "concept_labels" in text and "datapoint_deltas" in text  # says what is missing
+    for table in ("concept_stats", "blindspots", "concept_top_images"):
+        for f in (cfg.layout.tables / table).glob("*.parquet"):
+            f.unlink()
+    empty = build_report(cfg, tmp_path / "report2")
+    assert (empty.n_models, empty.n_blindspots, empty.n_images) == (0, 0, 0)
+    empty_text = " ".join(" ".join(_parse(empty.path).text).split())
+    assert "concept_stats has not been materialised" in empty_text
+
+
+@pytest.mark.slow
+def test_report_with_hundreds_of_concept_cards_renders_fast(tmp_path):
+    cfg = build_run(
+        tmp_path, n_images=48, n_concepts=400, tables="library", active_per_image=40, flip=0.3
+    )
+    flagged = pl.read_parquet(cfg.layout.tables / "blindspots" / "demo-a.parquet")
+    opts = ReportOptions(per_kind=150, images_per_concept=4, max_table_rows=400)
+    t0 = time.perf_counter()
+    summary = build_report(cfg, tmp_path / "report", opts)
+    seconds = time.perf_counter() - t0
+    print(f"\nreport: {summary.n_concept_cards} concept cards, {summary.n_images} images, "
+          f"{flagged.height} flagged on demo-a, {seconds:.1f} s")  # fmt: skip
+    assert summary.n_concept_cards >= 200
+    assert seconds < 60
+    _check_page(summary, tmp_path / "report")
