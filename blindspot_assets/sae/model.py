@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torch.nn import functional as F
 
 from blindspot_assets.sae.config import RASAEConfig
 
@@ -125,7 +126,27 @@ class RelaxedArchetypalSAE(nn.Module):
         return self.sparsify(self.pre_codes(x_nd), update_threshold=False)
 
     def decode(self, z_nc: Tensor) -> Tensor:
+        """x̂ = z·D as a dense matmul (small batches; see :meth:`decode_sparse` for training)."""
         return z_nc @ self.dictionary().to(z_nc.dtype)
+
+    def decode_sparse(self, z_nc: Tensor) -> Tensor:
+        """x̂ = z·D touching only the non-zero codes: O(nnz·d) instead of O(n·c·d).
+
+        One ``embedding_bag`` (sum of the active atoms weighted by their codes) per token; its
+        backward only reaches the active atoms, so TopK/BatchTopK training skips the dense
+        decoder matmuls.
+        """
+        d_cd = self.dictionary()
+        rows, cols = z_nc.nonzero(as_tuple=True)
+        vals = z_nc[rows, cols].to(d_cd.dtype)
+        counts = torch.bincount(rows, minlength=z_nc.shape[0])
+        offsets = torch.cumsum(counts, 0) - counts
+        return F.embedding_bag(cols, d_cd, offsets, mode="sum", per_sample_weights=vals)
+
+    def decode_topk(self, vals_nk: Tensor, idx_nk: Tensor) -> Tensor:
+        """x̂ from exactly k codes per token given as (values, concept indices)."""
+        d_cd = self.dictionary()
+        return F.embedding_bag(idx_nk, d_cd, mode="sum", per_sample_weights=vals_nk.to(d_cd.dtype))
 
     def forward(self, x_nd: Tensor) -> tuple[Tensor, Tensor]:
         z = self.encode(x_nd)

@@ -72,9 +72,9 @@ def auxk_loss(
     k_aux = min(model.cfg.effective_aux_k, n_dead)
     masked = pre_nc.masked_fill(~dead_c, float("-inf"))
     idx = masked.topk(k_aux, dim=-1).indices
-    z_aux = torch.zeros_like(pre_nc).scatter_(-1, idx, pre_nc.gather(-1, idx))
     target = residual_nd.detach().float()
-    err = ((model.decode(z_aux).float() - target) ** 2).sum(dim=-1).mean()
+    e_hat = model.decode_topk(pre_nc.gather(-1, idx), idx).float()
+    err = ((e_hat - target) ** 2).sum(dim=-1).mean()
     return err / ((target**2).sum(dim=-1).mean() + 1e-8)
 
 
@@ -115,7 +115,7 @@ class Trainer:
         with autocast:
             pre = model.pre_activations(x_nd)
             z = model.sparsify(torch.relu(pre), update_threshold=True)
-            x_hat = model.decode(z).float()
+            x_hat = model.decode_sparse(z).float()
             mse = ((x_hat - x_nd) ** 2).mean()
             aux = auxk_loss(model, pre, x_nd - x_hat, dead_c) if cfg.aux_weight > 0 else mse * 0
             loss = mse + cfg.aux_weight * aux
@@ -182,7 +182,8 @@ def evaluate(
     fired_c = torch.zeros(model.n_concepts, dtype=torch.bool, device=device)
     for a in range(0, tokens_nd.shape[0], batch):
         x = tokens_nd[a : a + batch].to(device)
-        z, xh = model(x)
+        z = model.encode(x)
+        xh = model.decode_sparse(z)
         sse += float(((x - xh) ** 2).sum())
         l0 += float((z > 0).sum())
         fired_c |= (z > 0).any(dim=0)
