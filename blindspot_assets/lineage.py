@@ -23,6 +23,14 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from blindspot_assets.config import ConfigError
+
+
+class MissingInput(ConfigError):
+    """A checkpoint, folder or file the run config names that is not on this machine (the
+    config itself may be right: fetch it, or point the field elsewhere)."""
+
+
 _COMMIT_RE = re.compile(r"^[0-9a-f]{40}$")
 _HUB_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*(/[A-Za-z0-9][A-Za-z0-9_.-]*)?$")
 _CHUNK = 1 << 20

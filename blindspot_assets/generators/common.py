@@ -36,6 +36,7 @@ from blindspot_assets.config import ConfigError, ModelSpec
 from blindspot_assets.generators.base import GenerationRequest
 from blindspot_assets.lineage import (
     CheckpointVersion,
+    MissingInput,
     combined_data_version,
     is_hub_id,
     library_versions,
@@ -64,8 +65,13 @@ COMMON_PARAMS = frozenset(
 DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
 
 
-def fail(spec: ModelSpec, field_name: str, problem: str, fix: str) -> ConfigError:
-    return ConfigError(f"models.{spec.key}.{field_name}: {problem}; fix: {fix}")
+def fail(
+    spec: ModelSpec, field_name: str, problem: str, fix: str, missing: bool = False
+) -> ConfigError:
+    """The error naming the field and the fix; ``missing``: the entry may be right, but what it
+    names is not on this machine (``MissingInput``)."""
+    cls = MissingInput if missing else ConfigError
+    return cls(f"models.{spec.key}.{field_name}: {problem}; fix: {fix}")
 
 
 @dataclass(frozen=True)
@@ -118,6 +124,7 @@ def check_repo(spec: ModelSpec, field_name: str, repo: Any, must_hold: str | Non
                 f"local path {path} does not exist",
                 "download the checkpoint there (huggingface-cli download REPO "
                 "--local-dir PATH) or give its hub id",
+                missing=True,
             )
         if must_hold and not (path / must_hold).is_file():
             raise fail(

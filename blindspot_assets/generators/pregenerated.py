@@ -43,6 +43,7 @@ def _folder(spec: ModelSpec) -> Path:
             "path",
             f"folder {folder} does not exist",
             "point it at the folder of pre-generated images",
+            missing=True,
         )
     return folder
 
@@ -54,7 +55,9 @@ def _manifest_path(spec: ModelSpec, folder: Path) -> Path | None:
     path = Path(str(raw)).expanduser()
     path = path if path.is_absolute() else folder / path
     if not path.is_file():
-        raise fail(spec, "manifest", f"{path} does not exist", "give a CSV/parquet inside path")
+        raise fail(
+            spec, "manifest", f"{path} does not exist", "give a CSV/parquet inside path", True
+        )
     return path
 
 

@@ -32,6 +32,7 @@ from typing import Any
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from blindspot_assets.config import ConfigError, SourceSpec
+from blindspot_assets.lineage import MissingInput
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 ID_HEX = 16  # 64 bits of sha256: collisions stay unlikely far beyond LAION-size samples
@@ -223,7 +224,7 @@ def existing_dir(spec: SourceSpec, name: str) -> Path:
         )
     path = Path(raw).expanduser()
     if not path.is_dir():
-        raise ConfigError(
+        raise MissingInput(
             f"real.{name}: folder {path} does not exist; fix: point it at the "
             "folder that holds the images"
         )

@@ -25,6 +25,7 @@ import polars as pl
 
 from blindspot_assets.config import ConfigError, SourceSpec
 from blindspot_assets.generators.base import ProgressFn
+from blindspot_assets.lineage import MissingInput
 from blindspot_assets.sources.common import (
     IMAGE_EXTENSIONS,
     ImageChecks,
@@ -54,7 +55,7 @@ def _manifest_file(spec: SourceSpec, folder: Path) -> Path | None:
     path = Path(str(raw)).expanduser()
     path = path if path.is_absolute() else folder / path
     if not path.is_file():
-        raise ConfigError(
+        raise MissingInput(
             f"real.manifest: {path} does not exist; fix: give a CSV or parquet "
             "with path and caption columns, relative to real.path or absolute"
         )

@@ -47,6 +47,7 @@ import polars as pl
 
 from blindspot_assets.config import ConfigError, SourceSpec
 from blindspot_assets.generators.base import ProgressFn
+from blindspot_assets.lineage import MissingInput
 from blindspot_assets.sources.common import (
     ImageChecks,
     has_caption,
@@ -92,8 +93,10 @@ def parquet_files(spec: SourceSpec) -> list[Path]:
         matches = sorted(glob.glob(expanded)) if glob.has_magic(expanded) else [expanded]
         missing = [m for m in matches if not Path(m).is_file()]
         if not matches or missing:
-            raise ConfigError(
-                f"real.parquet: {missing[0] if missing else pattern} matches no file; fix: "
+            unset = "$" in expanded
+            raise MissingInput(
+                f"real.parquet: {missing[0] if missing else pattern} matches no file"
+                f"{' (an environment variable in it is unset)' if unset else ''}; fix: "
                 "download the metadata parquet (e.g. laion/relaion2B-en-research-safe) and "
                 "point real.parquet at it"
             )
