@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import dagster as dg
 
-from blindspot_assets.defs import analysis, concepts, features, generation, inputs
+from blindspot_assets.defs import analysis, checks, concepts, features, generation, inputs
 from blindspot_assets.defs.jobs import blindspot_job, model_job, real_job
 from blindspot_assets.defs.resources import RunConfigResource, default_config_path
 
-_modules = [inputs, generation, features, concepts, analysis]
+_modules = [inputs, generation, features, concepts, analysis, checks]
 
 defs = dg.Definitions(
     assets=dg.load_assets_from_modules(_modules),

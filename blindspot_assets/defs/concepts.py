@@ -20,6 +20,8 @@ from blindspot_assets.sae import (
     save_sae,
     train_sae,
 )
+from blindspot_assets.sae.checkpoint import HEADER_FILE
+from blindspot_assets.sae.released import import_released_checkpoint
 from blindspot_assets.store.layout import REAL
 from blindspot_assets.store.rowstore import RowStore
 
@@ -44,6 +46,8 @@ def sae(context: dg.AssetExecutionContext, run_config: RunConfigResource) -> dg.
     cfg = run_config.load()
     stores = _training_stores(cfg)
     d = int(RowStore.open(stores[0]).array("tokens").shape[2])
+    if cfg.sae.pretrained:
+        return _use_pretrained(context, cfg, Path(cfg.sae.pretrained), d)
     sae_cfg = RASAEConfig.from_spec(cfg.sae, d)
     train_cfg = TrainConfig.from_spec(cfg.sae)
     t0 = time.perf_counter()
@@ -74,6 +78,35 @@ def sae(context: dg.AssetExecutionContext, run_config: RunConfigResource) -> dg.
             "seconds": round(time.perf_counter() - t0, 2),
         },
         data_version=dg.DataVersion(str(result.data_version)),
+    )
+
+
+def _use_pretrained(
+    context: dg.AssetExecutionContext, cfg: RunConfig, src: Path, d: int
+) -> dg.MaterializeResult:
+    """Use released or previously trained weights instead of training (``sae.pretrained``)."""
+    if not src.exists():
+        raise FileNotFoundError(f"sae.pretrained {src} does not exist")
+    if (src / HEADER_FILE).exists():  # already in our format
+        model, header = load_sae(src)
+        save_sae(model, cfg.layout.sae, {k: v for k, v in header.items() if k != "config"})
+    else:  # a released overcomplete pickle: converted without executing it
+        import_released_checkpoint(src, cfg.layout.sae, log=context.log.info)
+    model, header = load_sae(cfg.layout.sae)
+    if model.cfg.d != d:
+        raise ValueError(
+            f"sae.pretrained {src} expects {model.cfg.d}-d tokens but the features are {d}-d: "
+            "use the encoder it was trained on (DINOv2 ViT-B/14 with registers: 768-d)"
+        )
+    return dg.MaterializeResult(
+        metadata={
+            "path": dg.MetadataValue.path(str(cfg.layout.sae)),
+            "pretrained": str(src),
+            "n_concepts": model.cfg.n_concepts,
+            "d": d,
+            "header": lineage_md({k: v for k, v in header.items() if k != "config"}),
+        },
+        data_version=dg.DataVersion(str(header["data_version"])),
     )
 
 
