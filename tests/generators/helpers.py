@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 from PIL import Image
 
@@ -31,4 +33,7 @@ def assert_reproducible(gen: ImageGenerator, key: str, size: tuple[int, int]) ->
         assert np.array_equal(pixels(a), pixels(b))
     alone = gen.generate(reqs[1:])[0]
     assert np.abs(pixels(alone) - pixels(first[1])).max() <= 2
+    lineage = gen.lineage()
+    assert json.loads(json.dumps(lineage)) == lineage  # written as JSON beside the images
+    assert lineage["version"] and lineage["libraries"]["diffusers"]
     return first
