@@ -29,7 +29,7 @@ import numpy as np
 import polars as pl
 
 from blindspot_assets.config import RunConfig
-from blindspot_assets.report import svg
+from blindspot_assets.report import preview, svg
 from blindspot_assets.report.data import (
     OPTIONAL_TABLES,
     REQUIRED_TABLES,
@@ -58,6 +58,8 @@ class ReportSummary:
     n_images: int
     n_concept_cards: int = 0
     seconds: float = 0.0
+    # Markdown for the materialisation's metadata: top blindspots and a heat-map thumbnail grid.
+    preview_md: str = ""
 
 
 @dataclass(frozen=True)
@@ -547,6 +549,27 @@ def _other_tables(tables_root: Path, shown: set[str]) -> list[dict[str, Any]]:
     return out
 
 
+def _preview(sections: list[ModelSection], out_dir: Path) -> str:
+    rows: list[dict[str, object]] = []
+    paths: list[Path] = []
+    captions: list[str] = []
+    for section in sections:
+        for kind, cards in section.cards.items():
+            for i, card in enumerate(cards[:3]):
+                rows.append({"model": section.key, "kind": kind, "concept": card.concept,
+                             "name": card.name, **card.stats})  # fmt: skip
+                for real, gen in card.pairs[:2] if i == 0 else []:
+                    for tile in (real, gen):
+                        if tile.src:
+                            paths.append(out_dir / tile.src)
+                            captions.append(f"{tile.dataset} c{card.concept}")
+    grid = preview.thumbnail_grid_md(paths, captions, px=64, per_row=8, max_images=16)
+    return (
+        f"{preview.blindspots_md(rows, max_rows=12)}\n\n"
+        f"Top concept of each kind, real | generated, with its activation:\n\n{grid}"
+    )
+
+
 def build_report(
     cfg: RunConfig,
     out_dir: Path,
@@ -658,4 +681,5 @@ def build_report(
         n_images,
         len(all_cards),
         time.perf_counter() - t0,
+        _preview(sections, out_dir),
     )

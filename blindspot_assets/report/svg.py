@@ -182,7 +182,7 @@ def histogram_svg(
         lo, hi = lo - 0.5, hi + 0.5
     counts, edges = np.histogram(np.clip(v, lo, hi), bins=bins, range=(lo, hi))
     frame = Frame(width, height, lo, hi, 0.0, max(1.0, float(counts.max()) * 1.08))
-    body = frame.axes(xlabel, "concepts")
+    body = frame.axes(f"{xlabel}   (n = {v.size})", "concepts")
     xs, ys = frame.px(edges.astype(np.float64)), frame.py(counts.astype(np.float64))
     base = frame.py(np.array([0.0]))[0]
     for i, c in enumerate(counts):
@@ -205,10 +205,6 @@ def histogram_svg(
             f'<line x1="{x:.1f}" y1="{frame.top}" x2="{x:.1f}" y2="{base:.1f}" '
             f'stroke="#1a202c" stroke-dasharray="4 3"/>'
         )
-    body.append(
-        f'<text x="{width - frame.right}" y="{frame.top + 8}" class="ann" '
-        f'text-anchor="end">n = {v.size}</text>'
-    )
     return _svg(width, height, body, title)
 
 

@@ -11,10 +11,12 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 import pytest
+from PIL import Image
 
 from blindspot_assets.report import ReportOptions, build_report, svg
 from blindspot_assets.report.data import Labels, parse_concepts, pick
 from blindspot_assets.report.images import TokenLayout, concept_maps, overlay_heat, safe_name
+from blindspot_assets.report.preview import thumbnail_grid_md
 from blindspot_assets.store.layout import code_arrays
 from blindspot_assets.store.rowstore import RowStore
 from tests.report.synthetic_run import EXAGGERATED, SUPPRESSED, build_run
@@ -120,6 +122,17 @@ def test_concept_maps_sum_token_codes_over_patches(tmp_path):
     assert ("c", 7) not in maps and ("zzz", 1) not in maps  # invalid row, unknown image
 
 
+def test_thumbnail_grid_md(tmp_path):
+    paths = []
+    for i in range(3):
+        paths.append(tmp_path / f"{i}.png")
+        Image.new("RGB", (200, 100), (i * 80, 0, 0)).save(paths[-1])
+    md = thumbnail_grid_md([*paths, tmp_path / "missing.png"], ["a", "b|c", "d", "e"], per_row=2)
+    lines = md.splitlines()
+    assert len(lines) == 4 and md.count("data:image/jpeg;base64,") == 3 and "b/c" in md
+    assert thumbnail_grid_md([]) == "_(no images)_"
+
+
 def test_overlay_and_names():
     base = np.full((32, 32, 3), 200, np.uint8)
     heat = np.zeros((4, 4), np.float32)
@@ -179,6 +192,10 @@ def test_report_from_library_tables(tmp_path):
     assert "demo-a · peak 0" in text
     # Lineage: encoder attrs, planted truth of the generators, table stamps.
     assert "synthetic-dino" in text and "planted_truth" in text and "synthetic-sae" in text
+    # The metadata preview: a table of top blindspots and inline thumbnails, kept small.
+    assert "| demo-a | suppressed |" in summary.preview_md
+    assert summary.preview_md.count("data:image/jpeg;base64,") >= 4
+    assert len(summary.preview_md) < 80_000
     # A rebuild replaces the images of the previous one.
     (out / "img" / "stale.jpg").write_bytes(b"x")
     build_report(cfg, out)
