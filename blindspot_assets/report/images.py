@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import math
 import re
+from collections import OrderedDict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -204,6 +205,7 @@ class ImageWriter:
         thumb_px: int,
         crop_fraction: float,
         quality: int = 85,
+        max_cached: int = 2048,
     ) -> None:
         self.layout = layout
         self.out_dir = out_dir
@@ -211,7 +213,9 @@ class ImageWriter:
         self.crop_fraction = crop_fraction
         self.quality = quality
         self._sets: dict[str, ImageSet] = {}
-        self._bases: dict[tuple[str, str, bool], U8 | None] = {}
+        # Decoded thumbnails, least recently used dropped first (a 128 px one is ~50 KB).
+        self._bases: OrderedDict[tuple[str, str, bool], U8 | None] = OrderedDict()
+        self.max_cached = max_cached
         self.written = 0
 
     def image_set(self, dataset: str) -> ImageSet:
@@ -224,7 +228,9 @@ class ImageWriter:
 
     def _base(self, dataset: str, image_id: str, crop: bool) -> U8 | None:
         key = (dataset, image_id, crop)
-        if key not in self._bases:
+        if key in self._bases:
+            self._bases.move_to_end(key)
+        else:
             src = self.image_set(dataset).path(image_id)
             arr: U8 | None = None
             if src is not None:
@@ -240,6 +246,8 @@ class ImageWriter:
                 except OSError:
                     arr = None  # unreadable file: the report shows a placeholder
             self._bases[key] = arr
+            if len(self._bases) > self.max_cached:
+                self._bases.popitem(last=False)
         return self._bases[key]
 
     def _save(self, arr: U8, rel: str) -> str:
