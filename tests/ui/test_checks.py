@@ -94,23 +94,19 @@ def test_sae_check_reads_header_metrics(run):
     assert len(_meta(bad)["problems"]) == 2
 
 
-def test_checks_load_beside_the_code_location():
-    """What definitions.py gets when it adds the module: every check attached to its asset."""
-    import dagster as dg
+def test_checks_are_in_the_code_location():
+    """definitions.py loads this module: every check is attached to its asset."""
+    from blindspot_assets.definitions import defs
 
-    from blindspot_assets import definitions
-
-    extra = dg.load_asset_checks_from_modules([checks])
-    defs = dg.Definitions(
-        assets=dg.load_assets_from_modules(definitions._modules),
-        asset_checks=[*dg.load_asset_checks_from_modules(definitions._modules), *extra],
-        resources={"run_config": RunConfigResource()},
-    )
-    dg.Definitions.validate_loadable(defs)
-    keys = {key for c in extra for key in c.check_keys}
-    assert {(k.asset_key.path[0], k.name) for k in keys} == {
+    graph = defs.resolve_asset_graph()
+    names = {
+        (key.path[0], check.name)
+        for key in graph.get_all_asset_keys()
+        for check in graph.get(key).check_keys
+    }
+    assert {
         ("gen_features", "gen_features_finite_and_shaped"),
         ("sae", "sae_quality_in_bounds"),
         ("concept_stats", "concept_stats_schema"),
         ("blindspots", "blindspots_schema"),
-    }
+    } <= names
