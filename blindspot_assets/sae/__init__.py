@@ -4,10 +4,15 @@ A plain library (no Dagster): ``train_sae`` over feature row stores, ``save_sae`
 (safetensors + JSON header), ``encode_features_to_codes`` into a codes row store.
 """
 
-from blindspot_assets.sae.checkpoint import load_sae, save_sae
+from blindspot_assets.sae.checkpoint import load_sae, read_header, save_sae
 from blindspot_assets.sae.config import RASAEConfig, TrainConfig
 from blindspot_assets.sae.encode import encode_features_to_codes, model_fingerprint
 from blindspot_assets.sae.model import RelaxedArchetypalSAE
+from blindspot_assets.sae.released import (
+    UnsafeCheckpointError,
+    import_released_checkpoint,
+    load_pretrained,
+)
 from blindspot_assets.sae.train import TrainResult, train_sae
 
 __all__ = [
@@ -15,9 +20,13 @@ __all__ = [
     "RelaxedArchetypalSAE",
     "TrainConfig",
     "TrainResult",
+    "UnsafeCheckpointError",
     "encode_features_to_codes",
+    "import_released_checkpoint",
+    "load_pretrained",
     "load_sae",
     "model_fingerprint",
+    "read_header",
     "save_sae",
     "train_sae",
 ]

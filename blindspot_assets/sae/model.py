@@ -65,9 +65,8 @@ class RelaxedArchetypalSAE(nn.Module):
         """Re-project W onto row-stochastic matrices and clip each row of Λ to norm ≤ δ."""
         if self.cfg.fused:
             return
-        w = torch.relu(self.W)
-        w /= w.sum(dim=-1, keepdim=True) + _EPS
-        self.W.copy_(w)
+        self.W.clamp_(min=0)
+        self.W.div_(self.W.sum(dim=-1, keepdim=True) + _EPS)
         norms = self.relax.norm(dim=-1, keepdim=True)
         self.relax.mul_(torch.clamp(self.cfg.delta_relax / (norms + _EPS), max=1.0))
         self._fused_cd = None

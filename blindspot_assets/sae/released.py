@@ -35,7 +35,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from blindspot_assets.sae.checkpoint import save_sae
+from blindspot_assets.sae.checkpoint import load_sae, read_header, save_sae
 from blindspot_assets.sae.config import RASAEConfig
 from blindspot_assets.sae.model import RelaxedArchetypalSAE
 
@@ -443,3 +443,26 @@ def import_released_checkpoint(
     if log:
         log(f"imported {src.name}: c={info['n_concepts']} d={info['d']} θ={info['threshold']}")
     return written
+
+
+def load_pretrained(
+    pretrained: Path, converted_dir: Path
+) -> tuple[RelaxedArchetypalSAE, dict[str, Any]]:
+    """``SAESpec.pretrained``: a converted SAE directory, or a released ``.pt`` to import once.
+
+    A ``.pt`` is converted into ``converted_dir`` unless a conversion of the same file (same
+    SHA-256) is already there.
+    """
+    pretrained = Path(pretrained)
+    if pretrained.is_dir():
+        return load_sae(pretrained)
+    if not pretrained.is_file():
+        raise FileNotFoundError(f"pretrained SAE {pretrained} does not exist")
+    try:
+        header = read_header(converted_dir)
+        done = header.get("released", {}).get("source_sha256") == _sha256(pretrained)
+    except (FileNotFoundError, ValueError):
+        done = False
+    if not done:
+        import_released_checkpoint(pretrained, converted_dir)
+    return load_sae(converted_dir)

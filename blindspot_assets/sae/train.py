@@ -114,8 +114,15 @@ class Trainer:
         dead_c = self.dead_c()
         with autocast:
             pre = model.pre_activations(x_nd)
-            z = model.sparsify(torch.relu(pre), update_threshold=True)
-            x_hat = model.decode_sparse(z).float()
+            if model.cfg.sparsity == "topk":
+                # relu(topk(pre)) == topk(relu(pre)) but touches k values per token, not c
+                vals, idx = pre.topk(model.cfg.k, dim=-1)
+                vals = torch.relu(vals)
+                x_hat = model.decode_topk(vals, idx).float()
+                active_nk = (idx, vals.detach() > 0)
+            else:
+                z = model.sparsify(torch.relu(pre), update_threshold=True)
+                x_hat = model.decode_sparse(z).float()
             mse = ((x_hat - x_nd) ** 2).mean()
             aux = auxk_loss(model, pre, x_nd - x_hat, dead_c) if cfg.aux_weight > 0 else mse * 0
             loss = mse + cfg.aux_weight * aux
@@ -129,9 +136,24 @@ class Trainer:
         self.scaler.update()
         model.project_()
         with torch.no_grad():
+            if model.cfg.sparsity == "topk":
+                idx, on = active_nk
+                fired_c = torch.zeros_like(dead_c).index_fill_(0, idx[on], True)
+                l0 = on.sum(dim=-1).float().mean()
+            else:
+                fired_c = (z > 0).any(dim=0)
+                l0 = (z > 0).sum(dim=-1).float().mean()
             self.silent_c += x_nd.shape[0]
-            self.silent_c[(z > 0).any(dim=0)] = 0
-        return {"loss": loss, "mse": mse, "aux": aux, "z": z, "x_hat": x_hat, "dead": dead_c}
+            self.silent_c[fired_c] = 0
+        return {
+            "loss": loss.detach(),
+            "mse": mse.detach(),
+            "aux": aux.detach(),
+            "x_hat": x_hat.detach(),
+            "fired": fired_c,
+            "l0": l0,
+            "dead": dead_c,
+        }
 
     # -- exact resume -------------------------------------------------------------------------
     def state_tensors(self) -> dict[str, Tensor]:
@@ -149,7 +171,10 @@ class Trainer:
 
 def _optimizer(model: RelaxedArchetypalSAE, cfg: TrainConfig) -> torch.optim.AdamW:
     params = [p for p in model.parameters() if p.requires_grad]
-    return torch.optim.AdamW(params, lr=cfg.lr, betas=(0.9, 0.999), weight_decay=cfg.weight_decay)
+    # fused: one pass over each parameter per step instead of ~8 (it matters at 32k × 32k W)
+    return torch.optim.AdamW(
+        params, lr=cfg.lr, betas=(0.9, 0.999), weight_decay=cfg.weight_decay, fused=True
+    )
 
 
 def _optim_tensors(opt: torch.optim.Optimizer) -> dict[str, Tensor]:
@@ -301,7 +326,7 @@ def train_sae(
                         "mse": float(out["mse"]),
                         "aux_loss": float(out["aux"]),
                         "r2": explained_variance(x, out["x_hat"]),
-                        "l0": float((out["z"] > 0).sum(dim=-1).float().mean()),
+                        "l0": float(out["l0"]),
                         "dead_fraction": float(out["dead"].float().mean()),
                         "threshold": _finite_or_none(float(model.threshold)),
                         "grad_norm": trainer.last_grad_norm,

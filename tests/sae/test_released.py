@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import torch
 
-from blindspot_assets.sae import load_sae
+from blindspot_assets.sae import load_pretrained, load_sae
 from blindspot_assets.sae.released import (
     UnsafeCheckpointError,
     import_released_checkpoint,
@@ -104,3 +104,19 @@ def test_other_globals_and_raw_pickles_are_refused(tmp_path: Path) -> None:
     (tmp_path / "raw.pkl").write_bytes(pickle.dumps({"a": 1}))
     with pytest.raises(ValueError, match="not a torch zip checkpoint"):
         import_released_checkpoint(tmp_path / "raw.pkl", tmp_path / "out")
+
+
+def test_pretrained_spec_takes_a_converted_dir_or_a_released_file_once(tmp_path: Path) -> None:
+    write_fake_release(tmp_path / "ra_sae.pt", _tokens(256, 16), c=20, m=16, top_k=64)
+    model, header = load_pretrained(tmp_path / "ra_sae.pt", tmp_path / "conv")
+    stamp = (tmp_path / "conv" / "model.safetensors").stat().st_mtime_ns
+    again, header2 = load_pretrained(tmp_path / "ra_sae.pt", tmp_path / "conv")
+    assert header2 == header
+    assert (tmp_path / "conv" / "model.safetensors").stat().st_mtime_ns == stamp  # not redone
+    from_dir, header3 = load_pretrained(tmp_path / "conv", tmp_path / "unused")
+    assert header3 == header and not (tmp_path / "unused").exists()
+    x = _tokens(32, 16)
+    with torch.no_grad():
+        assert torch.equal(model.encode(x), from_dir.encode(x))
+    with pytest.raises(FileNotFoundError):
+        load_pretrained(tmp_path / "missing.pt", tmp_path / "conv2")

@@ -1,0 +1,321 @@
+"""RA-SAE speed on this machine: training tokens/s (ours vs overcomplete) and encode throughput.
+
+    .venv/bin/python benchmarks/bench_sae.py                      # everything, printed table
+    .venv/bin/python benchmarks/bench_sae.py --no-overcomplete    # ours only
+    .venv/bin/python benchmarks/bench_sae.py --steps 4 --json out.json
+
+The overcomplete side runs in its own venv (benchmarks/overcomplete_env/make_env.sh, default
+/tmp/oc-venv): it pulls torchvision, which must never enter the project's environment. Both
+sides start from the *same* initial weights (exported by overcomplete), see the same batches,
+use AdamW(0.9, 0.999, no weight decay) at a constant LR with gradient clipping 1.0 and an MSE
+loss, so their loss curves must agree up to float rounding while the time per step is compared.
+
+The machine is shared: the load average at the start is printed; compare runs made together.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from blindspot_assets.sae import encode_features_to_codes  # noqa: E402
+from blindspot_assets.sae.config import RASAEConfig, TrainConfig  # noqa: E402
+from blindspot_assets.sae.model import RelaxedArchetypalSAE, flops_per_token_encode  # noqa: E402
+from blindspot_assets.sae.train import Trainer  # noqa: E402
+from blindspot_assets.store.layout import feature_arrays  # noqa: E402
+from blindspot_assets.store.rowstore import RowStore  # noqa: E402
+
+OC_SIDE = REPO / "benchmarks" / "overcomplete_env" / "oc_side.py"
+
+
+def matmul_gflops(n: int, d: int, c: int, repeats: int = 3) -> float:
+    """Best measured fp32 GFLOP/s of an (n × d)·(d × c) matmul: the ceiling of encoding."""
+    a, b = torch.randn(n, d), torch.randn(d, c)
+    a @ b
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - t0)
+    return 2.0 * n * d * c / best / 1e9
+
+
+def synthetic_tokens(n: int, d: int, n_atoms: int, seed: int) -> np.ndarray:
+    """Non-negative sparse mixtures of random atoms plus noise (a loss curve that means a fit)."""
+    rng = np.random.default_rng(seed)
+    atoms = rng.normal(size=(n_atoms, d)).astype(np.float32)
+    atoms /= np.linalg.norm(atoms, axis=1, keepdims=True)
+    out = np.empty((n, d), np.float32)
+    for a in range(0, n, 4096):
+        b = min(n, a + 4096)
+        coef = rng.exponential(size=(b - a, n_atoms)).astype(np.float32)
+        coef *= rng.random(size=coef.shape) < 16 / n_atoms
+        out[a:b] = coef @ atoms + 0.05 * rng.normal(size=(b - a, d)).astype(np.float32)
+    return out
+
+
+def our_model_from_oc_init(init: dict[str, np.ndarray], cfg: RASAEConfig) -> RelaxedArchetypalSAE:
+    t = {k: torch.from_numpy(v) for k, v in init.items()}
+    model = RelaxedArchetypalSAE(cfg, t["dictionary.C"])
+    state = {
+        "encoder.weight": t["encoder.final_block.0.weight"],
+        "encoder.bias": t["encoder.final_block.0.bias"],
+        "norm.weight": t["encoder.final_block.1.weight"],
+        "norm.bias": t["encoder.final_block.1.bias"],
+        "C": t["dictionary.C"],
+        "W": t["dictionary.W"],
+        "relax": t["dictionary.Relax"],
+        "log_scale": t["dictionary.multiplier"],
+        "threshold": torch.tensor(float("nan")),
+    }
+    model.load_state_dict(state, strict=True)
+    return model.train()
+
+
+def train_side_by_side(args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    d, c, m, k, B, steps = 768, args.train_c, args.train_c, 32, args.batch, args.steps
+    tokens = synthetic_tokens((steps + 1) * B, d, n_atoms=2 * c, seed=0)
+    rng = np.random.default_rng(1)
+    points = tokens[rng.choice(len(tokens), size=m, replace=False)]
+    np.savez(work / "data.npz", tokens=tokens, points=points)
+    side = {
+        "d": d,
+        "c": c,
+        "k": k,
+        "delta": 1.0,
+        "lr": 5e-4,
+        "batch": B,
+        "seed": 0,
+        "threads": torch.get_num_threads(),
+    }
+    (work / "config.json").write_text(json.dumps(side))
+    result: dict[str, Any] = {"config": {**side, "m": m, "steps_timed": steps}}
+
+    oc_python = Path(args.oc_python)
+    if args.no_overcomplete:
+        result["overcomplete"] = {"skipped": "--no-overcomplete"}
+        torch.manual_seed(0)
+        init = None
+    elif not oc_python.exists():
+        result["overcomplete"] = {"skipped": f"{oc_python} missing: run make_env.sh"}
+        init = None
+    else:
+        proc = subprocess.run(
+            [str(oc_python), str(OC_SIDE), "train", str(work)],
+            capture_output=True,
+            text=True,
+            timeout=3600,
+        )
+        if proc.returncode != 0:
+            result["overcomplete"] = {"failed": proc.stderr[-2000:]}
+            init = None
+        else:
+            result["overcomplete"] = json.loads((work / "oc_result.json").read_text())
+            init = dict(np.load(work / "oc_init.npz"))
+
+    cfg = RASAEConfig(d=d, n_concepts=c, sparsity="topk", k=k, n_candidates=m, delta_relax=1.0)
+    if init is not None:
+        model = our_model_from_oc_init(init, cfg)
+    else:
+        model = RelaxedArchetypalSAE(cfg, torch.from_numpy(points)).train()
+    for aux_weight, key in ((0.0, "ours"), (1.0 / 32, "ours_with_auxk")):
+        if key == "ours_with_auxk":
+            if init is None:
+                break
+            model = our_model_from_oc_init(init, cfg)
+        trainer = Trainer(
+            model,
+            TrainConfig(aux_weight=aux_weight, grad_clip=1.0, dead_after_tokens=B),
+            torch.device("cpu"),
+        )
+        x_all = torch.from_numpy(tokens)
+        losses = [float(trainer.step(x_all[:B], lr=5e-4)["mse"])]  # warm-up step
+        t0 = time.perf_counter()
+        for i in range(1, steps + 1):
+            losses.append(float(trainer.step(x_all[i * B : (i + 1) * B], lr=5e-4)["mse"]))
+        seconds = time.perf_counter() - t0
+        result[key] = {
+            "seconds": seconds,
+            "steps": steps,
+            "tokens_per_s": steps * B / seconds,
+            "loss": losses,
+        }
+    oc = result.get("overcomplete", {})
+    if "loss" in oc:
+        ours_l, oc_l = np.array(result["ours"]["loss"]), np.array(oc["loss"])
+        result["loss_max_rel_diff"] = float(np.max(np.abs(ours_l - oc_l) / np.abs(oc_l)))
+        result["speedup"] = result["ours"]["tokens_per_s"] / oc["tokens_per_s"]
+    return result
+
+
+def encode_throughput(args: argparse.Namespace, work: Path, gflops: float) -> dict[str, Any]:
+    d, c, n = 768, 32000, args.encode_tokens
+    cfg = RASAEConfig(d=d, n_concepts=c, sparsity="batchtopk", k=32, n_candidates=0)
+    model = RelaxedArchetypalSAE(cfg)
+    with torch.no_grad():
+        torch.nn.init.normal_(model.D, std=d**-0.5)
+        x = torch.from_numpy(synthetic_tokens(n, d, 256, seed=2))
+        model.train()
+        model.sparsify(model.pre_codes(x[:512]), update_threshold=True)  # θ for ~k per token
+    model.eval()
+    with torch.no_grad():
+        model.encode(x[:256])
+        t0 = time.perf_counter()
+        l0 = 0.0
+        for a in range(0, n, 2048):
+            l0 += float((model.encode(x[a : a + 2048]) > 0).sum())
+        seconds = time.perf_counter() - t0
+    floor = flops_per_token_encode(d, c)
+    out: dict[str, Any] = {
+        "model_encode_tokens_per_s": n / seconds,
+        "mean_l0": l0 / n,
+        "flops_per_token_floor": floor,
+        "matmul_gflops": gflops,
+        "ceiling_tokens_per_s": gflops * 1e9 / floor,
+    }
+    # end to end: a features row store (fp16, 261 tokens per image) → codes row store
+    n_img, T = max(4, args.encode_tokens // 261), 261
+    feats = work / "features.zarr"
+    store = RowStore.create_or_resume(
+        feats, [f"i{i}" for i in range(n_img)], feature_arrays(T, d), {"fingerprint": "bench"}, 8
+    )
+    toks = synthetic_tokens(n_img * T, d, 256, seed=3).reshape(n_img, T, d).astype(np.float16)
+    for a in range(0, n_img, 8):
+        b = min(n_img, a + 8)
+        store.write_block(a, {"tokens": toks[a:b]}, np.ones(b - a, bool), ["ok"] * (b - a))
+    summary = encode_features_to_codes(model, feats, work / "codes.zarr", k_max=64)
+    out["zarr_to_codes_tokens_per_s"] = summary["tokens_per_s"]
+    out["zarr_to_codes_images"] = n_img
+    return out
+
+
+def gpu_benchmark(steps: int = 10) -> dict[str, Any]:
+    """Full-size step (768→32,000, 32,000 points, BatchTopK, bf16 autocast) and encode on CUDA,
+    against the measured bf16 matmul ceiling. Prepared for a lent GPU; not run on CPU machines."""
+    dev = torch.device("cuda")
+    d, c, m, B = 768, 32000, 32000, 4096
+
+    def timed(fn: Any, n: int) -> float:
+        fn()
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        for _ in range(n):
+            fn()
+        torch.cuda.synchronize()
+        return (time.perf_counter() - t0) / n
+
+    a = torch.randn(8192, d, device=dev, dtype=torch.bfloat16)
+    b = torch.randn(d, c, device=dev, dtype=torch.bfloat16)
+    ceiling = 2 * 8192 * d * c / timed(lambda: a @ b, 20) / 1e12
+    x = torch.from_numpy(synthetic_tokens(B * 4, d, 1024, seed=4)).to(dev)
+    cfg = RASAEConfig(d=d, n_concepts=c, sparsity="batchtopk", k=32, n_candidates=m)
+    model = RelaxedArchetypalSAE(cfg, x[torch.randperm(x.shape[0], device=dev)[:m]].cpu()).to(dev)
+    model.project_()
+    model.init_encoder_from_dictionary()
+    model.train()
+    trainer = Trainer(model, TrainConfig(amp_dtype="bfloat16", dead_after_tokens=B * 2), dev)
+    it = iter(range(10**9))
+    step_s = timed(lambda: trainer.step(x[(next(it) % 4) * B :][:B], lr=1e-4), steps)
+    # encoder fwd + weight grad, dictionary W·C fwd + W grad: the dense part of a step
+    step_flops = 2 * 2 * B * d * c + 2 * 2 * c * m * d
+    model.eval()
+    xe = x[:8192]
+    with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
+        enc_s = timed(lambda: model.encode(xe), 20)
+    return {
+        "device": torch.cuda.get_device_name(0),
+        "bf16_matmul_tflops": ceiling,
+        "train_step_s": step_s,
+        "train_tokens_per_s": B / step_s,
+        "train_step_tflops": step_flops / step_s / 1e12,
+        "encode_tokens_per_s": xe.shape[0] / enc_s,
+        "encode_ceiling_tokens_per_s": ceiling * 1e12 / flops_per_token_encode(d, c),
+        "peak_memory_gib": torch.cuda.max_memory_allocated() / 2**30,
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--steps", type=int, default=4, help="timed training steps per side")
+    ap.add_argument("--batch", type=int, default=4096)
+    ap.add_argument("--train-c", type=int, default=4096, help="concepts = candidate points")
+    ap.add_argument("--encode-tokens", type=int, default=16384)
+    ap.add_argument("--oc-python", default="/tmp/oc-venv/bin/python")
+    ap.add_argument("--no-overcomplete", action="store_true")
+    ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("--gpu-only", action="store_true", help="only the CUDA full-size section")
+    args = ap.parse_args()
+    if args.gpu_only:
+        gpu = gpu_benchmark()
+        print(json.dumps(gpu, indent=2))
+        if args.json:
+            args.json.write_text(json.dumps({"gpu": gpu}, indent=2))
+        return
+
+    load = os.getloadavg()
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
+        f"load average {load[0]:.1f} (CPU cores: {os.cpu_count()})"
+    )
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        gflops = matmul_gflops(2048, 768, 32000)
+        train = train_side_by_side(args, work)
+        enc = encode_throughput(args, work, gflops)
+    report: dict[str, Any] = {"load_average": load[0], "train": train, "encode": enc}
+    if torch.cuda.is_available():
+        report["gpu"] = gpu_benchmark()
+        print(json.dumps(report["gpu"], indent=2))
+
+    cfg = train["config"]
+    print(
+        f"\nTraining step, d={cfg['d']} c={cfg['c']} points={cfg['m']} TopK k={cfg['k']} "
+        f"batch={cfg['batch']}, {cfg['steps_timed']} timed steps, CPU fp32"
+    )
+    print(f"{'implementation':<34}{'tokens/s':>12}{'s/step':>10}{'final MSE':>12}")
+    for key, label in (
+        ("overcomplete", "overcomplete RATopKSAE+train_sae"),
+        ("ours", "ours (Trainer.step)"),
+        ("ours_with_auxk", "ours + AuxK 1/32"),
+    ):
+        r = train.get(key, {})
+        if "tokens_per_s" in r:
+            print(
+                f"{label:<34}{r['tokens_per_s']:>12.0f}{r['seconds'] / r['steps']:>10.2f}"
+                f"{r['loss'][-1]:>12.5f}"
+            )
+        else:
+            print(f"{label:<34}  {r}")
+    if "speedup" in train:
+        print(
+            f"speed-up ours / overcomplete: {train['speedup']:.2f}×; loss curves max relative "
+            f"difference {train['loss_max_rel_diff']:.2e}"
+        )
+    print(f"\nEncode, d=768 c=32000 BatchTopK (θ), CPU fp32; matmul ceiling {gflops:.0f} GFLOP/s")
+    print(f"{'path':<34}{'tokens/s':>12}{'of ceiling':>12}")
+    ceiling = enc["ceiling_tokens_per_s"]
+    print(f"{'FLOP floor 2·d·c (ceiling)':<34}{ceiling:>12.0f}{1.0:>12.0%}")
+    for key, label in (
+        ("model_encode_tokens_per_s", "model.encode (2048-token blocks)"),
+        ("zarr_to_codes_tokens_per_s", "features Zarr → codes Zarr"),
+    ):
+        print(f"{label:<34}{enc[key]:>12.0f}{enc[key] / ceiling:>12.0%}")
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()
