@@ -121,8 +121,23 @@ class RelaxedArchetypalSAE(nn.Module):
         return codes_nc * (codes_nc >= theta.to(codes_nc.dtype))
 
     def encode(self, x_nd: Tensor) -> Tensor:
-        """Sparse codes z (n × c), dense: meant for small batches (a block of tokens)."""
-        return self.sparsify(self.pre_codes(x_nd), update_threshold=False)
+        """Sparse codes z (n × c), dense: meant for small batches (a block of tokens).
+
+        Without autograd it works in place on the pre-activations: one mask pass instead of
+        ReLU, compare and multiply (same values).
+        """
+        if self.training or torch.is_grad_enabled():
+            return self.sparsify(self.pre_codes(x_nd), update_threshold=False)
+        pre = self.pre_activations(x_nd)
+        if self.cfg.sparsity == "topk":
+            vals, idx = pre.topk(self.cfg.k, dim=-1)
+            return torch.zeros_like(pre).scatter_(-1, idx, vals.relu_())
+        if torch.isnan(self.threshold):
+            raise RuntimeError("BatchTopK threshold θ is not set: train the SAE first")
+        theta = float(self.threshold)
+        if theta > 0:  # pre ≥ θ > 0 implies ReLU(pre) = pre
+            return pre.masked_fill_(pre < theta, 0.0)
+        return pre.relu_()
 
     def decode(self, z_nc: Tensor) -> Tensor:
         """x̂ = z·D as a dense matmul (small batches; see :meth:`decode_sparse` for training)."""

@@ -186,3 +186,15 @@ def test_stopped_and_resumed_run_equals_uninterrupted(tmp_path: Path) -> None:
     # a checkpoint of another config is not resumed
     other = train_sae([tmp_path / "f.zarr"], sae_cfg, replace(tc, lr=1e-3), tmp_path / "ckpt")
     assert not any("resumed" in a for a in other.metrics["adjustments"])
+
+
+@pytest.mark.parametrize("sparsity", ["topk", "batchtopk"])
+def test_inference_encode_equals_the_training_math(sparsity: str) -> None:
+    x = _planted_tokens(256)
+    model = _model(x, sparsity=sparsity)
+    model.sparsify(model.pre_codes(x).detach(), update_threshold=True)
+    model.eval()
+    reference = model.sparsify(model.pre_codes(x), update_threshold=False).detach()
+    with torch.no_grad():
+        fast = model.encode(x)
+    assert torch.equal(fast, reference)
