@@ -32,7 +32,7 @@ def demo_config_dict(tmp_path: Path, n_images: int = 120, **overrides: object) -
 
 def write_config(tmp_path: Path, raw: dict[str, object]) -> Path:
     path = tmp_path / "run.yaml"
-    path.write_text(yaml.safe_dump(raw))
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
     return path
 
 

@@ -10,11 +10,11 @@ import polars as pl
 
 from blindspot_assets import stats as stats_lib
 from blindspot_assets.config import RunConfig
-from blindspot_assets.defs.common import lineage_md, table_md
+from blindspot_assets.defs.common import lineage_md, progress_logger, table_md
 from blindspot_assets.defs.concepts import concept_codes, real_concept_codes, sae
 from blindspot_assets.defs.features import gen_features, real_features
 from blindspot_assets.defs.inputs import real_images
-from blindspot_assets.defs.partitions import model_partitions, single_run
+from blindspot_assets.defs.partitions import model_keys, model_partitions, single_run
 from blindspot_assets.defs.resources import RunConfigResource
 from blindspot_assets.sae.checkpoint import read_header
 from blindspot_assets.stats import (
@@ -68,7 +68,7 @@ def concept_stats(
     cfg = run_config.load()
     params = BlindspotParams.from_spec(cfg.stats)
     counts = {}
-    for model_key in context.partition_keys:
+    for model_key in model_keys(context):
         stats = compute_concept_stats(cfg.layout.codes(REAL), cfg.layout.codes(model_key), params)
         stats = _stamp(stats, _lineage_columns(context, cfg, model_key))
         write_table_partition(cfg.layout.tables, "concept_stats", model_key, stats)
@@ -100,7 +100,7 @@ def blindspots(
     params = BlindspotParams.from_spec(cfg.stats)
     per_model: dict[str, Any] = {}
     preview = None
-    for model_key in context.partition_keys:
+    for model_key in model_keys(context):
         stats = read_table(cfg.layout.tables, "concept_stats", model_key)
         flagged = flag_blindspots(stats, params)
         flagged = _stamp(flagged, _lineage_columns(context, cfg, model_key))
@@ -160,7 +160,7 @@ def datapoint_deltas(
 ) -> dg.MaterializeResult:
     cfg = run_config.load()
     per_model = {}
-    for model_key in context.partition_keys:
+    for model_key in model_keys(context):
         deltas = stats_lib.datapoint_deltas(
             cfg.layout.codes(REAL), cfg.layout.codes(model_key), cfg.stats.top_datapoint_concepts
         )
@@ -187,7 +187,7 @@ def memorization_candidates(
 ) -> dg.MaterializeResult:
     cfg = run_config.load()
     per_model = {}
-    for model_key in context.partition_keys:
+    for model_key in model_keys(context):
         cands = stats_lib.memorization_candidates(
             cfg.layout.features(REAL),
             cfg.layout.features(model_key),
@@ -324,12 +324,18 @@ def report(
     from blindspot_assets.report import build_report
 
     cfg = run_config.load()
-    summary = build_report(cfg, cfg.layout.report)
+    summary = build_report(
+        cfg, cfg.layout.report, progress=progress_logger(context, "report heat maps")
+    )
     return dg.MaterializeResult(
         metadata={
             "path": dg.MetadataValue.path(str(summary.path)),
             "url": dg.MetadataValue.url(summary.path.resolve().as_uri()),
+            "n_models": summary.n_models,
             "n_blindspots": summary.n_blindspots,
+            "n_concept_cards": summary.n_concept_cards,
             "n_images": summary.n_images,
+            "seconds": round(summary.seconds, 2),
+            "top_blindspots": dg.MetadataValue.md(summary.preview_md),
         }
     )

@@ -18,7 +18,7 @@ import polars as pl
 from blindspot_assets.config import RunConfig
 from blindspot_assets.defs.analysis import blindspots, concept_stats
 from blindspot_assets.defs.concepts import sae
-from blindspot_assets.defs.features import _check_store, gen_features
+from blindspot_assets.defs.features import check_feature_store, gen_features
 from blindspot_assets.defs.resources import RunConfigResource
 from blindspot_assets.sae.checkpoint import read_header
 from blindspot_assets.stats.concepts import CONCEPT_STATS_COLUMNS
@@ -131,7 +131,7 @@ def feature_store_problems(
 ) -> dict[str, Any]:
     """Finiteness and completeness (the real features' check, reused) plus the shape a generated
     set must have: one row per manifest row, the real features' (T, d)."""
-    base = _check_store(path, token_shape[1] if token_shape else None)
+    base = check_feature_store(path, token_shape[1] if token_shape else None)
     found = {k: getattr(v, "value", v) for k, v in base.metadata.items()}
     shape = RowStore.open(path).array("tokens").shape
     problems = []

@@ -5,10 +5,13 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import dagster as dg
 import polars as pl
+
+from blindspot_assets.progress import progress_line
 
 
 def progress_logger(
@@ -23,9 +26,7 @@ def progress_logger(
         if now - last[0] < every_s and done < total:
             return
         last[0] = now
-        rate = done / max(now - t0, 1e-9)
-        eta = (total - done) / rate if rate > 0 else float("nan")
-        context.log.info(f"{label}: {done}/{total} ({rate:.1f}/s, ETA {eta:.0f}s)")
+        context.log.info(progress_line(label, done, total, now - t0))
 
     return progress
 
@@ -45,3 +46,13 @@ def table_md(df: pl.DataFrame, max_rows: int = 15) -> dg.MetadataValue:
         cells = [f"{v:.4g}" if isinstance(v, float) else str(v) for v in row]
         lines.append("| " + " | ".join(cells) + " |")
     return dg.MetadataValue.md("\n".join(lines))
+
+
+def thumbnails(set_dir: Path, manifest: pl.DataFrame, n: int = 16) -> dg.MetadataValue:
+    """A markdown grid of the first ``n`` usable images of a set, for the asset's UI page."""
+    from blindspot_assets.report.preview import thumbnail_grid_md
+
+    ok = manifest.filter(pl.col("status") == "ok").head(n)
+    return dg.MetadataValue.md(
+        thumbnail_grid_md([set_dir / p for p in ok["path"]], ok["caption"].to_list())
+    )

@@ -10,7 +10,7 @@ import dagster as dg
 from blindspot_assets.config import RunConfig
 from blindspot_assets.defs.common import lineage_md, progress_logger
 from blindspot_assets.defs.features import gen_features, real_features
-from blindspot_assets.defs.partitions import model_partitions, single_run
+from blindspot_assets.defs.partitions import model_keys, model_partitions, single_run
 from blindspot_assets.defs.resources import RunConfigResource
 from blindspot_assets.sae import (
     RASAEConfig,
@@ -161,8 +161,8 @@ def concept_codes(
     context: dg.AssetExecutionContext, run_config: RunConfigResource
 ) -> dg.MaterializeResult:
     cfg = run_config.load()
-    summaries = {m: _encode(context, cfg, m) for m in context.partition_keys}
-    first = context.partition_keys[0]
+    summaries = {m: _encode(context, cfg, m) for m in model_keys(context)}
+    first = model_keys(context)[0]
     meta = _codes_metadata(cfg, first, summaries[first])
     if len(summaries) > 1:
         meta["models"] = lineage_md(summaries)

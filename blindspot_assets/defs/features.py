@@ -10,7 +10,7 @@ from blindspot_assets.config import RunConfig
 from blindspot_assets.defs.common import lineage_md, progress_logger
 from blindspot_assets.defs.generation import generated_images
 from blindspot_assets.defs.inputs import real_images
-from blindspot_assets.defs.partitions import model_partitions, single_run
+from blindspot_assets.defs.partitions import model_keys, model_partitions, single_run
 from blindspot_assets.defs.resources import RunConfigResource
 from blindspot_assets.encoders.dinov2 import extract_features, load_encoder
 from blindspot_assets.store.images import read_manifest
@@ -79,8 +79,8 @@ def gen_features(
     context: dg.AssetExecutionContext, run_config: RunConfigResource
 ) -> dg.MaterializeResult:
     cfg = run_config.load()
-    per_model = {m: _encode_dataset(context, cfg, m) for m in context.partition_keys}
-    first = context.partition_keys[0]
+    per_model = {m: _encode_dataset(context, cfg, m) for m in model_keys(context)}
+    first = model_keys(context)[0]
     meta = _feature_metadata(cfg.layout.features(first), per_model[first])
     if len(per_model) > 1:
         meta["models"] = lineage_md(
@@ -89,7 +89,7 @@ def gen_features(
     return dg.MaterializeResult(metadata=meta)
 
 
-def _check_store(path: Path, expected_d: int | None = None) -> dg.AssetCheckResult:
+def check_feature_store(path: Path, expected_d: int | None = None) -> dg.AssetCheckResult:
     store = RowStore.open(path)
     tokens = store.array("tokens")
     valid = store.valid()
@@ -111,4 +111,4 @@ def _check_store(path: Path, expected_d: int | None = None) -> dg.AssetCheckResu
 
 @dg.asset_check(asset=real_features, description="Features finite, complete, (N, T, d).")
 def real_features_finite(run_config: RunConfigResource) -> dg.AssetCheckResult:
-    return _check_store(run_config.load().layout.features(REAL))
+    return check_feature_store(run_config.load().layout.features(REAL))

@@ -3,9 +3,9 @@
 import dagster as dg
 import polars as pl
 
-from blindspot_assets.defs.common import lineage_md, progress_logger
+from blindspot_assets.defs.common import lineage_md, progress_logger, thumbnails
 from blindspot_assets.defs.inputs import real_images
-from blindspot_assets.defs.partitions import model_partitions, single_run
+from blindspot_assets.defs.partitions import model_keys, model_partitions, single_run
 from blindspot_assets.defs.resources import RunConfigResource
 from blindspot_assets.generators.registry import build_generator
 from blindspot_assets.generators.registry import model_checkpoints as model_checkpoints_of
@@ -52,7 +52,7 @@ def generated_images(
     cfg = run_config.load()
     real = read_manifest(cfg.layout.real_images)
     per_model = {}
-    for model_key in context.partition_keys:
+    for model_key in model_keys(context):
         spec = cfg.model(model_key)
         generator = build_generator(spec)
         manifest, summary = generate_image_set(
@@ -75,13 +75,18 @@ def generated_images(
             "seconds": round(summary.seconds, 2),
         }
         context.log.info(f"{model_key}: {per_model[model_key]}")
-    only = per_model[context.partition_keys[0]] if len(per_model) == 1 else None
+    first = model_keys(context)[0]
+    only = per_model[first] if len(per_model) == 1 else None
     return dg.MaterializeResult(
         metadata={
             "models": lineage_md(per_model),
             "n_images": sum(m["n_images"] for m in per_model.values()),
             "n_failed": sum(m["n_failed"] for m in per_model.values()),
             **({"lineage": lineage_md(only["lineage"])} if only else {}),
+            "thumbnails": thumbnails(
+                cfg.layout.generated_images(first),
+                read_manifest(cfg.layout.generated_images(first)),
+            ),
         }
     )
 

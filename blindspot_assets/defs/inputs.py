@@ -5,7 +5,7 @@ import time
 import dagster as dg
 import polars as pl
 
-from blindspot_assets.defs.common import progress_logger, table_md
+from blindspot_assets.defs.common import progress_logger, table_md, thumbnails
 from blindspot_assets.defs.resources import RunConfigResource
 from blindspot_assets.sources.registry import source_module
 from blindspot_assets.store.images import read_manifest
@@ -45,6 +45,7 @@ def real_images(
             "seed": cfg.seed,
             "seconds": round(time.perf_counter() - t0, 2),
             "preview": table_md(manifest.select("image_id", "caption", "status"), 10),
+            "thumbnails": thumbnails(out_dir, manifest),
         }
     )
 

@@ -13,14 +13,29 @@ blindspot_job = dg.define_asset_job("blindspot_job", selection=dg.AssetSelection
 model_job = dg.define_asset_job(
     "model_job",
     selection=dg.AssetSelection.assets(
-        "generated_images", "gen_features", "concept_codes", "concept_stats", "blindspots"
+        "generated_images",
+        "gen_features",
+        "concept_codes",
+        "concept_stats",
+        "blindspots",
+        "datapoint_deltas",
+        "memorization_candidates",
     ),
 )
 
-# Real images → features → SAE → real codes, with no model partition involved.
+# Real images → features → SAE → real codes and concept names, with no model partition: run it
+# once, then backfill model_job over the models (the SAE is trained on the real features).
 real_job = dg.define_asset_job(
     "real_job",
-    selection=dg.AssetSelection.assets("real_images", "real_features"),
+    selection=dg.AssetSelection.assets(
+        "real_images", "real_features", "sae", "real_concept_codes", "concept_labels"
+    ),
 )
 
-__all__ = ["blindspot_job", "model_job", "model_partitions", "real_job"]
+# Cross-model tables and the report, after the model partitions are in.
+report_job = dg.define_asset_job(
+    "report_job",
+    selection=dg.AssetSelection.assets("concept_top_images", "model_comparison", "report"),
+)
+
+__all__ = ["blindspot_job", "model_job", "model_partitions", "real_job", "report_job"]

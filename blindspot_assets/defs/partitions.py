@@ -15,3 +15,15 @@ model_partitions = dg.StaticPartitionsDefinition(list(load_config(default_config
 
 # One run may cover a range of models: each model asset loops over ``context.partition_keys``.
 single_run = dg.BackfillPolicy.single_run()
+
+
+def model_keys(context: dg.AssetExecutionContext) -> list[str]:
+    """The model partitions this run covers; an empty range is an error, never a silent no-op."""
+    keys = list(context.partition_keys)
+    if not keys:
+        order = model_partitions.get_partition_keys()
+        raise ValueError(
+            "the run's model partition range is empty: a range runs from the first to the last "
+            f"model in registry order {order}"
+        )
+    return keys
