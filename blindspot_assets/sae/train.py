@@ -25,6 +25,7 @@ from blindspot_assets.sae.kmeans import minibatch_kmeans
 from blindspot_assets.sae.model import RelaxedArchetypalSAE, explained_variance
 
 LogFn = Callable[[dict[str, Any]], None]
+_RUN_CONTROL = {"checkpoint_every", "log_every", "max_steps", "eval_tokens", "device"}
 
 
 @dataclass
@@ -254,8 +255,10 @@ def train_sae(
         adjustments.append(
             f"batch_size {train_cfg.batch_size} > {loader.n_tokens} tokens: one step per epoch"
         )
+    # what decides the trajectory; run control (logging, checkpoint cadence, budget) may change
+    trajectory = {k: v for k, v in train_cfg.to_dict().items() if k not in _RUN_CONTROL}
     run_key = json.dumps(
-        {"sae": sae_cfg.to_dict(), "train": train_cfg.to_dict(), "data": version}, sort_keys=True
+        {"sae": sae_cfg.to_dict(), "train": trajectory, "data": version}, sort_keys=True
     )
 
     torch.manual_seed(train_cfg.seed)
