@@ -218,9 +218,17 @@ def _usable(rec: dict[str, Any] | None, out_dir: Path, retry_transient: bool) ->
 
 
 def _pending(
-    cands: pl.DataFrame, log: dict[str, dict[str, Any]], out_dir: Path, retry: bool
+    cands: pl.DataFrame,
+    log: dict[str, dict[str, Any]],
+    out_dir: Path,
+    retry: bool,
+    tried_now: set[str],
 ) -> Iterator[dict[str, Any]]:
+    """Rows to fetch: never tried, lost from disk, or (``retry``) a transient failure of an
+    earlier run. A row tried in this run is not tried again in it."""
     for cand in cands.iter_rows(named=True):
+        if cand["url"] in tried_now:
+            continue
         if not _usable(log.get(cand["url"]), out_dir, retry):
             yield cand
 
@@ -267,11 +275,14 @@ def materialize(
     cands_with_caption = cands.filter(
         pl.col("caption").map_elements(has_caption, return_dtype=pl.Boolean)
     )
+    tried_now: set[str] = set()
     with open(out_dir / LOG, "a", encoding="utf-8") as log_fh:
         while (n_ok := _n_ok(cands_with_caption, log, out_dir)) < n:
-            wave = list(islice(_pending(cands_with_caption, log, out_dir, retry), n - n_ok))
+            pending = _pending(cands_with_caption, log, out_dir, retry, tried_now)
+            wave = list(islice(pending, n - n_ok))
             if not wave:
                 break  # the candidates are spent: the set holds fewer than n_images
+            tried_now.update(c["url"] for c in wave)
             ok_ids = _ok_ids(cands_with_caption, log, out_dir)
             for cand, fetched in fetch_all(wave, out_dir, settings):
                 if fetched.status == "ok" and fetched.image_id not in ok_ids:

@@ -16,7 +16,9 @@ from blindspot_assets.sources import laion_parquet
 from blindspot_assets.sources.download import img2dataset_command
 from blindspot_assets.sources.registry import source_module
 from blindspot_assets.store.images import read_manifest
-from tests.sources.loopback import default_routes, serve
+from tests.sources.loopback import default_routes, image_bytes, serve
+
+pytestmark = pytest.mark.timeout(120)  # a download loop that never ends fails, not hangs
 
 CHECKS = {"min_side": 32, "max_pixels": 1_000_000, "max_short_side": 64, "timeout_s": 0.5}
 EXPECTED = {
@@ -196,3 +198,21 @@ def test_img2dataset_downloader_gives_the_same_reasons(tmp_path: Path) -> None:
         hits = Counter(routes.hits)
         laion_parquet.materialize(spec, tmp_path / "real", seed=3)
         assert routes.hits == hits
+
+
+def test_transient_failures_are_retried_only_when_asked(tmp_path: Path) -> None:
+    routes = default_routes()
+    with serve(routes) as base:
+        _write_parquets(tmp_path / "meta", _rows(base))
+        spec = _spec(tmp_path / "meta", n_images=10, max_candidates=100)
+        laion_parquet.materialize(spec, tmp_path / "real", seed=3)
+        routes.bodies["/broken.jpg"] = (200, "image/png", image_bytes("PNG", seed=9))  # back up
+        kept = laion_parquet.materialize(spec, tmp_path / "real", seed=3)
+        assert routes.hits["/broken.jpg"] == 1 and _counts(kept)["http_500"] == 1
+        retried = laion_parquet.materialize(
+            _spec(tmp_path / "meta", n_images=10, max_candidates=100, retry_transient=True),
+            tmp_path / "real",
+            seed=3,
+        )
+    assert routes.hits["/broken.jpg"] == 2 and routes.hits["/stall.jpg"] == 2
+    assert "http_500" not in _counts(retried) and _counts(retried)["ok"] == 6
