@@ -164,6 +164,11 @@ def parse_config(raw: dict[str, Any], source_path: Path | None = None) -> RunCon
             **{**encoder.__dict__, "model_id": str((base / encoder.model_id).resolve())}
         )
     sae = _dataclass_from(SAESpec, raw.get("sae"), "sae")
+    if sae.pretrained:
+        pretrained = Path(os.path.expandvars(str(sae.pretrained))).expanduser()
+        if not pretrained.is_absolute():  # relative to the config file, like data_root
+            pretrained = (base / pretrained).resolve()
+        sae = SAESpec(**{**sae.__dict__, "pretrained": str(pretrained)})
     if sae.sparsity not in ("topk", "batchtopk"):
         raise ConfigError(f"sae.sparsity must be topk or batchtopk, got {sae.sparsity!r}")
     if sae.train_on not in ("real", "real+generated"):

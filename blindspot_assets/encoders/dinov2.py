@@ -24,24 +24,9 @@ from PIL import Image
 
 from blindspot_assets.config import EncoderSpec
 from blindspot_assets.generators.base import ProgressFn
+from blindspot_assets.generators.common import choose_device, choose_dtype
 from blindspot_assets.store.layout import feature_arrays
 from blindspot_assets.store.rowstore import RowStore
-
-
-def pick_device(requested: str = "auto") -> str:
-    if requested != "auto":
-        return requested
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
-def pick_dtype(requested: str, device: str) -> torch.dtype:
-    if requested == "auto":
-        if device.startswith("cuda"):
-            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        return torch.float32
-    return {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[
-        requested
-    ]
 
 
 @dataclass
@@ -93,8 +78,8 @@ def load_encoder(spec: EncoderSpec) -> DinoEncoder:
         from blindspot_assets.demo.encoder import save_tiny_dinov2
 
         save_tiny_dinov2(Path(spec.model_id), image_size=spec.image_size)
-    device = pick_device(spec.device)
-    dtype = pick_dtype(spec.dtype, device)
+    device = choose_device(spec.device)
+    dtype, _ = choose_dtype(spec.dtype, device)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*torchvision.*")
         processor = AutoImageProcessor.from_pretrained(spec.model_id, revision=spec.revision)

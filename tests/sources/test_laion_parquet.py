@@ -180,9 +180,13 @@ def test_bad_inputs_name_the_field_and_the_fix(tmp_path: Path) -> None:
         laion_parquet.validate(_spec(folder, caption_col="TEXT", downloader="wget"))
 
 
-@pytest.mark.skipif(img2dataset_command() is None, reason="img2dataset not installed here")
 def test_img2dataset_downloader_gives_the_same_reasons(tmp_path: Path) -> None:
-    """Set $BLINDSPOT_IMG2DATASET to an img2dataset executable (its own venv) to run this."""
+    """Runs img2dataset from its own venv (tests/sources/ensure_img2dataset.sh, which ./run test
+    calls and exports as $BLINDSPOT_IMG2DATASET)."""
+    assert img2dataset_command() is not None, (
+        "img2dataset is missing: run `export BLINDSPOT_IMG2DATASET=$(bash "
+        "tests/sources/ensure_img2dataset.sh)`"
+    )
     routes = default_routes()
     with serve(routes) as base:
         _write_parquets(tmp_path / "meta", _rows(base))
