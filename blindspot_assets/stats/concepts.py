@@ -135,6 +135,7 @@ def flag_blindspots(stats_df: pl.DataFrame, params: BlindspotParams) -> pl.DataF
             nulls_last=True,
         )
         .with_row_index("rank", offset=1)
+        .with_columns(pl.col("rank").cast(pl.Int32))
     )
     columns = [
         "rank", "concept", "kind", "delta", "delta_energy", "relative", "effect_size",
