@@ -71,6 +71,10 @@ class StatsSpec:
     suppressed_below: float = 0.1
     exaggerated_above: float = 0.9
     alpha: float = 0.05
+    # A significant blindspot must also reach |Cohen's d_z| ≥ min_effect_size or
+    # |relative| ≥ min_relative (a rare concept that is gone has relative = −1).
+    min_effect_size: float = 0.2
+    min_relative: float = 0.5
     n_bootstrap: int = 1000
     n_permutations: int = 1000
     top_images: int = 20

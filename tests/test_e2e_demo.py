@@ -77,7 +77,9 @@ def test_demo_world_planted_blindspots_are_found(tmp_path):
         for word in truth["exaggerated"]:
             assert planted_hits(cfg, model_key, "exaggerated", word), (model_key, word)
     # Each model draws the other's planted attributes faithfully: the paper's verdict must not
-    # flag them for it.
+    # flag them for it. (The significance verdict also catches real but entangled shifts of the
+    # tiny random encoder's concepts, e.g. colour-on-texture conjunctions moved by a texture
+    # plant, so it is held to the planted scorer's floors below instead.)
     for model_key, kind, word in [
         ("demo-b", "suppressed", "red"),
         ("demo-a", "suppressed", "blue"),

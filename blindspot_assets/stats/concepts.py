@@ -113,14 +113,22 @@ def flag_blindspots(stats_df: pl.DataFrame, params: BlindspotParams) -> pl.DataF
     """The concepts flagged by the paper's δ thresholds or by significance, ranked.
 
     ``paper_verdict``: δ < ``suppressed_below`` or δ > ``exaggerated_above`` (DESIGN.md §6).
-    ``significant``: q < ``alpha`` (Benjamini–Hochberg). A concept is listed when either holds;
+    ``significant``: q < ``alpha`` (Benjamini–Hochberg) and a meaningful change: |effect size|
+    ≥ ``min_effect_size`` or |relative| ≥ ``min_relative`` (set both to 0 for q alone). A
+    concept is listed when either verdict holds;
     ``kind`` is "suppressed" when ΔE < 0, else "exaggerated". ``rank`` orders significant
     concepts first, then by |effect size| (largest first), then by |ΔE|.
     """
     df = stats_df.with_columns(
         paper_verdict=(pl.col("delta") < params.suppressed_below)
         | (pl.col("delta") > params.exaggerated_above),
-        significant=(pl.col("q_value") < params.alpha).fill_null(False),  # NaN is never < α
+        significant=(
+            (pl.col("q_value") < params.alpha)  # NaN is never < α
+            & (
+                (pl.col("effect_size").abs() >= params.min_effect_size)
+                | (pl.col("relative").abs() >= params.min_relative)
+            )
+        ).fill_null(False),
     )
     flagged = (
         df.filter(pl.col("paper_verdict") | pl.col("significant"))

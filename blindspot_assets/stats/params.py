@@ -20,6 +20,12 @@ class BlindspotParams:
     suppressed_below: float = 0.1
     exaggerated_above: float = 0.9
     alpha: float = 0.05
+    # A significant concept must also move by a meaningful amount: a paired effect size
+    # |d_z| ≥ min_effect_size ("small"), or a relative change |relative| ≥ min_relative. With
+    # thousands of pairs, q < α alone flags shifts too small to matter; the relative arm keeps
+    # a rare concept that is simply gone (relative = −1, but |d_z| small because it is rare).
+    min_effect_size: float = 0.2
+    min_relative: float = 0.5
     n_bootstrap: int = 1000
     n_permutations: int = 1000
     top_images: int = 20
@@ -36,6 +42,8 @@ class BlindspotParams:
             raise ValueError("need 0 < suppressed_below < exaggerated_above < 1")
         if not 0 < self.alpha < 1:
             raise ValueError(f"alpha must be in (0, 1), got {self.alpha}")
+        if self.min_effect_size < 0 or self.min_relative < 0:
+            raise ValueError("min_effect_size and min_relative must be >= 0")
         if not 0 < self.ci_level < 1:
             raise ValueError(f"ci_level must be in (0, 1), got {self.ci_level}")
         if self.n_bootstrap < 0 or self.n_permutations < 0 or self.top_images < 1:
