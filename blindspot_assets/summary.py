@@ -24,8 +24,8 @@ def main(config_path: str | None = None) -> int:
     summary = query(
         db,
         "SELECT model_key, kind, count(*) AS n, "
-        "count_if(paper_verdict) AS paper, count_if(significant) AS significant, "
-        "count_if(paper_verdict AND significant) AS both "
+        "count_if(paper_verdict)::INT AS paper, count_if(significant)::INT AS significant, "
+        "count_if(paper_verdict AND significant)::INT AS both "
         "FROM blindspots GROUP BY ALL ORDER BY ALL",
     )
     print(summary)
