@@ -2,6 +2,7 @@
 
 import hashlib
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +53,23 @@ def _stamp(df: pl.DataFrame, columns: dict[str, str]) -> pl.DataFrame:
     return df.with_columns([pl.lit(v).alias(k) for k, v in columns.items()])
 
 
+def _write_per_model(
+    context: dg.AssetExecutionContext,
+    cfg: RunConfig,
+    table: str,
+    compute: Callable[[str], pl.DataFrame],
+    with_sae: bool = True,
+) -> dict[str, pl.DataFrame]:
+    """For each model of the run: compute its rows, stamp lineage, write its partition file."""
+    out = {}
+    for model_key in model_keys(context):
+        df = _stamp(compute(model_key), _lineage_columns(context, cfg, model_key, with_sae))
+        write_table_partition(cfg.layout.tables, table, model_key, df)
+        out[model_key] = df
+    refresh_views(cfg.layout.duckdb, cfg.layout.tables)
+    return out
+
+
 @dg.asset(
     group_name="analysis",
     partitions_def=model_partitions,
@@ -67,13 +85,13 @@ def concept_stats(
 ) -> dg.MaterializeResult:
     cfg = run_config.load()
     params = BlindspotParams.from_spec(cfg.stats)
-    counts = {}
-    for model_key in model_keys(context):
-        stats = compute_concept_stats(cfg.layout.codes(REAL), cfg.layout.codes(model_key), params)
-        stats = _stamp(stats, _lineage_columns(context, cfg, model_key))
-        write_table_partition(cfg.layout.tables, "concept_stats", model_key, stats)
-        counts[model_key] = stats.height
-    refresh_views(cfg.layout.duckdb, cfg.layout.tables)
+    written = _write_per_model(
+        context,
+        cfg,
+        "concept_stats",
+        lambda m: compute_concept_stats(cfg.layout.codes(REAL), cfg.layout.codes(m), params),
+    )
+    counts = {m: df.height for m, df in written.items()}
     return dg.MaterializeResult(
         metadata={
             "duckdb": dg.MetadataValue.path(str(cfg.layout.duckdb)),
@@ -98,22 +116,22 @@ def blindspots(
 ) -> dg.MaterializeResult:
     cfg = run_config.load()
     params = BlindspotParams.from_spec(cfg.stats)
-    per_model: dict[str, Any] = {}
-    preview = None
-    for model_key in model_keys(context):
-        stats = read_table(cfg.layout.tables, "concept_stats", model_key)
-        flagged = flag_blindspots(stats, params)
-        flagged = _stamp(flagged, _lineage_columns(context, cfg, model_key))
-        write_table_partition(cfg.layout.tables, "blindspots", model_key, flagged)
-        kinds = dict(flagged.group_by("kind").len().iter_rows()) if flagged.height else {}
-        per_model[model_key] = {"n_flagged": flagged.height, **kinds}
-        if preview is None:
-            preview = flagged.sort("delta").select("concept", "kind", "delta", "delta_energy")
-    refresh_views(cfg.layout.duckdb, cfg.layout.tables)
+    written = _write_per_model(
+        context,
+        cfg,
+        "blindspots",
+        lambda m: flag_blindspots(read_table(cfg.layout.tables, "concept_stats", m), params),
+    )
+    per_model: dict[str, Any] = {
+        m: {"n_flagged": df.height, **dict(df.group_by("kind").len().iter_rows())}
+        for m, df in written.items()
+    }
+    first = next(iter(written.values()))
+    preview = first.sort("rank").select("concept", "kind", "delta", "delta_energy", "q_value")
     return dg.MaterializeResult(
         metadata={
             "per_model": dg.MetadataValue.json(per_model),
-            "top_blindspots": table_md(preview if preview is not None else pl.DataFrame()),
+            "top_blindspots": table_md(preview),
         }
     )
 
@@ -159,16 +177,18 @@ def datapoint_deltas(
     context: dg.AssetExecutionContext, run_config: RunConfigResource
 ) -> dg.MaterializeResult:
     cfg = run_config.load()
-    per_model = {}
-    for model_key in model_keys(context):
-        deltas = stats_lib.datapoint_deltas(
-            cfg.layout.codes(REAL), cfg.layout.codes(model_key), cfg.stats.top_datapoint_concepts
-        )
-        deltas = _stamp(deltas, _lineage_columns(context, cfg, model_key))
-        write_table_partition(cfg.layout.tables, "datapoint_deltas", model_key, deltas)
-        l2 = deltas["l2"] if "l2" in deltas.columns else pl.Series([], dtype=pl.Float64)
-        per_model[model_key] = {"n_pairs": deltas.height, "l2_mean": float(l2.mean() or 0.0)}
-    refresh_views(cfg.layout.duckdb, cfg.layout.tables)
+    written = _write_per_model(
+        context,
+        cfg,
+        "datapoint_deltas",
+        lambda m: stats_lib.datapoint_deltas(
+            cfg.layout.codes(REAL), cfg.layout.codes(m), cfg.stats.top_datapoint_concepts
+        ),
+    )
+    per_model = {
+        m: {"n_pairs": df.height, "l2_mean": float(df["l2"].mean() or 0.0)}  # type: ignore[arg-type]
+        for m, df in written.items()
+    }
     return dg.MaterializeResult(metadata={"per_model": dg.MetadataValue.json(per_model)})
 
 
@@ -186,18 +206,19 @@ def memorization_candidates(
     context: dg.AssetExecutionContext, run_config: RunConfigResource
 ) -> dg.MaterializeResult:
     cfg = run_config.load()
-    per_model = {}
-    for model_key in model_keys(context):
-        cands = stats_lib.memorization_candidates(
+    written = _write_per_model(
+        context,
+        cfg,
+        "memorization_candidates",
+        lambda m: stats_lib.memorization_candidates(
             cfg.layout.features(REAL),
-            cfg.layout.features(model_key),
+            cfg.layout.features(m),
             calibration_quantile=cfg.stats.memorization_quantile,
             seed=cfg.stats.seed,
-        )
-        cands = _stamp(cands, _lineage_columns(context, cfg, model_key, with_sae=False))
-        write_table_partition(cfg.layout.tables, "memorization_candidates", model_key, cands)
-        per_model[model_key] = cands.height
-    refresh_views(cfg.layout.duckdb, cfg.layout.tables)
+        ),
+        with_sae=False,  # image-level DINOv2 features: no SAE involved
+    )
+    per_model = {m: df.height for m, df in written.items()}
     return dg.MaterializeResult(metadata={"candidates_per_model": dg.MetadataValue.json(per_model)})
 
 
