@@ -5,11 +5,27 @@ whole chunks and a row's ``done`` flag is set only after its data is written, so
 writer resumes at the first unfinished chunk and no partially written chunk is ever read as
 complete. ``valid`` marks rows whose content is usable (decoded, finite); invalid rows keep a
 ``status`` string saying why, so nothing is dropped silently.
+
+Scale and faults:
+
+- **Object stores.** ``path`` may be a URL (``s3://bucket/features/real.zarr``, ``file://...``)
+  reached through fsspec; credentials and endpoints come from ``storage_options`` or fsspec's
+  own configuration (``FSSPEC_S3_ENDPOINT_URL``, ``AWS_*``).
+- **Shards.** Many workers may write one store at once, each its own ``shard_ranges`` row range:
+  ranges are aligned to every array's chunks, flags included, so no two workers ever
+  read-modify-write the same chunk and nothing needs merging afterwards.
+- **The previous good store stays readable.** When a complete local store's inputs change, the
+  new one is built beside it (``<name>.next``) and swapped in by ``finish()``; a failed rebuild
+  (disk full, permission denied) leaves the old one in place. Write errors name the store, the
+  rows and the cause.
 """
 
 from __future__ import annotations
 
+import errno
 import json
+import math
+import os
 import shutil
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -21,6 +37,107 @@ import zarr
 import zarr.codecs
 
 ROWSTORE_SCHEMA = "blindspot.rowstore/1"
+FLAG_CHUNK_ROWS = 4096  # rows per chunk of image_id / done / valid / status
+STAGING_SUFFIX = ".next"  # a rebuilt store is made here and swapped in by finish()
+
+
+class StoreWriteError(OSError):
+    """Writing a store failed (disk full, permission denied, ...); what was done is intact."""
+
+
+def is_url(path: str | Path) -> bool:
+    """Whether ``path`` names an fsspec URL (``s3://...``) rather than a local path."""
+    return isinstance(path, str) and "://" in path
+
+
+def _location(path: str | Path) -> str | Path:
+    """A URL stays a string (``Path`` would fold ``s3://`` into ``s3:/``); anything else a Path."""
+    if is_url(path):
+        return str(path).rstrip("/")
+    return Path(path)
+
+
+def _fs_of(url: str, storage_options: Mapping[str, Any] | None) -> Any:
+    import fsspec  # type: ignore[import-untyped]
+
+    fs, _ = fsspec.core.url_to_fs(url, **dict(storage_options or {}))
+    return fs
+
+
+def _exists(loc: str | Path, storage_options: Mapping[str, Any] | None) -> bool:
+    if isinstance(loc, Path):
+        return (loc / "zarr.json").exists()
+    return bool(_fs_of(loc, storage_options).exists(f"{loc}/zarr.json"))
+
+
+def _remove(loc: str | Path, storage_options: Mapping[str, Any] | None) -> None:
+    if isinstance(loc, Path):
+        shutil.rmtree(loc, ignore_errors=True)
+        return
+    fs = _fs_of(loc, storage_options)
+    if fs.exists(loc):
+        fs.rm(loc, recursive=True)
+
+
+def _open_group(
+    loc: str | Path, mode: str, storage_options: Mapping[str, Any] | None
+) -> zarr.Group:
+    if isinstance(loc, Path):
+        return zarr.open_group(str(loc), mode=mode)  # type: ignore[arg-type]
+    options = dict(storage_options or {})
+    if loc.startswith("file://"):
+        options.setdefault("auto_mkdir", True)
+    return zarr.open_group(loc, mode=mode, storage_options=options)  # type: ignore[arg-type]
+
+
+def _local_root(group: zarr.Group) -> Path | None:
+    root = getattr(group.store, "root", None)
+    return Path(root) if isinstance(root, str | Path) and not is_url(str(root)) else None
+
+
+def _staging(loc: str | Path) -> str | Path:
+    if isinstance(loc, Path):
+        return loc.with_name(loc.name + STAGING_SUFFIX)
+    return loc + STAGING_SUFFIX
+
+
+def _write_error(where: str, exc: OSError) -> StoreWriteError:
+    reason = os.strerror(exc.errno) if exc.errno else str(exc)
+    hint = {
+        errno.ENOSPC: "free space on the output store",
+        errno.EDQUOT: "raise the quota of the output store",
+        errno.EACCES: "give this process write access to the output store",
+        errno.EPERM: "give this process write access to the output store",
+        errno.EROFS: "point the run at a writable output store",
+    }.get(exc.errno or 0, "fix the output store")
+    err = StoreWriteError(
+        exc.errno or 0,
+        f"{where}: {reason} ({exc}). Rows written before are intact; {hint} and "
+        "re-materialise to resume.",
+    )
+    return err
+
+
+def shard_alignment(n_rows: int, chunk_rows: int) -> int:
+    """Rows per indivisible unit of concurrent writing: a multiple of every array's chunk."""
+    flag_chunk = max(1, min(n_rows, FLAG_CHUNK_ROWS))
+    return math.lcm(chunk_rows, flag_chunk)
+
+
+def shard_ranges(n_rows: int, chunk_rows: int, n_shards: int) -> list[tuple[int, int]]:
+    """Split ``n_rows`` into at most ``n_shards`` contiguous, chunk-aligned ``(start, stop)``
+    ranges that separate workers can write into one store at the same time.
+
+    Ranges are multiples of ``shard_alignment`` rows (e.g. 4096 for 32-row feature chunks), so
+    a store has at most ``ceil(n_rows / 4096)`` shards; fewer are returned when asked for more.
+    """
+    if n_shards < 1:
+        raise ValueError(f"n_shards must be ≥ 1, got {n_shards}")
+    unit = shard_alignment(n_rows, chunk_rows)
+    units = max(1, math.ceil(n_rows / unit))
+    n = min(n_shards, units)
+    bounds = [min(n_rows, round(i * units / n) * unit) for i in range(n + 1)]
+    return [(a, b) for a, b in zip(bounds[:-1], bounds[1:], strict=True) if b > a]
 
 
 @dataclass(frozen=True)
@@ -40,8 +157,16 @@ def _compressor() -> zarr.codecs.BloscCodec:
 class RowStore:
     """A Zarr group of per-image arrays with resumable, chunk-aligned writes."""
 
-    def __init__(self, group: zarr.Group) -> None:
+    def __init__(
+        self,
+        group: zarr.Group,
+        final: str | Path | None = None,
+        storage_options: Mapping[str, Any] | None = None,
+    ) -> None:
         self.group = group
+        # where finish() puts the store (differs from the group's place while it is staged)
+        self._final = final
+        self._storage_options = storage_options
 
     # -- creation -----------------------------------------------------------------------------
     @classmethod
@@ -52,14 +177,17 @@ class RowStore:
         arrays: Mapping[str, ArraySpec],
         attrs: Mapping[str, Any],
         chunk_rows: int = 64,
+        *,
+        storage_options: Mapping[str, Any] | None = None,
     ) -> RowStore:
-        """Open the store at ``path`` for writing.
+        """Open the store at ``path`` (a local path or an fsspec URL) for writing.
 
         An existing store is resumed when it was made for the same image ids, arrays and
         ``attrs["fingerprint"]``; otherwise it is replaced (its inputs changed, so its rows are
-        stale).
+        stale). A complete local store being replaced stays readable at ``path`` until the new
+        one is finished (built at ``<path>.next``, swapped in by ``finish()``).
         """
-        path = Path(path)
+        loc = _location(path)
         fingerprint = json.dumps(
             {
                 "ids": list(image_ids),
@@ -69,24 +197,72 @@ class RowStore:
             },
             sort_keys=True,
         )
-        if path.exists():
-            try:
-                existing = zarr.open_group(str(path), mode="r+")
-                if existing.attrs.get("_resume_key") == fingerprint:
-                    return cls(existing)
-            except Exception:  # noqa: BLE001 - an unreadable store is rebuilt, never trusted
-                pass
-            shutil.rmtree(path)
-        group = zarr.open_group(str(path), mode="w")
+        staging = _staging(loc)
+        target = loc
+        if _exists(loc, storage_options):
+            existing = cls._resumable(loc, fingerprint, storage_options)
+            if existing is not None:
+                return existing
+            if isinstance(loc, Path) and cls._complete(loc):
+                target = staging  # keep the previous good store until the new one is finished
+            else:
+                _remove(loc, storage_options)
+        if _exists(staging, storage_options):
+            resumed = cls._resumable(staging, fingerprint, storage_options)
+            if resumed is not None and target == staging:
+                return resumed
+            if resumed is not None and isinstance(loc, Path) and not _exists(loc, None):
+                # a crash between finish()'s two renames: the staged store is the new one
+                os.replace(staging, loc)
+                return cls(_open_group(loc, "r+", None), final=loc)
+            _remove(staging, storage_options)
+        try:
+            return cls._create(
+                target, image_ids, arrays, attrs, chunk_rows, fingerprint, storage_options, loc
+            )
+        except OSError as exc:
+            raise _write_error(f"creating row store {target}", exc) from exc
+
+    @classmethod
+    def _resumable(
+        cls, loc: str | Path, fingerprint: str, storage_options: Mapping[str, Any] | None
+    ) -> RowStore | None:
+        try:
+            existing = _open_group(loc, "r+", storage_options)
+            if existing.attrs.get("_resume_key") == fingerprint:
+                return cls(existing, final=_location(existing.attrs.get("_final", str(loc))))
+        except Exception:  # noqa: BLE001 - an unreadable store is rebuilt, never trusted
+            pass
+        return None
+
+    @staticmethod
+    def _complete(loc: Path) -> bool:
+        try:
+            return RowStore(_open_group(loc, "r", None)).is_complete()
+        except Exception:  # noqa: BLE001 - an unreadable store is nothing worth keeping
+            return False
+
+    @classmethod
+    def _create(
+        cls,
+        loc: str | Path,
+        image_ids: Sequence[str],
+        arrays: Mapping[str, ArraySpec],
+        attrs: Mapping[str, Any],
+        chunk_rows: int,
+        fingerprint: str,
+        storage_options: Mapping[str, Any] | None,
+        final: str | Path,
+    ) -> RowStore:
+        group = _open_group(loc, "w", storage_options)
         n = len(image_ids)
-        ids = group.create_array("image_id", shape=(n,), dtype=str, chunks=(max(1, min(n, 4096)),))
+        flag_chunks = (max(1, min(n, FLAG_CHUNK_ROWS)),)
+        ids = group.create_array("image_id", shape=(n,), dtype=str, chunks=flag_chunks)
         if n:
             ids[:] = np.asarray(list(image_ids), dtype=str)
         for flag in ("done", "valid"):
-            group.create_array(
-                flag, shape=(n,), dtype="bool", chunks=(max(1, min(n, 4096)),), fill_value=False
-            )
-        group.create_array("status", shape=(n,), dtype=str, chunks=(max(1, min(n, 4096)),))
+            group.create_array(flag, shape=(n,), dtype="bool", chunks=flag_chunks, fill_value=False)
+        group.create_array("status", shape=(n,), dtype=str, chunks=flag_chunks)
         for name, spec in arrays.items():
             trailing = spec.trailing_chunks or spec.row_shape
             group.create_array(
@@ -103,21 +279,29 @@ class RowStore:
                 "schema": ROWSTORE_SCHEMA,
                 "chunk_rows": chunk_rows,
                 "_resume_key": fingerprint,
+                "_final": str(final),
             }
         )
-        return cls(group)
+        return cls(group, final=final, storage_options=storage_options)
 
     @classmethod
-    def open(cls, path: str | Path, mode: str = "r") -> RowStore:
-        path = Path(path)
-        if not (path / "zarr.json").exists():
-            raise FileNotFoundError(f"no row store at {path}: materialise the upstream asset first")
-        group = zarr.open_group(str(path), mode=mode)  # type: ignore[arg-type]
+    def open(
+        cls,
+        path: str | Path,
+        mode: str = "r",
+        *,
+        storage_options: Mapping[str, Any] | None = None,
+    ) -> RowStore:
+        """Open an existing store (a local path or an fsspec URL); ``mode="r+"`` to write."""
+        loc = _location(path)
+        if not _exists(loc, storage_options):
+            raise FileNotFoundError(f"no row store at {loc}: materialise the upstream asset first")
+        group = _open_group(loc, mode, storage_options)
         if group.attrs.get("schema") != ROWSTORE_SCHEMA:
             raise ValueError(
-                f"{path} is not a blindspot row store (schema {group.attrs.get('schema')!r})"
+                f"{loc} is not a blindspot row store (schema {group.attrs.get('schema')!r})"
             )
-        return cls(group)
+        return cls(group, final=loc, storage_options=storage_options)
 
     # -- reading ------------------------------------------------------------------------------
     @property
@@ -151,21 +335,45 @@ class RowStore:
     def status(self) -> list[str]:
         return [str(x) for x in self.array("status")[:]]
 
-    def is_complete(self) -> bool:
-        return bool(self.done().all())
+    def is_complete(self, rows: tuple[int, int] | None = None) -> bool:
+        """Every row done (or every row of the range ``rows``, e.g. one shard's)."""
+        a, b = rows or (0, self.n_rows)
+        return bool(np.asarray(self.array("done")[a:b], dtype=bool).all())
 
-    def iter_row_blocks(self, block_rows: int | None = None) -> Iterator[tuple[int, int]]:
-        """Chunk-aligned ``(start, stop)`` row ranges covering the store."""
+    def iter_row_blocks(
+        self, block_rows: int | None = None, rows: tuple[int, int] | None = None
+    ) -> Iterator[tuple[int, int]]:
+        """Chunk-aligned ``(start, stop)`` row ranges covering the store (or ``rows``)."""
         step = block_rows or self.chunk_rows
         if step % self.chunk_rows:
             step = (step // self.chunk_rows + 1) * self.chunk_rows
-        for start in range(0, self.n_rows, step):
-            yield start, min(start + step, self.n_rows)
+        lo, hi = self._check_range(rows)
+        for start in range(lo, hi, step):
+            yield start, min(start + step, hi)
 
-    def pending_blocks(self) -> list[tuple[int, int]]:
-        """Chunk-aligned row ranges with at least one row not yet done (what a resume redoes)."""
-        done = self.done()
-        return [(a, b) for a, b in self.iter_row_blocks() if not done[a:b].all()]
+    def pending_blocks(self, rows: tuple[int, int] | None = None) -> list[tuple[int, int]]:
+        """Chunk-aligned row ranges with at least one row not yet done (what a resume redoes);
+        within ``rows`` only, for a shard worker."""
+        lo, hi = self._check_range(rows)
+        done = np.asarray(self.array("done")[lo:hi], dtype=bool)
+        return [
+            (a, b) for a, b in self.iter_row_blocks(rows=rows) if not done[a - lo : b - lo].all()
+        ]
+
+    def shard_ranges(self, n_shards: int) -> list[tuple[int, int]]:
+        """Row ranges that ``n_shards`` workers can write at once (see ``shard_ranges``)."""
+        return shard_ranges(self.n_rows, self.chunk_rows, n_shards)
+
+    def _check_range(self, rows: tuple[int, int] | None) -> tuple[int, int]:
+        if rows is None:
+            return 0, self.n_rows
+        lo, hi = rows
+        if not 0 <= lo <= hi <= self.n_rows or lo % self.chunk_rows:
+            raise ValueError(
+                f"row range {lo}:{hi} is not a chunk-aligned range of {self.n_rows} rows "
+                f"(chunks of {self.chunk_rows})"
+            )
+        return lo, hi
 
     # -- writing ------------------------------------------------------------------------------
     def write_block(
@@ -179,11 +387,39 @@ class RowStore:
         stop = start + len(valid)
         if start % self.chunk_rows or (stop % self.chunk_rows and stop != self.n_rows):
             raise ValueError(f"rows {start}:{stop} are not aligned to chunks of {self.chunk_rows}")
-        for name, values in data.items():
-            self.array(name)[start:stop] = values
-        self.array("valid")[start:stop] = np.asarray(valid, dtype=bool)
-        self.array("status")[start:stop] = np.asarray(list(status), dtype=str)
-        self.array("done")[start:stop] = True
+        try:
+            for name, values in data.items():
+                self.array(name)[start:stop] = values
+            self.array("valid")[start:stop] = np.asarray(valid, dtype=bool)
+            self.array("status")[start:stop] = np.asarray(list(status), dtype=str)
+            # last: a row is done only once all of its data is on the store
+            self.array("done")[start:stop] = True
+        except OSError as exc:
+            raise _write_error(f"writing rows {start}:{stop} of {self.location}", exc) from exc
+
+    @property
+    def location(self) -> str:
+        """Where the store's group lives now (``<final>.next`` while a rebuild is staged)."""
+        return str(self.group.store_path)
 
     def finish(self, **attrs: Any) -> None:
-        self.group.attrs.update(attrs)
+        """Record final attributes; a staged rebuild then replaces the previous store."""
+        try:
+            self.group.attrs.update(attrs)
+            final, here = self._final, _local_root(self.group)
+            if isinstance(final, Path) and here is not None:
+                staged = final.with_name(final.name + STAGING_SUFFIX)
+                if here.resolve() == staged.resolve():
+                    self._swap_in(staged, final)
+        except OSError as exc:
+            raise _write_error(f"finishing row store {self.location}", exc) from exc
+
+    def _swap_in(self, staged: Path, final: Path) -> None:
+        """Replace ``final`` by the finished ``staged`` store: two renames, the old one last out."""
+        old = final.with_name(final.name + ".old")
+        shutil.rmtree(old, ignore_errors=True)
+        if final.exists():
+            os.replace(final, old)
+        os.replace(staged, final)
+        shutil.rmtree(old, ignore_errors=True)
+        self.group = _open_group(final, "r+", None)
