@@ -180,9 +180,7 @@ def executor_from_env() -> dg.ExecutorDefinition:
     if kind == "in_process":
         return dg.in_process_executor
     if kind == "dask":
-        from dagster_dask import dask_executor
-
-        return dask_executor.configured(dask_executor_config(), name="dask")
+        return dask_pool_safe_executor().configured(dask_executor_config(), name="dask")
     if kind == "k8s":
         from dagster_k8s import k8s_job_executor
 
@@ -190,3 +188,38 @@ def executor_from_env() -> dg.ExecutorDefinition:
     raise ValueError(
         f"${EXECUTOR_ENV}={kind!r}: use multiprocess (default), in_process, dask or k8s"
     )
+
+
+def dask_pool_safe_executor() -> dg.ExecutorDefinition:
+    """dagster-dask's executor, made to work with assets in concurrency pools.
+
+    dagster-dask 0.29.27 hands the ``DagsterRun`` to ``client.submit``; dask ≥ 2024.12 walks
+    tuple arguments, and a run of pooled assets (``pool="gpu"``) carries a ``RunOpConcurrency``
+    record that refuses iteration, so every run fails before its first step. Dask never
+    enforced Dagster pools (GPU placement on Dask is the ``GPU`` worker resource), so the run
+    handed to the workers drops that field. Known upstream limitation, not worked around: two
+    concurrent runs of the same job on one *existing* scheduler share task keys
+    (dagster-io/dagster#21418); with a LocalCluster per run (the default here) they do not.
+    """
+    from dagster_dask.executor import DaskExecutor, dask_executor
+
+    class PoolSafeDaskExecutor(DaskExecutor):  # type: ignore[misc]
+        def execute(self, plan_context: Any, execution_plan: Any) -> Any:
+            run = plan_context.dagster_run
+            if getattr(run, "run_op_concurrency", None) is not None:
+                plan_data = plan_context._plan_data  # private: no public setter
+                plan_context._plan_data = plan_data._replace(
+                    dagster_run=run._replace(run_op_concurrency=None)
+                )
+            yield from super().execute(plan_context, execution_plan)
+
+    @dg.executor(
+        name="dask",
+        config_schema=dask_executor.config_schema,
+        requirements=dg.multiple_process_executor_requirements(),
+    )
+    def pool_safe_dask_executor(init_context: dg.InitExecutorContext) -> dg.Executor:
+        ((cluster_type, cluster_config),) = init_context.executor_config["cluster"].items()
+        return PoolSafeDaskExecutor(cluster_type, cluster_config)
+
+    return pool_safe_dask_executor
