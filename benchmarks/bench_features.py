@@ -13,7 +13,7 @@ side), it prints:
   the outputs in a list (no store).
 
 Run by hand: ``.venv/bin/python benchmarks/bench_features.py [--tiny-images 256]
-[--base-images 64] [--loop-images 16]``.
+[--base-images 64] [--loop-images 32] [--threads 1]``.
 """
 
 from __future__ import annotations
@@ -202,7 +202,12 @@ def main() -> None:
     ap.add_argument("--base-images", type=int, default=64)
     ap.add_argument("--loop-images", type=int, default=32)
     ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
     args = ap.parse_args()
+    if args.threads:
+        # On these 2-core VMs each multi-threaded op pays ~8 ms of thread wake-up (a 261×64×64
+        # matmul: 8 ms on 2 threads, 0.04 ms on 1), which a batch amortises and a loop does not.
+        torch.set_num_threads(args.threads)
     from blindspot_assets.demo.encoder import save_tiny_dinov2
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-features-"))

@@ -5,6 +5,7 @@ every step of a model backfill against a recording Kubernetes API."""
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from unittest import mock
 
@@ -47,6 +48,23 @@ current-context: ctx
 @pytest.fixture
 def values() -> dict:
     return yaml.safe_load(VALUES.read_text())
+
+
+@pytest.fixture
+def fresh_code_location():
+    """Load the code location anew under the test's environment, as a deployment does: op
+    tags are computed when the modules load, so modules loaded by earlier tests would carry
+    the defaults. The earlier modules are put back afterwards."""
+    names = [
+        n
+        for n in sys.modules
+        if n == "blindspot_assets.definitions" or n.startswith("blindspot_assets.defs")
+    ]
+    saved = {n: sys.modules.pop(n) for n in names}
+    yield
+    for n in [n for n in sys.modules if n in names or n.startswith("blindspot_assets.defs")]:
+        sys.modules.pop(n, None)
+    sys.modules.update(saved)
 
 
 @pytest.fixture
@@ -129,7 +147,9 @@ def test_executor_config_from_the_helm_values_is_valid(deployment_env):
     assert deployment.executor_from_env().name == "k8s"
 
 
-def test_step_jobs_request_gpus_on_gpu_nodes_only(tmp_path, values, deployment_env):
+def test_step_jobs_request_gpus_on_gpu_nodes_only(
+    tmp_path, values, deployment_env, fresh_code_location
+):
     kubeconfig = tmp_path / "kubeconfig"
     kubeconfig.write_text(KUBECONFIG)
     launcher = {
