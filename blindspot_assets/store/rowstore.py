@@ -200,7 +200,7 @@ class RowStore:
         staging = _staging(loc)
         target = loc
         if _exists(loc, storage_options):
-            existing = cls._resumable(loc, fingerprint, storage_options)
+            existing = cls._resumable(loc, fingerprint, storage_options, final=loc)
             if existing is not None:
                 return existing
             if isinstance(loc, Path) and cls._complete(loc):
@@ -208,7 +208,7 @@ class RowStore:
             else:
                 _remove(loc, storage_options)
         if _exists(staging, storage_options):
-            resumed = cls._resumable(staging, fingerprint, storage_options)
+            resumed = cls._resumable(staging, fingerprint, storage_options, final=loc)
             if resumed is not None and target == staging:
                 return resumed
             if resumed is not None and isinstance(loc, Path) and not _exists(loc, None):
@@ -225,12 +225,16 @@ class RowStore:
 
     @classmethod
     def _resumable(
-        cls, loc: str | Path, fingerprint: str, storage_options: Mapping[str, Any] | None
+        cls,
+        loc: str | Path,
+        fingerprint: str,
+        storage_options: Mapping[str, Any] | None,
+        final: str | Path,
     ) -> RowStore | None:
         try:
             existing = _open_group(loc, "r+", storage_options)
             if existing.attrs.get("_resume_key") == fingerprint:
-                return cls(existing, final=_location(existing.attrs.get("_final", str(loc))))
+                return cls(existing, final=final, storage_options=storage_options)
         except Exception:  # noqa: BLE001 - an unreadable store is rebuilt, never trusted
             pass
         return None
@@ -279,7 +283,6 @@ class RowStore:
                 "schema": ROWSTORE_SCHEMA,
                 "chunk_rows": chunk_rows,
                 "_resume_key": fingerprint,
-                "_final": str(final),
             }
         )
         return cls(group, final=final, storage_options=storage_options)
