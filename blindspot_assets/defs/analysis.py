@@ -13,6 +13,7 @@ from blindspot_assets import stats as stats_lib
 from blindspot_assets.config import RunConfig
 from blindspot_assets.defs.common import lineage_md, progress_logger, table_md
 from blindspot_assets.defs.concepts import concept_codes, real_concept_codes, sae
+from blindspot_assets.defs.deployment import CPU_OP_TAGS
 from blindspot_assets.defs.features import gen_features, real_features
 from blindspot_assets.defs.inputs import real_images
 from blindspot_assets.defs.partitions import model_keys, model_partitions, single_run
@@ -72,6 +73,7 @@ def _write_per_model(
 
 @dg.asset(
     group_name="analysis",
+    op_tags=CPU_OP_TAGS,
     partitions_def=model_partitions,
     backfill_policy=single_run,
     deps=[real_concept_codes, concept_codes],
@@ -103,6 +105,7 @@ def concept_stats(
 
 @dg.asset(
     group_name="analysis",
+    op_tags=CPU_OP_TAGS,
     partitions_def=model_partitions,
     backfill_policy=single_run,
     deps=[concept_stats],
@@ -138,6 +141,7 @@ def blindspots(
 
 @dg.asset(
     group_name="analysis",
+    op_tags=CPU_OP_TAGS,
     deps=[real_concept_codes, concept_codes],
     kinds={"duckdb", "polars"},
     code_version="1",
@@ -165,6 +169,7 @@ def concept_top_images(
 
 @dg.asset(
     group_name="analysis",
+    op_tags=CPU_OP_TAGS,
     partitions_def=model_partitions,
     backfill_policy=single_run,
     deps=[real_concept_codes, concept_codes],
@@ -194,6 +199,7 @@ def datapoint_deltas(
 
 @dg.asset(
     group_name="analysis",
+    op_tags=CPU_OP_TAGS,
     partitions_def=model_partitions,
     backfill_policy=single_run,
     deps=[real_features, gen_features],
@@ -224,6 +230,7 @@ def memorization_candidates(
 
 @dg.asset(
     group_name="analysis",
+    op_tags=CPU_OP_TAGS,
     deps=[real_concept_codes, real_images],
     kinds={"duckdb", "polars"},
     code_version="1",
@@ -255,6 +262,7 @@ def _available(cfg: RunConfig, table: str) -> dict[str, pl.DataFrame]:
 
 @dg.asset(
     group_name="analysis",
+    op_tags=CPU_OP_TAGS,
     deps=[concept_stats, datapoint_deltas, blindspots, concept_top_images],
     kinds={"duckdb", "polars"},
     code_version="1",
@@ -325,6 +333,7 @@ def _planted_scores(cfg: RunConfig) -> pl.DataFrame | None:
 
 @dg.asset(
     group_name="analysis",
+    op_tags=CPU_OP_TAGS,
     deps=[
         blindspots,
         concept_top_images,

@@ -9,6 +9,7 @@ import dagster as dg
 
 from blindspot_assets.config import RunConfig
 from blindspot_assets.defs.common import lineage_md, progress_logger
+from blindspot_assets.defs.deployment import GPU_OP_TAGS
 from blindspot_assets.defs.features import gen_features, real_features
 from blindspot_assets.defs.partitions import model_keys, model_partitions, single_run
 from blindspot_assets.defs.resources import RunConfigResource
@@ -39,6 +40,7 @@ def _training_stores(cfg: RunConfig) -> list[Path]:
     kinds={"pytorch", "safetensors"},
     code_version="1",
     pool="gpu",
+    op_tags=GPU_OP_TAGS,
     description="Relaxed archetypal SAE (TopK/BatchTopK) trained on the real features (or real "
     "+ generated, as configured); safetensors weights with a JSON header.",
 )
@@ -137,6 +139,8 @@ def _codes_metadata(cfg: RunConfig, dataset: str, summary: dict[str, Any]) -> di
     deps=[sae, real_features],
     kinds={"pytorch", "zarr"},
     code_version="1",
+    pool="gpu",
+    op_tags=GPU_OP_TAGS,
     description="Sparse concept codes of the real images: per-image energy ξ (N, c), firing "
     "counts, and the top active concepts of every token.",
 )
@@ -154,6 +158,8 @@ def real_concept_codes(
     deps=[sae, gen_features],
     kinds={"pytorch", "zarr"},
     code_version="1",
+    pool="gpu",
+    op_tags=GPU_OP_TAGS,
     description="Sparse concept codes of one model's generated images (same layout as "
     "real_concept_codes).",
 )

@@ -8,6 +8,7 @@ import numpy as np
 
 from blindspot_assets.config import RunConfig
 from blindspot_assets.defs.common import lineage_md, progress_logger
+from blindspot_assets.defs.deployment import GPU_OP_TAGS
 from blindspot_assets.defs.generation import generated_images
 from blindspot_assets.defs.inputs import real_images
 from blindspot_assets.defs.partitions import model_keys, model_partitions, single_run
@@ -53,6 +54,8 @@ def _feature_metadata(path: Path, summary: dict[str, object]) -> dict[str, objec
     deps=[real_images],
     kinds={"pytorch", "zarr"},
     code_version="1",
+    pool="gpu",
+    op_tags=GPU_OP_TAGS,
     description="DINOv2-with-registers last_hidden_state of every real image: (N, T, d) float16 "
     "in Zarr, all tokens (CLS, registers, patches); bad images kept as invalid rows.",
 )
@@ -72,6 +75,7 @@ def real_features(
     kinds={"pytorch", "zarr"},
     code_version="1",
     pool="gpu",
+    op_tags=GPU_OP_TAGS,
     description="DINOv2 token features of one model's generated images, same layout as "
     "real_features; row i pairs with the real image of the same image_id.",
 )

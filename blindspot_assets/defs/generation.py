@@ -4,6 +4,7 @@ import dagster as dg
 import polars as pl
 
 from blindspot_assets.defs.common import lineage_md, progress_logger, thumbnails
+from blindspot_assets.defs.deployment import GPU_OP_TAGS
 from blindspot_assets.defs.inputs import real_images
 from blindspot_assets.defs.partitions import model_keys, model_partitions, single_run
 from blindspot_assets.defs.resources import RunConfigResource
@@ -43,6 +44,7 @@ def model_checkpoints(
     kinds={"pytorch", "diffusers"},
     code_version="1",
     pool="gpu",
+    op_tags=GPU_OP_TAGS,
     description="For every real caption, one image from the partition's model, with a seed "
     "derived from (model, image id); resumes where an interrupted run stopped.",
 )
