@@ -42,6 +42,8 @@ class EncoderSpec:
     batch_size: int = 32
     dtype: str = "auto"  # auto | float32 | float16 | bfloat16
     device: str = "auto"
+    # Threads decoding and preprocessing the next batches while the model runs (0: inline).
+    decode_workers: int = 4
     # Demo only: save a seeded, randomly initialised tiny model at model_id if none is there.
     init_random_tiny: bool = False
 
@@ -55,6 +57,7 @@ class SAESpec:
     delta_relax: float = 0.01
     train_on: str = "real"  # real | real+generated
     epochs: int = 1
+    max_train_tokens: int | None = None  # token budget of training (caps epochs × dataset)
     batch_size: int = 4096
     lr: float = 5e-4
     lr_end: float = 1e-6

@@ -102,14 +102,14 @@ def test_nonfinite_features_are_recorded_not_stored(cfg, monkeypatch):
         .slice(2, 10)
     )
     encoder = load_encoder(cfg.encoder)
-    clean = encoder.encode
+    clean = encoder.forward
 
-    def poisoned(images):
-        feats = clean(images)
+    def poisoned(pixels):
+        feats = clean(pixels)
         feats[1, 3, 0] = np.nan
         return feats
 
-    monkeypatch.setattr(encoder, "encode", poisoned)
+    monkeypatch.setattr(encoder, "forward", poisoned)
     summary = extract_features(encoder, real, cfg.layout.real_images, cfg.layout.features("x"))
     assert summary.n_invalid_by_status == {"nonfinite_features": 1}
     assert summary.n_valid == 9
@@ -129,3 +129,33 @@ def test_encoder_loads_by_id_through_the_same_code_and_fails_clearly_offline(cfg
 def test_real_manifest_on_disk_matches(cfg):
     real = materialize(cfg.real, cfg.layout.real_images, cfg.seed)
     assert read_manifest(cfg.layout.real_images).equals(real)
+
+
+def test_sharded_parallel_decode_fills_the_same_store_as_one_inline_pass(cfg, monkeypatch):
+    from dataclasses import replace
+
+    # flags are chunked by 4096 rows in real stores; 16 here so 40 rows make 3 shards
+    monkeypatch.setattr("blindspot_assets.store.rowstore.FLAG_CHUNK_ROWS", 16)
+
+    real = materialize(cfg.real, cfg.layout.real_images, cfg.seed)
+    inline = load_encoder(replace(cfg.encoder, decode_workers=0, batch_size=8))
+    ref = extract_features(inline, real, cfg.layout.real_images, cfg.layout.features("a"))
+    threaded = load_encoder(replace(cfg.encoder, decode_workers=3, batch_size=8))
+    path = cfg.layout.features("b")
+    from blindspot_assets.encoders.dinov2 import open_feature_store
+
+    shards = open_feature_store(threaded, real, path).shard_ranges(3)
+    assert len(shards) == 3
+    for rows in reversed(shards):  # any order; no shard finishes the store
+        part = extract_features(
+            threaded, real, cfg.layout.real_images, path, rows=rows, finish=False
+        )
+        assert part.n_rows == rows[1] - rows[0]
+        assert RowStore.open(path).is_complete(rows)
+    assert not RowStore.open(path).attrs.get("completed_at")
+    done = extract_features(threaded, real, cfg.layout.real_images, path)
+    assert done.n_computed == 0 and done.n_valid == ref.n_valid == 38
+    a, b = RowStore.open(cfg.layout.features("a")), RowStore.open(path)
+    assert b.attrs.get("completed_at") and a.status() == b.status()
+    np.testing.assert_array_equal(a.valid(), b.valid())
+    np.testing.assert_array_equal(a.array("tokens")[:], b.array("tokens")[:])

@@ -13,6 +13,9 @@ import hashlib
 import json
 import time
 import warnings
+from collections import deque
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -52,12 +55,19 @@ class DinoEncoder:
             "device": self.device,
         }
 
+    def preprocess(self, images: list[Image.Image]) -> torch.Tensor:
+        """The checkpoint's own image processor: (B, 3, H, W) float32 pixel values."""
+        pixels: torch.Tensor = self.processor(images=images, return_tensors="pt")["pixel_values"]
+        return pixels
+
     @torch.inference_mode()
-    def encode(self, images: list[Image.Image]) -> np.ndarray:
+    def forward(self, pixels: torch.Tensor) -> np.ndarray:
         """(B, T, d) float32 tokens of ``last_hidden_state``."""
-        pixels = self.processor(images=images, return_tensors="pt")["pixel_values"]
         out = self.model(pixel_values=pixels.to(self.device, self.dtype))
         return np.asarray(out.last_hidden_state.float().cpu().numpy(), dtype=np.float32)
+
+    def encode(self, images: list[Image.Image]) -> np.ndarray:
+        return self.forward(self.preprocess(images))
 
 
 def _local_version(path: Path) -> str:
@@ -136,19 +146,144 @@ def manifest_fingerprint(manifest: pl.DataFrame) -> str:
     return hashlib.sha256(cols.write_csv().encode()).hexdigest()[:16]
 
 
+@dataclass
+class _Batch:
+    """One block's decoded and preprocessed images, and the status of each of its rows."""
+
+    start: int
+    stop: int
+    pixels: torch.Tensor | None
+    where: list[int]  # rows (relative to start) that ``pixels`` holds, in order
+    status: list[str]
+
+
+def _prepare_block(
+    encoder: DinoEncoder,
+    start: int,
+    stop: int,
+    statuses: list[str],
+    paths: list[str],
+    image_dir: Path,
+) -> _Batch:
+    images: list[Image.Image] = []
+    where: list[int] = []
+    status = ["ok"] * (stop - start)
+    for i in range(start, stop):
+        if statuses[i] != "ok":
+            status[i - start] = f"upstream_{statuses[i]}"
+            continue
+        try:
+            images.append(_load_image(image_dir / paths[i]))
+            where.append(i - start)
+        except Exception as exc:  # noqa: BLE001 - recorded per row
+            status[i - start] = f"decode_error: {type(exc).__name__}"
+    pixels = encoder.preprocess(images) if images else None
+    return _Batch(start, stop, pixels, where, status)
+
+
+def _prepared_blocks(
+    encoder: DinoEncoder,
+    pending: list[tuple[int, int]],
+    statuses: list[str],
+    paths: list[str],
+    image_dir: Path,
+) -> Iterator[_Batch]:
+    """The pending blocks in order, decoded ``decode_workers`` blocks ahead of the model.
+
+    PIL's decode and resize release the GIL, so threads overlap decoding with the forward pass;
+    at most ``2 × decode_workers`` prepared blocks wait in memory.
+    """
+    workers = encoder.spec.decode_workers
+    if workers <= 0:
+        for a, b in pending:
+            yield _prepare_block(encoder, a, b, statuses, paths, image_dir)
+        return
+    ahead: deque[Future[_Batch]] = deque()
+    blocks = iter(pending)
+    with ThreadPoolExecutor(workers, thread_name_prefix="decode") as pool:
+
+        def submit_next() -> None:
+            block = next(blocks, None)
+            if block is not None:
+                ahead.append(
+                    pool.submit(_prepare_block, encoder, *block, statuses, paths, image_dir)
+                )
+
+        for _ in range(2 * workers):
+            submit_next()
+        while ahead:
+            batch = ahead.popleft().result()
+            submit_next()
+            yield batch
+
+
 def extract_features(
     encoder: DinoEncoder,
     manifest: pl.DataFrame,
     image_dir: Path,
-    store_path: Path,
+    store_path: str | Path,
     progress: ProgressFn | None = None,
+    *,
+    rows: tuple[int, int] | None = None,
+    finish: bool = True,
 ) -> ExtractionSummary:
     """Encode every manifest row into ``store_path``; resumes an interrupted run.
 
     Every manifest row gets a row in the store, so nothing is lost: rows whose image is missing
     upstream, unreadable, or whose features are not finite are kept invalid with a status.
+
+    ``rows`` restricts the work to one shard (a chunk-aligned range from
+    ``RowStore.shard_ranges``) so several workers fill one store at once; the store is then
+    finished by whoever calls with ``finish=True`` after every shard is done.
     """
     t0 = time.perf_counter()
+    store = open_feature_store(encoder, manifest, store_path)
+    statuses = manifest["status"].to_list()
+    paths = manifest["path"].to_list()
+    pending = store.pending_blocks(rows)
+    total = sum(b - a for a, b in pending)
+    computed = 0
+    for batch in _prepared_blocks(encoder, pending, statuses, paths, image_dir):
+        n = batch.stop - batch.start
+        tokens = np.zeros((n, encoder.n_tokens, encoder.dim), dtype=np.float16)
+        valid = np.zeros(n, dtype=bool)
+        status = batch.status
+        if batch.pixels is not None:
+            feats = encoder.forward(batch.pixels)
+            finite = np.isfinite(feats).all(axis=(1, 2))
+            for j, row in enumerate(batch.where):
+                if finite[j]:
+                    tokens[row] = feats[j].astype(np.float16)
+                    valid[row] = True
+                else:
+                    status[row] = "nonfinite_features"
+        store.write_block(batch.start, {"tokens": tokens}, valid, status)
+        computed += n
+        if progress:
+            progress(computed, total)
+    seconds = time.perf_counter() - t0
+    if finish and store.is_complete():
+        store.finish(completed_at=time.time())
+    lo, hi = rows if rows is not None else (0, store.n_rows)
+    valid_rows = store.valid()[lo:hi]
+    by_status: dict[str, int] = {}
+    for s, v in zip(store.status()[lo:hi], valid_rows, strict=True):
+        if not v:
+            by_status[s] = by_status.get(s, 0) + 1
+    return ExtractionSummary(
+        n_rows=hi - lo,
+        n_valid=int(valid_rows.sum()),
+        n_computed=computed,
+        n_invalid_by_status=by_status,
+        seconds=seconds,
+        images_per_s=computed / seconds if seconds > 0 else 0.0,
+    )
+
+
+def open_feature_store(
+    encoder: DinoEncoder, manifest: pl.DataFrame, store_path: str | Path
+) -> RowStore:
+    """Create, resume or (when its inputs changed) rebuild the feature store of a manifest."""
     ids = manifest["image_id"].to_list()
     attrs = {
         **encoder.lineage(),
@@ -157,57 +292,10 @@ def extract_features(
         ),
         "manifest_fingerprint": manifest_fingerprint(manifest),
     }
-    store = RowStore.create_or_resume(
+    return RowStore.create_or_resume(
         store_path,
         ids,
         feature_arrays(encoder.n_tokens, encoder.dim),
         attrs,
         chunk_rows=encoder.spec.batch_size,
-    )
-    statuses = manifest["status"].to_list()
-    paths = manifest["path"].to_list()
-    pending = store.pending_blocks()
-    total = sum(b - a for a, b in pending)
-    computed = 0
-    for start, stop in pending:
-        images: list[Image.Image] = []
-        where: list[int] = []
-        status = ["ok"] * (stop - start)
-        for i in range(start, stop):
-            if statuses[i] != "ok":
-                status[i - start] = f"upstream_{statuses[i]}"
-                continue
-            try:
-                images.append(_load_image(image_dir / paths[i]))
-                where.append(i - start)
-            except Exception as exc:  # noqa: BLE001 - recorded per row
-                status[i - start] = f"decode_error: {type(exc).__name__}"
-        tokens = np.zeros((stop - start, encoder.n_tokens, encoder.dim), dtype=np.float16)
-        valid = np.zeros(stop - start, dtype=bool)
-        if images:
-            feats = encoder.encode(images)
-            finite = np.isfinite(feats).all(axis=(1, 2))
-            for j, row in enumerate(where):
-                if finite[j]:
-                    tokens[row] = feats[j].astype(np.float16)
-                    valid[row] = True
-                else:
-                    status[row] = "nonfinite_features"
-        store.write_block(start, {"tokens": tokens}, valid, status)
-        computed += stop - start
-        if progress:
-            progress(computed, total)
-    seconds = time.perf_counter() - t0
-    store.finish(completed_at=time.time())
-    st = [s for s, v in zip(store.status(), store.valid(), strict=True) if not v]
-    by_status: dict[str, int] = {}
-    for s in st:
-        by_status[s] = by_status.get(s, 0) + 1
-    return ExtractionSummary(
-        n_rows=store.n_rows,
-        n_valid=int(store.valid().sum()),
-        n_computed=computed,
-        n_invalid_by_status=by_status,
-        seconds=seconds,
-        images_per_s=computed / seconds if seconds > 0 else 0.0,
     )

@@ -111,6 +111,9 @@ class TrainConfig:
     kmeans_batch: int = 8192
     dead_after_tokens: int = 10_000_000  # a concept silent this long counts as dead (AuxK)
     eval_tokens: int = 1 << 16  # tokens of the final evaluation pass (metrics)
+    # Token budget of the whole run: the schedule is min(epochs × dataset, max_tokens) long.
+    # At 1M images an epoch is ~261M tokens; a budget keeps SAE time fixed as N grows.
+    max_tokens: int | None = None
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 1:
@@ -121,6 +124,8 @@ class TrainConfig:
             raise ValueError(f"warmup_frac must be in [0, 1), got {self.warmup_frac}")
         if self.amp_dtype not in ("bfloat16", "float16"):
             raise ValueError(f"amp_dtype must be bfloat16 or float16, got {self.amp_dtype!r}")
+        if self.max_tokens is not None and self.max_tokens < self.batch_size:
+            raise ValueError(f"max_tokens {self.max_tokens} is below one batch ({self.batch_size})")
 
     @classmethod
     def from_spec(cls, spec: SAESpec, **overrides: Any) -> TrainConfig:
@@ -132,6 +137,7 @@ class TrainConfig:
             warmup_frac=spec.warmup_frac,
             aux_weight=spec.aux_weight,
             seed=spec.seed,
+            max_tokens=spec.max_train_tokens,
         )
         return replace(base, **overrides)
 

@@ -250,6 +250,13 @@ def train_sae(
     sae_cfg, adjustments = sae_cfg.clamped_to(loader.n_tokens)
     version = loader.version()
     total_steps = max(1, loader.steps_for(train_cfg.epochs))
+    if train_cfg.max_tokens is not None:
+        budget_steps = max(1, train_cfg.max_tokens // train_cfg.batch_size)
+        if budget_steps < total_steps:
+            adjustments.append(
+                f"max_tokens {train_cfg.max_tokens}: {budget_steps} of {total_steps} steps"
+            )
+            total_steps = budget_steps
     run_steps = min(total_steps, train_cfg.max_steps or total_steps)
     if loader.n_tokens < train_cfg.batch_size:
         adjustments.append(

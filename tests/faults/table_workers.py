@@ -4,7 +4,9 @@ the module of its target, and the test module would bring torch along)."""
 from __future__ import annotations
 
 import multiprocessing as mp
+import time
 from pathlib import Path
+from typing import Any
 
 import polars as pl
 
@@ -26,17 +28,21 @@ def _writer(tables: str, db: str, model: str, out: mp.Queue) -> None:
         out.put((model, repr(exc)))
 
 
-def _reader(db: str, out: mp.Queue) -> None:
+def _reader(db: str, out: mp.Queue, stop: Any) -> None:
+    """Query the view until the writers are done (``stop`` set) or a minute passes."""
     errors, reads = [], 0
+    deadline = time.monotonic() + 60
     try:
-        for _ in range(40):
-            if Path(db).exists():
-                try:
-                    n = query(Path(db), "SELECT count(*) n FROM concept_stats")["n"][0]
-                    assert n % 500 == 0, f"a half-written partition was read: {n} rows"
-                    reads += 1
-                except Exception as exc:
-                    if "does not exist" not in str(exc):  # before the first view
-                        errors.append(repr(exc))
+        while not stop.is_set() and time.monotonic() < deadline:
+            if not Path(db).exists():
+                time.sleep(0.01)
+                continue
+            try:
+                n = query(Path(db), "SELECT count(*) n FROM concept_stats")["n"][0]
+                assert n % 500 == 0, f"a half-written partition was read: {n} rows"
+                reads += 1
+            except Exception as exc:
+                if "does not exist" not in str(exc):  # before the first view
+                    errors.append(repr(exc))
     finally:
         out.put(("reader", errors or None, reads))

@@ -9,6 +9,7 @@ from dataclasses import asdict
 
 import numpy as np
 import polars as pl
+import torch
 from PIL import Image
 
 from blindspot_assets.encoders.dinov2 import extract_features, load_encoder
@@ -22,14 +23,19 @@ def test_two_partitions_write_statistics_at_once(tmp_path):
     tables, db = tmp_path / "tables", tmp_path / "results.duckdb"
     ctx = mp.get_context("spawn")
     out: mp.Queue = ctx.Queue()
+    writers_done = ctx.Event()
     procs = [
         ctx.Process(target=_writer, args=(str(tables), str(db), m, out))
         for m in ("demo-a", "demo-b")
     ]
-    procs.append(ctx.Process(target=_reader, args=(str(db), out)))
+    procs.append(ctx.Process(target=_reader, args=(str(db), out, writers_done)))
     for p in procs:
         p.start()
-    results = [out.get(timeout=120) for _ in procs]
+    results = []
+    while len(results) < len(procs):
+        results.append(out.get(timeout=120))
+        if sum(r[0] != "reader" for r in results) == 2:
+            writers_done.set()
     for p in procs:
         p.join(timeout=30)
         assert p.exitcode == 0
@@ -58,17 +64,17 @@ def test_truncated_image_and_nan_row_mid_stream_are_recorded_and_skipped(demo_wo
     encoder = load_encoder(cfg.encoder)
     nan_id, nan_path = manifest.filter(pl.col("status") == "ok").select("image_id", "path").row(50)
     with Image.open(cfg.layout.real_images / nan_path) as im:
-        nan_pixels = np.asarray(im.convert("RGB"))
-    real_encode = encoder.encode
+        nan_pixels = encoder.preprocess([im.convert("RGB")])[0]
+    real_forward = encoder.forward
 
-    def encode(images):  # the encoder blows up numerically on one image
-        feats = real_encode(images)
-        for j, im in enumerate(images):
-            if np.array_equal(np.asarray(im), nan_pixels):
+    def forward(pixels):  # the encoder blows up numerically on one image
+        feats = real_forward(pixels)
+        for j in range(pixels.shape[0]):
+            if torch.equal(pixels[j], nan_pixels):
                 feats[j] = np.nan
         return feats
 
-    encoder.encode = encode  # type: ignore[method-assign]
+    encoder.forward = forward  # type: ignore[method-assign]
     summary = extract_features(encoder, manifest, cfg.layout.real_images, tmp_path / "f.zarr")
     by_status = summary.n_invalid_by_status
     assert by_status.get("nonfinite_features") == 1

@@ -3,6 +3,7 @@ save/load identity, resumable encoding."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -121,3 +122,23 @@ def test_encode_resumes_only_pending_blocks(trained: Trained, tmp_path: Path) ->
     # a different k_max is a different store: rebuilt, not resumed
     again = encode_features_to_codes(model, trained.features, part, k_max=5)
     assert again["rows_computed"] == 200
+
+
+def test_token_budget_sets_the_schedule_length(tmp_path: Path) -> None:
+    from blindspot_assets.sae import RASAEConfig, TrainConfig, train_sae
+    from tests.sae.planted import planted_atoms, write_planted_store
+
+    write_planted_store(tmp_path / "f.zarr", planted_atoms(8, 8, 0), 64, 8, seed=2, chunk_rows=8)
+    cfg = RASAEConfig(d=8, n_concepts=16, k=2, n_candidates=32, sparsity="topk")
+    tc = TrainConfig(epochs=3, batch_size=32, kmeans_tokens=64, kmeans_batch=16, eval_tokens=32)
+    full = train_sae([tmp_path / "f.zarr"], cfg, tc)
+    assert full.metrics["total_steps"] == 3 * 512 // 32
+    budget = train_sae([tmp_path / "f.zarr"], cfg, replace(tc, max_tokens=200))
+    assert budget.metrics["total_steps"] == budget.metrics["steps"] == 200 // 32
+    assert budget.metrics["tokens_seen"] == 6 * 32
+    assert any("max_tokens 200" in a for a in budget.metrics["adjustments"])
+    # a budget above the run changes nothing
+    same = train_sae([tmp_path / "f.zarr"], cfg, replace(tc, max_tokens=10**6))
+    assert same.metrics["total_steps"] == full.metrics["total_steps"]
+    with pytest.raises(ValueError, match="below one batch"):
+        replace(tc, max_tokens=8)
