@@ -78,13 +78,17 @@ def step_seconds(home: Path) -> dict[str, float]:
         }
 
 
-def run_size(n_images: int, workdir: Path, sae_epochs: int | None) -> dict[str, Any]:
+def run_size(
+    n_images: int, workdir: Path, sae_epochs: int | None, sae_max_tokens: int | None = None
+) -> dict[str, Any]:
     raw: dict[str, Any] = yaml.safe_load((REPO / "configs" / "demo.yaml").read_text())
     raw["data_root"] = str(workdir / "data")
     raw["encoder"]["model_id"] = str(workdir / "tiny-dinov2")
     raw["real"]["n_images"] = n_images
     if sae_epochs is not None:
         raw["sae"]["epochs"] = sae_epochs
+    if sae_max_tokens is not None:
+        raw["sae"]["max_train_tokens"] = sae_max_tokens
     config = workdir / "run.yaml"
     config.write_text(yaml.safe_dump(raw, sort_keys=False))
     home = workdir / "dagster_home"
@@ -142,13 +146,16 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--sizes", type=int, nargs="+", default=[1000, 10000])
     ap.add_argument("--sae-epochs", type=int, default=None, help="override demo.yaml's epochs")
+    ap.add_argument(
+        "--sae-max-tokens", type=int, default=None, help="SAE token budget (sae.max_train_tokens)"
+    )
     ap.add_argument("--keep", action="store_true", help="keep the data roots")
     ap.add_argument("--json", type=Path, default=None, help="also write the results here")
     args = ap.parse_args()
     results = []
     for n in args.sizes:
         workdir = Path(tempfile.mkdtemp(prefix=f"bench-graph-{n}-"))
-        res = run_size(n, workdir, args.sae_epochs)
+        res = run_size(n, workdir, args.sae_epochs, args.sae_max_tokens)
         results.append(res)
         print(f"\n## {n} images: wall {res['wall_s']:.1f} s, peak RSS {res['peak_rss_mb']:.0f} MB")
         print(f"{'step':32s} {'seconds':>9s} {'s / 1k images':>14s}")
