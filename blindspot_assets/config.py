@@ -92,6 +92,17 @@ class StatsSpec:
 
 
 @dataclass(frozen=True)
+class ScaleSpec:
+    # Workers that each dataset's per-image stages (generation, features, concept codes) fan
+    # out over: one Dagster step per shard, all writing one store.
+    shards: int = 1
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.shards, int) or self.shards < 1:
+            raise ConfigError(f"scale.shards must be an integer ≥ 1, got {self.shards!r}")
+
+
+@dataclass(frozen=True)
 class RunConfig:
     name: str
     data_root: Path
@@ -102,10 +113,13 @@ class RunConfig:
     sae: SAESpec
     stats: StatsSpec
     source_path: Path | None = None
+    scale: ScaleSpec = field(default_factory=ScaleSpec)
+    # Zarr stores and Parquet tables: under data_root unless a path or fsspec URL is given
+    store_root: str | Path | None = None
 
     @property
     def layout(self) -> DataLayout:
-        return DataLayout(self.data_root)
+        return DataLayout(self.data_root, self.store_root)
 
     def model(self, key: str) -> ModelSpec:
         if key not in self.models:
@@ -138,7 +152,8 @@ def parse_config(raw: dict[str, Any], source_path: Path | None = None) -> RunCon
     for required in ("name", "data_root", "real", "models"):
         if required not in raw:
             raise ConfigError(f"run config {source_path} lacks the required field '{required}'")
-    allowed = {"name", "data_root", "seed", "real", "models", "encoder", "sae", "stats"}
+    allowed = {"name", "data_root", "store_root", "seed", "real", "models", "encoder", "sae"}
+    allowed |= {"stats", "scale"}
     extra = sorted(set(raw) - allowed)
     if extra:
         raise ConfigError(f"unknown top-level field(s) {extra}; allowed: {sorted(allowed)}")
@@ -203,7 +218,20 @@ def parse_config(raw: dict[str, Any], source_path: Path | None = None) -> RunCon
         sae=sae,
         stats=stats,
         source_path=source_path,
+        scale=_dataclass_from(ScaleSpec, raw.get("scale"), "scale"),
+        store_root=_store_root(raw.get("store_root"), base),
     )
+
+
+def _store_root(raw: Any, base: Path) -> str | Path | None:
+    """``store_root``: an fsspec URL stays a string; a local path resolves like data_root."""
+    if raw is None:
+        return None
+    text = os.path.expandvars(str(raw))
+    if "://" in text:
+        return text.rstrip("/")
+    path = Path(text).expanduser()
+    return path if path.is_absolute() else (base / path).resolve()
 
 
 def load_config(path: str | Path | None = None) -> RunConfig:

@@ -131,11 +131,8 @@ def test_real_manifest_on_disk_matches(cfg):
     assert read_manifest(cfg.layout.real_images).equals(real)
 
 
-def test_sharded_parallel_decode_fills_the_same_store_as_one_inline_pass(cfg, monkeypatch):
+def test_sharded_parallel_decode_fills_the_same_store_as_one_inline_pass(cfg):
     from dataclasses import replace
-
-    # flags are chunked by 4096 rows in real stores; 16 here so 40 rows make 3 shards
-    monkeypatch.setattr("blindspot_assets.store.rowstore.FLAG_CHUNK_ROWS", 16)
 
     real = materialize(cfg.real, cfg.layout.real_images, cfg.seed)
     inline = load_encoder(replace(cfg.encoder, decode_workers=0, batch_size=8))

@@ -27,6 +27,7 @@ from blindspot_assets.stats import (
 )
 from blindspot_assets.store.images import model_version, read_lineage, read_manifest
 from blindspot_assets.store.layout import REAL
+from blindspot_assets.store.rowstore import store_exists
 from blindspot_assets.store.tables import read_table, refresh_views, write_table_partition
 
 
@@ -44,10 +45,19 @@ def _lineage_columns(
     return columns
 
 
+# Header fields that say how or where an SAE was made, not which SAE it is: wall-clock rates
+# and the paths of the training stores (the same data on local disk or on S3 is the same data).
+_UNVERSIONED = {"training_stores", "seconds", "train_tokens_per_s", "tokens_per_s", "device"}
+
+
 def sae_version(sae_dir: Path) -> str:
-    """A short hash of the SAE's header (config, training-data version, step, metrics)."""
-    header = json.dumps(read_header(sae_dir), sort_keys=True, default=str)
-    return "sae:" + hashlib.sha256(header.encode()).hexdigest()[:12]
+    """A short hash of what decides the SAE: config, training-data version, step, quality."""
+    header = read_header(sae_dir)
+    header = {k: v for k, v in header.items() if k not in _UNVERSIONED}
+    if isinstance(header.get("metrics"), dict):
+        header["metrics"] = {k: v for k, v in header["metrics"].items() if k not in _UNVERSIONED}
+    text = json.dumps(header, sort_keys=True, default=str)
+    return "sae:" + hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
 def _stamp(df: pl.DataFrame, columns: dict[str, str]) -> pl.DataFrame:
@@ -155,7 +165,7 @@ def concept_top_images(
     counts = {}
     for dataset in [REAL, *cfg.models]:
         path = cfg.layout.codes(dataset)
-        if not path.exists():
+        if not store_exists(path):
             context.log.warning(f"no concept codes for {dataset} yet; skipped")
             continue
         top = top_images_per_concept(path, cfg.stats.top_images).with_columns(

@@ -24,7 +24,7 @@ from blindspot_assets.sae.checkpoint import read_header
 from blindspot_assets.stats.concepts import CONCEPT_STATS_COLUMNS
 from blindspot_assets.store.images import read_manifest
 from blindspot_assets.store.layout import REAL
-from blindspot_assets.store.rowstore import RowStore
+from blindspot_assets.store.rowstore import RowStore, store_exists
 from blindspot_assets.store.tables import read_table
 
 # Bounds of the SAE check. A warning, not an error: a small demo SAE may sit below them and the
@@ -127,7 +127,7 @@ def _per_model_result(
 
 
 def feature_store_problems(
-    path: Path, expected_rows: int, token_shape: tuple[int, int] | None
+    path: str | Path, expected_rows: int, token_shape: tuple[int, int] | None
 ) -> dict[str, Any]:
     """Finiteness and completeness (the real features' check, reused) plus the shape a generated
     set must have: one row per manifest row, the real features' (T, d)."""
@@ -155,13 +155,13 @@ def gen_features_finite_and_shaped(run_config: RunConfigResource) -> dg.AssetChe
     cfg = run_config.load()
     real_path = cfg.layout.features(REAL)
     token_shape = None
-    if (real_path / "zarr.json").exists():
+    if store_exists(real_path):
         shape = RowStore.open(real_path).array("tokens").shape
         token_shape = (int(shape[1]), int(shape[2]))
     per_model: dict[str, Any] = {}
     for model_key in cfg.models:
         path = cfg.layout.features(model_key)
-        if not (path / "zarr.json").exists():
+        if not store_exists(path):
             continue
         n_rows = read_manifest(cfg.layout.generated_images(model_key)).height
         per_model[model_key] = feature_store_problems(path, n_rows, token_shape)

@@ -11,26 +11,35 @@ from blindspot_assets.config import RunConfig
 from blindspot_assets.defs.common import lineage_md, progress_logger
 from blindspot_assets.defs.deployment import GPU_OP_TAGS
 from blindspot_assets.defs.features import gen_features, real_features
-from blindspot_assets.defs.partitions import model_keys, model_partitions, single_run
+from blindspot_assets.defs.partitions import model_partitions, single_run
 from blindspot_assets.defs.resources import RunConfigResource
+from blindspot_assets.defs.sharding import (
+    Shard,
+    finish_sharded_store,
+    merge_shard_summaries,
+    sharded_asset,
+)
 from blindspot_assets.sae import (
     RASAEConfig,
     TrainConfig,
     encode_features_to_codes,
     load_sae,
+    open_codes_store,
     save_sae,
     train_sae,
 )
 from blindspot_assets.sae.checkpoint import HEADER_FILE
 from blindspot_assets.sae.released import import_released_checkpoint
 from blindspot_assets.store.layout import REAL
-from blindspot_assets.store.rowstore import RowStore
+from blindspot_assets.store.rowstore import RowStore, store_exists
 
 
-def _training_stores(cfg: RunConfig) -> list[Path]:
+def _training_stores(cfg: RunConfig) -> list[str | Path]:
     stores = [cfg.layout.features(REAL)]
     if cfg.sae.train_on == "real+generated":
-        stores += [cfg.layout.features(m) for m in cfg.models if cfg.layout.features(m).exists()]
+        stores += [
+            cfg.layout.features(m) for m in cfg.models if store_exists(cfg.layout.features(m))
+        ]
     return stores
 
 
@@ -112,16 +121,41 @@ def _use_pretrained(
     )
 
 
-def _encode(context: dg.AssetExecutionContext, cfg: RunConfig, dataset: str) -> dict[str, Any]:
+def _plan_codes(cfg: RunConfig, dataset: str, n_shards: int) -> list[tuple[int, int]]:
+    """Create or resume the dataset's codes store; its shards' row ranges."""
+    model, _ = load_sae(cfg.layout.sae)
+    store = open_codes_store(
+        model, cfg.layout.features(dataset), cfg.layout.codes(dataset), cfg.sae.k_max_store
+    )
+    return store.shard_ranges(n_shards)
+
+
+def _encode_shard(context: dg.OpExecutionContext, cfg: RunConfig, shard: Shard) -> dict[str, Any]:
     model, header = load_sae(cfg.layout.sae)
     summary = encode_features_to_codes(
         model,
-        cfg.layout.features(dataset),
-        cfg.layout.codes(dataset),
+        cfg.layout.features(shard.dataset),
+        cfg.layout.codes(shard.dataset),
         k_max=cfg.sae.k_max_store,
-        progress=progress_logger(context, f"codes {dataset}"),
+        progress=progress_logger(context, f"codes {shard.dataset} [{shard.index}]"),
+        rows=shard.rows,
+        finish=False,
+    )
+    summary["l0_sum"] = (
+        summary["mean_l0"] * summary["tokens_encoded"] if summary["tokens_encoded"] else 0.0
     )
     return {**summary, "sae_data_version": header.get("data_version")}
+
+
+def _merge_codes(
+    context: dg.OpExecutionContext, cfg: RunConfig, dataset: str, shards: list[dict[str, Any]]
+) -> dict[str, Any]:
+    finish_sharded_store(cfg.layout.codes(dataset))
+    summary = merge_shard_summaries(shards)
+    tokens = summary["tokens_encoded"]
+    summary["mean_l0"] = sum(s["l0_sum"] for s in shards) / tokens if tokens else float("nan")
+    summary["tokens_per_s"] = tokens / max(summary["seconds"], 1e-9)
+    return _codes_metadata(cfg, dataset, summary)
 
 
 def _codes_metadata(cfg: RunConfig, dataset: str, summary: dict[str, Any]) -> dict[str, Any]:
@@ -134,42 +168,31 @@ def _codes_metadata(cfg: RunConfig, dataset: str, summary: dict[str, Any]) -> di
     }
 
 
-@dg.asset(
+real_concept_codes = sharded_asset(
+    name="real_concept_codes",
+    upstream=[sae, real_features],
+    partitions_def=None,
+    plan=_plan_codes,
+    work=_encode_shard,
+    merge=_merge_codes,
     group_name="concepts",
-    deps=[sae, real_features],
     kinds={"pytorch", "zarr"},
     code_version="1",
-    pool="gpu",
-    op_tags=GPU_OP_TAGS,
     description="Sparse concept codes of the real images: per-image energy ξ (N, c), firing "
-    "counts, and the top active concepts of every token.",
+    "counts, and the top active concepts of every token. Sharded like the features.",
 )
-def real_concept_codes(
-    context: dg.AssetExecutionContext, run_config: RunConfigResource
-) -> dg.MaterializeResult:
-    cfg = run_config.load()
-    return dg.MaterializeResult(metadata=_codes_metadata(cfg, REAL, _encode(context, cfg, REAL)))
 
-
-@dg.asset(
-    group_name="concepts",
+concept_codes = sharded_asset(
+    name="concept_codes",
+    upstream=[sae, gen_features],
     partitions_def=model_partitions,
     backfill_policy=single_run,
-    deps=[sae, gen_features],
+    plan=_plan_codes,
+    work=_encode_shard,
+    merge=_merge_codes,
+    group_name="concepts",
     kinds={"pytorch", "zarr"},
     code_version="1",
-    pool="gpu",
-    op_tags=GPU_OP_TAGS,
     description="Sparse concept codes of one model's generated images (same layout as "
     "real_concept_codes).",
 )
-def concept_codes(
-    context: dg.AssetExecutionContext, run_config: RunConfigResource
-) -> dg.MaterializeResult:
-    cfg = run_config.load()
-    summaries = {m: _encode(context, cfg, m) for m in model_keys(context)}
-    first = model_keys(context)[0]
-    meta = _codes_metadata(cfg, first, summaries[first])
-    if len(summaries) > 1:
-        meta["models"] = lineage_md(summaries)
-    return dg.MaterializeResult(metadata=meta)

@@ -37,7 +37,8 @@ EXECUTOR_ENV = "BLINDSPOT_EXECUTOR"
 K8S_CONFIG_TAG = "dagster-k8s/config"
 DASK_RESOURCES_TAG = "dagster-dask/resource_requirements"
 
-# The assets whose step needs an accelerator (and sits in the `gpu` concurrency pool).
+# The assets whose steps need an accelerator (and sit in the `gpu` concurrency pool): the SAE
+# trains in one step; the per-image stages run in shard steps ``<asset>_shard_<i>``.
 GPU_ASSETS = (
     "generated_images",
     "real_features",
@@ -46,6 +47,13 @@ GPU_ASSETS = (
     "real_concept_codes",
     "concept_codes",
 )
+SHARDED_GPU_ASSETS = tuple(a for a in GPU_ASSETS if a != "sae")
+
+
+def gpu_op_names(n_shards: int) -> tuple[str, ...]:
+    """The names of the GPU ops (steps) of a code location loaded with ``n_shards``."""
+    shards = [f"{a}_shard_{i}" for a in SHARDED_GPU_ASSETS for i in range(n_shards)]
+    return ("sae", *shards)
 
 
 def _env_json(name: str, default: Any) -> Any:
@@ -137,15 +145,19 @@ CPU_OP_TAGS = cpu_op_tags()
 
 
 def k8s_executor_config(
-    namespace: str | None = None, gpu_assets: tuple[str, ...] = GPU_ASSETS
+    namespace: str | None = None, gpu_ops: tuple[str, ...] | None = None
 ) -> dict[str, Any]:
     """Config of dagster-k8s' ``k8s_job_executor``: CPU defaults for every step, and the GPU
-    profile for each GPU asset's op (``per_step_k8s_config``), so the placement holds even
-    for an asset defined without ``GPU_OP_TAGS``."""
+    profile for each GPU op (``per_step_k8s_config``), so the placement holds even for an
+    op defined without ``GPU_OP_TAGS``."""
+    if gpu_ops is None:
+        from blindspot_assets.defs.partitions import N_SHARDS
+
+        gpu_ops = gpu_op_names(N_SHARDS)
     gpu = gpu_op_tags()[K8S_CONFIG_TAG]
     config: dict[str, Any] = {
         "step_k8s_config": cpu_op_tags()[K8S_CONFIG_TAG],
-        "per_step_k8s_config": dict.fromkeys(gpu_assets, gpu),
+        "per_step_k8s_config": dict.fromkeys(gpu_ops, gpu),
     }
     namespace = namespace or os.environ.get("BLINDSPOT_K8S_NAMESPACE")
     if namespace:

@@ -1,6 +1,6 @@
 """Stage 3 — DINOv2 token features of real and generated images, in Zarr."""
 
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import dagster as dg
@@ -8,30 +8,59 @@ import numpy as np
 
 from blindspot_assets.config import RunConfig
 from blindspot_assets.defs.common import lineage_md, progress_logger
-from blindspot_assets.defs.deployment import GPU_OP_TAGS
 from blindspot_assets.defs.generation import generated_images
 from blindspot_assets.defs.inputs import real_images
-from blindspot_assets.defs.partitions import model_keys, model_partitions, single_run
+from blindspot_assets.defs.partitions import model_partitions, single_run
 from blindspot_assets.defs.resources import RunConfigResource
-from blindspot_assets.encoders.dinov2 import extract_features, load_encoder
+from blindspot_assets.defs.sharding import (
+    Shard,
+    finish_sharded_store,
+    merge_shard_summaries,
+    sharded_asset,
+)
+from blindspot_assets.encoders.dinov2 import extract_features, load_encoder, open_feature_store
 from blindspot_assets.store.images import read_manifest
 from blindspot_assets.store.layout import REAL
 from blindspot_assets.store.rowstore import RowStore
 
 
-def _encode_dataset(
-    context: dg.AssetExecutionContext, cfg: RunConfig, dataset: str
+def _plan(cfg: RunConfig, dataset: str, n_shards: int) -> list[tuple[int, int]]:
+    """Create or resume the dataset's feature store; its shards' row ranges.
+
+    The encoder is loaded on the CPU here only for the store's shape and fingerprint; each
+    shard records where and in which dtype it ran, and the merge writes that into the store.
+    """
+    encoder = load_encoder(replace(cfg.encoder, device="cpu"))
+    manifest = read_manifest(cfg.layout.images(dataset))
+    store = open_feature_store(encoder, manifest, cfg.layout.features(dataset))
+    return store.shard_ranges(n_shards)
+
+
+def _encode_shard(
+    context: dg.OpExecutionContext, cfg: RunConfig, shard: Shard
 ) -> dict[str, object]:
     encoder = load_encoder(cfg.encoder)
-    image_dir = cfg.layout.images(dataset)
+    image_dir = cfg.layout.images(shard.dataset)
     summary = extract_features(
         encoder,
         read_manifest(image_dir),
         image_dir,
-        cfg.layout.features(dataset),
-        progress=progress_logger(context, f"features {dataset}"),
+        cfg.layout.features(shard.dataset),
+        progress=progress_logger(context, f"features {shard.dataset} [{shard.index}]"),
+        rows=shard.rows,
+        finish=False,
     )
     return {"lineage": encoder.lineage(), **asdict(summary)}
+
+
+def _merge(
+    context: dg.OpExecutionContext, cfg: RunConfig, dataset: str, shards: list[dict[str, object]]
+) -> dict[str, object]:
+    path = cfg.layout.features(dataset)
+    finish_sharded_store(path, shards[0]["lineage"])  # type: ignore[arg-type]
+    summary = merge_shard_summaries(shards)
+    summary["images_per_s"] = summary["n_computed"] / max(summary["seconds"], 1e-9)
+    return _feature_metadata(path, {**summary, "lineage": shards[0]["lineage"]})
 
 
 def _feature_metadata(path: Path, summary: dict[str, object]) -> dict[str, object]:
@@ -49,48 +78,36 @@ def _feature_metadata(path: Path, summary: dict[str, object]) -> dict[str, objec
     }
 
 
-@dg.asset(
+real_features = sharded_asset(
+    name="real_features",
+    upstream=[real_images],
+    partitions_def=None,
+    plan=_plan,
+    work=_encode_shard,
+    merge=_merge,
     group_name="features",
-    deps=[real_images],
     kinds={"pytorch", "zarr"},
     code_version="1",
-    pool="gpu",
-    op_tags=GPU_OP_TAGS,
     description="DINOv2-with-registers last_hidden_state of every real image: (N, T, d) float16 "
-    "in Zarr, all tokens (CLS, registers, patches); bad images kept as invalid rows.",
+    "in Zarr, all tokens (CLS, registers, patches); bad images kept as invalid rows. Fans out "
+    "over `scale.shards` GPU steps writing one store.",
 )
-def real_features(
-    context: dg.AssetExecutionContext, run_config: RunConfigResource
-) -> dg.MaterializeResult:
-    cfg = run_config.load()
-    summary = _encode_dataset(context, cfg, REAL)
-    return dg.MaterializeResult(metadata=_feature_metadata(cfg.layout.features(REAL), summary))
 
-
-@dg.asset(
-    group_name="features",
+gen_features = sharded_asset(
+    name="gen_features",
+    upstream=[generated_images],
     partitions_def=model_partitions,
     backfill_policy=single_run,
-    deps=[generated_images],
+    plan=_plan,
+    work=_encode_shard,
+    merge=_merge,
+    group_name="features",
     kinds={"pytorch", "zarr"},
     code_version="1",
-    pool="gpu",
-    op_tags=GPU_OP_TAGS,
     description="DINOv2 token features of one model's generated images, same layout as "
-    "real_features; row i pairs with the real image of the same image_id.",
+    "real_features; row i pairs with the real image of the same image_id. Sharded like "
+    "real_features.",
 )
-def gen_features(
-    context: dg.AssetExecutionContext, run_config: RunConfigResource
-) -> dg.MaterializeResult:
-    cfg = run_config.load()
-    per_model = {m: _encode_dataset(context, cfg, m) for m in model_keys(context)}
-    first = model_keys(context)[0]
-    meta = _feature_metadata(cfg.layout.features(first), per_model[first])
-    if len(per_model) > 1:
-        meta["models"] = lineage_md(
-            {m: {k: v for k, v in s.items() if k != "lineage"} for m, s in per_model.items()}
-        )
-    return dg.MaterializeResult(metadata=meta)
 
 
 def check_feature_store(path: Path, expected_d: int | None = None) -> dg.AssetCheckResult:

@@ -1,18 +1,31 @@
 """Stage 2 — generated images: one partition per generative model, one image per real caption."""
 
+from typing import Any
+
 import dagster as dg
 import polars as pl
 
+from blindspot_assets.config import RunConfig
 from blindspot_assets.defs.common import lineage_md, progress_logger, thumbnails
-from blindspot_assets.defs.deployment import GPU_OP_TAGS
 from blindspot_assets.defs.inputs import real_images
-from blindspot_assets.defs.partitions import model_keys, model_partitions, single_run
+from blindspot_assets.defs.partitions import model_partitions, single_run
 from blindspot_assets.defs.resources import RunConfigResource
+from blindspot_assets.defs.sharding import Shard, merge_shard_summaries, sharded_asset
 from blindspot_assets.generators.registry import build_generator
 from blindspot_assets.generators.registry import model_checkpoints as model_checkpoints_of
-from blindspot_assets.generators.runner import generate_image_set
+from blindspot_assets.generators.runner import (
+    finish_image_set,
+    generate_image_set,
+    generation_shards,
+)
 from blindspot_assets.lineage import combined_data_version
-from blindspot_assets.store.images import model_version, read_lineage, read_manifest, write_lineage
+from blindspot_assets.store.images import (
+    clear_manifest_parts,
+    model_version,
+    read_lineage,
+    read_manifest,
+    write_lineage,
+)
 
 
 @dg.observable_source_asset(
@@ -36,61 +49,74 @@ def model_checkpoints(
     return dg.DataVersionsByPartition(versions)
 
 
-@dg.asset(
-    group_name="generation",
+def _plan(cfg: RunConfig, model_key: str, n_shards: int) -> list[tuple[int, int]]:
+    real = read_manifest(cfg.layout.real_images)
+    ranges = generation_shards(real, _batch_size(cfg, model_key), n_shards)
+    clear_manifest_parts(cfg.layout.generated_images(model_key), keep=ranges)  # stale plans
+    return ranges
+
+
+def _batch_size(cfg: RunConfig, model_key: str) -> int:
+    return int(cfg.model(model_key).params.get("batch_size", 8))
+
+
+def _generate_shard(context: dg.OpExecutionContext, cfg: RunConfig, shard: Shard) -> dict[str, Any]:
+    spec = cfg.model(shard.dataset)
+    generator = build_generator(spec)
+    _, summary = generate_image_set(
+        generator,
+        shard.dataset,
+        read_manifest(cfg.layout.real_images),
+        cfg.layout.generated_images(shard.dataset),
+        batch_size=_batch_size(cfg, shard.dataset),
+        base_seed=int(spec.params.get("seed", cfg.seed)),
+        progress=progress_logger(context, f"generate {shard.dataset} [{shard.index}]"),
+        rows=shard.rows,
+    )
+    return {
+        "lineage": generator.lineage(),
+        "n_images": summary.n_requested,
+        "n_generated": summary.n_generated,
+        "n_reused": summary.n_reused,
+        "n_failed": summary.n_failed,
+        "failures_by_reason": summary.failures_by_reason,
+        "seconds": summary.seconds,
+    }
+
+
+def _merge(
+    context: dg.OpExecutionContext, cfg: RunConfig, model_key: str, shards: list[dict[str, Any]]
+) -> dict[str, Any]:
+    out_dir = cfg.layout.generated_images(model_key)
+    manifest = finish_image_set(out_dir, read_manifest(cfg.layout.real_images))
+    lineage = shards[0]["lineage"]
+    write_lineage(out_dir, lineage)
+    summary = merge_shard_summaries(shards)
+    context.log.info(f"{model_key}: {summary}")
+    return {
+        **{k: v for k, v in summary.items() if k != "failures_by_reason"},
+        "failures_by_reason": dg.MetadataValue.json(summary.get("failures_by_reason", {})),
+        "seconds": round(float(summary["seconds"]), 2),
+        "lineage": lineage_md(lineage),
+        "thumbnails": thumbnails(out_dir, manifest),
+    }
+
+
+generated_images = sharded_asset(
+    name="generated_images",
+    upstream=[real_images, model_checkpoints],
     partitions_def=model_partitions,
     backfill_policy=single_run,
-    deps=[real_images, model_checkpoints],
+    plan=_plan,
+    work=_generate_shard,
+    merge=_merge,
+    group_name="generation",
     kinds={"pytorch", "diffusers"},
     code_version="1",
-    pool="gpu",
-    op_tags=GPU_OP_TAGS,
     description="For every real caption, one image from the partition's model, with a seed "
-    "derived from (model, image id); resumes where an interrupted run stopped.",
+    "derived from (model, image id); resumes where an interrupted run stopped. Fans out over "
+    "`scale.shards` GPU steps (one manifest part each, joined at the end).",
 )
-def generated_images(
-    context: dg.AssetExecutionContext, run_config: RunConfigResource
-) -> dg.MaterializeResult:
-    cfg = run_config.load()
-    real = read_manifest(cfg.layout.real_images)
-    per_model = {}
-    for model_key in model_keys(context):
-        spec = cfg.model(model_key)
-        generator = build_generator(spec)
-        manifest, summary = generate_image_set(
-            generator,
-            model_key,
-            real,
-            cfg.layout.generated_images(model_key),
-            batch_size=int(spec.params.get("batch_size", 8)),
-            base_seed=int(spec.params.get("seed", cfg.seed)),
-            progress=progress_logger(context, f"generate {model_key}"),
-        )
-        write_lineage(cfg.layout.generated_images(model_key), generator.lineage())
-        per_model[model_key] = {
-            "lineage": generator.lineage(),
-            "n_images": summary.n_requested,
-            "n_generated": summary.n_generated,
-            "n_reused": summary.n_reused,
-            "n_failed": summary.n_failed,
-            "failures_by_reason": summary.failures_by_reason,
-            "seconds": round(summary.seconds, 2),
-        }
-        context.log.info(f"{model_key}: {per_model[model_key]}")
-    first = model_keys(context)[0]
-    only = per_model[first] if len(per_model) == 1 else None
-    return dg.MaterializeResult(
-        metadata={
-            "models": lineage_md(per_model),
-            "n_images": sum(m["n_images"] for m in per_model.values()),
-            "n_failed": sum(m["n_failed"] for m in per_model.values()),
-            **({"lineage": lineage_md(only["lineage"])} if only else {}),
-            "thumbnails": thumbnails(
-                cfg.layout.generated_images(first),
-                read_manifest(cfg.layout.generated_images(first)),
-            ),
-        }
-    )
 
 
 @dg.asset_check(

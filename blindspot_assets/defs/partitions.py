@@ -1,7 +1,7 @@
 """Model partitions, defined once: one partition per generative model of the run config.
 
 The registry is read when the code location loads, so adding a model to the YAML adds a
-partition without a code change (reload the code location in the UI).
+partition without a code change (reload the code location in the UI); so is the shard count.
 """
 
 from __future__ import annotations
@@ -11,7 +11,11 @@ import dagster as dg
 from blindspot_assets.config import load_config
 from blindspot_assets.defs.resources import default_config_path
 
-model_partitions = dg.StaticPartitionsDefinition(list(load_config(default_config_path()).models))
+_loaded = load_config(default_config_path())
+model_partitions = dg.StaticPartitionsDefinition(list(_loaded.models))
+
+# How many shard steps each per-image stage fans out over (``scale.shards``; defs/sharding.py).
+N_SHARDS = _loaded.scale.shards
 
 # One run may cover a range of models: each model asset loops over ``context.partition_keys``.
 single_run = dg.BackfillPolicy.single_run()

@@ -18,7 +18,14 @@ from blindspot_assets.generators.base import (
     ProgressFn,
     derive_seed,
 )
-from blindspot_assets.store.images import read_manifest, write_manifest
+from blindspot_assets.store.images import (
+    clear_manifest_parts,
+    merge_manifest_parts,
+    read_manifest,
+    write_manifest,
+    write_manifest_part,
+)
+from blindspot_assets.store.rowstore import split_rows
 
 
 @dataclass(frozen=True)
@@ -48,12 +55,21 @@ def generate_image_set(
     batch_size: int = 8,
     base_seed: int = 0,
     progress: ProgressFn | None = None,
+    *,
+    rows: tuple[int, int] | None = None,
 ) -> tuple[pl.DataFrame, GenerationSummary]:
-    """Generate ``out_dir/<image_id>.png`` for every usable real row; returns manifest, summary."""
+    """Generate ``out_dir/<image_id>.png`` for every usable real row; returns manifest, summary.
+
+    With ``rows``, only those rows of the usable real images (one shard of
+    ``generation_shards``) are made and their manifest is written as a part; several workers
+    run shards at once and ``finish_image_set`` joins the parts.
+    """
     t0 = time.perf_counter()
     out_dir.mkdir(parents=True, exist_ok=True)
     real_ok = real_manifest.filter(pl.col("status") == "ok")
-    rows: dict[str, dict[str, object]] = {}
+    if rows is not None:
+        real_ok = real_ok.slice(rows[0], rows[1] - rows[0])
+    by_id: dict[str, dict[str, object]] = {}
     todo: list[GenerationRequest] = []
     reused = 0
     for image_id, caption in zip(real_ok["image_id"], real_ok["caption"], strict=True):
@@ -66,7 +82,7 @@ def generate_image_set(
             "detail": "",
             "seed": seed,
         }
-        rows[image_id] = row
+        by_id[image_id] = row
         if not caption or not str(caption).strip():
             row.update(path="", status="empty_caption", detail="the real image has no caption")
         elif (out_dir / f"{image_id}.png").exists() and _usable(out_dir / f"{image_id}.png"):
@@ -90,7 +106,7 @@ def generate_image_set(
                     results.append(exc)
         for req, result in zip(batch, results, strict=True):
             if isinstance(result, Exception):
-                rows[req.image_id].update(
+                by_id[req.image_id].update(
                     path="", status="generation_error", detail=f"{type(result).__name__}: {result}"
                 )
                 continue
@@ -102,11 +118,15 @@ def generate_image_set(
         if progress:
             progress(done, len(todo))
 
-    df = pl.DataFrame(list(rows.values()), schema_overrides={"seed": pl.Int64})
-    write_manifest(out_dir, df)
+    df = pl.DataFrame(list(by_id.values()), schema_overrides={"seed": pl.Int64})
+    if rows is None:
+        write_manifest(out_dir, df)
+        clear_manifest_parts(out_dir)
+    else:
+        write_manifest_part(out_dir, rows, df)
     failed = df.filter(pl.col("status") != "ok")
     summary = GenerationSummary(
-        n_requested=len(rows),
+        n_requested=len(by_id),
         n_generated=len(todo) - failed.filter(pl.col("status") == "generation_error").height,
         n_reused=reused,
         n_failed=failed.height,
@@ -114,6 +134,20 @@ def generate_image_set(
         failures_by_reason=dict(failed.group_by("status").len().iter_rows()),
     )
     return df, summary
+
+
+def generation_shards(
+    real_manifest: pl.DataFrame, batch_size: int, n_shards: int
+) -> list[tuple[int, int]]:
+    """Contiguous ranges of the usable real rows, whole batches each, for ``n_shards`` workers."""
+    n_ok = real_manifest.filter(pl.col("status") == "ok").height
+    return split_rows(n_ok, batch_size, n_shards)
+
+
+def finish_image_set(out_dir: Path, real_manifest: pl.DataFrame) -> pl.DataFrame:
+    """Join the shard manifests of a sharded generation into the set's manifest."""
+    expected = real_manifest.filter(pl.col("status") == "ok")["image_id"].to_list()
+    return merge_manifest_parts(out_dir, expected)
 
 
 def load_generated_manifest(out_dir: Path) -> pl.DataFrame:

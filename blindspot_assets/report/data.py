@@ -23,7 +23,7 @@ OPTIONAL_TABLES = ("concept_labels", "datapoint_deltas", "memorization_candidate
 LINEAGE_COLUMNS = ("model_key", "model_version", "sae_version", "run_id")
 
 
-def load_table(tables_root: Path, name: str) -> pl.DataFrame | None:
+def load_table(tables_root: str | Path, name: str) -> pl.DataFrame | None:
     """All partitions of a table, or None when it has not been materialised."""
     try:
         return read_table(tables_root, name)
@@ -140,7 +140,7 @@ class Lineage:
     stamps: dict[str, dict[str, list[str]]]  # table → lineage column → distinct values
 
 
-def _store_attrs(path: Path) -> dict[str, Any]:
+def _store_attrs(path: str | Path) -> dict[str, Any]:
     try:
         attrs = RowStore.open(path).attrs
     except (FileNotFoundError, ValueError):

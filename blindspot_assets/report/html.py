@@ -45,7 +45,8 @@ from blindspot_assets.report.data import (
 from blindspot_assets.report.images import ImageWriter, TokenLayout, concept_maps
 from blindspot_assets.report.page import render_page
 from blindspot_assets.store.layout import REAL
-from blindspot_assets.store.rowstore import RowStore
+from blindspot_assets.store.rowstore import RowStore, store_exists
+from blindspot_assets.store.tables import list_tables
 
 ProgressFn = Callable[[int, int], None]
 
@@ -308,7 +309,7 @@ def _fill_heat_maps(
     maps: dict[tuple[str, str, int], np.ndarray] = {}
     for dataset, per_image in wanted.items():
         path = cfg.layout.codes(dataset)
-        if not (path / "zarr.json").exists():
+        if not store_exists(path):
             continue
         n_tokens = int(RowStore.open(path).array("token_idx").shape[1])
         layout = TokenLayout.infer(n_tokens, features_attrs)
@@ -433,11 +434,11 @@ def _memorization(
 
 
 def _correlations(
-    tables_root: Path, stats: pl.DataFrame | None, models: list[str]
+    tables_root: str | Path, stats: pl.DataFrame | None, models: list[str]
 ) -> tuple[list[str], np.ndarray, str] | None:
     """(models, matrix, source) of the Pearson correlation of relative differences."""
-    for d in sorted(tables_root.glob("*corr*")) if tables_root.exists() else []:
-        df = load_table(tables_root, d.name)
+    for name in [t for t in list_tables(tables_root) if "corr" in t]:
+        df = load_table(tables_root, name)
         if df is None or df.is_empty():
             continue
         strings = [c for c, t in df.schema.items() if t == pl.String and c not in ("run_id",)]
@@ -449,7 +450,7 @@ def _correlations(
             for x, y, v in df.select(a, b, value).iter_rows():
                 i, j = names.index(x), names.index(y)
                 m[i, j] = m[j, i] = float(v) if v is not None else np.nan
-            return names, m, f"table {d.name}"
+            return names, m, f"table {name}"
     if stats is None or not {"model_key", "concept", "relative"} <= set(stats.columns):
         return None
     present = [m for m in models if m in set(stats["model_key"].to_list())]
@@ -471,7 +472,7 @@ def _correlations(
     return present, corr, "computed by the report from concept_stats.relative"
 
 
-def _frequency_figure(tables_root: Path) -> tuple[str, str] | None:
+def _frequency_figure(tables_root: str | Path) -> tuple[str, str] | None:
     """Mean relative difference per concept-frequency bin, one line per model (if tabled)."""
     df = load_table(tables_root, "frequency_vs_relative")
     model = pick(df, "model_key", "model")
@@ -525,27 +526,25 @@ def _model_counts(
     return counts
 
 
-def _summary_table(tables_root: Path) -> pl.DataFrame | None:
+def _summary_table(tables_root: str | Path) -> pl.DataFrame | None:
     """A per-model summary table from the statistics, if one exists (for δ skewness)."""
-    if not tables_root.exists():
-        return None
-    for d in sorted(tables_root.glob("*summar*")):
-        df = load_table(tables_root, d.name)
+    for name in [t for t in list_tables(tables_root) if "summar" in t]:
+        df = load_table(tables_root, name)
         if df is not None and pick(df, contains=("skew",)):
             return df
     return None
 
 
-def _other_tables(tables_root: Path, shown: set[str]) -> list[dict[str, Any]]:
+def _other_tables(tables_root: str | Path, shown: set[str]) -> list[dict[str, Any]]:
     out = []
-    for d in sorted(p for p in tables_root.glob("*") if p.is_dir()) if tables_root.exists() else []:
-        if d.name in shown:
+    for name in list_tables(tables_root):
+        if name in shown:
             continue
-        df = load_table(tables_root, d.name)
+        df = load_table(tables_root, name)
         if df is None:
             continue
         head = df if df.height <= 30 else df.head(10)
-        out.append({"name": d.name, "rows": df.height, "columns": df.columns, "head": head})
+        out.append({"name": name, "rows": df.height, "columns": df.columns, "head": head})
     return out
 
 

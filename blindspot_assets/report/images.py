@@ -91,7 +91,7 @@ class TokenLayout:
 
 
 def concept_maps(
-    codes_path: Path,
+    codes_path: str | Path,
     wanted: Mapping[str, Iterable[int]],
     layout: TokenLayout | None = None,
     batch_rows: int = 256,

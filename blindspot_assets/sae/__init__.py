@@ -6,7 +6,11 @@ A plain library (no Dagster): ``train_sae`` over feature row stores, ``save_sae`
 
 from blindspot_assets.sae.checkpoint import load_sae, read_header, save_sae
 from blindspot_assets.sae.config import RASAEConfig, TrainConfig
-from blindspot_assets.sae.encode import encode_features_to_codes, model_fingerprint
+from blindspot_assets.sae.encode import (
+    encode_features_to_codes,
+    model_fingerprint,
+    open_codes_store,
+)
 from blindspot_assets.sae.model import RelaxedArchetypalSAE
 from blindspot_assets.sae.released import (
     UnsafeCheckpointError,
@@ -22,6 +26,7 @@ __all__ = [
     "TrainResult",
     "UnsafeCheckpointError",
     "encode_features_to_codes",
+    "open_codes_store",
     "import_released_checkpoint",
     "load_pretrained",
     "load_sae",

@@ -53,7 +53,7 @@ class TokenLoader:
 
     def __init__(
         self,
-        paths: Sequence[Path],
+        paths: Sequence[str | Path],
         batch_size: int,
         buffer_tokens: int,
         seed: int,

@@ -69,18 +69,25 @@ def encode_block(
 
 def encode_features_to_codes(
     model: RelaxedArchetypalSAE,
-    features_path: Path,
-    codes_path: Path,
+    features_path: str | Path,
+    codes_path: str | Path,
     k_max: int,
     batch_rows: int | None = None,
     progress: ProgressFn | None = None,
     device: str | torch.device | None = None,
     dense_budget: int = DENSE_BUDGET,
+    *,
+    rows: tuple[int, int] | None = None,
+    finish: bool = True,
 ) -> dict[str, Any]:
     """Write the codes row store of ``features_path`` at ``codes_path``; resumes.
 
     ``token_idx`` is -1 where ``token_val`` is 0 (a token with fewer than ``k_max`` active
     concepts). Rows invalid in the features store stay invalid with their status.
+
+    ``rows`` restricts the work to one shard (``RowStore.shard_ranges`` of the codes store), so
+    several workers fill one store at once; the call with ``finish=True`` after every shard is
+    done finishes it.
     """
     t0 = time.perf_counter()
     features = RowStore.open(features_path)
@@ -91,24 +98,10 @@ def encode_features_to_codes(
     c = model.n_concepts
     dev = torch.device(device) if device is not None else next(model.parameters()).device
     model.eval()
-    sae_fp = model_fingerprint(model)
-    attrs = {
-        "fingerprint": json.dumps([sae_fp, features.attrs.get("fingerprint"), k_max]),
-        "sae_fingerprint": sae_fp,
-        "features_fingerprint": features.attrs.get("fingerprint"),
-        "n_concepts": c,
-        "k_max": k_max,
-        "token_idx_empty": -1,
-    }
-    codes = RowStore.create_or_resume(
-        codes_path,
-        features.image_ids(),
-        code_arrays(t, c, k_max),
-        attrs,
-        chunk_rows=features.chunk_rows,
-    )
+    codes = open_codes_store(model, features_path, codes_path, k_max)
+    sae_fp = str(codes.attrs["sae_fingerprint"])
     f_valid, f_status = features.valid(), features.status()
-    pending = codes.pending_blocks()
+    pending = codes.pending_blocks(rows)
     total = sum(b - a for a, b in pending)
     rows_per_pass = max(1, dense_budget // (t * c))
     done_rows = 0
@@ -123,9 +116,9 @@ def encode_features_to_codes(
         t_val = np.zeros((r, t, k_max), np.float16)
         valid = f_valid[start:stop].copy()
         block = np.asarray(tokens[start:stop], dtype=np.float16)
-        rows = np.flatnonzero(valid)
-        for a in range(0, len(rows), rows_per_pass):
-            sel = rows[a : a + rows_per_pass]
+        live = np.flatnonzero(valid)
+        for a in range(0, len(live), rows_per_pass):
+            sel = live[a : a + rows_per_pass]
             x = torch.from_numpy(block[sel].astype(np.float32)).to(dev)
             bx, bn, bi, bv, l0, cut = encode_block(model, x, k_max)
             xi[sel], nfire[sel], t_idx[sel], t_val[sel] = bx, bn, bi, bv
@@ -143,10 +136,12 @@ def encode_features_to_codes(
         if progress:
             progress(done_rows, total)
     seconds = time.perf_counter() - t0
-    codes.finish(completed_at=time.time())
+    if finish and codes.is_complete():
+        codes.finish(completed_at=time.time())
+    lo, hi = rows if rows is not None else (0, n)
     return {
-        "rows": n,
-        "valid_rows": int(codes.valid().sum()),
+        "rows": hi - lo,
+        "valid_rows": int(codes.valid()[lo:hi].sum()),
         "rows_computed": done_rows,
         "tokens_encoded": tokens_encoded,
         "mean_l0": l0_sum / tokens_encoded if tokens_encoded else float("nan"),
@@ -155,3 +150,27 @@ def encode_features_to_codes(
         "tokens_per_s": tokens_encoded / seconds if seconds > 0 else 0.0,
         "sae_fingerprint": sae_fp,
     }
+
+
+def open_codes_store(
+    model: RelaxedArchetypalSAE, features_path: str | Path, codes_path: str | Path, k_max: int
+) -> RowStore:
+    """Create, resume or (when the SAE or the features changed) rebuild a codes store."""
+    features = RowStore.open(features_path)
+    _, t, _ = features.array("tokens").shape
+    sae_fp = model_fingerprint(model)
+    attrs = {
+        "fingerprint": json.dumps([sae_fp, features.attrs.get("fingerprint"), k_max]),
+        "sae_fingerprint": sae_fp,
+        "features_fingerprint": features.attrs.get("fingerprint"),
+        "n_concepts": model.n_concepts,
+        "k_max": k_max,
+        "token_idx_empty": -1,
+    }
+    return RowStore.create_or_resume(
+        codes_path,
+        features.image_ids(),
+        code_arrays(t, model.n_concepts, k_max),
+        attrs,
+        chunk_rows=features.chunk_rows,
+    )

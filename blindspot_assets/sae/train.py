@@ -226,7 +226,7 @@ def evaluate(
 
 
 def train_sae(
-    feature_stores: Sequence[Path],
+    feature_stores: Sequence[str | Path],
     sae_cfg: RASAEConfig,
     train_cfg: TrainConfig,
     checkpoint_dir: Path | None = None,
@@ -240,7 +240,7 @@ def train_sae(
     t0 = time.perf_counter()
     device = resolve_device(train_cfg.device)
     loader = TokenLoader(
-        [Path(p) for p in feature_stores],
+        list(feature_stores),
         train_cfg.batch_size,
         train_cfg.buffer_tokens,
         train_cfg.seed,
@@ -279,7 +279,7 @@ def train_sae(
         candidates = None
         if not sae_cfg.fused:
             km_loader = TokenLoader(
-                [Path(p) for p in feature_stores],
+                list(feature_stores),
                 min(train_cfg.kmeans_batch, loader.n_tokens),
                 train_cfg.buffer_tokens,
                 train_cfg.seed + 1,

@@ -34,6 +34,59 @@ def write_manifest(set_dir: Path, df: pl.DataFrame) -> Path:
     return set_dir / MANIFEST
 
 
+PARTS = "manifest.parts"  # one manifest file per shard while a sharded set is being made
+
+
+def _part_name(rows: tuple[int, int]) -> str:
+    return f"{rows[0]:010d}-{rows[1]:010d}.parquet"
+
+
+def write_manifest_part(set_dir: Path, rows: tuple[int, int], df: pl.DataFrame) -> Path:
+    """The manifest rows of one shard (rows ``start:stop`` of the set), written atomically."""
+    parts = set_dir / PARTS
+    parts.mkdir(parents=True, exist_ok=True)
+    final = parts / _part_name(rows)
+    tmp = parts / f".{final.name}.{os.getpid()}.tmp"
+    df.write_parquet(tmp)
+    os.replace(tmp, final)
+    return final
+
+
+def clear_manifest_parts(set_dir: Path, keep: list[tuple[int, int]] | None = None) -> None:
+    """Remove shard manifests, but those of the ``keep`` ranges (the current shard plan)."""
+    parts = set_dir / PARTS
+    if not parts.exists():
+        return
+    wanted = {_part_name(r) for r in keep or []}
+    for f in parts.iterdir():
+        if f.name not in wanted:
+            f.unlink()
+    if not any(parts.iterdir()):
+        parts.rmdir()
+
+
+def merge_manifest_parts(set_dir: Path, expected_ids: list[str]) -> pl.DataFrame:
+    """Concatenate the shard manifests in row order into the set's manifest.
+
+    The parts must hold exactly ``expected_ids`` in order; anything else (a shard not done, a
+    stale part) is an error naming what is missing, and the set's manifest is left as it was.
+    """
+    parts = sorted((set_dir / PARTS).glob("*.parquet")) if (set_dir / PARTS).exists() else []
+    df = pl.concat([pl.read_parquet(f) for f in parts], how="diagonal_relaxed") if parts else None
+    got = df["image_id"].to_list() if df is not None else []
+    if got != expected_ids:
+        missing = sorted(set(expected_ids) - set(got))
+        raise RuntimeError(
+            f"the shard manifests of {set_dir} do not cover the set ({len(got)} of "
+            f"{len(expected_ids)} rows; missing e.g. {missing[:3]}): re-materialise to run the "
+            "missing shards"
+        )
+    assert df is not None
+    write_manifest(set_dir, df)
+    clear_manifest_parts(set_dir)
+    return df
+
+
 def read_manifest(set_dir: Path) -> pl.DataFrame:
     path = set_dir / MANIFEST
     if not path.exists():

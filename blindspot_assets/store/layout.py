@@ -6,7 +6,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from blindspot_assets.store.rowstore import ArraySpec
+from blindspot_assets.store.rowstore import ArraySpec, is_url
 
 REAL = "real"  # dataset key of the real images; generated datasets are keyed by model key
 _KEY_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -21,7 +21,19 @@ def check_key(key: str) -> str:
 
 @dataclass(frozen=True)
 class DataLayout:
+    """``root``: images, the SAE, the DuckDB file of views, the report (a local or shared
+    filesystem). ``store_root``: the Zarr row stores and the Parquet tables — the bulk of a
+    large run — under ``root`` unless set to another path or an fsspec URL (``s3://bucket/run``).
+    """
+
     root: Path
+    store_root: str | Path | None = None
+
+    def _store(self, *parts: str) -> str | Path:
+        base = self.store_root if self.store_root is not None else self.root
+        if is_url(base):
+            return "/".join([str(base).rstrip("/"), *parts])
+        return Path(base).joinpath(*parts)
 
     @property
     def real_images(self) -> Path:
@@ -33,19 +45,19 @@ class DataLayout:
     def images(self, dataset: str) -> Path:
         return self.real_images if dataset == REAL else self.generated_images(dataset)
 
-    def features(self, dataset: str) -> Path:
-        return self.root / "features" / f"{check_key(dataset)}.zarr"
+    def features(self, dataset: str) -> str | Path:
+        return self._store("features", f"{check_key(dataset)}.zarr")
 
-    def codes(self, dataset: str) -> Path:
-        return self.root / "codes" / f"{check_key(dataset)}.zarr"
+    def codes(self, dataset: str) -> str | Path:
+        return self._store("codes", f"{check_key(dataset)}.zarr")
 
     @property
     def sae(self) -> Path:
         return self.root / "sae"
 
     @property
-    def tables(self) -> Path:
-        return self.root / "tables"
+    def tables(self) -> str | Path:
+        return self._store("tables")
 
     @property
     def duckdb(self) -> Path:

@@ -37,7 +37,8 @@ import zarr
 import zarr.codecs
 
 ROWSTORE_SCHEMA = "blindspot.rowstore/1"
-FLAG_CHUNK_ROWS = 4096  # rows per chunk of image_id / done / valid / status
+FLAG_CHUNK_ROWS = 4096  # most rows per chunk of image_id / done / valid / status
+MIN_SHARDS = 64  # a store with enough data chunks can be split among this many writers
 STAGING_SUFFIX = ".next"  # a rebuilt store is made here and swapped in by finish()
 
 
@@ -68,6 +69,11 @@ def _exists(loc: str | Path, storage_options: Mapping[str, Any] | None) -> bool:
     if isinstance(loc, Path):
         return (loc / "zarr.json").exists()
     return bool(_fs_of(loc, storage_options).exists(f"{loc}/zarr.json"))
+
+
+def store_exists(path: str | Path, storage_options: Mapping[str, Any] | None = None) -> bool:
+    """Whether a row store (or any Zarr group) is at ``path`` (a local path or a URL)."""
+    return _exists(_location(path), storage_options)
 
 
 def _remove(loc: str | Path, storage_options: Mapping[str, Any] | None) -> None:
@@ -118,22 +124,44 @@ def _write_error(where: str, exc: OSError) -> StoreWriteError:
     return err
 
 
-def shard_alignment(n_rows: int, chunk_rows: int) -> int:
+def flag_chunk_rows(n_rows: int, chunk_rows: int) -> int:
+    """Rows per chunk of the per-row flags (``image_id``, ``done``, ``valid``, ``status``).
+
+    Large chunks make reading the flags of a million rows cheap; but a chunk is also the unit
+    two writers must not share, so a store keeps at least ``MIN_SHARDS`` of them (whole data
+    chunks each) when it has that many data chunks, and at most ``FLAG_CHUNK_ROWS`` rows each.
+    """
+    per_shard = -(-n_rows // MIN_SHARDS)
+    whole_chunks = -(-per_shard // chunk_rows) * chunk_rows
+    return max(1, min(n_rows, FLAG_CHUNK_ROWS, whole_chunks))
+
+
+def shard_alignment(n_rows: int, chunk_rows: int, flag_rows: int | None = None) -> int:
     """Rows per indivisible unit of concurrent writing: a multiple of every array's chunk."""
-    flag_chunk = max(1, min(n_rows, FLAG_CHUNK_ROWS))
-    return math.lcm(chunk_rows, flag_chunk)
+    flags = flag_rows if flag_rows is not None else flag_chunk_rows(n_rows, chunk_rows)
+    return math.lcm(chunk_rows, flags)
 
 
-def shard_ranges(n_rows: int, chunk_rows: int, n_shards: int) -> list[tuple[int, int]]:
+def shard_ranges(
+    n_rows: int, chunk_rows: int, n_shards: int, flag_rows: int | None = None
+) -> list[tuple[int, int]]:
     """Split ``n_rows`` into at most ``n_shards`` contiguous, chunk-aligned ``(start, stop)``
     ranges that separate workers can write into one store at the same time.
 
     Ranges are multiples of ``shard_alignment`` rows (e.g. 4096 for 32-row feature chunks), so
     a store has at most ``ceil(n_rows / 4096)`` shards; fewer are returned when asked for more.
     """
+    return split_rows(n_rows, shard_alignment(n_rows, chunk_rows, flag_rows), n_shards)
+
+
+def split_rows(n_rows: int, unit: int, n_shards: int) -> list[tuple[int, int]]:
+    """At most ``n_shards`` contiguous ranges of ``n_rows``, each a multiple of ``unit`` rows
+    (the last one excepted), as even as that allows; ``[(0, 0)]`` for no rows."""
     if n_shards < 1:
         raise ValueError(f"n_shards must be ≥ 1, got {n_shards}")
-    unit = shard_alignment(n_rows, chunk_rows)
+    if n_rows == 0:
+        return [(0, 0)]
+    unit = max(1, unit)
     units = max(1, math.ceil(n_rows / unit))
     n = min(n_shards, units)
     bounds = [min(n_rows, round(i * units / n) * unit) for i in range(n + 1)]
@@ -260,7 +288,7 @@ class RowStore:
     ) -> RowStore:
         group = _open_group(loc, "w", storage_options)
         n = len(image_ids)
-        flag_chunks = (max(1, min(n, FLAG_CHUNK_ROWS)),)
+        flag_chunks = (flag_chunk_rows(n, chunk_rows),)
         ids = group.create_array("image_id", shape=(n,), dtype=str, chunks=flag_chunks)
         if n:
             ids[:] = np.asarray(list(image_ids), dtype=str)
@@ -305,6 +333,20 @@ class RowStore:
                 f"{loc} is not a blindspot row store (schema {group.attrs.get('schema')!r})"
             )
         return cls(group, final=loc, storage_options=storage_options)
+
+    @classmethod
+    def open_being_written(
+        cls, path: str | Path, *, storage_options: Mapping[str, Any] | None = None
+    ) -> RowStore:
+        """The store that ``create_or_resume(path, ...)`` last handed out, for writing: the
+        staged rebuild at ``<path>.next`` while there is one, else the store at ``path``."""
+        loc = _location(path)
+        staging = _staging(loc)
+        if _exists(staging, storage_options):
+            store = cls.open(staging, "r+", storage_options=storage_options)
+            store._final = loc
+            return store
+        return cls.open(loc, "r+", storage_options=storage_options)
 
     # -- reading ------------------------------------------------------------------------------
     @property
@@ -365,7 +407,8 @@ class RowStore:
 
     def shard_ranges(self, n_shards: int) -> list[tuple[int, int]]:
         """Row ranges that ``n_shards`` workers can write at once (see ``shard_ranges``)."""
-        return shard_ranges(self.n_rows, self.chunk_rows, n_shards)
+        flag_rows = int(self.array("done").chunks[0])
+        return shard_ranges(self.n_rows, self.chunk_rows, n_shards, flag_rows)
 
     def _check_range(self, rows: tuple[int, int] | None) -> tuple[int, int]:
         if rows is None:

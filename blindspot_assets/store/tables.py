@@ -156,6 +156,23 @@ def _files(tables_root: str | Path, table: str, partition: str | None) -> list[s
     return [p if "://" in p else f"{protocol}://{p}" for p in found]
 
 
+def list_tables(
+    tables_root: str | Path, storage_options: Mapping[str, Any] | None = None
+) -> list[str]:
+    """The names of the tables under ``tables_root`` (a local path or a URL), sorted."""
+    if not is_url(tables_root):
+        root = Path(tables_root)
+        return sorted(p.name for p in root.iterdir() if p.is_dir()) if root.exists() else []
+    url = str(tables_root).rstrip("/")
+    fs = _fs(url, storage_options)
+    if not fs.exists(url):
+        return []
+    entries = fs.ls(url, detail=True)
+    return sorted(
+        e["name"].rstrip("/").rsplit("/", 1)[-1] for e in entries if e["type"] == "directory"
+    )
+
+
 def read_table(tables_root: str | Path, table: str, partition: str | None = None) -> pl.DataFrame:
     """Rows of ``table`` (one partition, or all of them; part files included)."""
     files = _files(tables_root, table, partition)
@@ -239,16 +256,7 @@ def refresh_views(
             if is_url(tables_root):
                 root = str(tables_root).rstrip("/")
                 _register_filesystems(con, {root.split("://", 1)[0]}, storage_options)
-                fs = _fs(root, storage_options)
-                names = (
-                    sorted(
-                        p.rstrip("/").rsplit("/", 1)[-1]
-                        for p in fs.ls(root, detail=False)
-                        if fs.isdir(p)
-                    )
-                    if fs.exists(root)
-                    else []
-                )
+                names = list_tables(root, storage_options)
                 dirs: list[tuple[str, str | Path]] = [(n, f"{root}/{n}") for n in names]
             else:
                 local = Path(tables_root)

@@ -1,5 +1,6 @@
 """A backfill over two model partitions on Dask (dagster-dask): two runs at once, each on its
-own LocalCluster worker process, producing the same tables as the in-process executor."""
+own LocalCluster worker process, with the per-image stages fanned out over two shard steps,
+producing the same tables as the in-process executor with one shard."""
 
 from __future__ import annotations
 
@@ -28,8 +29,8 @@ MODELS = ("demo-a", "demo-b")
 TABLES = ("concept_stats", "blindspots", "datapoint_deltas", "memorization_candidates")
 
 
-def _config(tmp_path: Path, name: str) -> Path:
-    raw = demo_config_dict(tmp_path, n_images=48)
+def _config(tmp_path: Path, name: str, shards: int = 1) -> Path:
+    raw = demo_config_dict(tmp_path, n_images=48, scale={"shards": shards})
     raw["data_root"] = str(tmp_path / name)
     raw["sae"].update({"n_concepts": 32, "n_candidates": 64, "epochs": 1})
     raw["stats"].update({"n_bootstrap": 30, "n_permutations": 30})
@@ -47,7 +48,7 @@ def test_dask_backfill_matches_the_in_process_tables(tmp_path):
         instance=dg.DagsterInstance.ephemeral(), resources=resources
     )
     assert real.success
-    on_dask = _config(tmp_path, "dask")
+    on_dask = _config(tmp_path, "dask", shards=2)  # 48 images: two shards of 32 + 16 rows
     shutil.copytree(tmp_path / "reference", tmp_path / "dask")
 
     home = tmp_path / "dagster_home"  # Dask needs a persistent instance
@@ -115,7 +116,10 @@ def test_dask_backfill_matches_the_in_process_tables(tmp_path):
         spans = []
         for run in runs:
             stats = instance.get_run_step_stats(run.run_id)
-            assert {s.step_key for s in stats} >= {"generated_images", "concept_stats"}
+            keys = {s.step_key for s in stats}
+            assert keys >= {"concept_stats", "generated_images.generated_images_merge"}
+            for stage in ("generated_images", "gen_features", "concept_codes"):
+                assert {f"{stage}.{stage}_shard_0", f"{stage}.{stage}_shard_1"} <= keys
             spans.append((min(s.start_time for s in stats), max(s.end_time for s in stats)))
             # every step ran in a Dask worker process, not in the run's own process
             run_pid = instance.all_logs(run.run_id, of_type=dg.DagsterEventType.RUN_START)[0]

@@ -68,14 +68,20 @@ def fresh_code_location():
 
 
 @pytest.fixture
-def deployment_env(values, monkeypatch) -> dict[str, str]:
+def deployment_env(values, monkeypatch, tmp_path) -> dict[str, str]:
     """The user-code deployment's environment, as the code location would see it."""
     (user,) = values["dagster-user-deployments"]["deployments"]
     env = {e["name"]: e["value"] for e in user["env"]}
     for k, v in env.items():
         monkeypatch.setenv(k, v)
-    # the image's run config is not on this machine: the code location loads the demo's
-    monkeypatch.setenv("BLINDSPOT_CONFIG", str(REPO / "configs" / "demo.yaml"))
+    # the image's run config is not on this machine: the code location loads the demo's, with
+    # its per-image stages fanned out over two shard steps each
+    raw = yaml.safe_load((REPO / "configs" / "demo.yaml").read_text())
+    raw["data_root"] = str(tmp_path / "data")
+    raw["scale"] = {"shards": 2}
+    config = tmp_path / "sharded.yaml"
+    config.write_text(yaml.safe_dump(raw))
+    monkeypatch.setenv("BLINDSPOT_CONFIG", str(config))
     return env
 
 
@@ -141,7 +147,8 @@ def test_executor_config_from_the_helm_values_is_valid(deployment_env):
     config = deployment.k8s_executor_config()
     result = process_config(resolve_to_config_type(_K8S_EXECUTOR_CONFIG_SCHEMA), config)
     assert result.success, result.errors
-    assert set(config["per_step_k8s_config"]) == set(deployment.GPU_ASSETS)
+    assert set(config["per_step_k8s_config"]) == set(deployment.gpu_op_names(2))
+    assert "gen_features_shard_1" in config["per_step_k8s_config"]
     assert config["job_namespace"] == "blindspot"
     # the executor the code location would pick
     assert deployment.executor_from_env().name == "k8s"
@@ -173,7 +180,15 @@ def test_step_jobs_request_gpus_on_gpu_nodes_only(
                 instance=instance,
             )
         )
-        steps = ["generated_images", "gen_features", "concept_codes", "concept_stats"]
+        steps = [
+            "generated_images.generated_images_plan",
+            "generated_images.generated_images_shard_0",
+            "generated_images.generated_images_shard_1",
+            "gen_features.gen_features_shard_1",
+            "gen_features.gen_features_merge",
+            "concept_codes.concept_codes_shard_0",
+            "concept_stats",
+        ]
         jobs = _step_jobs(instance, recon_job, executor, steps)
 
     gpu_selector = json.loads(deployment_env["BLINDSPOT_GPU_NODE_SELECTOR"])
@@ -185,8 +200,9 @@ def test_step_jobs_request_gpus_on_gpu_nodes_only(
         resources = container.resources.to_dict()
         mounts = {m.mount_path for m in container.volume_mounts or []}
         assert "/data" in mounts, step  # the shared volume from the run launcher
+        op = step.rsplit(".", 1)[-1]
         assert job.metadata.labels["dagster/op"] == step
-        if step in deployment.GPU_ASSETS:
+        if op in deployment.gpu_op_names(2):
             assert resources["limits"]["nvidia.com/gpu"] == "1", step
             assert resources["requests"]["nvidia.com/gpu"] == "1", step
             assert resources["requests"]["cpu"] == deployment_env["BLINDSPOT_GPU_STEP_CPU"]

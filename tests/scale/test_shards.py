@@ -24,8 +24,12 @@ def test_shard_ranges_are_aligned_to_every_chunk():
     assert all(a % 4096 == 0 for a, _ in ranges)
     assert all(b == c for (_, b), (c, _) in zip(ranges, ranges[1:], strict=False))
     assert len(shard_ranges(1_000_000, 32, 10_000)) == 245  # at most one per 4096 rows
-    assert shard_alignment(100, 32) == 800  # a small store: flags in one chunk of 100 rows
-    assert shard_ranges(100, 32, 4) == [(0, 100)]
+    # a small store keeps flag chunks of whole data chunks, so it still splits
+    assert shard_alignment(100, 32) == 32
+    assert shard_ranges(100, 32, 4) == [(0, 32), (32, 64), (64, 96), (96, 100)]
+    assert shard_alignment(10_000, 32) == 160  # ≥ 64 shards' worth of flag chunks
+    assert len(shard_ranges(10_000, 32, 1000)) == 63
+    assert shard_alignment(100, 32, flag_rows=100) == 800  # a store made with other flags
     assert shard_ranges(10, 4, 1) == [(0, 10)]
     with pytest.raises(ValueError, match="n_shards"):
         shard_ranges(10, 4, 0)
@@ -40,13 +44,13 @@ def test_pending_blocks_refuses_an_unaligned_range(tmp_path):
 
 @pytest.mark.slow
 def test_shards_written_by_parallel_workers_make_one_complete_store(tmp_path):
-    n = 4 * 4096 + 1000  # 5 shards, the last one short
+    n = 4 * 4096 + 1000  # flag chunks of 288 rows (n / 64 in whole 32-row chunks)
     ids = [f"img{i:06d}" for i in range(n)]
     path = tmp_path / "features.zarr"
     # the coordinator creates the store once; workers only open it and write their rows
     store = RowStore.create_or_resume(path, ids, SPEC, {"fingerprint": "x"}, chunk_rows=32)
     shards = store.shard_ranges(8)
-    assert len(shards) == 5
+    assert len(shards) == 8 and all(a % 288 == 0 for a, _ in shards)
     tables, db = tmp_path / "tables", tmp_path / "r.duckdb"
     with ProcessPoolExecutor(2, mp_context=mp.get_context("spawn")) as pool:
         futures = [
