@@ -143,7 +143,7 @@ def _step_jobs(instance, recon_job, executor, steps_to_launch):
     return jobs
 
 
-def test_executor_config_from_the_helm_values_is_valid(deployment_env):
+def test_executor_config_from_the_helm_values_is_valid(deployment_env, fresh_code_location):
     config = deployment.k8s_executor_config()
     result = process_config(resolve_to_config_type(_K8S_EXECUTOR_CONFIG_SCHEMA), config)
     assert result.success, result.errors
