@@ -71,6 +71,7 @@ def _feature_metadata(path: Path, summary: dict[str, object]) -> dict[str, objec
         "shape": str(tuple(tokens.shape)),
         "dtype": str(tokens.dtype),
         "n_valid": int(summary["n_valid"]),  # type: ignore[call-overload]
+        "n_computed": int(summary.get("n_computed", 0)),  # type: ignore[call-overload]
         "n_invalid_by_status": dg.MetadataValue.json(summary["n_invalid_by_status"]),
         "images_per_s": round(float(summary["images_per_s"]), 1),  # type: ignore[arg-type]
         "seconds": round(float(summary["seconds"]), 2),  # type: ignore[arg-type]
