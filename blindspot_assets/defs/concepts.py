@@ -19,6 +19,7 @@ from blindspot_assets.defs.sharding import (
     merge_shard_summaries,
     sharded_asset,
 )
+from blindspot_assets.devices import choose_device
 from blindspot_assets.sae import (
     RASAEConfig,
     TrainConfig,
@@ -131,7 +132,8 @@ def _plan_codes(cfg: RunConfig, dataset: str, n_shards: int) -> list[tuple[int, 
 
 
 def _encode_shard(context: dg.OpExecutionContext, cfg: RunConfig, shard: Shard) -> dict[str, Any]:
-    model, header = load_sae(cfg.layout.sae)
+    # the SAE on this step's card (a GPU step): encoding is a dense (tokens × d) @ (d × c)
+    model, header = load_sae(cfg.layout.sae, device=choose_device("auto"))
     summary = encode_features_to_codes(
         model,
         cfg.layout.features(shard.dataset),

@@ -26,8 +26,9 @@ import torch
 from PIL import Image
 
 from blindspot_assets.config import EncoderSpec
+from blindspot_assets.devices import choose_device
 from blindspot_assets.generators.base import ProgressFn
-from blindspot_assets.generators.common import choose_device, choose_dtype
+from blindspot_assets.generators.common import choose_dtype
 from blindspot_assets.store.layout import feature_arrays
 from blindspot_assets.store.rowstore import RowStore
 

@@ -33,6 +33,7 @@ import torch
 from PIL import Image
 
 from blindspot_assets.config import ConfigError, ModelSpec
+from blindspot_assets.devices import choose_device
 from blindspot_assets.generators.base import GenerationRequest
 from blindspot_assets.lineage import (
     CheckpointVersion,
@@ -215,13 +216,6 @@ def scheduler_class(spec: ModelSpec, name: str) -> type:
             "DPMSolverMultistepScheduler, or null for the pipeline's own",
         )
     return cls
-
-
-def choose_device(requested: str | None) -> str:
-    """``auto``/None: the first CUDA device when there is one, else the CPU."""
-    if requested in (None, "", "auto"):
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return requested
 
 
 def choose_dtype(requested: str, device: str) -> tuple[torch.dtype, str]:

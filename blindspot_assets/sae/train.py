@@ -14,6 +14,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from blindspot_assets.devices import choose_device
 from blindspot_assets.sae.checkpoint import (
     build_empty,
     load_train_checkpoint,
@@ -43,9 +44,7 @@ def _finite_or_none(v: float) -> float | None:
 
 
 def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    return torch.device(choose_device(name))
 
 
 def lr_at(step: int, total_steps: int, cfg: TrainConfig) -> float:
