@@ -11,7 +11,6 @@ import pytest
 @pytest.fixture(scope="session")
 def s3_endpoint() -> Iterator[str]:
     """moto's S3 server on 127.0.0.1 (a free port), with fsspec pointed at it via env vars."""
-    pytest.importorskip("s3fs", reason="the scale extra (s3fs, moto) is not installed")
     from moto.server import ThreadedMotoServer
 
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)

@@ -11,27 +11,24 @@ from unittest import mock
 
 import pytest
 import yaml
-
-dagster_k8s = pytest.importorskip("dagster_k8s", reason="the scale extra is not installed")
-
-from dagster._config import process_config, resolve_to_config_type  # noqa: E402
-from dagster._core.definitions.reconstruct import ReconstructableRepository  # noqa: E402
-from dagster._core.execution.api import create_execution_plan  # noqa: E402
-from dagster._core.execution.context.system import PlanData, PlanOrchestrationContext  # noqa: E402
-from dagster._core.execution.context_creation_job import (  # noqa: E402
+from dagster._config import process_config, resolve_to_config_type
+from dagster._core.definitions.reconstruct import ReconstructableRepository
+from dagster._core.execution.api import create_execution_plan
+from dagster._core.execution.context.system import PlanData, PlanOrchestrationContext
+from dagster._core.execution.context_creation_job import (
     create_context_free_log_manager,
 )
-from dagster._core.execution.retries import RetryMode  # noqa: E402
-from dagster._core.executor.init import InitExecutorContext  # noqa: E402
-from dagster._core.executor.step_delegating.step_handler.base import (  # noqa: E402
+from dagster._core.execution.retries import RetryMode
+from dagster._core.executor.init import InitExecutorContext
+from dagster._core.executor.step_delegating.step_handler.base import (
     StepHandlerContext,
 )
-from dagster._core.test_utils import create_run_for_test, instance_for_test  # noqa: E402
-from dagster._grpc.types import ExecuteStepArgs  # noqa: E402
-from dagster_k8s.client import DagsterKubernetesClient  # noqa: E402
-from dagster_k8s.executor import _K8S_EXECUTOR_CONFIG_SCHEMA, k8s_job_executor  # noqa: E402
+from dagster._core.test_utils import create_run_for_test, instance_for_test
+from dagster._grpc.types import ExecuteStepArgs
+from dagster_k8s.client import DagsterKubernetesClient
+from dagster_k8s.executor import _K8S_EXECUTOR_CONFIG_SCHEMA, k8s_job_executor
 
-from blindspot_assets.defs import deployment  # noqa: E402
+from blindspot_assets.defs import deployment
 
 REPO = Path(__file__).resolve().parents[2]
 VALUES = REPO / "deploy" / "helm" / "values.yaml"
