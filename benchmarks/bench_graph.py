@@ -51,18 +51,27 @@ def _tree_rss_bytes(root_pid: int) -> int:
 
 
 class PeakSampler(threading.Thread):
+    """Resident memory of a process tree every ``every_s``: the peak, and the samples (wall
+    clock, bytes) to attribute peaks to steps."""
+
     def __init__(self, pid: int, every_s: float = 0.2) -> None:
         super().__init__(daemon=True)
         self.pid, self.every_s, self.peak, self.stop = pid, every_s, 0, threading.Event()
+        self.samples: list[tuple[float, int]] = []
 
     def run(self) -> None:
         while not self.stop.is_set():
-            self.peak = max(self.peak, _tree_rss_bytes(self.pid))
+            rss = _tree_rss_bytes(self.pid)
+            self.samples.append((time.time(), rss))
+            self.peak = max(self.peak, rss)
             time.sleep(self.every_s)
 
+    def peak_between(self, start: float, end: float) -> int:
+        return max((b for t, b in self.samples if start <= t <= end), default=0)
 
-def step_seconds(home: Path) -> dict[str, float]:
-    """Duration of every step of the (only) run in ``home``."""
+
+def step_windows(home: Path) -> dict[str, tuple[float, float]]:
+    """(start, end) wall-clock times of every step of the (only) run in ``home``."""
     os.environ["DAGSTER_HOME"] = str(home)
     import dagster as dg
 
@@ -72,7 +81,7 @@ def step_seconds(home: Path) -> dict[str, float]:
             return {}
         stats = instance.get_run_step_stats(runs[0].run_id)
         return {
-            s.step_key: (s.end_time or 0.0) - (s.start_time or 0.0)
+            s.step_key: (s.start_time, s.end_time or s.start_time)
             for s in stats
             if s.start_time is not None
         }
@@ -132,13 +141,17 @@ def run_size(
     if rc != 0:
         tail = (workdir / "run.log").read_text()[-3000:]
         raise RuntimeError(f"the graph failed at {n_images} images (rc={rc}):\n{tail}")
+    windows = step_windows(home)
     data_bytes = sum(f.stat().st_size for f in (workdir / "data").rglob("*") if f.is_file())
     return {
         "n_images": n_images,
         "wall_s": wall,
         "peak_rss_mb": sampler.peak / 2**20,
         "data_mb": data_bytes / 2**20,
-        "steps": step_seconds(home),
+        "steps": {k: b - a for k, (a, b) in windows.items()},
+        "step_peak_rss_mb": {
+            k: sampler.peak_between(a, b) / 2**20 for k, (a, b) in windows.items()
+        },
     }
 
 
@@ -158,9 +171,10 @@ def main() -> None:
         res = run_size(n, workdir, args.sae_epochs, args.sae_max_tokens)
         results.append(res)
         print(f"\n## {n} images: wall {res['wall_s']:.1f} s, peak RSS {res['peak_rss_mb']:.0f} MB")
-        print(f"{'step':32s} {'seconds':>9s} {'s / 1k images':>14s}")
+        print(f"{'step':48s} {'seconds':>9s} {'s / 1k images':>14s} {'peak RSS MB':>12s}")
         for step, sec in sorted(res["steps"].items(), key=lambda kv: -kv[1]):
-            print(f"{step:32s} {sec:9.1f} {1000 * sec / n:14.2f}")
+            peak = res["step_peak_rss_mb"][step]
+            print(f"{step:48s} {sec:9.1f} {1000 * sec / n:14.2f} {peak:12.0f}")
         if not args.keep:
             import shutil
 
