@@ -20,7 +20,7 @@ def main(config_path: str | None = None) -> int:
     print(f"\nResults of run config '{cfg.name}':")
     print(f"  DuckDB tables : {db}")
     print(f"  HTML report   : {cfg.layout.report / 'index.html'}")
-    print(f"  features/codes: {cfg.layout.root / 'features'}, {cfg.layout.root / 'codes'}")
+    print(f"  features/codes: {cfg.layout.features('real')}, {cfg.layout.codes('real')}, ...")
     summary = query(
         db,
         "SELECT model_key, kind, count(*) AS n, "
