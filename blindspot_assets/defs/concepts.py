@@ -143,9 +143,6 @@ def _encode_shard(context: dg.OpExecutionContext, cfg: RunConfig, shard: Shard) 
         rows=shard.rows,
         finish=False,
     )
-    summary["l0_sum"] = (
-        summary["mean_l0"] * summary["tokens_encoded"] if summary["tokens_encoded"] else 0.0
-    )
     return {**summary, "sae_data_version": header.get("data_version")}
 
 
@@ -155,7 +152,7 @@ def _merge_codes(
     finish_sharded_store(cfg.layout.codes(dataset))
     summary = merge_shard_summaries(shards)
     tokens = summary["tokens_encoded"]
-    summary["mean_l0"] = sum(s["l0_sum"] for s in shards) / tokens if tokens else float("nan")
+    summary["mean_l0"] = summary["l0_sum"] / tokens if tokens else float("nan")
     summary["tokens_per_s"] = tokens / max(summary["seconds"], 1e-9)
     return _codes_metadata(cfg, dataset, summary)
 

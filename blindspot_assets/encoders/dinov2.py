@@ -266,9 +266,9 @@ def extract_features(
     if finish and store.is_complete():
         store.finish(completed_at=time.time())
     lo, hi = rows if rows is not None else (0, store.n_rows)
-    valid_rows = store.valid()[lo:hi]
+    valid_rows = store.valid(rows)
     by_status: dict[str, int] = {}
-    for s, v in zip(store.status()[lo:hi], valid_rows, strict=True):
+    for s, v in zip(store.status(rows), valid_rows, strict=True):
         if not v:
             by_status[s] = by_status.get(s, 0) + 1
     return ExtractionSummary(

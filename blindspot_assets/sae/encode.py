@@ -141,9 +141,10 @@ def encode_features_to_codes(
     lo, hi = rows if rows is not None else (0, n)
     return {
         "rows": hi - lo,
-        "valid_rows": int(codes.valid()[lo:hi].sum()),
+        "valid_rows": int(codes.valid(rows).sum()),
         "rows_computed": done_rows,
         "tokens_encoded": tokens_encoded,
+        "l0_sum": l0_sum,
         "mean_l0": l0_sum / tokens_encoded if tokens_encoded else float("nan"),
         "tokens_over_k_max": truncated,
         "seconds": seconds,

@@ -6,7 +6,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from blindspot_assets.store.rowstore import ArraySpec, is_url
+from blindspot_assets.store.rowstore import ArraySpec, join_location
 
 REAL = "real"  # dataset key of the real images; generated datasets are keyed by model key
 _KEY_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -30,10 +30,7 @@ class DataLayout:
     store_root: str | Path | None = None
 
     def _store(self, *parts: str) -> str | Path:
-        base = self.store_root if self.store_root is not None else self.root
-        if is_url(base):
-            return "/".join([str(base).rstrip("/"), *parts])
-        return Path(base).joinpath(*parts)
+        return join_location(self.store_root if self.store_root is not None else self.root, *parts)
 
     @property
     def real_images(self) -> Path:

@@ -51,6 +51,13 @@ def is_url(path: str | Path) -> bool:
     return isinstance(path, str) and "://" in path
 
 
+def join_location(root: str | Path, *parts: str) -> str | Path:
+    """``root / parts``: a URL string under a URL root (``Path`` would fold ``s3://``)."""
+    if is_url(root):
+        return "/".join([str(root).rstrip("/"), *parts])
+    return Path(root).joinpath(*parts)
+
+
 def _location(path: str | Path) -> str | Path:
     """A URL stays a string (``Path`` would fold ``s3://`` into ``s3:/``); anything else a Path."""
     if is_url(path):
@@ -369,16 +376,19 @@ class RowStore:
     def image_ids(self) -> list[str]:
         return [str(x) for x in self.array("image_id")[:]]
 
-    def done(self) -> np.ndarray:
-        return np.asarray(self.array("done")[:], dtype=bool)
+    def done(self, rows: tuple[int, int] | None = None) -> np.ndarray:
+        a, b = rows or (0, self.n_rows)
+        return np.asarray(self.array("done")[a:b], dtype=bool)
 
-    def valid(self) -> np.ndarray:
-        """Rows that are written and usable."""
-        valid: np.ndarray = np.asarray(self.array("valid")[:], dtype=bool) & self.done()
+    def valid(self, rows: tuple[int, int] | None = None) -> np.ndarray:
+        """Rows that are written and usable (of the range ``rows``, e.g. one shard's)."""
+        a, b = rows or (0, self.n_rows)
+        valid: np.ndarray = np.asarray(self.array("valid")[a:b], dtype=bool) & self.done(rows)
         return valid
 
-    def status(self) -> list[str]:
-        return [str(x) for x in self.array("status")[:]]
+    def status(self, rows: tuple[int, int] | None = None) -> list[str]:
+        a, b = rows or (0, self.n_rows)
+        return [str(x) for x in self.array("status")[a:b]]
 
     def is_complete(self, rows: tuple[int, int] | None = None) -> bool:
         """Every row done (or every row of the range ``rows``, e.g. one shard's)."""

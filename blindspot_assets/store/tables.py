@@ -37,7 +37,7 @@ import duckdb
 import polars as pl
 
 from blindspot_assets.store.layout import check_key
-from blindspot_assets.store.rowstore import _write_error, is_url
+from blindspot_assets.store.rowstore import _write_error, is_url, join_location
 
 PART_PREFIX = "part-"
 
@@ -49,12 +49,6 @@ def _fs(url: str, storage_options: Mapping[str, Any] | None = None) -> Any:
     return fs
 
 
-def _join(root: str | Path, *parts: str) -> str | Path:
-    if is_url(root):
-        return "/".join([str(root).rstrip("/"), *parts])
-    return Path(root).joinpath(*parts)
-
-
 def table_dir(tables_root: str | Path, table: str) -> Path:
     """The folder of one table (local roots; see ``table_location`` for URLs)."""
     return Path(tables_root) / check_key(table)
@@ -62,7 +56,7 @@ def table_dir(tables_root: str | Path, table: str) -> Path:
 
 def table_location(tables_root: str | Path, table: str) -> str | Path:
     """The folder of one table: a Path, or a URL string under an object-store root."""
-    return _join(tables_root, check_key(table))
+    return join_location(tables_root, check_key(table))
 
 
 def _write_parquet(df: pl.DataFrame, final: str | Path, what: str) -> None:
@@ -92,7 +86,7 @@ def write_table_partition(
     tables_root: str | Path, table: str, partition: str, df: pl.DataFrame
 ) -> str | Path:
     """Replace the rows of ``table`` for ``partition`` (a model key, or ``all``) atomically."""
-    final = _join(table_location(tables_root, table), f"{check_key(partition)}.parquet")
+    final = join_location(table_location(tables_root, table), f"{check_key(partition)}.parquet")
     _write_parquet(df, final, f"table {table} partition {partition}")
     _remove_parts(tables_root, table, partition)
     return final
@@ -109,7 +103,7 @@ def write_table_part(
     """
     if part < 0:
         raise ValueError(f"part must be ≥ 0, got {part}")
-    final = _join(
+    final = join_location(
         table_location(tables_root, table), check_key(partition), f"{PART_PREFIX}{part:05d}.parquet"
     )
     _write_parquet(df, final, f"table {table} partition {partition} part {part}")
@@ -117,7 +111,7 @@ def write_table_part(
 
 
 def _remove_parts(tables_root: str | Path, table: str, partition: str) -> None:
-    parts = _join(table_location(tables_root, table), check_key(partition))
+    parts = join_location(table_location(tables_root, table), check_key(partition))
     if isinstance(parts, Path):
         shutil.rmtree(parts, ignore_errors=True)
     else:
@@ -129,7 +123,7 @@ def _remove_parts(tables_root: str | Path, table: str, partition: str) -> None:
 def clear_table_partition(tables_root: str | Path, table: str, partition: str) -> None:
     """Remove every row of ``partition`` (its file and its part files)."""
     _remove_parts(tables_root, table, partition)
-    single = _join(table_location(tables_root, table), f"{check_key(partition)}.parquet")
+    single = join_location(table_location(tables_root, table), f"{check_key(partition)}.parquet")
     if isinstance(single, Path):
         single.unlink(missing_ok=True)
     else:
@@ -254,14 +248,11 @@ def refresh_views(
         con = duckdb.connect(str(db_path))
         try:
             if is_url(tables_root):
-                root = str(tables_root).rstrip("/")
-                _register_filesystems(con, {root.split("://", 1)[0]}, storage_options)
-                names = list_tables(root, storage_options)
-                dirs: list[tuple[str, str | Path]] = [(n, f"{root}/{n}") for n in names]
-            else:
-                local = Path(tables_root)
-                dirs = [(p.name, p.resolve()) for p in sorted(local.glob("*")) if p.is_dir()]
-            for name, d in dirs:
+                protocol = str(tables_root).split("://", 1)[0]
+                _register_filesystems(con, {protocol}, storage_options)
+            root = tables_root if is_url(tables_root) else Path(tables_root).resolve()
+            for name in list_tables(root, storage_options):
+                d = join_location(root, name)
                 globs = _view_globs(d, storage_options)
                 if not globs:
                     continue
