@@ -44,6 +44,9 @@ class EncoderSpec:
     device: str = "auto"
     # Threads decoding and preprocessing the next batches while the model runs (0: inline).
     decode_workers: int = 4
+    # dtype of the stored tokens: float16 halves the store; float32 keeps the encoder's output
+    # exactly, so a hard threshold on the SAE's pre-activations sees what the model computed.
+    store_dtype: str = "float16"  # float16 | float32
     # Demo only: save a seeded, randomly initialised tiny model at model_id if none is there.
     init_random_tiny: bool = False
 
@@ -89,6 +92,14 @@ class StatsSpec:
     memorization_quantile: float = 0.001
     top_datapoint_concepts: int = 5
     label_terms: int = 5
+    # How a concept's top images are ranked: patch_mean = mean of z[t, k] over the patch tokens
+    # (the paper's authors), token_sum = ξ_k, the sum over every token.
+    top_images_by: str = "token_sum"
+    # Concept co-occurrence (ZᵀZ): over token codes or per-image energies; partners kept per
+    # concept; concepts per pass (memory: cooccurrence_block × n_concepts float64).
+    cooccurrence_over: str = "tokens"
+    cooccurrence_top: int = 10
+    cooccurrence_block: int = 2048
 
 
 @dataclass(frozen=True)
@@ -208,6 +219,9 @@ def parse_config(raw: dict[str, Any], source_path: Path | None = None) -> RunCon
         raise ConfigError("need 0 < stats.suppressed_below < stats.exaggerated_above < 1")
     if stats.temperature <= 0:
         raise ConfigError("stats.temperature must be > 0")
+    _check_choice("stats.top_images_by", stats.top_images_by, ("patch_mean", "token_sum"))
+    _check_choice("stats.cooccurrence_over", stats.cooccurrence_over, ("tokens", "images"))
+    _check_choice("encoder.store_dtype", encoder.store_dtype, ("float16", "float32"))
     return RunConfig(
         name=str(raw["name"]),
         data_root=data_root,
@@ -221,6 +235,11 @@ def parse_config(raw: dict[str, Any], source_path: Path | None = None) -> RunCon
         scale=_dataclass_from(ScaleSpec, raw.get("scale"), "scale"),
         store_root=_store_root(raw.get("store_root"), base),
     )
+
+
+def _check_choice(name: str, value: object, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ConfigError(f"{name} must be one of {list(choices)}, got {value!r}")
 
 
 def _store_root(raw: Any, base: Path) -> str | Path | None:

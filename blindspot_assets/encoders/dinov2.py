@@ -246,7 +246,7 @@ def extract_features(
     computed = 0
     for batch in _prepared_blocks(encoder, pending, statuses, paths, image_dir):
         n = batch.stop - batch.start
-        tokens = np.zeros((n, encoder.n_tokens, encoder.dim), dtype=np.float16)
+        tokens = np.zeros((n, encoder.n_tokens, encoder.dim), dtype=encoder.spec.store_dtype)
         valid = np.zeros(n, dtype=bool)
         status = batch.status
         if batch.pixels is not None:
@@ -254,7 +254,7 @@ def extract_features(
             finite = np.isfinite(feats).all(axis=(1, 2))
             for j, row in enumerate(batch.where):
                 if finite[j]:
-                    tokens[row] = feats[j].astype(np.float16)
+                    tokens[row] = feats[j]  # cast to the store dtype
                     valid[row] = True
                 else:
                     status[row] = "nonfinite_features"
@@ -296,7 +296,7 @@ def open_feature_store(
     return RowStore.create_or_resume(
         store_path,
         ids,
-        feature_arrays(encoder.n_tokens, encoder.dim),
+        feature_arrays(encoder.n_tokens, encoder.dim, encoder.spec.store_dtype),
         attrs,
         chunk_rows=encoder.spec.batch_size,
     )

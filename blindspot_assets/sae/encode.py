@@ -115,7 +115,7 @@ def encode_features_to_codes(
         t_idx = np.full((r, t, k_max), -1, np.int32)
         t_val = np.zeros((r, t, k_max), np.float16)
         valid = f_valid[start:stop].copy()
-        block = np.asarray(tokens[start:stop], dtype=np.float16)
+        block = np.asarray(tokens[start:stop])  # the store dtype (float16 or float32)
         live = np.flatnonzero(valid)
         for a in range(0, len(live), rows_per_pass):
             sel = live[a : a + rows_per_pass]

@@ -65,9 +65,10 @@ class DataLayout:
         return self.root / "report"
 
 
-def feature_arrays(n_tokens: int, d: int) -> dict[str, ArraySpec]:
-    """``tokens``: (N, T, d) float16 — every token of the encoder's last hidden state."""
-    return {"tokens": ArraySpec((n_tokens, d), "float16")}
+def feature_arrays(n_tokens: int, d: int, dtype: str = "float16") -> dict[str, ArraySpec]:
+    """``tokens``: (N, T, d) ``dtype`` (``encoder.store_dtype``: float16 unless float32 is
+    asked) — every token of the encoder's last hidden state."""
+    return {"tokens": ArraySpec((n_tokens, d), dtype)}
 
 
 def code_arrays(n_tokens: int, n_concepts: int, k_max: int) -> dict[str, ArraySpec]:
