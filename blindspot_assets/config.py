@@ -4,6 +4,7 @@ field that is wrong and how to fix it."""
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -69,6 +70,9 @@ class SAESpec:
     seed: int = 0
     k_max_store: int = 64  # how many active concepts per token the code store keeps
     pretrained: str | None = None  # a converted checkpoint dir, or a released .pt to import
+    # θ of a released BatchTopK checkpoint (codes below θ are zero). Taken first; then θ from a
+    # config.json beside the .pth; then the pickled running_threshold. None known: an error.
+    threshold: float | None = None
 
 
 @dataclass(frozen=True)
@@ -202,6 +206,14 @@ def parse_config(raw: dict[str, Any], source_path: Path | None = None) -> RunCon
         if not pretrained.is_absolute():  # relative to the config file, like data_root
             pretrained = (base / pretrained).resolve()
         sae = SAESpec(**{**sae.__dict__, "pretrained": str(pretrained)})
+    if sae.threshold is not None and not sae.pretrained:
+        raise ConfigError("sae.threshold applies to a released checkpoint: set sae.pretrained")
+    if sae.threshold is not None and (
+        isinstance(sae.threshold, bool)
+        or not isinstance(sae.threshold, int | float)
+        or not math.isfinite(sae.threshold)
+    ):
+        raise ConfigError(f"sae.threshold must be a finite number, got {sae.threshold!r}")
     if sae.sparsity not in ("topk", "batchtopk"):
         raise ConfigError(f"sae.sparsity must be topk or batchtopk, got {sae.sparsity!r}")
     if sae.train_on not in ("real", "real+generated"):

@@ -2,7 +2,6 @@
 training: converted without executing the pickle, then used to encode the real features."""
 
 import dagster as dg
-import numpy as np
 import pytest
 import torch
 
@@ -11,10 +10,10 @@ from blindspot_assets.defs.concepts import real_concept_codes, sae
 from blindspot_assets.defs.features import real_features
 from blindspot_assets.defs.inputs import real_images
 from blindspot_assets.defs.resources import RunConfigResource
-from blindspot_assets.sae import load_sae
+from blindspot_assets.sae import MissingThresholdError, load_sae, read_header
 from blindspot_assets.store.rowstore import RowStore
 from tests.conftest import demo_config_dict, write_config
-from tests.sae.fake_overcomplete import write_fake_release
+from tests.sae.test_released import NO_THRESHOLD, WITH_THRESHOLD, copy_release, expected
 
 
 def _run(config_path, selection):
@@ -31,28 +30,36 @@ def test_released_checkpoint_replaces_training(tmp_path):
     path = write_config(tmp_path, raw)
     assert _run(path, [real_images, real_features]).success
     cfg = load_config(path)
-    tokens = RowStore.open(cfg.layout.features("real")).array("tokens")
-    x_nd = torch.from_numpy(np.asarray(tokens[:8], dtype=np.float32).reshape(-1, tokens.shape[2]))
-    expected = write_fake_release(tmp_path / "release.pth", x_nd)
+    d = RowStore.open(cfg.layout.features("real")).array("tokens").shape[2]
+    assert d == 64  # the genuine fixture's width
 
-    raw["sae"]["pretrained"] = str(tmp_path / "release.pth")
+    raw["sae"]["pretrained"] = str(copy_release(tmp_path, WITH_THRESHOLD, with_config_json=False))
     path = write_config(tmp_path, raw)
     result = _run(path, [sae, real_concept_codes])
     assert result.success
     model, header = load_sae(cfg.layout.sae)
     assert header["data_version"].startswith("released:")
+    assert header["released"]["threshold_source"] == "pickled running_threshold"
+    ref = expected("released_batchtopk")  # what the genuine overcomplete computed
     with torch.no_grad():
-        codes = model.encode(x_nd)
-    torch.testing.assert_close(codes, expected["z"], atol=1e-4, rtol=1e-4)
+        codes = model.encode(ref["x"])
+    torch.testing.assert_close(codes, ref["z"], atol=1e-6, rtol=1e-6)
     assert RowStore.open(cfg.layout.codes("real")).is_complete()
 
 
-def test_pretrained_with_the_wrong_width_is_a_clear_error(tmp_path):
+def test_released_checkpoint_threshold_and_width_are_checked(tmp_path):
     raw = demo_config_dict(tmp_path, n_images=32)
     path = write_config(tmp_path, raw)
     assert _run(path, [real_images, real_features]).success
-    write_fake_release(tmp_path / "release.pth", torch.randn(64, 12))
-    raw["sae"]["pretrained"] = str(tmp_path / "release.pth")
+    # running_threshold = None and nothing gives θ: the asset fails, it does not fall back
+    raw["sae"]["pretrained"] = str(copy_release(tmp_path, NO_THRESHOLD, with_config_json=False))
     path = write_config(tmp_path, raw)
-    with pytest.raises(Exception, match="expects 12-d tokens but the features are 64-d"):
+    with pytest.raises(MissingThresholdError, match="no threshold θ is given"):
         _run(path, [sae])
+    # sae.threshold reaches the import; then the 32-d checkpoint meets 64-d features
+    raw["sae"]["threshold"] = 0.42
+    path = write_config(tmp_path, raw)
+    with pytest.raises(Exception, match="expects 32-d tokens but the features are 64-d"):
+        _run(path, [sae])
+    header = read_header(load_config(path).layout.sae)
+    assert header["released"]["threshold_source"] == "run config sae.threshold"

@@ -30,7 +30,7 @@ from blindspot_assets.sae import (
     train_sae,
 )
 from blindspot_assets.sae.checkpoint import HEADER_FILE
-from blindspot_assets.sae.released import import_released_checkpoint
+from blindspot_assets.sae.released import check_converted_threshold, import_released_checkpoint
 from blindspot_assets.store.layout import REAL
 from blindspot_assets.store.rowstore import RowStore, store_exists
 
@@ -101,9 +101,12 @@ def _use_pretrained(
         raise FileNotFoundError(f"sae.pretrained {src} does not exist")
     if (src / HEADER_FILE).exists():  # already in our format
         model, header = load_sae(src)
+        check_converted_threshold(header, cfg.sae.threshold, f"sae.pretrained {src}")
         save_sae(model, cfg.layout.sae, {k: v for k, v in header.items() if k != "config"})
     else:  # a released overcomplete pickle: converted without executing it
-        import_released_checkpoint(src, cfg.layout.sae, log=context.log.info)
+        import_released_checkpoint(
+            src, cfg.layout.sae, log=context.log.info, threshold=cfg.sae.threshold
+        )
     model, header = load_sae(cfg.layout.sae)
     if model.cfg.d != d:
         raise ValueError(

@@ -13,6 +13,7 @@ from blindspot_assets.sae.encode import (
 )
 from blindspot_assets.sae.model import RelaxedArchetypalSAE
 from blindspot_assets.sae.released import (
+    MissingThresholdError,
     UnsafeCheckpointError,
     import_released_checkpoint,
     load_pretrained,
@@ -20,6 +21,7 @@ from blindspot_assets.sae.released import (
 from blindspot_assets.sae.train import TrainResult, train_sae
 
 __all__ = [
+    "MissingThresholdError",
     "RASAEConfig",
     "RelaxedArchetypalSAE",
     "TrainConfig",

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import mmap
 import pickle
 import struct
@@ -344,8 +345,106 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def convert_released(root: Any) -> tuple[RelaxedArchetypalSAE, dict[str, Any]]:
-    """Our fused-dictionary model from the placeholder graph of an overcomplete SAE."""
+class MissingThresholdError(ValueError):
+    """A BatchTopK checkpoint whose threshold θ is known from nowhere: it cannot be encoded."""
+
+
+CONFIG_JSON = "config.json"
+# Keys of a config.json beside the checkpoint (top level, or one object deep) that give θ.
+THRESHOLD_KEYS = ("threshold", "running_threshold")
+
+
+def config_json_threshold(src: Path) -> float | None:
+    """θ from the ``config.json`` that lies beside ``src`` (a model card's config), if any.
+
+    A ``config.json`` without a threshold key gives nothing; two different values in one file,
+    or a value that is not a finite number, are errors.
+    """
+    path = Path(src).parent / CONFIG_JSON
+    if not path.is_file():
+        return None
+    try:
+        raw = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path} beside the checkpoint is not valid JSON: {exc}") from exc
+    scopes = [raw] if isinstance(raw, dict) else []
+    scopes += [v for v in (raw.values() if isinstance(raw, dict) else []) if isinstance(v, dict)]
+    found = {scope[k] for scope in scopes for k in THRESHOLD_KEYS if scope.get(k) is not None}
+    if not found:
+        return None
+    values = {_finite_threshold(v, str(path)) for v in found}
+    if len(values) > 1:
+        raise ValueError(f"{path} gives several thresholds {sorted(values)}: keep one")
+    return values.pop()
+
+
+def _finite_threshold(value: Any, where: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not np.isfinite(value):
+        raise ValueError(f"{where}: the BatchTopK threshold must be a finite number, got {value!r}")
+    return float(value)
+
+
+def _resolve_threshold(
+    sae: Placeholder, configured: float | None, beside: float | None, src_name: str
+) -> tuple[str, float, dict[str, Any]]:
+    """The sparsity of the pickled SAE, its θ and where θ came from.
+
+    A BatchTopK SAE (its class, or a ``running_threshold`` attribute, even ``None``) takes θ
+    from, in order: the run config (``sae.threshold``), ``config.json`` beside the checkpoint,
+    the pickled ``running_threshold``. Without any it is an error: its ``top_k`` counts codes per
+    *batch*, so a per-token TopK with that number would be a different model.
+    """
+    stored = attr(sae, "running_threshold")
+    stored_theta = float(stored.float().reshape(())) if isinstance(stored, Tensor) else None
+    top_k = attr(sae, "top_k")
+    info: dict[str, Any] = {
+        "source_training": attr(sae, "training"),
+        "stored_threshold": stored_theta,
+        "configured_threshold": configured,
+        "config_json_threshold": beside,
+    }
+    batchtopk = "BatchTopK" in short_name(sae) or "running_threshold" in sae.__dict__
+    if not batchtopk:
+        if not isinstance(top_k, int):
+            raise ValueError(f"{qualname(sae)}: neither a BatchTopK SAE nor an int top_k")
+        if configured is not None:
+            raise ValueError(
+                f"sae.threshold = {configured} is set, but {src_name} holds a per-token TopK SAE "
+                f"({qualname(sae)}, top_k={top_k}) that has no threshold: remove sae.threshold"
+            )
+        return "topk", float("nan"), {**info, "threshold_source": None}
+    candidates = [
+        ("run config sae.threshold", configured),
+        (f"{CONFIG_JSON} beside the checkpoint", beside),
+        ("pickled running_threshold", stored_theta),
+    ]
+    known = [(where, value) for where, value in candidates if value is not None]
+    if not known:
+        raise MissingThresholdError(
+            f"{src_name} is a BatchTopK SAE ({qualname(sae)}) whose pickled running_threshold is "
+            f"{stored!r} and no threshold θ is given: set sae.threshold in the run config (the "
+            f"released RA-SAE-DINOv2-32k uses 0.829) or put the model card's {CONFIG_JSON} "
+            f'(with a "threshold" key) beside the checkpoint. Its top_k={top_k} counts codes '
+            "per batch, so it is not used as a per-token TopK."
+        )
+    source, theta = known[0]
+    info["threshold_source"] = source
+    if len({value for _, value in known}) > 1:
+        info["threshold_disagreement"] = dict(known)
+    return "batchtopk", float(theta), info
+
+
+def convert_released(
+    root: Any,
+    threshold: float | None = None,
+    config_threshold: float | None = None,
+    src_name: str = "the checkpoint",
+) -> tuple[RelaxedArchetypalSAE, dict[str, Any]]:
+    """Our fused-dictionary model from the placeholder graph of an overcomplete SAE.
+
+    ``threshold`` is θ from the run config, ``config_threshold`` θ from a ``config.json`` beside
+    the checkpoint (see :func:`_resolve_threshold` for the order).
+    """
     sae = _unwrap(root)
     enc = _encoder_parts(children(sae)["encoder"])
     dictionary = children(sae).get("dictionary")
@@ -366,8 +465,11 @@ def convert_released(root: Any) -> tuple[RelaxedArchetypalSAE, dict[str, Any]]:
         info.update(n_candidates=int(dt["C"].shape[0]), delta_relax=delta, multiplier=float(mult))
         if isinstance(fused, Tensor):
             info["stored_fused_max_abs_diff"] = float((fused.float() - d_cd).abs().max())
+        if isinstance(fused, Tensor) and not attr(dictionary, "training", False):
             d_cd = fused.float().clone()
             info["dictionary_source"] = "stored _fused_dictionary (what the original eval uses)"
+        elif isinstance(fused, Tensor):  # saved in training mode: eval() fuses anew
+            info["dictionary_source"] = "fused from W, C, Relax, multiplier (saved in training)"
         else:
             info["dictionary_source"] = "fused from W, C, Relax, multiplier"
     elif isinstance(fused, Tensor):
@@ -379,14 +481,10 @@ def convert_released(root: Any) -> tuple[RelaxedArchetypalSAE, dict[str, Any]]:
     if tuple(enc["weight"].shape) != (c, d):
         raise ValueError(f"encoder {tuple(enc['weight'].shape)} does not match dictionary {(c, d)}")
 
-    threshold = attr(sae, "running_threshold")
+    if threshold is not None:
+        threshold = _finite_threshold(threshold, "sae.threshold")
+    sparsity, theta, theta_info = _resolve_threshold(sae, threshold, config_threshold, src_name)
     top_k = attr(sae, "top_k")
-    if isinstance(threshold, Tensor):
-        sparsity, theta = "batchtopk", float(threshold.float().reshape(()))
-    elif isinstance(top_k, int):
-        sparsity, theta = "topk", float("nan")
-    else:
-        raise ValueError(f"{qualname(sae)}: neither a running threshold nor an int top_k")
     k = int(top_k) if isinstance(top_k, int) else 1
     norm = enc["norm"]
     cfg = RASAEConfig(
@@ -414,6 +512,7 @@ def convert_released(root: Any) -> tuple[RelaxedArchetypalSAE, dict[str, Any]]:
     info.update(
         sparsity=sparsity,
         threshold=theta if sparsity == "batchtopk" else None,
+        **theta_info,
         n_concepts=c,
         d=d,
         source_top_k=top_k,
@@ -422,47 +521,83 @@ def convert_released(root: Any) -> tuple[RelaxedArchetypalSAE, dict[str, Any]]:
 
 
 def import_released_checkpoint(
-    src: Path, out_dir: Path, log: Callable[[str], None] | None = None
+    src: Path,
+    out_dir: Path,
+    log: Callable[[str], None] | None = None,
+    threshold: float | None = None,
 ) -> dict[str, Any]:
     """Convert a released overcomplete checkpoint at ``src`` into our format at ``out_dir``.
 
-    Returns the header written (threshold, c, d, source hash, conversion details).
+    ``threshold`` is ``sae.threshold`` of the run config (θ of a BatchTopK SAE); a
+    ``config.json`` beside ``src`` is read too. Returns the header written (θ and where it came
+    from, the pickle's ``training`` flag and stored θ, c, d, source hash, conversion details).
+    Raises :class:`MissingThresholdError` for a BatchTopK SAE whose θ is known from nowhere.
     """
     src = Path(src)
     t0 = time.perf_counter()
     root = read_torch_pickle(src)
-    model, info = convert_released(root)
+    model, info = convert_released(root, threshold, config_json_threshold(src), src.name)
     digest = _sha256(src)
+    version = f"released:{digest[:16]}"
+    if info["sparsity"] == "batchtopk":  # the codes depend on θ as much as on the weights
+        version += f":threshold={info['threshold']:.9g}"
     header = {
         "step": None,
-        "data_version": f"released:{digest[:16]}",
+        "data_version": version,
         "released": {**info, "source_file": src.name, "source_sha256": digest},
         "converted_seconds": round(time.perf_counter() - t0, 2),
     }
     written = save_sae(model, Path(out_dir), header)
     if log:
-        log(f"imported {src.name}: c={info['n_concepts']} d={info['d']} θ={info['threshold']}")
+        log(
+            f"imported {src.name}: c={info['n_concepts']} d={info['d']} θ={info['threshold']} "
+            f"(from {info['threshold_source']})"
+        )
+        if "threshold_disagreement" in info:
+            log(f"{src.name}: the thresholds known disagree: {info['threshold_disagreement']}")
     return written
 
 
+def check_converted_threshold(header: dict[str, Any], threshold: float | None, where: str) -> None:
+    """A converted SAE used with ``sae.threshold`` set must have that θ (it is not re-applied)."""
+    if threshold is None:
+        return
+    cfg = header.get("config", {})
+    theta = float(header.get("released", {}).get("threshold") or float("nan"))
+    if cfg.get("sparsity") != "batchtopk":
+        raise ValueError(f"sae.threshold = {threshold} is set but {where} is not a BatchTopK SAE")
+    if not np.isclose(theta, threshold, rtol=0, atol=1e-7):
+        raise ValueError(
+            f"sae.threshold = {threshold} is set but {where} was converted with θ = {theta}: "
+            "point sae.pretrained at the released .pth to convert it again, or drop sae.threshold"
+        )
+
+
 def load_pretrained(
-    pretrained: Path, converted_dir: Path
+    pretrained: Path, converted_dir: Path, threshold: float | None = None
 ) -> tuple[RelaxedArchetypalSAE, dict[str, Any]]:
     """``SAESpec.pretrained``: a converted SAE directory, or a released ``.pt`` to import once.
 
     A ``.pt`` is converted into ``converted_dir`` unless a conversion of the same file (same
-    SHA-256) is already there.
+    SHA-256) with the same threshold inputs (``threshold``, a ``config.json`` beside it) is
+    already there.
     """
     pretrained = Path(pretrained)
     if pretrained.is_dir():
-        return load_sae(pretrained)
+        model, header = load_sae(pretrained)
+        check_converted_threshold(header, threshold, str(pretrained))
+        return model, header
     if not pretrained.is_file():
         raise FileNotFoundError(f"pretrained SAE {pretrained} does not exist")
     try:
-        header = read_header(converted_dir)
-        done = header.get("released", {}).get("source_sha256") == _sha256(pretrained)
+        released = read_header(converted_dir).get("released", {})
+        done = (
+            released.get("source_sha256") == _sha256(pretrained)
+            and released.get("configured_threshold") == threshold
+            and released.get("config_json_threshold") == config_json_threshold(pretrained)
+        )
     except (FileNotFoundError, ValueError):
         done = False
     if not done:
-        import_released_checkpoint(pretrained, converted_dir)
+        import_released_checkpoint(pretrained, converted_dir, threshold=threshold)
     return load_sae(converted_dir)
