@@ -42,6 +42,33 @@ current-context: ctx
 """
 
 
+# The steps that need a GPU in a code location loaded with scale.shards = 2, written out (not
+# taken from the code under test): the SAE's training step and both shard steps of every
+# per-image stage. Plans, merges, statistics and tables run on CPU nodes.
+GPU_STEPS = {
+    "sae",
+    "generated_images_shard_0",
+    "generated_images_shard_1",
+    "real_features_shard_0",
+    "real_features_shard_1",
+    "gen_features_shard_0",
+    "gen_features_shard_1",
+    "real_concept_codes_shard_0",
+    "real_concept_codes_shard_1",
+    "concept_codes_shard_0",
+    "concept_codes_shard_1",
+}
+# model_job (one model partition): generation, its features and codes are the GPU steps
+MODEL_JOB_GPU_STEPS = {
+    "generated_images.generated_images_shard_0",
+    "generated_images.generated_images_shard_1",
+    "gen_features.gen_features_shard_0",
+    "gen_features.gen_features_shard_1",
+    "concept_codes.concept_codes_shard_0",
+    "concept_codes.concept_codes_shard_1",
+}
+
+
 @pytest.fixture
 def values() -> dict:
     return yaml.safe_load(VALUES.read_text())
@@ -144,8 +171,7 @@ def test_executor_config_from_the_helm_values_is_valid(deployment_env, fresh_cod
     config = deployment.k8s_executor_config()
     result = process_config(resolve_to_config_type(_K8S_EXECUTOR_CONFIG_SCHEMA), config)
     assert result.success, result.errors
-    assert set(config["per_step_k8s_config"]) == set(deployment.gpu_op_names(2))
-    assert "gen_features_shard_1" in config["per_step_k8s_config"]
+    assert set(config["per_step_k8s_config"]) == GPU_STEPS
     assert config["job_namespace"] == "blindspot"
     # the executor the code location would pick
     assert deployment.executor_from_env().name == "k8s"
@@ -177,16 +203,12 @@ def test_step_jobs_request_gpus_on_gpu_nodes_only(
                 instance=instance,
             )
         )
-        steps = [
-            "generated_images.generated_images_plan",
-            "generated_images.generated_images_shard_0",
-            "generated_images.generated_images_shard_1",
-            "gen_features.gen_features_shard_1",
-            "gen_features.gen_features_merge",
-            "concept_codes.concept_codes_shard_0",
-            "concept_stats",
-        ]
+        plan = create_execution_plan(recon_job, tags={"dagster/partition": "demo-a"})
+        steps = sorted(plan.step_keys_to_execute)
+        assert set(steps) > MODEL_JOB_GPU_STEPS
+        assert {"concept_stats", "gen_features.gen_features_merge"} < set(steps)
         jobs = _step_jobs(instance, recon_job, executor, steps)
+        pools = {s.key: s.pool for s in plan.steps}
 
     gpu_selector = json.loads(deployment_env["BLINDSPOT_GPU_NODE_SELECTOR"])
     cpu_selector = json.loads(deployment_env["BLINDSPOT_CPU_NODE_SELECTOR"])
@@ -197,9 +219,9 @@ def test_step_jobs_request_gpus_on_gpu_nodes_only(
         resources = container.resources.to_dict()
         mounts = {m.mount_path for m in container.volume_mounts or []}
         assert "/data" in mounts, step  # the shared volume from the run launcher
-        op = step.rsplit(".", 1)[-1]
         assert job.metadata.labels["dagster/op"] == step
-        if op in deployment.gpu_op_names(2):
+        assert (pools[step] == "gpu") == (step in MODEL_JOB_GPU_STEPS), step
+        if step in MODEL_JOB_GPU_STEPS:
             assert resources["limits"]["nvidia.com/gpu"] == "1", step
             assert resources["requests"]["nvidia.com/gpu"] == "1", step
             assert resources["requests"]["cpu"] == deployment_env["BLINDSPOT_GPU_STEP_CPU"]
