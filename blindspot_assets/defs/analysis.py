@@ -212,16 +212,19 @@ def datapoint_deltas(
     op_tags=CPU_OP_TAGS,
     partitions_def=model_partitions,
     backfill_policy=single_run,
-    deps=[real_features, gen_features],
+    deps=[real_features, gen_features, real_concept_codes, concept_codes],
     kinds={"duckdb", "pytorch"},
-    code_version="1",
-    description="Generated images closer (DINOv2 CLS cosine distance) to a real image than the "
-    "threshold calibrated on real–real nearest neighbours (table memorization_candidates).",
+    code_version="2",  # 2: patch-map and pixel evidence, exchangeability null, concept distance
+    description="Generated images that are near copies of a real image: DINOv2 patch maps and "
+    "image thumbnails (at several zooms) closer than real images come to each other, with the "
+    "expected false-candidate count under exchangeability and the concept-space distance "
+    "(table memorization_candidates).",
 )
 def memorization_candidates(
     context: dg.AssetExecutionContext, run_config: RunConfigResource
 ) -> dg.MaterializeResult:
     cfg = run_config.load()
+    codes = store_exists(cfg.layout.codes(REAL))
     written = _write_per_model(
         context,
         cfg,
@@ -231,11 +234,25 @@ def memorization_candidates(
             cfg.layout.features(m),
             calibration_quantile=cfg.stats.memorization_quantile,
             seed=cfg.stats.seed,
+            all_rows=True,  # every pair: the report shows the lowest distances, candidate or not
+            real_images=cfg.layout.real_images,
+            gen_images=cfg.layout.generated_images(m),
+            real_codes=cfg.layout.codes(REAL) if codes else None,
+            gen_codes=cfg.layout.codes(m) if codes and store_exists(cfg.layout.codes(m)) else None,
         ),
-        with_sae=False,  # image-level DINOv2 features: no SAE involved
+        with_sae=False,  # the concept distance is evidence, not the verdict
     )
-    per_model = {m: df.height for m, df in written.items()}
-    return dg.MaterializeResult(metadata={"candidates_per_model": dg.MetadataValue.json(per_model)})
+    per_model = {m: int(df["is_candidate"].sum()) for m, df in written.items()}
+    expected = {
+        m: float(df["expected_false_candidates"][0]) if df.height else 0.0
+        for m, df in written.items()
+    }
+    return dg.MaterializeResult(
+        metadata={
+            "candidates_per_model": dg.MetadataValue.json(per_model),
+            "expected_false_candidates": dg.MetadataValue.json(expected),
+        }
+    )
 
 
 @dg.asset(

@@ -408,11 +408,11 @@ def _memorization(
     dist = pick(df, "distance", "nn_distance", contains=("dist",))
     thr = pick(df, "threshold", contains=("threshold",))
     candidate = pick(df, "is_candidate")
-    if candidate is not None:
-        df = df.filter(pl.col(candidate).fill_null(False))
+    # every pair may be tabled: show the lowest distances, candidates marked; count candidates
+    n_candidates = int(df[candidate].fill_null(False).sum()) if candidate else df.height
     own = pick(df, "is_own_pair")
     if gen is None:
-        return [], df.height
+        return [], n_candidates
     if dist is not None:
         df = df.sort(dist, nulls_last=True)
     out = []
@@ -428,9 +428,12 @@ def _memorization(
                 "distance": r.get(dist) if dist else None,
                 "threshold": r.get(thr) if thr else None,
                 "own_pair": bool(r.get(own)) if own else None,
+                "candidate": bool(r.get(candidate)) if candidate else True,
+                "evidence": r.get("evidence") or "",
+                "concept_distance": r.get("concept_distance"),
             }
         )  # fmt: skip
-    return out, df.height
+    return out, n_candidates
 
 
 def _correlations(

@@ -232,14 +232,19 @@ yet.</p>{% endif %}
 
 <h3>Memorisation candidates</h3>
 {% if s.memorization %}
-<p class="note">{{ s.memorization_total }} generated image(s) closer to a real image than the
-real–real nearest-neighbour threshold; the closest {{ s.memorization|length }} shown.</p>
+<p class="note">{{ s.memorization_total }} generated image(s) closer to a real image than real
+images come to each other (candidates); the {{ s.memorization|length }} lowest-distance pairs
+shown, generated beside its nearest real image. Distance in units of the threshold (&lt; 1:
+candidate); evidence: patch maps and/or pixels; concept: ‖ξ(x′) − ξ(x)‖ relative.</p>
 <div class="dps">{% for m in s.memorization %}<div class="dp">
 <div class="pair"><div class="imgs">{{ tile(m.gen, px) }}
 {% if m.real %}{{ tile(m.real, px) }}{% endif %}</div>
 <div class="caption">{{ m.gen.caption }}</div></div>
-<div class="concepts-list"><div>distance {{ num(m.distance) }}</div>
+<div class="concepts-list"><div>distance {{ num(m.distance) }}
+{% if m.candidate %}<span class="badge exaggerated">candidate</span>{% endif %}</div>
 {% if m.threshold is not none %}<div>threshold {{ num(m.threshold) }}</div>{% endif %}
+{% if m.evidence %}<div>evidence: {{ m.evidence }}</div>{% endif %}
+{% if m.concept_distance is not none %}<div>concept {{ num(m.concept_distance) }}</div>{% endif %}
 {% if m.own_pair %}<div class="note">nearest real image is its own caption's image</div>
 {% elif m.own_pair is not none %}<div><b>nearest real image is another caption's</b></div>
 {% endif %}
