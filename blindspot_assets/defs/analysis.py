@@ -23,8 +23,8 @@ from blindspot_assets.stats import (
     BlindspotParams,
     compute_concept_stats,
     flag_blindspots,
-    top_images_per_concept,
 )
+from blindspot_assets.stats.top_images import top_images
 from blindspot_assets.store.images import model_version, read_lineage, read_manifest
 from blindspot_assets.store.layout import REAL
 from blindspot_assets.store.rowstore import store_exists
@@ -156,7 +156,7 @@ def blindspots(
     kinds={"duckdb", "polars"},
     code_version="1",
     description="For every concept, its top-activating images in the real set and in each "
-    "model's generated set (table concept_top_images).",
+    "model's generated set, ranked by `stats.top_images_by` (table concept_top_images).",
 )
 def concept_top_images(
     context: dg.AssetExecutionContext, run_config: RunConfigResource
@@ -168,7 +168,7 @@ def concept_top_images(
         if not store_exists(path):
             context.log.warning(f"no concept codes for {dataset} yet; skipped")
             continue
-        top = top_images_per_concept(path, cfg.stats.top_images).with_columns(
+        top = top_images(path, cfg.stats.top_images, by=cfg.stats.top_images_by).with_columns(
             pl.lit(dataset).alias("dataset")
         )
         write_table_partition(cfg.layout.tables, "concept_top_images", dataset, top)
