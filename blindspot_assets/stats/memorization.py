@@ -18,10 +18,11 @@ generated images are exchangeable with real ones, a generated image's distance t
 real image is distributed as a real image's distance to its nearest *other* real image. Each
 channel's threshold τ_c is the ``calibration_quantile / n_channels`` quantile of those real→real
 distances (a seeded sample of ``calibration_size`` real images), so the expected number of false
-candidates among n generated images is n · Σ_c F̂_c(τ_c) ≤ n · ``calibration_quantile``; it is
-reported (``expected_false_candidates``). A generated image is a candidate when any channel is
-below its threshold; ``distance`` is min_c d_c / τ_c (< 1: candidate), the nearest real image
-is that channel's.
+candidates among n generated images is n · Σ_c F_c(τ_c) ≈ n · ``calibration_quantile``; it is
+reported (``expected_false_candidates``: n · Σ_c max(F̂_c(τ_c), level), the empirical CDF of the
+null at τ_c, never below the level a small calibration sample cannot resolve). A generated
+image is a candidate when any channel is below its threshold; ``distance`` is min_c d_c / τ_c
+(< 1: candidate), the nearest real image is that channel's.
 
 **Concept space** (when code stores are given): the paper's evidence, ‖ξ(x′) − ξ(x)‖ relative to
 ‖ξ(x′)‖ + ‖ξ(x)‖, for the matched real image (``concept_distance``) and for the image of the
@@ -241,7 +242,8 @@ def memorization_candidates(
         )  # fmt: skip
         tau = float(np.quantile(null, level))
         thresholds[real_ch.name] = tau
-        expected_false += gen_rows.size * float(np.mean(null < tau))
+        # F̂(τ) is the level when the sample resolves the quantile; never report less
+        expected_false += gen_rows.size * max(float(np.mean(null < tau)), level)
         found = [_nearest(gen_ch.describe(q, 1.0), refs, None, real_rows)
                  for q in _blocks(gen_rows, block_rows)]  # fmt: skip
         gen_dist[real_ch.name] = np.concatenate([d for d, _ in found]) if found else np.zeros(0)

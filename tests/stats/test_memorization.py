@@ -131,7 +131,7 @@ def test_planted_near_copies_are_found_with_few_false_candidates(
     assert min(score[k] for k in KINDS) >= 0.8, score
     # the expected false count under exchangeability is reported, and small here
     expected = float(every["expected_false_candidates"][0])
-    assert 0 <= expected <= 0.001 * N + 1e-9
+    assert 0.001 * N - 1e-9 <= expected <= 0.001 * N + 1e-9  # n · q with a resolved quantile
     # copies of the image's own caption vs another caption's; concept-space evidence
     own = cands.filter(pl.col("gen_image_id").is_in([g for g, p in planted.items() if p[1]]))
     other = cands.filter(pl.col("gen_image_id").is_in([g for g, p in planted.items() if not p[1]]))
