@@ -31,8 +31,11 @@ class SourceSpec:
 @dataclass(frozen=True)
 class ModelSpec:
     key: str
-    family: str  # demo | stable_diffusion | sd_dpo | pixart | kandinsky | pregenerated | ...
+    family: str  # demo | stable_diffusion | pixart | kandinsky | pregenerated | control
     params: dict[str, Any] = field(default_factory=dict)
+    # A null control: a model known to have no blindspot (family ``control``, or a faithful
+    # re-render marked ``control: true``). Any concept flagged on it is a pipeline artefact.
+    control: bool = False
 
 
 @dataclass(frozen=True)
@@ -50,6 +53,46 @@ class EncoderSpec:
     store_dtype: str = "float16"  # float16 | float32
     # Demo only: save a seeded, randomly initialised tiny model at model_id if none is there.
     init_random_tiny: bool = False
+
+
+IMAGE_CODECS = ("jpeg", "png", "as_stored")
+
+
+@dataclass(frozen=True)
+class ImagesSpec:
+    """How every image, real or generated, reaches the encoder (``encoders/images.py``)."""
+
+    # jpeg: both sides re-encoded as JPEG at ``quality`` in memory before the encoder (default);
+    # png: lossless (only when both sides are lossless); as_stored: no pipeline at all (only to
+    # measure the file-format artefact).
+    codec: str = "jpeg"
+    # JPEG quality 1..95 (75 is PIL's default, what the paper's authors stored both sides at),
+    # or "match_real": the median quality estimated from the real set's JPEG files.
+    quality: int | str = 75
+    # Downscale (never upscale or crop) so the shorter side is at most this; null: keep size.
+    max_short_side: int | None = 512
+    resample: str = "lanczos"  # lanczos | bicubic
+
+    def __post_init__(self) -> None:
+        if self.codec not in IMAGE_CODECS:
+            raise ConfigError(
+                f"images.codec must be one of {list(IMAGE_CODECS)}, got {self.codec!r}"
+            )
+        if self.quality != "match_real" and not (
+            isinstance(self.quality, int) and 1 <= self.quality <= 95
+        ):
+            raise ConfigError(
+                f"images.quality must be an integer 1..95 or 'match_real', got {self.quality!r}"
+            )
+        if self.max_short_side is not None and (
+            not isinstance(self.max_short_side, int) or self.max_short_side < 16
+        ):
+            raise ConfigError(
+                "images.max_short_side must be an integer >= 16 or null, got "
+                f"{self.max_short_side!r}"
+            )
+        if self.resample not in ("lanczos", "bicubic"):
+            raise ConfigError(f"images.resample must be lanczos or bicubic, got {self.resample!r}")
 
 
 @dataclass(frozen=True)
@@ -81,10 +124,10 @@ class StatsSpec:
     suppressed_below: float = 0.1
     exaggerated_above: float = 0.9
     alpha: float = 0.05
-    # A significant blindspot must also reach |Cohen's d_z| ≥ min_effect_size or
-    # |relative| ≥ min_relative (a rare concept that is gone has relative = −1).
-    min_effect_size: float = 0.2
-    min_relative: float = 0.5
+    # Margins of a negligible change: significant = BH at alpha rejects |d_z| ≤ min_effect_size
+    # and |relative| ≤ min_relative (a rare concept that is gone has relative = −1); 0 = unused.
+    min_effect_size: float = 0.1
+    min_relative: float = 0.25
     n_bootstrap: int = 1000
     n_permutations: int = 1000
     top_images: int = 20
@@ -131,6 +174,12 @@ class RunConfig:
     scale: ScaleSpec = field(default_factory=ScaleSpec)
     # Zarr stores and Parquet tables: under data_root unless a path or fsspec URL is given
     store_root: str | Path | None = None
+    images: ImagesSpec = field(default_factory=ImagesSpec)
+
+    @property
+    def controls(self) -> list[str]:
+        """The model keys that are null controls, in registry order."""
+        return [k for k, m in self.models.items() if m.control]
 
     @property
     def layout(self) -> DataLayout:
@@ -168,7 +217,7 @@ def parse_config(raw: dict[str, Any], source_path: Path | None = None) -> RunCon
         if required not in raw:
             raise ConfigError(f"run config {source_path} lacks the required field '{required}'")
     allowed = {"name", "data_root", "store_root", "seed", "real", "models", "encoder", "sae"}
-    allowed |= {"stats", "scale"}
+    allowed |= {"stats", "scale", "images"}
     extra = sorted(set(raw) - allowed)
     if extra:
         raise ConfigError(f"unknown top-level field(s) {extra}; allowed: {sorted(allowed)}")
@@ -178,6 +227,9 @@ def parse_config(raw: dict[str, Any], source_path: Path | None = None) -> RunCon
         raise ConfigError("'real.kind' is required: demo | laion_parquet | img2dataset | folder")
     real = SourceSpec(kind=str(real_raw.pop("kind")), params=real_raw)
 
+    data_root = Path(os.path.expandvars(str(raw["data_root"])))
+    if not data_root.is_absolute():
+        data_root = (base / data_root).resolve()
     models_raw = raw["models"]
     if not isinstance(models_raw, dict) or not models_raw:
         raise ConfigError("'models' must map at least one model key to its entry")
@@ -190,11 +242,17 @@ def parse_config(raw: dict[str, Any], source_path: Path | None = None) -> RunCon
         entry = dict(entry or {})
         if "family" not in entry:
             raise ConfigError(f"models.{key}.family is required (e.g. demo, stable_diffusion)")
-        models[str(key)] = ModelSpec(key=str(key), family=str(entry.pop("family")), params=entry)
+        family = str(entry.pop("family"))
+        if family == "control":  # a copy of the run's own real images unless told otherwise
+            entry.setdefault("real_images", str(DataLayout(data_root).real_images))
+        control = entry.pop("control", family == "control")
+        if not isinstance(control, bool) or (family == "control" and not control):
+            raise ConfigError(
+                f"models.{key}.control must be true or false (always true for "
+                f"the control family), got {control!r}"
+            )
+        models[str(key)] = ModelSpec(str(key), family, entry, control)
 
-    data_root = Path(os.path.expandvars(str(raw["data_root"])))
-    if not data_root.is_absolute():
-        data_root = (base / data_root).resolve()
     encoder = _dataclass_from(EncoderSpec, raw.get("encoder"), "encoder")
     if encoder.init_random_tiny and not Path(encoder.model_id).is_absolute():
         encoder = EncoderSpec(
@@ -246,6 +304,7 @@ def parse_config(raw: dict[str, Any], source_path: Path | None = None) -> RunCon
         source_path=source_path,
         scale=_dataclass_from(ScaleSpec, raw.get("scale"), "scale"),
         store_root=_store_root(raw.get("store_root"), base),
+        images=_dataclass_from(ImagesSpec, raw.get("images"), "images"),
     )
 
 

@@ -16,9 +16,18 @@ warnings.filterwarnings("ignore", message=".*torchvision.*")
 REPO = Path(__file__).resolve().parent.parent
 
 
-def demo_config_dict(tmp_path: Path, n_images: int = 120, **overrides: object) -> dict[str, object]:
-    """The embedded demo config, pointed at ``tmp_path`` and optionally shrunk."""
+def demo_config_dict(
+    tmp_path: Path, n_images: int = 120, with_controls: bool = False, **overrides: object
+) -> dict[str, object]:
+    """The embedded demo config, pointed at ``tmp_path`` and optionally shrunk; its null
+    control models only ``with_controls`` (most tests need the two planted models alone)."""
     raw = yaml.safe_load((REPO / "configs" / "demo.yaml").read_text())
+    if not with_controls:
+        raw["models"] = {
+            k: m
+            for k, m in raw["models"].items()
+            if m["family"] != "control" and not m.get("control")
+        }
     raw["data_root"] = str(tmp_path / "data")
     raw["real"]["n_images"] = n_images
     raw["encoder"]["model_id"] = str(tmp_path / "models" / "tiny-dinov2")

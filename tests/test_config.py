@@ -6,7 +6,10 @@ from tests.conftest import REPO, demo_config_dict
 
 def test_embedded_demo_config_loads():
     cfg = load_config(REPO / "configs" / "demo.yaml")
-    assert set(cfg.models) == {"demo-a", "demo-b"}
+    assert list(cfg.models) == ["demo-a", "demo-b", "control-copy", "control-redraw"]
+    assert cfg.controls == ["control-copy", "control-redraw"]
+    assert cfg.model("control-copy").params["real_images"] == str(cfg.layout.real_images)
+    assert cfg.images.codec == "jpeg" and cfg.images.quality == 75
     assert cfg.stats.temperature == 0.8
     assert cfg.stats.suppressed_below == 0.1 and cfg.stats.exaggerated_above == 0.9
     assert cfg.data_root.is_absolute()
@@ -23,6 +26,10 @@ def test_embedded_demo_config_loads():
         (lambda r: r["sae"].update({"train_on": "all"}), "train_on"),
         (lambda r: r.update({"extra": 1}), "unknown top-level"),
         (lambda r: r["real"].pop("kind"), "real.kind"),
+        (lambda r: r.update({"images": {"codec": "webp"}}), r"images\.codec must be one of"),
+        (lambda r: r.update({"images": {"quality": 100}}), r"images\.quality must be"),
+        (lambda r: r.update({"images": {"qualty": 75}}), r"unknown field\(s\) \['qualty'\]"),
+        (lambda r: r["models"].update({"c": {"family": "control", "control": False}}), "control"),
     ],
 )
 def test_bad_configs_name_the_field(tmp_path, mutate, message):

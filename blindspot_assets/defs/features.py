@@ -18,10 +18,22 @@ from blindspot_assets.defs.sharding import (
     merge_shard_summaries,
     sharded_asset,
 )
-from blindspot_assets.encoders.dinov2 import extract_features, load_encoder, open_feature_store
+from blindspot_assets.encoders.dinov2 import (
+    DinoEncoder,
+    extract_features,
+    load_encoder,
+    open_feature_store,
+)
+from blindspot_assets.encoders.images import policy_of_run
 from blindspot_assets.store.images import read_manifest
 from blindspot_assets.store.layout import REAL
 from blindspot_assets.store.rowstore import RowStore
+
+
+def _encoder(cfg: RunConfig, device: str | None = None) -> DinoEncoder:
+    """The run's encoder behind the run's one image pipeline (the same for every dataset)."""
+    spec = cfg.encoder if device is None else replace(cfg.encoder, device=device)
+    return load_encoder(spec, policy_of_run(cfg.images, cfg.layout.real_images))
 
 
 def _plan(cfg: RunConfig, dataset: str, n_shards: int) -> list[tuple[int, int]]:
@@ -30,7 +42,7 @@ def _plan(cfg: RunConfig, dataset: str, n_shards: int) -> list[tuple[int, int]]:
     The encoder is loaded on the CPU here only for the store's shape and fingerprint; each
     shard records where and in which dtype it ran, and the merge writes that into the store.
     """
-    encoder = load_encoder(replace(cfg.encoder, device="cpu"))
+    encoder = _encoder(cfg, device="cpu")
     manifest = read_manifest(cfg.layout.images(dataset))
     store = open_feature_store(encoder, manifest, cfg.layout.features(dataset))
     return store.shard_ranges(n_shards)
@@ -39,7 +51,7 @@ def _plan(cfg: RunConfig, dataset: str, n_shards: int) -> list[tuple[int, int]]:
 def _encode_shard(
     context: dg.OpExecutionContext, cfg: RunConfig, shard: Shard
 ) -> dict[str, object]:
-    encoder = load_encoder(cfg.encoder)
+    encoder = _encoder(cfg)
     image_dir = cfg.layout.images(shard.dataset)
     summary = extract_features(
         encoder,

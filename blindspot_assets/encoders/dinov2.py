@@ -27,6 +27,7 @@ from PIL import Image
 
 from blindspot_assets.config import EncoderSpec
 from blindspot_assets.devices import choose_device
+from blindspot_assets.encoders.images import ImagePolicy
 from blindspot_assets.generators.base import ProgressFn
 from blindspot_assets.generators.common import choose_dtype
 from blindspot_assets.store.layout import feature_arrays
@@ -43,6 +44,8 @@ class DinoEncoder:
     n_tokens: int
     dim: int
     version: str
+    # how every image reaches ``preprocess``: the same for real and generated sets
+    images: ImagePolicy = ImagePolicy()
 
     def lineage(self) -> dict[str, Any]:
         return {
@@ -54,6 +57,7 @@ class DinoEncoder:
             "dim": self.dim,
             "dtype": str(self.dtype).removeprefix("torch."),
             "device": self.device,
+            **self.images.lineage(),
         }
 
     def preprocess(self, images: list[Image.Image]) -> torch.Tensor:
@@ -82,7 +86,8 @@ def _local_version(path: Path) -> str:
     return "sha256:" + h.hexdigest()[:16]
 
 
-def load_encoder(spec: EncoderSpec) -> DinoEncoder:
+def load_encoder(spec: EncoderSpec, images: ImagePolicy | None = None) -> DinoEncoder:
+    """The encoder of ``spec``; ``images`` is the run's image pipeline (default: JPEG q75)."""
     from transformers import AutoImageProcessor, AutoModel
 
     if spec.init_random_tiny and not (Path(spec.model_id) / "config.json").exists():
@@ -112,7 +117,10 @@ def load_encoder(spec: EncoderSpec) -> DinoEncoder:
     n_tokens = 1 + int(getattr(cfg, "num_register_tokens", 0)) + grid * grid
     local = Path(spec.model_id)
     version = _local_version(local) if local.exists() else _hub_version(spec)
-    return DinoEncoder(model, processor, spec, device, dtype, n_tokens, cfg.hidden_size, version)
+    return DinoEncoder(
+        model, processor, spec, device, dtype, n_tokens, cfg.hidden_size, version,
+        images or ImagePolicy(),
+    )  # fmt: skip
 
 
 def _hub_version(spec: EncoderSpec) -> str:
@@ -134,12 +142,6 @@ class ExtractionSummary:
     n_invalid_by_status: dict[str, int]
     seconds: float
     images_per_s: float
-
-
-def _load_image(path: Path) -> Image.Image:
-    with Image.open(path) as im:
-        im.load()
-        return im.convert("RGB")
 
 
 def manifest_fingerprint(manifest: pl.DataFrame) -> str:
@@ -174,7 +176,7 @@ def _prepare_block(
             status[i - start] = f"upstream_{statuses[i]}"
             continue
         try:
-            images.append(_load_image(image_dir / paths[i]))
+            images.append(encoder.images.load(image_dir / paths[i]))
             where.append(i - start)
         except Exception as exc:  # noqa: BLE001 - recorded per row
             status[i - start] = f"decode_error: {type(exc).__name__}"
@@ -289,7 +291,12 @@ def open_feature_store(
     attrs = {
         **encoder.lineage(),
         "fingerprint": json.dumps(
-            [encoder.version, manifest_fingerprint(manifest), encoder.spec.image_size]
+            [
+                encoder.version,
+                manifest_fingerprint(manifest),
+                encoder.spec.image_size,
+                encoder.images.lineage(),
+            ]
         ),
         "manifest_fingerprint": manifest_fingerprint(manifest),
     }

@@ -65,8 +65,11 @@ class DemoGenerator:
     def _memorized(self, req: GenerationRequest) -> Image.Image | None:
         if self.memorize_from is None or (req.seed % 10_000) / 10_000 >= self.memorize_rate:
             return None
-        path = self.memorize_from / f"{req.image_id}.png"
-        return Image.open(path).convert("RGB") if path.exists() else None
+        for ext in (".png", ".jpg"):
+            path = self.memorize_from / f"{req.image_id}{ext}"
+            if path.exists():
+                return Image.open(path).convert("RGB")
+        return None
 
     def generate(self, requests: Sequence[GenerationRequest]) -> list[Image.Image]:
         images = []

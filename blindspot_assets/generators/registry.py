@@ -17,6 +17,7 @@ FAMILY_MODULES = {
     "pixart": "blindspot_assets.generators.pixart",
     "kandinsky": "blindspot_assets.generators.kandinsky",
     "pregenerated": "blindspot_assets.generators.pregenerated",
+    "control": "blindspot_assets.generators.control",
 }
 
 

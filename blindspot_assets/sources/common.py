@@ -29,9 +29,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 
 from blindspot_assets.config import ConfigError, SourceSpec
+from blindspot_assets.encoders.images import downscale, to_rgb
 from blindspot_assets.lineage import MissingInput
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
@@ -131,35 +132,27 @@ def check_image(data: bytes, checks: ImageChecks) -> Checked:
 
 
 def normalise(image: Image.Image, max_short_side: int | None) -> Image.Image:
-    """The resize policy: EXIF orientation applied; RGB (transparency over white); downscaled
+    """The storage policy: EXIF orientation applied; RGB (transparency over white); downscaled
     (Lanczos) so the shorter side is at most ``max_short_side``; never upscaled, never cropped.
-    The encoder does its own resize and center crop later."""
-    image = ImageOps.exif_transpose(image)
-    if image.mode in ("RGBA", "LA", "P") and (image.mode != "P" or "transparency" in image.info):
-        rgba = image.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        image = Image.alpha_composite(background, rgba)
-    image = image.convert("RGB")
-    short = min(image.size)
-    if max_short_side and short > max_short_side:
-        scale = max_short_side / short
-        size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
-        image = image.resize(size, Image.Resampling.LANCZOS)
-    return image
+    The same steps as the encoder's image pipeline (``encoders/images.py``), which runs again on
+    both sides before the encoder."""
+    return downscale(to_rgb(image), max_short_side, "lanczos")
 
 
 def save_atomic(image: Image.Image, path: Path) -> None:
-    """JPEG quality 95 under a temporary name, then renamed: an interrupted write leaves no
-    half file under the final name."""
+    """Lossless PNG under a temporary name, then renamed: an interrupted write leaves no half
+    file under the final name. Lossless, so a stored real image carries the artefacts of its own
+    source and no second codec of ours: the encoder's image pipeline adds the one codec both
+    sides share."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    image.save(tmp, format="JPEG", quality=95)
+    image.save(tmp, format="PNG")
     os.replace(tmp, path)
 
 
 def stored_path(image_id: str) -> str:
     """Where a downloaded image lives in the set folder (two-hex-digit subfolders)."""
-    return f"{image_id[:2]}/{image_id}.jpg"
+    return f"{image_id[:2]}/{image_id}.png"
 
 
 def manifest_row(

@@ -1,4 +1,8 @@
-"""Real images of the demo world: seeded scenes rendered to PNG with their captions."""
+"""Real images of the demo world: seeded scenes rendered with their captions.
+
+Like LAION's, the real images are JPEG files of varied quality (``jpeg_quality: [low, high]``,
+one quality drawn per image; null stores PNG), while generators write PNG: the demo has the
+file-format asymmetry of a real run, and the image pipeline must remove it."""
 
 from __future__ import annotations
 
@@ -12,7 +16,8 @@ from blindspot_assets.demo.world import attributes_json, caption_of, render, sam
 from blindspot_assets.generators.base import ProgressFn
 from blindspot_assets.store.images import write_manifest
 
-PARAMS = {"n_images", "image_size", "empty_captions", "corrupt_images"}
+PARAMS = {"n_images", "image_size", "empty_captions", "corrupt_images", "jpeg_quality"}
+DEFAULT_JPEG_QUALITY = (70, 95)
 
 
 def validate(spec: SourceSpec) -> None:
@@ -21,6 +26,23 @@ def validate(spec: SourceSpec) -> None:
         raise ConfigError(f"unknown real.{unknown[0]} for the demo source; known: {sorted(PARAMS)}")
     if int(spec.params.get("n_images", 300)) < 1:
         raise ConfigError("real.n_images must be at least 1")
+    _jpeg_quality(spec)
+
+
+def _jpeg_quality(spec: SourceSpec) -> tuple[int, int] | None:
+    raw = spec.params.get("jpeg_quality", DEFAULT_JPEG_QUALITY)
+    if raw is None:
+        return None
+    if (
+        not isinstance(raw, list | tuple)
+        or len(raw) != 2
+        or not all(isinstance(q, int) and 1 <= q <= 95 for q in raw)
+        or raw[0] > raw[1]
+    ):
+        raise ConfigError(
+            f"real.jpeg_quality must be [low, high] within 1..95 or null, got {raw!r}"
+        )
+    return int(raw[0]), int(raw[1])
 
 
 def materialize(
@@ -34,18 +56,30 @@ def materialize(
     size = int(spec.params.get("image_size", 96))
     n_empty = int(spec.params.get("empty_captions", 0))
     n_corrupt = int(spec.params.get("corrupt_images", 0))
+    quality_range = _jpeg_quality(spec)
     rng = np.random.default_rng(seed)
+    # a stream of its own, so the scenes are the same whatever the file format
+    quality_rng = np.random.default_rng([seed, 1])
     out_dir.mkdir(parents=True, exist_ok=True)
     rows = []
     for i in range(n):
         scene = sample_scene(rng)
         image_id = f"demo-{i:06d}"
-        rel = f"{image_id}.png"
+        quality = (
+            int(quality_rng.integers(quality_range[0], quality_range[1] + 1))
+            if (quality_range)
+            else None
+        )
+        rel = f"{image_id}.jpg" if quality else f"{image_id}.png"
         path = out_dir / rel
         if not path.exists():
-            render(scene, scene.layout_seed, size).save(path)
+            image = render(scene, scene.layout_seed, size)
+            if quality:
+                image.save(path, format="JPEG", quality=quality)
+            else:
+                image.save(path)
         if i < n_corrupt:
-            path.write_bytes(path.read_bytes()[:64])  # a truncated PNG: decodes as an error
+            path.write_bytes(path.read_bytes()[:64])  # a truncated file: decodes as an error
         caption = "" if n_corrupt <= i < n_corrupt + n_empty else caption_of(scene)
         rows.append(
             {

@@ -24,7 +24,7 @@ top-up run gives the same set as a run that never stopped.
 
 Resize/crop policy: EXIF orientation applied, RGB, downscaled so the shorter side is at most
 ``max_short_side`` (512), never upscaled or cropped (the encoder resizes and center-crops), stored
-as JPEG quality 95 at ``<id[:2]>/<id>.jpg``. The id is the content hash of the bytes downloaded.
+as lossless PNG at ``<id[:2]>/<id>.png``. The id is the content hash of the bytes downloaded.
 
 Resume: every finished row is appended to ``download_log.jsonl`` in the set folder as it
 finishes; a later run reads it and fetches only rows never tried (and, with ``retry_transient``,

@@ -1,0 +1,94 @@
+"""One image pipeline for both sides: the same picture stored as a low-quality JPEG (a real
+image) and as a PNG (a generated one) must reach the encoder nearly alike; stored as is, it
+does not — that difference is what flagged file formats as blindspots."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from blindspot_assets.config import EncoderSpec, ImagesSpec
+from blindspot_assets.demo.world import render, sample_scene
+from blindspot_assets.encoders.dinov2 import load_encoder
+from blindspot_assets.encoders.images import (
+    ImagePolicy,
+    estimate_jpeg_quality,
+    resolve_policy,
+)
+
+
+def _scenes(n: int = 12, size: int = 96) -> list[Image.Image]:
+    rng = np.random.default_rng(0)
+    return [render(s, s.layout_seed, size) for s in (sample_scene(rng) for _ in range(n))]
+
+
+@pytest.mark.parametrize("quality", [30, 60, 75, 90])
+def test_jpeg_quality_is_estimated_from_the_file(tmp_path: Path, quality: int) -> None:
+    path = tmp_path / "a.jpg"
+    _scenes(1)[0].save(path, format="JPEG", quality=quality)
+    assert abs(estimate_jpeg_quality(path) - quality) <= 2  # type: ignore[operator]
+    _scenes(1)[0].save(tmp_path / "a.png")
+    assert estimate_jpeg_quality(tmp_path / "a.png") is None
+
+
+def test_match_real_takes_the_median_quality_of_the_real_set(tmp_path: Path) -> None:
+    paths = []
+    for i, q in enumerate((40, 50, 90)):
+        paths.append(tmp_path / f"{i}.jpg")
+        _scenes(1)[0].save(paths[-1], format="JPEG", quality=q)
+    policy = resolve_policy(ImagesSpec(quality="match_real"), paths)
+    assert abs(policy.quality - 50) <= 2 and policy.quality_source == "match_real"
+    assert resolve_policy(ImagesSpec(quality=60)).quality == 60
+
+
+def test_orientation_alpha_and_size_are_normalised(tmp_path: Path) -> None:
+    rgba = Image.new("RGBA", (1200, 600), (255, 0, 0, 0))  # fully transparent red
+    rgba.save(tmp_path / "t.png")
+    out = ImagePolicy(codec="png", max_short_side=300).load(tmp_path / "t.png")
+    assert out.mode == "RGB" and out.size == (600, 300)
+    assert np.asarray(out).min() == 255  # transparency composited over white
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotated 90°: stored landscape, shown portrait
+    Image.new("RGB", (80, 40), (0, 0, 200)).save(tmp_path / "r.jpg", exif=exif.tobytes())
+    assert ImagePolicy().load(tmp_path / "r.jpg").size == (40, 80)
+    as_stored = ImagePolicy(codec="as_stored").load(tmp_path / "t.png")
+    assert as_stored.size == (1200, 600)  # nothing applied: only to measure the artefact
+
+
+def test_jpeg_and_png_copies_reach_the_encoder_alike(tmp_path: Path) -> None:
+    encoder_spec = EncoderSpec(
+        model_id=str(tmp_path / "tiny"), image_size=64, init_random_tiny=True, device="cpu"
+    )
+    real_paths, gen_paths = [], []
+    for i, image in enumerate(_scenes()):
+        real_paths.append(tmp_path / f"real{i}.jpg")
+        image.save(real_paths[-1], format="JPEG", quality=30)  # a heavily compressed original
+        gen_paths.append(tmp_path / f"gen{i}.png")
+        image.save(gen_paths[-1])  # the same picture, lossless, as a generator writes it
+
+    def gap(policy: ImagePolicy) -> float:
+        encoder = load_encoder(encoder_spec, policy)
+        real = encoder.encode([policy.load(p) for p in real_paths])
+        gen = encoder.encode([policy.load(p) for p in gen_paths])
+        return float(np.linalg.norm(real - gen) / np.linalg.norm(real))
+
+    as_stored = gap(ImagePolicy(codec="as_stored"))
+    matched = gap(resolve_policy(ImagesSpec(quality="match_real"), real_paths))
+    fixed = gap(ImagePolicy(codec="jpeg", quality=75))
+    print(
+        f"relative feature gap: as stored {as_stored:.3f}, q75 {fixed:.3f}, matched {matched:.3f}"
+    )
+    assert matched < 0.35 * as_stored, (matched, as_stored)
+    assert matched < fixed  # the real set's own quality matches it best
+
+
+def test_the_policy_is_part_of_the_feature_lineage(tmp_path: Path) -> None:
+    spec = EncoderSpec(
+        model_id=str(tmp_path / "tiny"), image_size=64, init_random_tiny=True, device="cpu"
+    )
+    lineage = load_encoder(spec, ImagePolicy(quality=60)).lineage()
+    assert lineage["images_codec"] == "jpeg" and lineage["images_quality"] == 60
+    assert load_encoder(spec).lineage()["images_quality"] == 75  # the default: PIL's, the paper's
