@@ -10,6 +10,7 @@ from __future__ import annotations
 import dagster as dg
 
 from blindspot_assets.defs import analysis, checks, concepts, features, generation, inputs
+from blindspot_assets.defs.crash_guard import with_crash_recovery
 from blindspot_assets.defs.deployment import executor_from_env
 from blindspot_assets.defs.jobs import blindspot_job, model_job, real_job, report_job
 from blindspot_assets.defs.resources import RunConfigResource, default_config_path
@@ -20,6 +21,6 @@ defs = dg.Definitions(
     assets=dg.load_assets_from_modules(_modules),
     asset_checks=dg.load_asset_checks_from_modules(_modules),
     jobs=[blindspot_job, real_job, model_job, report_job],
-    executor=executor_from_env(),
+    executor=with_crash_recovery(executor_from_env()),  # stale runs released at start
     resources={"run_config": RunConfigResource(config_path=default_config_path())},
 )
