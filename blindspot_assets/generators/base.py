@@ -36,3 +36,8 @@ def derive_seed(model_key: str, image_id: str, base_seed: int = 0) -> int:
 
 
 ProgressFn = Callable[[int, int], None]
+
+# What a text-conditioned generator puts on each image's ``info``: the prompt and negative
+# prompt that reached its pipeline (None: not applicable). The runner writes them to the
+# image's PNG text chunks and the manifest row.
+PROMPT_KEYS = ("prompt", "negative_prompt")

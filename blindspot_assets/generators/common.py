@@ -313,6 +313,32 @@ def jsonable(value: Any) -> Any:
 PipelineCall = Callable[[list[str], list[torch.Generator]], list[Image.Image]]
 
 
+def _nth(value: Any, i: int) -> str | None:
+    if value is None or isinstance(value, str):
+        return value
+    return str(value[i])
+
+
+class PromptLog:
+    """What a family's pipeline received as ``prompt`` and ``negative_prompt``, per image.
+
+    Families call their pipelines through :meth:`call`; the first call of a batch that takes a
+    prompt (the text-conditioned stage: the pipeline itself, or Kandinsky's prior) is recorded,
+    and :class:`DiffusersGenerator` puts it on each image (``image.info``), so the record is
+    what reached the pipeline, not what was meant to.
+    """
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[str | None, str | None]] = []
+
+    def call(self, pipe: Any, **kwargs: Any) -> Any:
+        if "prompt" in kwargs and not self.sent:
+            prompt, negative = kwargs["prompt"], kwargs.get("negative_prompt")
+            n = 1 if isinstance(prompt, str) else len(prompt)
+            self.sent = [(_nth(prompt, i), _nth(negative, i)) for i in range(n)]
+        return pipe(**kwargs)
+
+
 class DiffusersGenerator:
     """A loaded pipeline behind the ``ImageGenerator`` protocol.
 
@@ -332,8 +358,10 @@ class DiffusersGenerator:
         steps: int,
         guidance: float,
         extra: dict[str, Any],
+        prompts: PromptLog,
     ) -> None:
         self.spec = spec
+        self._prompts = prompts
         self.settings = settings
         self.device = runtime.device
         self.dtype = runtime.dtype
@@ -354,6 +382,8 @@ class DiffusersGenerator:
             "height": settings.height,
             "width": settings.width,
             "negative_prompt": settings.negative_prompt,
+            "prompt_policy": "the real image's caption, unchanged; what reached the pipeline "
+            "is in each image's manifest row (prompt, negative_prompt) and PNG text",
             "dtype": str(runtime.dtype).removeprefix("torch."),
             "dtype_requested": settings.dtype,
             "dtype_note": runtime.dtype_note,
@@ -383,8 +413,18 @@ class DiffusersGenerator:
         size = self.settings.batch_size
         for start in range(0, len(requests), size):
             chunk = requests[start : start + size]
+            self._prompts.sent = []
             out = self._call([r.caption for r in chunk], [self._generator(r.seed) for r in chunk])
             if len(out) != len(chunk):
                 raise RuntimeError(f"pipeline returned {len(out)} images for {len(chunk)} prompts")
-            images.extend(im.convert("RGB") for im in out)
+            sent = self._prompts.sent
+            if len(sent) != len(chunk):
+                raise RuntimeError(
+                    f"{self.spec.family}: {len(sent)} prompts reached the pipeline for "
+                    f"{len(chunk)} images (a pipeline called around the PromptLog?)"
+                )
+            for im, (prompt, negative) in zip(out, sent, strict=True):
+                rgb = im.convert("RGB")
+                rgb.info.update({"prompt": prompt, "negative_prompt": negative})
+                images.append(rgb)
         return images

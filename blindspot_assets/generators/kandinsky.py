@@ -32,6 +32,7 @@ from blindspot_assets.generators.common import (
     DiffusersGenerator,
     DiffusionSettings,
     PipelineCall,
+    PromptLog,
     Runtime,
     call_default,
     check_params,
@@ -128,7 +129,13 @@ def _stage_info(
     }
 
 
-Built = tuple[Any, PipelineCall, dict[str, Any]]
+Built = tuple[Any, PipelineCall, dict[str, Any], PromptLog]
+
+
+def _copy(generator: torch.Generator) -> torch.Generator:
+    copy = torch.Generator(generator.device)
+    copy.set_state(generator.get_state())
+    return copy
 
 
 def _build_combined(spec: ModelSpec, settings: DiffusionSettings, runtime: Runtime) -> Built:
@@ -145,11 +152,21 @@ def _build_combined(spec: ModelSpec, settings: DiffusionSettings, runtime: Runti
             f"loads as {name}, not a Kandinsky 2.1/2.2 pipeline",
             "point repo at a Kandinsky decoder (e.g. kandinsky-community/kandinsky-2-1)",
         )
+    if settings.negative_prompt:
+        raise fail(
+            spec,
+            "negative_prompt",
+            "the combined Kandinsky pipeline doubles the prior's batch for a negative prompt, "
+            "which per-image generators cannot follow",
+            "give prior_repo (the prior and the decoder then run as two stages), or drop it",
+        )
     swap_scheduler(pipe, settings, spec)
     info = _stage_info(spec, settings, pipe, pipe, "prior_")
+    log = PromptLog()
 
     def call(prompts: list[str], generators: list[torch.Generator]) -> list[Image.Image]:
-        out = pipe(
+        out = log.call(
+            pipe,
             prompt=prompts,
             prior_num_inference_steps=info["prior_steps"],
             prior_guidance_scale=info["prior_guidance"],
@@ -164,7 +181,7 @@ def _build_combined(spec: ModelSpec, settings: DiffusionSettings, runtime: Runti
         "mode": "auto_pipeline",
         "prior_scheduler_class": type(pipe.prior_scheduler).__name__,
     }
-    return pipe, call, info
+    return pipe, call, info, log
 
 
 def _build_two_stage(
@@ -194,15 +211,22 @@ def _build_two_stage(
     swap_scheduler(decoder, settings, spec)
     info = _stage_info(spec, settings, decoder, prior, "")
     takes_prompt = _DECODERS[d_name] == "2.1"  # the 2.1 decoder also reads the text (M-CLIP)
+    log = PromptLog()
 
     def call(prompts: list[str], generators: list[torch.Generator]) -> list[Image.Image]:
         shared = sampling_kwargs(settings, info["steps"], info["guidance"], len(prompts))
-        embeds = prior(
+        prior_generators = generators
+        if shared["negative_prompt"] is not None:
+            # the prior appends the negative prompts to its batch: each image's negative
+            # embedding gets a copy of that image's generator, so it is still made per image
+            prior_generators = generators + [_copy(g) for g in generators]
+        embeds = log.call(
+            prior,
             prompt=prompts,
             negative_prompt=shared["negative_prompt"],
             num_inference_steps=info["prior_steps"],
             guidance_scale=info["prior_guidance"],
-            generator=generators,
+            generator=prior_generators,
             output_type="pt",
         )
         if takes_prompt:
@@ -224,7 +248,7 @@ def _build_two_stage(
         "prior_pipeline_class": p_name,
         "prior_scheduler_class": type(prior.scheduler).__name__,
     }
-    return decoder, call, info
+    return decoder, call, info, log
 
 
 def build(spec: ModelSpec, device: str | None = None) -> DiffusersGenerator:
@@ -233,9 +257,9 @@ def build(spec: ModelSpec, device: str | None = None) -> DiffusersGenerator:
     runtime = runtime_for(settings, device)
     prior_ref = _prior(spec)
     if prior_ref is None:
-        pipe, call, info = _build_combined(spec, settings, runtime)
+        pipe, call, info, log = _build_combined(spec, settings, runtime)
     else:
-        pipe, call, info = _build_two_stage(spec, settings, runtime, prior_ref)
+        pipe, call, info, log = _build_two_stage(spec, settings, runtime, prior_ref)
     found = checkpoints(spec)
     if prior_ref is None and (joined := _connected_prior(pipe)) is not None:
         found.append(joined)
@@ -252,4 +276,5 @@ def build(spec: ModelSpec, device: str | None = None) -> DiffusersGenerator:
         steps=info["steps"],
         guidance=info["guidance"],
         extra=extra,
+        prompts=log,
     )

@@ -23,6 +23,7 @@ from blindspot_assets.config import ModelSpec
 from blindspot_assets.generators.common import (
     DiffusersGenerator,
     DiffusionSettings,
+    PromptLog,
     check_params,
     fail,
     load_pipeline,
@@ -95,9 +96,11 @@ def build(spec: ModelSpec, device: str | None = None) -> DiffusersGenerator:
     steps, guidance = steps_and_guidance(settings, pipe)
     max_len = int(spec.params.get("max_sequence_length", 120))
     clean = bool(spec.params.get("clean_caption", False))
+    log = PromptLog()
 
     def call(prompts: list[str], generators: list[torch.Generator]) -> list[Image.Image]:
-        out = pipe(
+        out = log.call(
+            pipe,
             prompt=prompts,
             generator=generators,
             use_resolution_binning=binning,
@@ -125,4 +128,5 @@ def build(spec: ModelSpec, device: str | None = None) -> DiffusersGenerator:
         steps=steps,
         guidance=guidance,
         extra=extra,
+        prompts=log,
     )

@@ -11,8 +11,10 @@ from pathlib import Path
 
 import polars as pl
 from PIL import Image
+from PIL.PngImagePlugin import PngInfo
 
 from blindspot_assets.generators.base import (
+    PROMPT_KEYS,
     GenerationRequest,
     ImageGenerator,
     ProgressFn,
@@ -45,6 +47,20 @@ def _usable(path: Path) -> bool:
         return True
     except Exception:  # noqa: BLE001 - any unreadable leftover is regenerated
         return False
+
+
+def _prompts(image: Image.Image) -> dict[str, str | None]:
+    """The prompt and negative prompt that reached the pipeline, as the generator put them on
+    the image (``info``, PNG text chunks once saved); None where the generator has no prompt."""
+    return {k: v if isinstance(v := image.info.get(k), str) else None for k in PROMPT_KEYS}
+
+
+def _save_png(image: Image.Image, path: Path) -> None:
+    text = PngInfo()
+    for key, value in _prompts(image).items():
+        if value is not None:
+            text.add_text(key, value)
+    image.convert("RGB").save(path, pnginfo=text)
 
 
 def generate_image_set(
@@ -81,11 +97,15 @@ def generate_image_set(
             "status": "ok",
             "detail": "",
             "seed": seed,
+            "prompt": None,
+            "negative_prompt": None,
         }
         by_id[image_id] = row
         if not caption or not str(caption).strip():
             row.update(path="", status="empty_caption", detail="the real image has no caption")
         elif (out_dir / f"{image_id}.png").exists() and _usable(out_dir / f"{image_id}.png"):
+            with Image.open(out_dir / f"{image_id}.png") as kept:
+                row.update(_prompts(kept))
             reused += 1
         else:
             todo.append(GenerationRequest(image_id, str(caption), seed))
@@ -112,13 +132,17 @@ def generate_image_set(
                 continue
             final = out_dir / f"{req.image_id}.png"
             tmp = out_dir / f".{req.image_id}.{os.getpid()}.tmp.png"
-            result.convert("RGB").save(tmp)
+            _save_png(result, tmp)
             os.replace(tmp, final)
+            by_id[req.image_id].update(_prompts(result))
         done += len(batch)
         if progress:
             progress(done, len(todo))
 
-    df = pl.DataFrame(list(by_id.values()), schema_overrides={"seed": pl.Int64})
+    df = pl.DataFrame(
+        list(by_id.values()),
+        schema_overrides={"seed": pl.Int64, "prompt": pl.Utf8, "negative_prompt": pl.Utf8},
+    )
     if rows is None:
         write_manifest(out_dir, df)
         clear_manifest_parts(out_dir)

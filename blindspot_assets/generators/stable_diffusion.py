@@ -20,6 +20,7 @@ from blindspot_assets.config import ModelSpec
 from blindspot_assets.generators.common import (
     DiffusersGenerator,
     DiffusionSettings,
+    PromptLog,
     Runtime,
     check_params,
     check_repo,
@@ -111,10 +112,11 @@ def build(spec: ModelSpec, device: str | None = None) -> DiffusersGenerator:
     pipe = _load(spec, settings, runtime)
     swap_scheduler(pipe, settings, spec)
     steps, guidance = steps_and_guidance(settings, pipe)
+    log = PromptLog()
 
     def call(prompts: list[str], generators: list[torch.Generator]) -> list[Image.Image]:
         shared = sampling_kwargs(settings, steps, guidance, len(prompts))
-        out = pipe(prompt=prompts, generator=generators, output_type="pil", **shared)
+        out = log.call(pipe, prompt=prompts, generator=generators, output_type="pil", **shared)
         return list(out.images)
 
     extra = {
@@ -133,4 +135,5 @@ def build(spec: ModelSpec, device: str | None = None) -> DiffusersGenerator:
         steps=steps,
         guidance=guidance,
         extra=extra,
+        prompts=log,
     )

@@ -10,7 +10,12 @@ from PIL import Image
 
 from blindspot_assets.config import ConfigError, ModelSpec
 from blindspot_assets.generators.registry import build_generator, validate_model
-from tests.generators.helpers import assert_reproducible, pixels, two_requests
+from tests.generators.helpers import (
+    assert_captions_condition,
+    assert_reproducible,
+    pixels,
+    two_requests,
+)
 from tests.tiny_models import save_tiny_sd, save_tiny_sd_unet
 
 SMALL = {"height": 32, "width": 32, "steps": 2, "batch_size": 2}
@@ -26,12 +31,16 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     }
 
 
-@pytest.mark.parametrize("which", ["sd15", "sd21"])
-def test_generates_two_images_reproducibly(models: dict[str, Path], which: str) -> None:
-    spec = ModelSpec(which, "stable_diffusion", {"repo": str(models[which]), **SMALL})
+@pytest.mark.parametrize(("which", "negative"), [("sd15", None), ("sd21", "blurry, low quality")])
+def test_generates_two_images_reproducibly(
+    models: dict[str, Path], which: str, negative: str | None
+) -> None:
+    params = {"repo": str(models[which]), "negative_prompt": negative, **SMALL}
+    spec = ModelSpec(which, "stable_diffusion", params)
     validate_model(spec)
     gen = build_generator(spec, device="cpu")
     assert_reproducible(gen, which, (32, 32))
+    assert_captions_condition(gen, negative)
 
     lineage = gen.lineage()
     assert lineage["pipeline_class"] == "StableDiffusionPipeline"
@@ -41,6 +50,7 @@ def test_generates_two_images_reproducibly(models: dict[str, Path], which: str) 
     assert lineage["checkpoints"][0]["source"] == "local"
     assert lineage["dtype"] == "float32" and lineage["device"] == "cpu"
     assert lineage["prediction_type"] == ("v_prediction" if which == "sd21" else "epsilon")
+    assert lineage["negative_prompt"] == negative
 
 
 def test_dpo_unet_swap_and_scheduler_override(models: dict[str, Path]) -> None:
@@ -115,9 +125,16 @@ def test_runner_regenerates_a_lost_image_identically(
         }
     )
     out = tmp_path / "gen"
-    generate_image_set(gen, "sd15", real, out, batch_size=3)
+    first, _ = generate_image_set(gen, "sd15", real, out, batch_size=3)
     before = pixels(Image.open(out / "r2.png"))
     (out / "r2.png").unlink()
-    _, summary = generate_image_set(gen, "sd15", real, out, batch_size=3)
+    manifest, summary = generate_image_set(gen, "sd15", real, out, batch_size=3)
     assert summary.n_generated == 1 and summary.n_reused == 2
-    assert np.abs(pixels(Image.open(out / "r2.png")) - before).max() <= 2
+    assert np.array_equal(pixels(Image.open(out / "r2.png")), before)
+    # the prompt that reached the pipeline, per image: in the manifest and the PNG itself,
+    # also for the images kept from the first run
+    for df in (first, manifest):
+        assert df["prompt"].to_list() == real["caption"].to_list()
+        assert df["negative_prompt"].to_list() == [None] * 3
+    with Image.open(out / "r3.png") as kept:
+        assert kept.info["prompt"] == "a tree in snow"
