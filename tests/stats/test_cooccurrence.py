@@ -1,0 +1,113 @@
+"""Concept co-occurrence: planted co-firing pairs come out as top partners, streamed in blocks."""
+
+from __future__ import annotations
+
+import tracemalloc
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+
+from blindspot_assets.stats.cooccurrence import accumulator_bytes, concept_cooccurrence
+from blindspot_assets.store.layout import code_arrays
+from blindspot_assets.store.rowstore import RowStore
+
+PAIRS = ((0, 1), (2, 3), (4, 5))  # planted: always on the same tokens
+
+
+def _write_token_codes(
+    path: Path, n_images: int, n_tokens: int, c: int, k_max: int, seed: int = 0
+) -> np.ndarray:
+    """A codes store whose tokens fire random concepts, and the planted pairs together.
+    Returns the dense token codes (images × tokens, c) for a brute-force check."""
+    rng = np.random.default_rng(seed)
+    dense = np.zeros((n_images, n_tokens, c), np.float32)
+    noise = rng.random((n_images, n_tokens, c)) < 1.5 / c
+    dense[noise] = rng.uniform(0.2, 1.0, size=int(noise.sum()))
+    for a, b in PAIRS:
+        on = rng.random((n_images, n_tokens)) < 0.15
+        dense[on, a] = rng.uniform(0.5, 1.5, size=int(on.sum()))
+        dense[on, b] = dense[on, a] * rng.uniform(0.8, 1.2, size=int(on.sum()))
+    dense = dense.astype(np.float16).astype(np.float32)  # what the store keeps
+    order = np.argsort(-dense, axis=2)[:, :, :k_max]
+    top = np.take_along_axis(dense, order, axis=2)
+    kept = np.zeros_like(dense)  # what the store can hold: k_max codes a token
+    np.put_along_axis(kept, order, top, axis=2)
+    dense = kept
+    idx = np.where(top > 0, order, -1).astype(np.int32)
+    ids = [f"img{i:04d}" for i in range(n_images)]
+    store = RowStore.create_or_resume(
+        path, ids, code_arrays(n_tokens, c, k_max), {"fingerprint": "test"}, chunk_rows=8
+    )
+    xi = dense.sum(axis=1)
+    data = {
+        "xi": xi,
+        "nfire": (dense > 0).sum(axis=1).astype(np.uint16),
+        "token_idx": idx,
+        "token_val": top.astype(np.float16),
+    }
+    store.write_block(0, data, np.ones(n_images, bool), ["ok"] * n_images)
+    store.finish()
+    return dense
+
+
+def _brute_force(z: np.ndarray) -> np.ndarray:
+    gram = z.T.astype(np.float64) @ z.astype(np.float64)
+    norm = np.sqrt(np.diag(gram))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        cos = gram / np.outer(norm, norm)
+    np.fill_diagonal(cos, 0.0)
+    return np.nan_to_num(cos)
+
+
+@pytest.mark.parametrize("over", ["tokens", "images"])
+def test_planted_pairs_are_top_partners_and_blocks_agree(tmp_path, over):
+    c = 24
+    dense = _write_token_codes(tmp_path / "codes.zarr", 40, 6, c, k_max=8)
+    small = concept_cooccurrence(tmp_path / "codes.zarr", over=over, top=3, block=5, block_rows=7)
+    whole = concept_cooccurrence(tmp_path / "codes.zarr", over=over, top=3, block=c)
+    assert small.passes == 1 + 5 and whole.passes == 2
+    assert small.accumulator_bytes == 5 * c * 12 < whole.accumulator_bytes
+    t = small.table
+    cols = ["concept", "rank", "partner", "n_both"]
+    assert t.select(cols).equals(whole.table.select(cols))
+    np.testing.assert_allclose(t["cosine"].to_numpy(), whole.table["cosine"].to_numpy(), rtol=1e-5)
+    first = t.filter(pl.col("rank") == 1)
+    partner_of = dict(zip(first["concept"].to_list(), first["partner"].to_list(), strict=True))
+    for a, b in PAIRS:
+        assert partner_of[a] == b and partner_of[b] == a
+    # Exact against ZᵀZ computed densely.
+    z = dense.reshape(-1, c) if over == "tokens" else dense.sum(axis=1)
+    cos = _brute_force(z)
+    for row in t.iter_rows(named=True):
+        assert row["cosine"] == pytest.approx(cos[row["concept"], row["partner"]], rel=1e-5)
+        n_both = int(((z[:, row["concept"]] > 0) & (z[:, row["partner"]] > 0)).sum())
+        assert row["n_both"] == n_both
+    # Ranked by cosine, highest first; the best partner is the dense argmax.
+    for concept, part in t.group_by("concept"):
+        assert np.all(np.diff(part.sort("rank")["cosine"].to_numpy()) <= 1e-12)
+        assert int(part.sort("rank")["partner"][0]) == int(np.argmax(cos[concept[0]]))
+    assert set(t["over"].unique()) == {over}
+
+
+def test_memory_is_bounded_by_the_block(tmp_path):
+    c = 3000  # a dense c × c float64 matrix: 72 MB
+    _write_token_codes(tmp_path / "codes.zarr", 16, 5, c, k_max=8)
+    tracemalloc.start()
+    result = concept_cooccurrence(tmp_path / "codes.zarr", top=2, block=100, block_rows=8)
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert result.accumulator_bytes == accumulator_bytes(100, c) == 100 * c * 12
+    assert peak < 8 * c * c / 8, f"peak {peak / 1e6:.1f} MB"  # far below the dense matrix
+    first = result.table.filter(pl.col("rank") == 1)
+    partner_of = dict(zip(first["concept"].to_list(), first["partner"].to_list(), strict=True))
+    assert all(partner_of[a] == b for a, b in PAIRS)
+
+
+def test_bad_arguments(tmp_path):
+    _write_token_codes(tmp_path / "codes.zarr", 4, 3, 8, k_max=8)
+    with pytest.raises(ValueError, match="over must be"):
+        concept_cooccurrence(tmp_path / "codes.zarr", over="pixels")
+    with pytest.raises(ValueError, match="≥ 1"):
+        concept_cooccurrence(tmp_path / "codes.zarr", block=0)
