@@ -113,6 +113,9 @@ class SAESpec:
     seed: int = 0
     k_max_store: int = 64  # how many active concepts per token the code store keeps
     pretrained: str | None = None  # a converted checkpoint dir, or a released .pt to import
+    # Train a second SAE with this seed (same data and config) and mark in `blindspots` which
+    # flagged concepts replicate in it (``stats/replication.py``); null: off.
+    replicate_seed: int | None = None
     # θ of a released BatchTopK checkpoint (codes below θ are zero). Taken first; then θ from a
     # config.json beside the .pth; then the pickled running_threshold. None known: an error.
     threshold: float | None = None

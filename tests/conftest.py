@@ -19,10 +19,12 @@ REPO = Path(__file__).resolve().parent.parent
 def demo_config_dict(
     tmp_path: Path, n_images: int = 120, with_controls: bool = False, **overrides: object
 ) -> dict[str, object]:
-    """The embedded demo config, pointed at ``tmp_path`` and optionally shrunk; its null
-    control models only ``with_controls`` (most tests need the two planted models alone)."""
+    """The embedded demo config, pointed at ``tmp_path`` and optionally shrunk; its trust
+    checks — the null control models and the replicate SAE — only ``with_controls`` (most tests
+    need the two planted models alone, and one SAE)."""
     raw = yaml.safe_load((REPO / "configs" / "demo.yaml").read_text())
     if not with_controls:
+        raw["sae"].pop("replicate_seed", None)
         raw["models"] = {
             k: m
             for k, m in raw["models"].items()

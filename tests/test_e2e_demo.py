@@ -1,4 +1,6 @@
-"""The whole graph on the demo world, in process: planted blindspots must be found."""
+"""The whole graph on the demo world, in process: planted blindspots must be found, and the null
+controls — a copy of the real images and a faithful redraw, both through the generated-image
+path, on a world whose real images are JPEG and generated ones PNG — must flag nothing."""
 
 import json
 
@@ -17,13 +19,14 @@ RANGE_TAGS = {
     "dagster/asset_partition_range_start": "demo-a",
     "dagster/asset_partition_range_end": "demo-b",
 }
+WITH_CONTROLS = {**RANGE_TAGS, "dagster/asset_partition_range_end": "control-redraw"}
 
 
-def run_whole_graph(config_path, instance=None):
+def run_whole_graph(config_path, instance=None, tags=RANGE_TAGS):
     job = defs.resolve_job_def("blindspot_job")
     return job.execute_in_process(
         instance=instance or dg.DagsterInstance.ephemeral(),
-        tags=RANGE_TAGS,
+        tags=tags,
         resources={"run_config": RunConfigResource(config_path=str(config_path))},
     )
 
@@ -63,23 +66,68 @@ def planted_hits(cfg, model_key, kind, word, verdict="true", top_n=20, min_share
 
 @pytest.mark.slow
 def test_demo_world_planted_blindspots_are_found(tmp_path):
-    raw = demo_config_dict(tmp_path, n_images=400)
+    raw = demo_config_dict(tmp_path, n_images=400, with_controls=True)
     raw["real"].update({"corrupt_images": 2, "empty_captions": 2})  # bad inputs, recorded
     config_path = write_config(tmp_path, raw)
-    result = run_whole_graph(config_path)
+    result = run_whole_graph(config_path, tags=WITH_CONTROLS)
     assert result.success
     cfg = load_config(config_path)
+    assert cfg.controls == ["control-copy", "control-redraw"]
+    real_files = read_manifest(cfg.layout.real_images)["path"].to_list()
+    assert all(p.endswith(".jpg") for p in real_files)  # real JPEG, generated PNG
+    assert (cfg.layout.generated_images("control-redraw") / "demo-000010.png").exists()
 
-    for model_key in cfg.models:
+    # The null controls flag nothing, under either verdict; the planted models are bounded.
+    flags = query(
+        cfg.layout.duckdb,
+        "SELECT model_key, count_if(paper_verdict)::INT paper, count_if(significant)::INT sig "
+        "FROM blindspots GROUP BY 1",
+    )
+    per_model = {r["model_key"]: (r["paper"], r["sig"]) for r in flags.iter_rows(named=True)}
+    assert per_model.get("control-copy", (0, 0)) == (0, 0)
+    assert per_model.get("control-redraw", (0, 0)) == (0, 0)
+    summaries = query(cfg.layout.duckdb, "SELECT * FROM model_summaries ORDER BY model")
+    # The concept vocabulary covers every set; the planted suppressions replicate in a second
+    # SAE trained with another seed.
+    for row in summaries.iter_rows(named=True):
+        assert row["recon_r2_real"] > 0.3 and row["recon_r2_gen"] > 0.3, row
+        assert 0 < row["energy_explained_gen"] <= 1 and not row["vocabulary_gap"], row
+    replicated = query(
+        cfg.layout.duckdb,
+        "SELECT model_key, replicated FROM blindspots WHERE rank = 1 ORDER BY model_key",
+    )
+    assert replicated["replicated"].to_list() == [True, True], replicated
+    for model_key in ("demo-a", "demo-b"):
+        paper, sig = per_model[model_key]
+        # flags everything = broken verdict; the tiny random encoder entangles many concepts
+        assert 2 <= sig <= 128 * 0.6 and 1 <= paper <= 128 * 0.25, (model_key, paper, sig)
+    checks = {e.asset_check_key.name: e.passed for e in result.get_asset_check_evaluations()}
+    assert checks["controls_clean"] is True
+    assert summaries.filter(pl.col("is_control"))["model"].to_list() == [
+        "control-copy",
+        "control-redraw",
+    ]
+    assert summaries.filter(pl.col("is_control"))["expected_false_flags"].to_list() == [0.0, 0.0]
+    # the first-ranked flag of each planted model is one of its planted suppressions
+    for model_key, word in (("demo-a", "red"), ("demo-b", "blue")):
+        first = query(
+            cfg.layout.duckdb,
+            f"SELECT concept FROM blindspots WHERE model_key = '{model_key}' AND rank = 1",
+        )["concept"].item()
+        hits = {c for c, _ in planted_hits(cfg, model_key, "suppressed", word, "significant")}
+        assert first in hits, (model_key, first, hits)
+
+    for model_key in ("demo-a", "demo-b"):
         truth = read_lineage(cfg.layout.generated_images(model_key))["planted_truth"]
         for word in truth["suppressed"]:
             assert planted_hits(cfg, model_key, "suppressed", word), (model_key, word)
         for word in truth["exaggerated"]:
             assert planted_hits(cfg, model_key, "exaggerated", word), (model_key, word)
     # Each model draws the other's planted attributes faithfully: the paper's verdict must not
-    # flag them for it. (The significance verdict also catches real but entangled shifts of the
-    # tiny random encoder's concepts, e.g. colour-on-texture conjunctions moved by a texture
-    # plant, so it is held to the planted scorer's floors below instead.)
+    # flag them for it. The significance verdict's negative check is the controls above (zero
+    # flags): on a planted model it also catches real but entangled shifts of the tiny random
+    # encoder's concepts (blue-on-plain conjunctions move when a texture plant repaints plain
+    # backgrounds), so it is bounded above instead of held to zero here.
     for model_key, kind, word in [
         ("demo-b", "suppressed", "red"),
         ("demo-a", "suppressed", "blue"),
@@ -94,8 +142,8 @@ def test_demo_world_planted_blindspots_are_found(tmp_path):
         "SELECT DISTINCT model_key, model_version, sae_version, run_id "
         "FROM concept_stats ORDER BY 1",
     )
-    assert rows["model_key"].to_list() == ["demo-a", "demo-b"]
-    assert rows["run_id"].to_list() == [result.run_id] * 2
+    assert rows["model_key"].to_list() == sorted(cfg.models)
+    assert rows["run_id"].to_list() == [result.run_id] * 4
     assert "unknown" not in rows["sae_version"].to_list()
     assert (cfg.layout.report / "index.html").exists()
 
@@ -111,15 +159,16 @@ def test_demo_world_planted_blindspots_are_found(tmp_path):
 
     # The planted-truth scorer's floors, and the tables beyond the paper.
     scores = query(cfg.layout.duckdb, "SELECT * FROM planted_scores")
-    recall = scores.filter(pl.col("metric") == "recall")
+    planted = scores.filter(pl.col("model").is_in(["demo-a", "demo-b"]))
+    recall = planted.filter(pl.col("metric") == "recall")
     assert recall["value"].to_list() == [1.0, 1.0]
-    p5 = scores.filter((pl.col("metric") == "precision_at") & (pl.col("key") == "5"))
+    p5 = planted.filter((pl.col("metric") == "precision_at") & (pl.col("key") == "5"))
     assert p5["value"].min() >= 0.6
     deltas = query(
         cfg.layout.duckdb,
         "SELECT model_key, count(*) n FROM datapoint_deltas GROUP BY 1 ORDER BY 1",
     )
-    assert deltas["n"].to_list() == [396, 396]  # 400 − 2 corrupt − 2 without a caption
+    assert deltas["n"].to_list() == [396] * 4  # 400 − 2 corrupt − 2 without a caption
     labels = query(cfg.layout.duckdb, "SELECT * FROM concept_labels")
     assert labels.height > 0
     assert query(cfg.layout.duckdb, "SELECT * FROM model_correlations").height > 0

@@ -18,12 +18,13 @@ from blindspot_assets.defs.features import gen_features, real_features
 from blindspot_assets.defs.inputs import real_images
 from blindspot_assets.defs.partitions import model_keys, model_partitions, single_run
 from blindspot_assets.defs.resources import RunConfigResource
-from blindspot_assets.sae.checkpoint import read_header
+from blindspot_assets.sae.checkpoint import HEADER_FILE, load_sae, read_header
 from blindspot_assets.stats import (
     BlindspotParams,
     compute_concept_stats,
     flag_blindspots,
 )
+from blindspot_assets.stats.replication import without_replication
 from blindspot_assets.stats.top_images import top_images
 from blindspot_assets.store.images import model_version, read_lineage, read_manifest
 from blindspot_assets.store.layout import REAL
@@ -88,7 +89,7 @@ def _write_per_model(
     backfill_policy=single_run,
     deps=[real_concept_codes, concept_codes],
     kinds={"duckdb", "polars"},
-    code_version="1",
+    code_version="2",  # 2: minimum-effect significance with BH, the `significant` column
     description="Per concept and model: energies E_k of real and generated sets, nb_fire, ΔE, "
     "δ = sigmoid(ΔE/T), relative difference, paired uncertainty (table concept_stats).",
 )
@@ -104,10 +105,15 @@ def concept_stats(
         lambda m: compute_concept_stats(cfg.layout.codes(REAL), cfg.layout.codes(m), params),
     )
     counts = {m: df.height for m, df in written.items()}
+    significant = {m: int(df["significant"].sum()) for m, df in written.items()}
     return dg.MaterializeResult(
         metadata={
             "duckdb": dg.MetadataValue.path(str(cfg.layout.duckdb)),
             "rows_per_model": dg.MetadataValue.json(counts),
+            "significant_per_model": dg.MetadataValue.json(significant),
+            "expected_false_flags": dg.MetadataValue.json(
+                {m: stats_lib.expected_false_flags(n, params.alpha) for m, n in significant.items()}
+            ),
             "params": lineage_md(params.__dict__),
         }
     )
@@ -118,9 +124,9 @@ def concept_stats(
     op_tags=CPU_OP_TAGS,
     partitions_def=model_partitions,
     backfill_policy=single_run,
-    deps=[concept_stats],
+    deps=[concept_stats, sae, real_features, gen_features],
     kinds={"duckdb", "polars"},
-    code_version="1",
+    code_version="3",  # 2: one `significant`, read from concept_stats; 3: replication columns
     description="Concepts a model suppresses or exaggerates: the paper's δ-threshold verdict "
     "and the significance verdict side by side (table blindspots).",
 )
@@ -133,10 +139,14 @@ def blindspots(
         context,
         cfg,
         "blindspots",
-        lambda m: flag_blindspots(read_table(cfg.layout.tables, "concept_stats", m), params),
+        lambda m: _flagged_with_replication(cfg, m, params),
     )
     per_model: dict[str, Any] = {
-        m: {"n_flagged": df.height, **dict(df.group_by("kind").len().iter_rows())}
+        m: {
+            "n_flagged": df.height,
+            "control": cfg.model(m).control,
+            **dict(df.group_by("kind").len().iter_rows()),
+        }
         for m, df in written.items()
     }
     first = next(iter(written.values()))
@@ -146,6 +156,21 @@ def blindspots(
             "per_model": dg.MetadataValue.json(per_model),
             "top_blindspots": table_md(preview),
         }
+    )
+
+
+def _flagged_with_replication(
+    cfg: RunConfig, model_key: str, params: BlindspotParams
+) -> pl.DataFrame:
+    """The model's flagged concepts; with a replicate SAE (``sae.replicate_seed``), which of them
+    replicate in it (null columns without one)."""
+    flagged = flag_blindspots(read_table(cfg.layout.tables, "concept_stats", model_key), params)
+    if not (cfg.layout.sae_replicate / HEADER_FILE).exists():
+        return without_replication(flagged)
+    model_a, _ = load_sae(cfg.layout.sae)
+    model_b, _ = load_sae(cfg.layout.sae_replicate)
+    return stats_lib.replication(
+        flagged, model_a, model_b, cfg.layout.features(REAL), cfg.layout.features(model_key), params
     )
 
 
@@ -305,7 +330,18 @@ def model_comparison(
     stats_by_model = _available(cfg, "concept_stats")
     meta: dict[str, Any] = {}
     if stats_by_model:
-        summaries = stats_lib.model_summaries(stats_by_model, params)
+        recon = {
+            dataset: stats_lib.reconstruction_quality(cfg.layout.codes(dataset))
+            for dataset in [REAL, *stats_by_model]
+            if store_exists(cfg.layout.codes(dataset))
+        }
+        summaries = stats_lib.model_summaries(stats_by_model, params, cfg.controls, recon)
+        gaps = summaries.filter(pl.col("vocabulary_gap"))["model"].to_list()
+        if gaps:
+            context.log.warning(
+                f"the SAE reconstructs the images of {gaps} much worse than the real ones: "
+                "their content has concepts the dictionary cannot see (model_summaries)"
+            )
         write_table_partition(cfg.layout.tables, "model_summaries", "all", summaries)
         meta["summaries"] = table_md(summaries)
         freq = pl.concat(
@@ -353,6 +389,8 @@ def _planted_scores(cfg: RunConfig) -> pl.DataFrame | None:
         if not isinstance(truth, dict):
             continue
         planted = {k: v for k, v in truth.items() if k in ("suppressed", "exaggerated")}
+        if not any(planted.values()):  # nothing planted (a control): nothing to score
+            continue
         summary, _ = stats_lib.score_planted(flagged, top, manifest, planted)
         frames.append(stats_lib.planted_summary_frame(summary, model_key))
     return pl.concat(frames, how="diagonal_relaxed") if frames else None

@@ -226,3 +226,43 @@ def concept_stats_schema(run_config: RunConfigResource) -> dg.AssetCheckResult:
 )
 def blindspots_schema(run_config: RunConfigResource) -> dg.AssetCheckResult:
     return _table_check(run_config.load(), "blindspots")
+
+
+@dg.asset_check(
+    asset=blindspots,
+    description="Null controls are clean: a control model (family control, or control: true) "
+    "has no blindspot by construction, so any concept flagged on it — by either verdict — is a "
+    "pipeline artefact, and the other models' flags cannot be trusted until it is explained.",
+)
+def controls_clean(run_config: RunConfigResource) -> dg.AssetCheckResult:
+    cfg = run_config.load()
+    flags: dict[str, Any] = {}
+    for model_key in cfg.controls:
+        try:
+            df = read_table(cfg.layout.tables, "blindspots", model_key)
+        except FileNotFoundError:
+            continue
+        flags[model_key] = {
+            "paper_verdict": int(df["paper_verdict"].sum()),
+            "significant": int(df["significant"].sum()),
+        }
+    dirty = {m: f for m, f in flags.items() if f["paper_verdict"] or f["significant"]}
+    if not cfg.controls:
+        description = "the run config registers no control model: add one (family: control)"
+    elif not flags:
+        description = "no control partition materialised yet"
+    elif dirty:
+        description = "; ".join(
+            f"control {m} flags {f['significant']} significant and {f['paper_verdict']} "
+            "paper-verdict concepts: a pipeline artefact, see README 'Null controls'"
+            for m, f in dirty.items()
+        )
+    else:
+        description = f"controls {sorted(flags)}: 0 flags"
+    return dg.AssetCheckResult(
+        passed=bool(flags) and not dirty,
+        # an artefact on a control is an error; a run without one is unverified (a warning)
+        severity=dg.AssetCheckSeverity.ERROR if dirty else dg.AssetCheckSeverity.WARN,
+        metadata={"flags_per_control": dg.MetadataValue.json(flags)},
+        description=description,
+    )

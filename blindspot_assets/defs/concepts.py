@@ -2,6 +2,7 @@
 
 import json
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -78,6 +79,9 @@ def sae(context: dg.AssetExecutionContext, run_config: RunConfigResource) -> dg.
         "run_config": cfg.name,
     }
     save_sae(result.model, cfg.layout.sae, header)
+    replicate = (
+        _train_replicate(context, cfg, stores, d) if cfg.sae.replicate_seed is not None else {}
+    )
     return dg.MaterializeResult(
         metadata={
             "path": dg.MetadataValue.path(str(cfg.layout.sae)),
@@ -88,9 +92,32 @@ def sae(context: dg.AssetExecutionContext, run_config: RunConfigResource) -> dg.
             "data_version": result.data_version,
             "config": lineage_md({"sae": sae_cfg.__dict__, "train": train_cfg.__dict__}),
             "seconds": round(time.perf_counter() - t0, 2),
+            **replicate,
         },
         data_version=dg.DataVersion(str(result.data_version)),
     )
+
+
+def _train_replicate(
+    context: dg.AssetExecutionContext, cfg: RunConfig, stores: list[str | Path], d: int
+) -> dict[str, Any]:
+    """The same SAE trained again with ``sae.replicate_seed``: blindspots say which of their
+    concepts replicate in it (``stats.replication``)."""
+    spec = replace(cfg.sae, seed=int(cfg.sae.replicate_seed or 0))
+    result = train_sae(
+        stores,
+        RASAEConfig.from_spec(spec, d),
+        TrainConfig.from_spec(spec),
+        checkpoint_dir=cfg.layout.sae_replicate / "checkpoints",
+        log=lambda m: context.log.info(f"sae replicate step {json.dumps(m, default=str)}"),
+    )
+    header = {"replicate_of": str(cfg.layout.sae), "seed": spec.seed,
+              "data_version": result.data_version, "metrics": result.metrics}  # fmt: skip
+    save_sae(result.model, cfg.layout.sae_replicate, header)
+    return {
+        "replicate_path": dg.MetadataValue.path(str(cfg.layout.sae_replicate)),
+        "replicate_seed": spec.seed,
+    }
 
 
 def _use_pretrained(

@@ -44,6 +44,7 @@ from blindspot_assets.report.data import (
 )
 from blindspot_assets.report.images import ImageWriter, TokenLayout, concept_maps
 from blindspot_assets.report.page import render_page
+from blindspot_assets.stats.significance import expected_false_flags
 from blindspot_assets.store.layout import REAL
 from blindspot_assets.store.rowstore import RowStore, store_exists
 from blindspot_assets.store.tables import list_tables
@@ -501,15 +502,36 @@ def _frequency_figure(tables_root: str | Path) -> tuple[str, str] | None:
     )
 
 
+def control_flags(cfg: RunConfig, blind_all: pl.DataFrame | None) -> list[dict[str, Any]]:
+    """Flags per null control model (its false-flag floor): ``key``, ``paper``, ``significant``;
+    None counts where the control has no blindspots table yet."""
+    rows = []
+    for key in cfg.controls:
+        flagged = for_model(blind_all, key)
+        done = flagged is not None and {"paper_verdict", "significant"} <= set(flagged.columns)
+        rows.append(
+            {
+                "key": key,
+                "paper": int(flagged["paper_verdict"].sum()) if done else None,  # type: ignore[index]
+                "significant": int(flagged["significant"].sum()) if done else None,  # type: ignore[index]
+            }
+        )
+    return rows
+
+
 def _model_counts(
-    cfg: RunConfig, stats: pl.DataFrame, flagged: pl.DataFrame, summaries: pl.DataFrame | None
+    cfg: RunConfig,
+    stats: pl.DataFrame,
+    flagged: pl.DataFrame,
+    summaries: pl.DataFrame | None,
+    controls: list[dict[str, Any]],
 ) -> dict[str, Any]:
     counts: dict[str, Any] = {"concepts": stats.height}
     for verdict in ("paper_verdict", "significant"):
         if verdict in flagged.columns and "kind" in flagged.columns:
             for kind in ("suppressed", "exaggerated"):
                 n = flagged.filter((pl.col("kind") == kind) & pl.col(verdict)).height
-                counts[f"{kind} ({'paper' if verdict == 'paper_verdict' else 'q < α'})"] = n
+                counts[f"{kind} ({'paper' if verdict == 'paper_verdict' else 'significant'})"] = n
         elif "kind" in flagged.columns:
             for kind in ("suppressed", "exaggerated"):
                 counts[kind] = flagged.filter(pl.col("kind") == kind).height
@@ -526,6 +548,11 @@ def _model_counts(
     n_pairs = pick(stats, "n_pairs")
     if n_pairs and stats.height:
         counts["pairs"] = int(stats[n_pairs][0])
+    if "significant" in stats.columns:
+        n_sig = int(stats["significant"].sum())
+        counts["expected false flags"] = expected_false_flags(n_sig, cfg.stats.alpha)
+    done = [c for c in controls if c["significant"] is not None]
+    counts["control floor"] = max(max(c["significant"], c["paper"]) for c in done) if done else None
     return counts
 
 
@@ -591,6 +618,7 @@ def build_report(
     crop = cfg.encoder.image_size / round(cfg.encoder.image_size * 256 / 224)
     writer = ImageWriter(cfg.layout, out_dir, opts.thumb_px, crop)
 
+    controls = control_flags(cfg, blind_all)
     sections: list[ModelSection] = []
     missing_models: list[str] = []
     n_blind = 0
@@ -606,7 +634,7 @@ def build_report(
         n_blind += flagged.height
         section = ModelSection(key)
         section_summary = for_model(summaries, key)
-        section.counts = _model_counts(cfg, stats, flagged, section_summary)
+        section.counts = _model_counts(cfg, stats, flagged, section_summary, controls)
         section.figures = _figures(cfg, key, stats, flagged, labels)
         section.cards = _cards(key, flagged, top, labels, writer, opts)
         all_cards += [c for cs in section.cards.values() for c in cs]
@@ -663,6 +691,7 @@ def build_report(
         cfg=cfg,
         sections=sections,
         missing_models=missing_models,
+        controls=controls,
         missing_tables=[n for n in REQUIRED_TABLES if tables[n] is None],
         optional_present=[n for n in OPTIONAL_TABLES if tables[n] is not None],
         cross=cross,

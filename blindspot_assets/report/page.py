@@ -28,6 +28,7 @@ h2{border-bottom:2px solid var(--line);padding-bottom:4px;margin-top:34px}
 h3{margin:22px 0 8px}
 .note{color:var(--mute);font-size:12px}
 .warn{background:#fffaf0;border-left:4px solid var(--exa);padding:6px 10px;margin:8px 0}
+.ok{background:#f3faf4;border-left:4px solid #2e8b57;padding:6px 10px;margin:8px 0}
 .figs{display:flex;flex-wrap:wrap;gap:18px;align-items:flex-start}
 .fig{border:1px solid var(--line);border-radius:6px;padding:6px;background:#fff}
 .fig .cap{font-size:12px;color:var(--mute);max-width:420px;margin:2px 4px}
@@ -139,15 +140,34 @@ materialised yet; sections that need it are empty.</div>{% endfor %}
 {% if missing_models %}<div class="warn">No statistics yet for
 {{ missing_models|join(', ') }} (materialise their partitions).</div>{% endif %}
 {% if sections %}
+{% if not controls %}<div class="warn">This run has no null control model: nothing shows how
+many flags the pipeline alone produces. Add one (<code>family: control</code>) before trusting
+a blindspot.</div>
+{% elif controls|selectattr("significant", "none")|list %}<div class="warn">Controls not yet
+materialised: {{ controls|selectattr("significant", "none")|map(attribute="key")|join(", ") }}.
+</div>
+{% elif controls|rejectattr("significant", "none")|selectattr("significant")|list
+   or controls|rejectattr("paper", "none")|selectattr("paper")|list %}
+<div class="warn control-dirty">Null controls are <b>not clean</b>:
+{% for c in controls %}{{ c.key }} flags {{ c.significant }} significant and {{ c.paper }}
+paper-verdict concepts{{ "; " if not loop.last }}{% endfor %}. A control has no blindspot by
+construction: these flags are pipeline artefacts (file formats, resizing, pairing), and a
+model's flags are not evidence until they clearly exceed its control floor.</div>
+{% else %}<p class="ok control-clean">Null controls clean: {{ controls|map(attribute="key")|
+join(", ") }} flag 0 concepts under either verdict.</p>{% endif %}
 <table class="data"><thead><tr><th class="t">model</th>
 {% for k in sections[0].counts %}<th>{{ k }}</th>{% endfor %}</tr></thead><tbody>
 {% for s in sections %}<tr><td class="t"><a href="#model-{{ s.key }}">{{ s.key }}</a></td>
 {% for k in sections[0].counts %}<td>{{ num(s.counts.get(k)) }}</td>{% endfor %}</tr>{% endfor %}
 </tbody></table>
-<p class="note">“paper”: δ beyond the thresholds (the paper's verdict). “q &lt; α”: the paired
-sign-flip test, Benjamini–Hochberg across concepts. Concept names are the caption terms most
-associated with a concept{% if not labels_present %} (table <code>concept_labels</code> not
-materialised yet: concepts are shown by id){% endif %}.</p>
+<p class="note">“paper”: δ beyond the thresholds (the paper's verdict). “significant”: a
+minimum-effect test of “the change is negligible” (|d_z| ≤ {{ cfg.stats.min_effect_size }} and
+|relative| ≤ {{ cfg.stats.min_relative }}), Benjamini–Hochberg across concepts at
+α = {{ cfg.stats.alpha }}; “expected false flags” is α × significant, the FDR bound in counts.
+“control floor”: the most flags any null control model got (its flags are artefacts).
+Concept names are the caption terms most associated with a concept
+{%- if not labels_present %} (table <code>concept_labels</code> not materialised yet:
+concepts are shown by id){% endif %}.</p>
 {% endif %}
 {% if cross %}<div class="figs">{% for fig, cap in cross %}<div class="fig">{{ fig }}
 <div class="cap">{{ cap }}</div></div>{% endfor %}</div>{% endif %}
@@ -157,7 +177,7 @@ materialised yet: concepts are shown by id){% endif %}.</p>
 <section id="model-{{ s.key }}"><h2>{{ s.key }}</h2>
 {% for n in s.notes %}<div class="warn">{{ n }}</div>{% endfor %}
 <div class="figs">{% for fig in s.figures %}<div class="fig">{{ fig }}</div>{% endfor %}</div>
-<p class="note">Blue: suppressed, orange: exaggerated (outlined: significant at q &lt; α);
+<p class="note">Blue: suppressed, orange: exaggerated (outlined: significant);
 hover a point for its concept.</p>
 {% for kind in ['suppressed', 'exaggerated'] %}
 <h3>Top {{ kind }} concepts ({{ s.cards.get(kind, [])|length }} shown)</h3>

@@ -22,6 +22,7 @@ from blindspot_assets.store.rowstore import RowStore
 
 ProgressFn = Callable[[int, int], None]
 DENSE_BUDGET = 1 << 24  # floats of dense codes alive at once (64 MiB in float32)
+RECON_ARRAYS = ("recon_sse", "token_sq", "token_sum")
 
 
 def model_fingerprint(model: RelaxedArchetypalSAE) -> str:
@@ -39,13 +40,30 @@ def model_fingerprint(model: RelaxedArchetypalSAE) -> str:
 
 
 @torch.no_grad()
+def reconstruction_block(
+    model: RelaxedArchetypalSAE, tokens_rtd: torch.Tensor, z_nc: torch.Tensor
+) -> dict[str, np.ndarray]:
+    """Per row: Σ_t ‖x − x̂‖², Σ_t ‖x‖² and Σ_t x, with x̂ the exact sparse decode of ``z``."""
+    r, t, d = tokens_rtd.shape
+    x_rtd = tokens_rtd.float()
+    xhat_rtd = model.decode_sparse(z_nc).view(r, t, d).float()
+    return {
+        "recon_sse": (x_rtd - xhat_rtd).square().sum(dim=(1, 2)).cpu().numpy(),
+        "token_sq": x_rtd.square().sum(dim=(1, 2)).cpu().numpy(),
+        "token_sum": x_rtd.sum(dim=1).cpu().numpy(),
+    }
+
+
+@torch.no_grad()
 def encode_block(
     model: RelaxedArchetypalSAE, tokens_rtd: torch.Tensor, k_max: int
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int, int]:
-    """Codes of whole rows: ξ (r, c), nfire (r, c), token idx / val (r, T, k_max), Σ L0, and
-    how many tokens had more than ``k_max`` active concepts (their token codes are cut)."""
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int, int, dict[str, np.ndarray]]:
+    """Codes of whole rows: ξ (r, c), nfire (r, c), token idx / val (r, T, k_max), Σ L0, how
+    many tokens had more than ``k_max`` active concepts (their token codes are cut), and the
+    rows' reconstruction sums (``reconstruction_block``)."""
     r, t, d = tokens_rtd.shape
     z_nc = model.encode(tokens_rtd.reshape(r * t, d))
+    recon = reconstruction_block(model, tokens_rtd, z_nc)
     z_rtc = z_nc.view(r, t, -1)
     xi = z_rtc.sum(dim=1, dtype=torch.float32)
     active = z_rtc > 0
@@ -64,6 +82,7 @@ def encode_block(
         vals.view(r, t, k_max).to(torch.float16).cpu().numpy(),
         int(l0_n.sum()),
         int((l0_n > k_max).sum()),
+        recon,
     )
 
 
@@ -99,6 +118,7 @@ def encode_features_to_codes(
     dev = torch.device(device) if device is not None else next(model.parameters()).device
     model.eval()
     codes = open_codes_store(model, features_path, codes_path, k_max)
+    recon_specs = {k: v for k, v in code_arrays(t, c, k_max, d).items() if k in RECON_ARRAYS}
     sae_fp = str(codes.attrs["sae_fingerprint"])
     f_valid, f_status = features.valid(), features.status()
     pending = codes.pending_blocks(rows)
@@ -114,14 +134,17 @@ def encode_features_to_codes(
         nfire = np.zeros((r, c), np.uint16)
         t_idx = np.full((r, t, k_max), -1, np.int32)
         t_val = np.zeros((r, t, k_max), np.float16)
+        recon = {k: np.zeros((r, *spec.row_shape), np.float32) for k, spec in recon_specs.items()}
         valid = f_valid[start:stop].copy()
         block = np.asarray(tokens[start:stop])  # the store dtype (float16 or float32)
         live = np.flatnonzero(valid)
         for a in range(0, len(live), rows_per_pass):
             sel = live[a : a + rows_per_pass]
             x = torch.from_numpy(block[sel].astype(np.float32)).to(dev)
-            bx, bn, bi, bv, l0, cut = encode_block(model, x, k_max)
+            bx, bn, bi, bv, l0, cut, brecon = encode_block(model, x, k_max)
             xi[sel], nfire[sel], t_idx[sel], t_val[sel] = bx, bn, bi, bv
+            for key, values in brecon.items():
+                recon[key][sel] = values
             l0_sum += l0
             truncated += cut
             tokens_encoded += len(sel) * t
@@ -130,6 +153,7 @@ def encode_features_to_codes(
             "nfire": nfire,
             "token_idx": t_idx,
             "token_val": t_val,
+            **recon,
         }
         codes.write_block(start, data, valid, f_status[start:stop])
         done_rows += r
@@ -158,10 +182,11 @@ def open_codes_store(
 ) -> RowStore:
     """Create, resume or (when the SAE or the features changed) rebuild a codes store."""
     features = RowStore.open(features_path)
-    _, t, _ = features.array("tokens").shape
+    _, t, d = features.array("tokens").shape
     sae_fp = model_fingerprint(model)
     attrs = {
-        "fingerprint": json.dumps([sae_fp, features.attrs.get("fingerprint"), k_max]),
+        # "recon-v1": the layout with the reconstruction arrays (older stores are rebuilt)
+        "fingerprint": json.dumps([sae_fp, features.attrs.get("fingerprint"), k_max, "recon-v1"]),
         "sae_fingerprint": sae_fp,
         "features_fingerprint": features.attrs.get("fingerprint"),
         "n_concepts": model.n_concepts,
@@ -171,7 +196,7 @@ def open_codes_store(
     return RowStore.create_or_resume(
         codes_path,
         features.image_ids(),
-        code_arrays(t, model.n_concepts, k_max),
+        code_arrays(t, model.n_concepts, k_max, d),
         attrs,
         chunk_rows=features.chunk_rows,
     )

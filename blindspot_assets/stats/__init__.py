@@ -16,7 +16,10 @@ from blindspot_assets.stats.memorization import memorization_candidates
 from blindspot_assets.stats.params import BlindspotParams
 from blindspot_assets.stats.planted import planted_summary_frame, score_planted
 from blindspot_assets.stats.reading import Pairing, pair_rows
+from blindspot_assets.stats.reconstruction import reconstruction_quality
+from blindspot_assets.stats.replication import replication
 from blindspot_assets.stats.scores import benjamini_hochberg, blindspot_scores
+from blindspot_assets.stats.significance import expected_false_flags, minimum_effect_p_values
 from blindspot_assets.stats.summaries import (
     compare_variants,
     delta_histogram,
@@ -37,13 +40,17 @@ __all__ = [
     "concept_labels",
     "datapoint_deltas",
     "delta_histogram",
+    "expected_false_flags",
     "flag_blindspots",
     "frequency_vs_relative",
     "l2_histograms",
     "memorization_candidates",
+    "minimum_effect_p_values",
     "model_summaries",
     "pair_rows",
     "planted_summary_frame",
+    "reconstruction_quality",
+    "replication",
     "relative_correlations",
     "score_planted",
     "top_images_per_concept",

@@ -20,6 +20,7 @@ from blindspot_assets.stats.reading import (
     select_rows,
 )
 from blindspot_assets.stats.scores import benjamini_hochberg, blindspot_scores
+from blindspot_assets.stats.significance import minimum_effect_p_values
 from blindspot_assets.stats.uncertainty import PairedDiffAccumulator, PairedDiffResult
 from blindspot_assets.store.rowstore import RowStore
 
@@ -27,7 +28,7 @@ CONCEPT_STATS_COLUMNS = (
     "concept", "n_pairs", "energy_real", "energy_gen", "nb_fire_real", "nb_fire_gen",
     "image_freq_real", "image_freq_gen", "delta_energy", "delta", "relative",
     "delta_energy_ci_low", "delta_energy_ci_high", "delta_ci_low", "delta_ci_high",
-    "effect_size", "p_value", "p_value_mc", "q_value",
+    "effect_size", "p_value", "q_value", "significant", "p_value_no_change",
 )  # fmt: skip
 
 
@@ -54,8 +55,10 @@ def compute_concept_stats(
     fraction of images where ξ_k > 0; ``delta_energy``, ``delta``, ``relative`` (see
     ``blindspot_scores``); ``delta_energy_ci_low/high`` and ``delta_ci_low/high`` (paired
     bootstrap percentile CI at ``params.ci_level``); ``effect_size`` (Cohen's d_z of the paired
-    differences); ``p_value`` (two-sided sign-flip test, see ``uncertainty``), ``p_value_mc``
-    (its Monte-Carlo part alone), ``q_value`` (Benjamini–Hochberg over all concepts).
+    differences); ``p_value`` (minimum-effect test of "the change is negligible", see
+    ``significance``), ``q_value`` (Benjamini–Hochberg over all concepts), ``significant``
+    (q < ``alpha``: the one definition used by every table and the report),
+    ``p_value_no_change`` (two-sided sign-flip test of ΔE = 0, see ``uncertainty``).
     """
     real, gen = open_store(real_codes), open_store(gen_codes)
     n_concepts = n_concepts_of(real)
@@ -83,6 +86,8 @@ def concept_stats_frame(
 ) -> pl.DataFrame:
     """Assemble the concept-stats table from finished accumulators (shared with benchmarks)."""
     n = max(real_acc.n_images, 1)
+    p_k = minimum_effect_p_values(diff.moments, params.min_effect_size, params.min_relative)
+    q_k = benjamini_hochberg(p_k)
     scores = blindspot_scores(gen_acc.energy_k, real_acc.energy_k, params.temperature)
     return pl.DataFrame(
         {
@@ -102,9 +107,10 @@ def concept_stats_frame(
             "delta_ci_low": _sigmoid(diff.ci_low_k, params.temperature),
             "delta_ci_high": _sigmoid(diff.ci_high_k, params.temperature),
             "effect_size": diff.effect_size_k,
-            "p_value": diff.p_value_k,
-            "p_value_mc": diff.p_value_mc_k,
-            "q_value": benjamini_hochberg(diff.p_value_k),
+            "p_value": p_k,
+            "q_value": q_k,
+            "significant": q_k < params.alpha,  # NaN is never < α
+            "p_value_no_change": diff.p_value_k,
         }
     ).select(CONCEPT_STATS_COLUMNS)
 
@@ -112,23 +118,16 @@ def concept_stats_frame(
 def flag_blindspots(stats_df: pl.DataFrame, params: BlindspotParams) -> pl.DataFrame:
     """The concepts flagged by the paper's δ thresholds or by significance, ranked.
 
-    ``paper_verdict``: δ < ``suppressed_below`` or δ > ``exaggerated_above`` (DESIGN.md §6).
-    ``significant``: q < ``alpha`` (Benjamini–Hochberg) and a meaningful change: |effect size|
-    ≥ ``min_effect_size`` or |relative| ≥ ``min_relative`` (set both to 0 for q alone). A
-    concept is listed when either verdict holds;
-    ``kind`` is "suppressed" when ΔE < 0, else "exaggerated". ``rank`` orders significant
-    concepts first, then by |effect size| (largest first), then by |ΔE|.
+    ``paper_verdict``: δ < ``suppressed_below`` or δ > ``exaggerated_above`` (the paper's).
+    ``significant``: as in ``compute_concept_stats`` (minimum-effect test, BH at ``alpha``).
+    A concept is listed when either verdict holds; ``kind`` is "suppressed" when ΔE < 0, else
+    "exaggerated". ``rank`` orders significant concepts first, then by |effect size| (largest
+    first), then by |ΔE|.
     """
     df = stats_df.with_columns(
         paper_verdict=(pl.col("delta") < params.suppressed_below)
         | (pl.col("delta") > params.exaggerated_above),
-        significant=(
-            (pl.col("q_value") < params.alpha)  # NaN is never < α
-            & (
-                (pl.col("effect_size").abs() >= params.min_effect_size)
-                | (pl.col("relative").abs() >= params.min_relative)
-            )
-        ).fill_null(False),
+        significant=pl.col("significant").fill_null(False),
     )
     flagged = (
         df.filter(pl.col("paper_verdict") | pl.col("significant"))

@@ -13,19 +13,20 @@ class BlindspotParams:
 
     ``temperature`` and the two δ thresholds are the paper's (T = 0.8, δ < 0.1 suppressed,
     δ > 0.9 exaggerated) and are tied to the released SAE's activation scale. ``alpha`` is the
-    false-discovery rate of the Benjamini–Hochberg procedure behind the ``significant`` verdict.
+    false-discovery rate of the Benjamini–Hochberg procedure behind the ``significant`` verdict
+    (a minimum-effect test: see ``stats/significance.py``).
     """
 
     temperature: float = 0.8
     suppressed_below: float = 0.1
     exaggerated_above: float = 0.9
     alpha: float = 0.05
-    # A significant concept must also move by a meaningful amount: a paired effect size
-    # |d_z| ≥ min_effect_size ("small"), or a relative change |relative| ≥ min_relative. With
-    # thousands of pairs, q < α alone flags shifts too small to matter; the relative arm keeps
-    # a rare concept that is simply gone (relative = −1, but |d_z| small because it is rare).
-    min_effect_size: float = 0.2
-    min_relative: float = 0.5
+    # The margins of "negligible" (``significance``): a concept is significant when the data
+    # show |d_z| > min_effect_size or |relative| > min_relative, beyond chance (BH at alpha).
+    # With thousands of pairs, "any change" would flag shifts too small to matter; the relative
+    # margin keeps a rare concept that is simply gone (relative = −1, |d_z| small). 0 = unused.
+    min_effect_size: float = 0.1
+    min_relative: float = 0.25
     n_bootstrap: int = 1000
     n_permutations: int = 1000
     top_images: int = 20

@@ -8,13 +8,19 @@ real or the generated set: a dead SAE concept scores δ = 0.5 and would only dil
 from __future__ import annotations
 
 import itertools
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 
 import numpy as np
 import polars as pl
 
 from blindspot_assets.stats.params import BlindspotParams
+from blindspot_assets.stats.reconstruction import (
+    VOCABULARY_GAP,
+    Reconstruction,
+)
+from blindspot_assets.stats.significance import expected_false_flags
 from blindspot_assets.stats.uncertainty import PairedDiffAccumulator
+from blindspot_assets.store.layout import REAL
 
 ACTIVE = (pl.col("energy_real") + pl.col("energy_gen")) > 0
 
@@ -78,7 +84,7 @@ def frequency_vs_relative(
     Bins are quantiles of ``image_freq_real`` over concepts that fire in the real set. Columns:
     ``bin`` (0 = rarest), ``freq_low``, ``freq_high``, ``n_concepts``, ``mean_relative``,
     ``median_relative``, ``frac_suppressed_paper`` (δ < threshold), ``frac_suppressed_significant``
-    (ΔE < 0 and q < α).
+    (ΔE < 0 and ``significant``).
     """
     df = stats_df.filter(pl.col("image_freq_real") > 0)
     if df.is_empty():
@@ -97,7 +103,7 @@ def frequency_vs_relative(
             median_relative=pl.col("relative").median(),
             frac_suppressed_paper=(pl.col("delta") < params.suppressed_below).mean(),
             frac_suppressed_significant=(
-                (pl.col("delta_energy") < 0) & (pl.col("q_value") < params.alpha)
+                (pl.col("delta_energy") < 0) & pl.col("significant")
             ).mean(),
         )
         .sort("bin")
@@ -105,7 +111,10 @@ def frequency_vs_relative(
 
 
 def model_summaries(
-    stats_by_model: Mapping[str, pl.DataFrame], params: BlindspotParams
+    stats_by_model: Mapping[str, pl.DataFrame],
+    params: BlindspotParams,
+    controls: Collection[str] = (),
+    reconstruction: Mapping[str, Reconstruction] | None = None,
 ) -> pl.DataFrame:
     """One row per model: δ distribution, blindspot counts, frequency–relative association.
 
@@ -113,13 +122,21 @@ def model_summaries(
     (over active concepts; the paper reports SD2.1 −0.54 … Kandinsky −0.23),
     ``n_suppressed_paper``, ``n_exaggerated_paper``, ``n_suppressed_significant``,
     ``n_exaggerated_significant``, ``freq_relative_spearman`` (Spearman ρ of real image
-    frequency vs relative difference over concepts that fire in the real set).
+    frequency vs relative difference over concepts that fire in the real set),
+    ``expected_false_flags`` (α × significant concepts: the FDR bound in counts), ``is_control``
+    (a null control: every flag on it is a pipeline artefact); with ``reconstruction`` (by
+    dataset, ``real`` included): ``recon_r2_real``/``_gen`` and ``energy_explained_real``/
+    ``_gen`` (``stats.reconstruction``), and ``vocabulary_gap`` (the SAE reconstructs the
+    generated set worse than the real one by more than ``VOCABULARY_GAP`` in R²).
     """
+    nan = Reconstruction(0, float("nan"), float("nan"))
+    recon = reconstruction or {}
     rows = []
     for model, stats in stats_by_model.items():
         active = stats.filter(ACTIVE)
         fired = stats.filter(pl.col("image_freq_real") > 0)
-        significant = pl.col("q_value") < params.alpha
+        significant = pl.col("significant")
+        n_significant = int(stats["significant"].sum())
         rows.append(
             {
                 "model": model,
@@ -141,6 +158,15 @@ def model_summaries(
                 ).height,
                 "freq_relative_spearman": spearman(
                     fired["image_freq_real"].to_numpy(), fired["relative"].to_numpy()
+                ),
+                "expected_false_flags": expected_false_flags(n_significant, params.alpha),
+                "is_control": model in controls,
+                "recon_r2_real": recon.get(REAL, nan).r2,
+                "recon_r2_gen": recon.get(model, nan).r2,
+                "energy_explained_real": recon.get(REAL, nan).energy_explained,
+                "energy_explained_gen": recon.get(model, nan).energy_explained,
+                "vocabulary_gap": bool(
+                    recon.get(REAL, nan).r2 - recon.get(model, nan).r2 > VOCABULARY_GAP
                 ),
             }
         )

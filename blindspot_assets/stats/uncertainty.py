@@ -30,6 +30,8 @@ import numpy as np
 import torch
 from numpy.typing import NDArray
 
+from blindspot_assets.stats.significance import PairedMoments
+
 F64 = NDArray[np.float64]
 I64 = NDArray[np.int64]
 _COLUMN_CHUNK = 4096
@@ -44,6 +46,7 @@ class PairedDiffResult:
     effect_size_k: F64  # Cohen's d_z
     p_value_k: F64
     p_value_mc_k: F64  # Monte-Carlo sign-flip p-value alone (NaN without permutations)
+    moments: PairedMoments  # paired sums behind the minimum-effect test (``significance``)
 
 
 class PairedDiffAccumulator:
@@ -70,6 +73,7 @@ class PairedDiffAccumulator:
         self.sum_d_k: F64 = np.zeros(n_concepts, dtype=np.float64)
         self.sum_d2_k: F64 = np.zeros(n_concepts, dtype=np.float64)
         self.sum_abs_d_k: F64 = np.zeros(n_concepts, dtype=np.float64)
+        self.moments = PairedMoments.zeros(n_concepts)
         self.draws_left_b: I64 = np.full(n_bootstrap, n_pairs, dtype=np.int64)
         n_resamples = n_bootstrap + n_permutations
         self.resampled_rc = torch.zeros((n_resamples, n_concepts), dtype=torch.float32)
@@ -85,6 +89,7 @@ class PairedDiffAccumulator:
         d_mc = torch.from_numpy(np.asarray(xi_gen_mc, dtype=np.float32)) - torch.from_numpy(
             np.asarray(xi_real_mc, dtype=np.float32)
         )
+        self.moments = self.moments.add(xi_real_mc, xi_gen_mc)
         # column chunks keep the temporaries (d², |d|, float64 casts) small
         for c0 in range(0, self.n_concepts, _COLUMN_CHUNK):
             chunk = d_mc[:, c0 : c0 + _COLUMN_CHUNK]
@@ -116,7 +121,7 @@ class PairedDiffAccumulator:
         n = self.n_pairs
         nan_k = np.full(self.n_concepts, np.nan)
         if n == 0:
-            return PairedDiffResult(0, nan_k, nan_k, nan_k, nan_k, nan_k, nan_k)
+            return PairedDiffResult(0, nan_k, nan_k, nan_k, nan_k, nan_k, nan_k, self.moments)
         mean_k = self.sum_d_k / n
         if n > 1:
             var_k = np.maximum(self.sum_d2_k - self.sum_d_k**2 / n, 0.0) / (n - 1)
@@ -156,4 +161,4 @@ class PairedDiffAccumulator:
         else:
             p_mc_k = nan_k
             p_k = bound_k
-        return PairedDiffResult(n, mean_k, low_k, high_k, effect_k, p_k, p_mc_k)
+        return PairedDiffResult(n, mean_k, low_k, high_k, effect_k, p_k, p_mc_k, self.moments)

@@ -53,6 +53,11 @@ class DataLayout:
         return self.root / "sae"
 
     @property
+    def sae_replicate(self) -> Path:
+        """A second SAE trained with another seed, for the stability of blindspots."""
+        return self.root / "sae_replicate"
+
+    @property
     def tables(self) -> str | Path:
         return self._store("tables")
 
@@ -71,16 +76,29 @@ def feature_arrays(n_tokens: int, d: int, dtype: str = "float16") -> dict[str, A
     return {"tokens": ArraySpec((n_tokens, d), dtype)}
 
 
-def code_arrays(n_tokens: int, n_concepts: int, k_max: int) -> dict[str, ArraySpec]:
+def code_arrays(n_tokens: int, n_concepts: int, k_max: int, d: int = 0) -> dict[str, ArraySpec]:
     """Concept codes of one dataset.
 
     - ``xi`` (N, c) float32: per-image concept energy ξ_k = Σ_t z[t, k].
     - ``nfire`` (N, c) uint16: per-image count of tokens with z[t, k] > 0.
     - ``token_idx`` / ``token_val`` (N, T, k_max): the sparse token codes (top k_max active
       concepts of each token, value 0 where fewer are active), for heat maps and audits.
+    - with ``d``, the reconstruction of each image's tokens by the dictionary (does the concept
+      vocabulary cover this dataset?): ``recon_sse`` (N,) Σ_t ‖x_t − x̂_t‖², ``token_sq`` (N,)
+      Σ_t ‖x_t‖², ``token_sum`` (N, d) Σ_t x_t (for the dataset mean behind R²).
     """
     c_chunk = (min(n_concepts, 4096),)
+    recon = (
+        {
+            "recon_sse": ArraySpec((), "float32"),
+            "token_sq": ArraySpec((), "float32"),
+            "token_sum": ArraySpec((d,), "float32"),
+        }
+        if d
+        else {}
+    )
     return {
+        **recon,
         "xi": ArraySpec((n_concepts,), "float32", trailing_chunks=c_chunk),
         "nfire": ArraySpec((n_concepts,), "uint16", trailing_chunks=c_chunk),
         "token_idx": ArraySpec((n_tokens, k_max), "int32"),

@@ -368,6 +368,9 @@ class RowStore:
     def chunk_rows(self) -> int:
         return int(self.group.attrs["chunk_rows"])
 
+    def has_array(self, name: str) -> bool:
+        return name in self.group
+
     def array(self, name: str) -> zarr.Array:
         arr = self.group[name]
         assert isinstance(arr, zarr.Array)
