@@ -2,12 +2,14 @@
 
 import hashlib
 import json
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import dagster as dg
 import polars as pl
+import torch
 
 from blindspot_assets import stats as stats_lib
 from blindspot_assets.config import RunConfig
@@ -18,12 +20,15 @@ from blindspot_assets.defs.features import gen_features, real_features
 from blindspot_assets.defs.inputs import real_images
 from blindspot_assets.defs.partitions import model_keys, model_partitions, single_run
 from blindspot_assets.defs.resources import RunConfigResource
+from blindspot_assets.sae import checkpoint as sae_checkpoint
 from blindspot_assets.sae.checkpoint import HEADER_FILE, load_sae, read_header
 from blindspot_assets.stats import (
     BlindspotParams,
     compute_concept_stats,
     flag_blindspots,
 )
+from blindspot_assets.stats import concept_map as concept_map_lib
+from blindspot_assets.stats import cooccurrence as cooccurrence_lib
 from blindspot_assets.stats.replication import without_replication
 from blindspot_assets.stats.top_images import top_images
 from blindspot_assets.store.images import model_version, read_lineage, read_manifest
@@ -302,6 +307,77 @@ def concept_labels(
     return dg.MaterializeResult(metadata={"n_rows": labels.height, "preview": table_md(labels, 10)})
 
 
+@dg.asset(
+    group_name="analysis",
+    op_tags=CPU_OP_TAGS,
+    deps=[real_concept_codes],
+    kinds={"duckdb", "polars"},
+    code_version="1",
+    description="Concept co-occurrence over the real set: ZᵀZ of the token codes (or of the "
+    "per-image energies ξ), streamed a block of concepts at a time; each concept's top "
+    "partners by cosine (table concept_cooccurrence).",
+)
+def concept_cooccurrence(
+    context: dg.AssetExecutionContext, run_config: RunConfigResource
+) -> dg.MaterializeResult:
+    cfg = run_config.load()
+    spec = cfg.stats
+    t0 = time.perf_counter()
+    result = cooccurrence_lib.concept_cooccurrence(
+        cfg.layout.codes(REAL),
+        over=spec.cooccurrence_over,
+        top=spec.cooccurrence_top,
+        block=spec.cooccurrence_block,
+    )
+    table = result.table.with_columns(
+        pl.lit(REAL).alias("dataset"), pl.lit(sae_version(cfg.layout.sae)).alias("sae_version")
+    )
+    write_table_partition(cfg.layout.tables, "concept_cooccurrence", REAL, table)
+    refresh_views(cfg.layout.duckdb, cfg.layout.tables)
+    return dg.MaterializeResult(
+        metadata={
+            "n_rows": table.height,
+            "n_concepts": table["concept"].n_unique(),
+            "over": spec.cooccurrence_over,
+            "rows_read_per_pass": result.n_rows,
+            "passes": result.passes,
+            "accumulator_mb": round(result.accumulator_bytes / 2**20, 1),
+            "seconds": round(time.perf_counter() - t0, 2),
+            "preview": table_md(table.filter(pl.col("rank") == 1).sort("cosine", descending=True)),
+        }
+    )
+
+
+@dg.asset(
+    group_name="analysis",
+    op_tags=CPU_OP_TAGS,
+    deps=[sae],
+    kinds={"duckdb", "polars"},
+    code_version="1",
+    description="A 2-D map of the concepts: t-SNE (openTSNE) of the SAE dictionary rows under "
+    "cosine distance, for the report's concept map (table concept_map).",
+)
+def concept_map(
+    context: dg.AssetExecutionContext, run_config: RunConfigResource
+) -> dg.MaterializeResult:
+    cfg = run_config.load()
+    t0 = time.perf_counter()
+    model, _ = sae_checkpoint.load_sae(cfg.layout.sae)
+    with torch.no_grad():
+        dictionary = model.dictionary().float().cpu().numpy()
+    table = concept_map_lib.concept_map(dictionary, seed=cfg.stats.seed, n_jobs=-1)
+    table = table.with_columns(pl.lit(sae_version(cfg.layout.sae)).alias("sae_version"))
+    write_table_partition(cfg.layout.tables, "concept_map", "all", table)
+    refresh_views(cfg.layout.duckdb, cfg.layout.tables)
+    return dg.MaterializeResult(
+        metadata={
+            "n_concepts": table.height,
+            "method": str(table["method"][0]) if table.height else "",
+            "seconds": round(time.perf_counter() - t0, 2),
+        }
+    )
+
+
 def _available(cfg: RunConfig, table: str) -> dict[str, pl.DataFrame]:
     out = {}
     for model_key in cfg.models:
@@ -407,9 +483,11 @@ def _planted_scores(cfg: RunConfig) -> pl.DataFrame | None:
         datapoint_deltas,
         memorization_candidates,
         model_comparison,
+        concept_cooccurrence,
+        concept_map,
     ],
     kinds={"html"},
-    code_version="1",
+    code_version="2",  # 2: concept map, token-frequency bands, variant comparison
     description="A self-contained HTML report: per model the top suppressed and exaggerated "
     "concepts with their top real images beside the generated ones, and the lineage.",
 )
