@@ -553,6 +553,11 @@ def _model_counts(
         counts["expected false flags"] = expected_false_flags(n_sig, cfg.stats.alpha)
     done = [c for c in controls if c["significant"] is not None]
     counts["control floor"] = max(max(c["significant"], c["paper"]) for c in done) if done else None
+    # does the concept vocabulary cover this model's images as well as the real ones?
+    if summaries is not None and summaries.height and "recon_r2_gen" in summaries.columns:
+        row = summaries.row(0, named=True)
+        counts["SAE R² real / gen"] = f"{row['recon_r2_real']:.2f} / {row['recon_r2_gen']:.2f}"
+        counts["vocabulary gap"] = "yes" if row["vocabulary_gap"] else "no"
     return counts
 
 
