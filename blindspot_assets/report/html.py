@@ -29,7 +29,7 @@ import numpy as np
 import polars as pl
 
 from blindspot_assets.config import RunConfig
-from blindspot_assets.report import preview, svg
+from blindspot_assets.report import analyses, preview, svg
 from blindspot_assets.report.data import (
     OPTIONAL_TABLES,
     REQUIRED_TABLES,
@@ -570,6 +570,31 @@ def _summary_table(tables_root: str | Path) -> pl.DataFrame | None:
     return None
 
 
+ANALYSIS_TABLES = ("concept_map", "variant_comparisons")  # shown in sections of their own
+
+
+def _analysis_sections(
+    cfg: RunConfig, root: str | Path, tables: dict[str, pl.DataFrame | None], labels: Labels
+) -> list[tuple[str, str, str]]:
+    """(id, title, markup) of the sections after the models: concept map, model vs variant."""
+    out = []
+    concept_map = analyses.concept_map_html(
+        load_table(root, "concept_map"),
+        tables["concept_stats"],
+        tables["blindspots"],
+        list(cfg.models),
+        labels,
+    )
+    if concept_map is not None:
+        out.append(("concept-map-section", "Concept map", concept_map))
+    variants = analyses.variant_html(
+        load_table(root, "variant_comparisons"), tables["datapoint_deltas"]
+    )
+    if variants is not None:
+        out.append(("variants", "Model vs variant", variants))
+    return out
+
+
 def _other_tables(tables_root: str | Path, shown: set[str]) -> list[dict[str, Any]]:
     out = []
     for name in list_tables(tables_root):
@@ -676,6 +701,9 @@ def build_report(
     freq_fig = _frequency_figure(root)
     if freq_fig is not None:
         cross.append(freq_fig)
+    token_freq_fig = analyses.token_frequency_figure(stats_all, list(cfg.models))
+    if token_freq_fig is not None:
+        cross.append(token_freq_fig)
     if distances:
         cross.append(
             (
@@ -689,7 +717,8 @@ def build_report(
             )
         )
     lineage: Lineage = read_lineage_block(cfg, tables)
-    shown = {*REQUIRED_TABLES, *OPTIONAL_TABLES}
+    extra = _analysis_sections(cfg, root, tables, labels)
+    shown = {*REQUIRED_TABLES, *OPTIONAL_TABLES, *ANALYSIS_TABLES}
     page = render_page(
         title=f"Conceptual blindspots — {cfg.name}",
         generated_at=dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
@@ -702,6 +731,7 @@ def build_report(
         cross=cross,
         lineage=lineage,
         other_tables=_other_tables(root, shown),
+        analyses=extra,
         labels_present=bool(labels.terms),
         px=opts.thumb_px,
     )

@@ -115,6 +115,7 @@ T = {{ cfg.stats.temperature }}, suppressed δ &lt; {{ cfg.stats.suppressed_belo
 exaggerated δ &gt; {{ cfg.stats.exaggerated_above }}, α = {{ cfg.stats.alpha }}</div></header>
 <nav class="toc"><a href="#overview">Overview</a>
 {%- for s in sections %}<a href="#model-{{ s.key }}">{{ s.key }}</a>{% endfor -%}
+{%- for a in analyses %}<a href="#{{ a.id }}">{{ a.title }}</a>{% endfor -%}
 <a href="#lineage">Lineage</a>
 {%- if other_tables %}<a href="#tables">More tables</a>{% endif %}</nav>
 <main>
@@ -276,6 +277,9 @@ materialised).</p>{% endif %}
 </section>
 {% endfor %}
 
+{% for a in analyses %}<section id="{{ a.id }}"><h2>{{ a.title }}</h2>
+{{ a.body }}</section>
+{% endfor %}
 <section id="lineage"><h2>Lineage</h2>
 <p class="note">What produced every number above. Each table row also carries
 model_key, model_version, sae_version and run_id.</p>
@@ -320,6 +324,9 @@ def render_page(**context: Any) -> str:
     for s in sections:
         s.figures = [Markup(f) for f in s.figures]
     context["cross"] = [(Markup(f), cap) for f, cap in context["cross"]]
+    context["analyses"] = [  # (id, title, markup) sections after the models
+        {"id": i, "title": t, "body": Markup(b)} for i, t, b in context.get("analyses", [])
+    ]
     lineage = context["lineage"]
     context["lineage_json"] = json.dumps(lineage.__dict__, indent=1, default=str)
     return TEMPLATE.render(css=Markup(_CSS), js=Markup(_JS), **context)

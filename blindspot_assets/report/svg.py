@@ -494,3 +494,106 @@ def lines_svg(
             )
         body += _legend_entry(frame, i, colour, name, 120)
     return _svg(width, height, body, title)
+
+
+def bands_svg(
+    series: Mapping[str, tuple[ArrayLike, ArrayLike, ArrayLike, ArrayLike]],
+    *,
+    title: str,
+    xlabel: str,
+    ylabel: str,
+    log_x: bool = False,
+    y_range: tuple[float, float] | None = None,
+    hline: float | None = None,
+    width: int = 520,
+    height: int = 280,
+) -> str:
+    """A median line inside a shaded band per series (``name → (x, low, mid, high)``)."""
+    clean: dict[str, tuple[F64, F64, F64, F64]] = {}
+    for name, arrays in series.items():
+        x, lo, mid, hi = (np.asarray(a, dtype=np.float64).reshape(-1) for a in arrays)
+        ok = np.isfinite(x) & np.isfinite(lo) & np.isfinite(mid) & np.isfinite(hi)
+        if log_x:
+            ok &= x > 0
+        order = np.argsort(x[ok])
+        xs = np.log10(x[ok][order]) if log_x else x[ok][order]
+        clean[name] = (xs, lo[ok][order], mid[ok][order], hi[ok][order])
+    xs_all = np.concatenate([c[0] for c in clean.values()] or [np.zeros(1)])
+    ys_all = np.concatenate([np.r_[c[1], c[3]] for c in clean.values()] or [np.zeros(1)])
+    x_lo, x_hi = (float(xs_all.min()), float(xs_all.max())) if xs_all.size else (0.0, 1.0)
+    if y_range is None:
+        y_range = (float(ys_all.min()), float(ys_all.max())) if ys_all.size else (0.0, 1.0)
+    pad_x = (x_hi - x_lo) * 0.04 or 0.5
+    frame = Frame(width, height, x_lo - pad_x, x_hi + pad_x, *y_range)
+    x_ticks = _log_ticks(frame.x_lo, frame.x_hi) if log_x else None
+    body = frame.axes(xlabel, ylabel, x_ticks, None, _pow10 if log_x else fmt, fmt)
+    if hline is not None:
+        z = frame.py(np.array([hline]))[0]
+        body.append(
+            f'<line x1="{frame.left}" y1="{z:.1f}" x2="{width - frame.right}" y2="{z:.1f}" '
+            f'stroke="#718096" stroke-dasharray="4 3"/>'
+        )
+    for i, (name, (x, lo, mid, hi)) in enumerate(clean.items()):
+        colour = SERIES[i % len(SERIES)]
+        px = frame.px(x)
+        if px.size:
+            upper = " ".join(f"{a:.1f},{b:.1f}" for a, b in zip(px, frame.py(hi), strict=True))
+            lower = " ".join(
+                f"{a:.1f},{b:.1f}" for a, b in zip(px[::-1], frame.py(lo)[::-1], strict=True)
+            )
+            body.append(
+                f'<polygon points="{upper} {lower}" fill="{colour}" fill-opacity="0.16" '
+                f'stroke="none"><title>{_esc(name)}: 5–95% band</title></polygon>'
+            )
+            pts = " ".join(f"{a:.1f},{b:.1f}" for a, b in zip(px, frame.py(mid), strict=True))
+            body.append(
+                f'<polyline points="{pts}" fill="none" stroke="{colour}" stroke-width="1.6"/>'
+            )
+        for a, b, xv, lv, mv, hv in zip(px, frame.py(mid), x, lo, mid, hi, strict=True):
+            xl = fmt(10**xv) if log_x else fmt(xv)
+            body.append(
+                f'<circle cx="{a:.1f}" cy="{b:.1f}" r="2.4" fill="{colour}">'
+                f"<title>{_esc(name)}: {xl} → median {fmt(mv)} (5–95%: {fmt(lv)}–{fmt(hv)})"
+                f"</title></circle>"
+            )
+        body += _legend_entry(frame, i, colour, name, 120)
+    return _svg(width, height, body, title)
+
+
+def delta_colour(delta: float) -> str:
+    """δ on the concept map: blue (0, suppressed) – white (0.5) – red (1, exaggerated); grey
+    when missing. The page's script recolours with the same formula."""
+    if not math.isfinite(delta):
+        return NEUTRAL
+    return _diverging(2.0 * delta - 1.0)
+
+
+def concept_map_svg(
+    x: ArrayLike,
+    y: ArrayLike,
+    colours: Sequence[str],
+    tooltips: Sequence[str],
+    *,
+    title: str,
+    svg_id: str,
+    width: int = 640,
+    height: int = 520,
+) -> str:
+    """Concepts as points at their 2-D map position (no axes: the coordinates mean nothing in
+    themselves), each with an index (``data-i``) for the page's script and a tooltip."""
+    xa = np.asarray(x, dtype=np.float64).reshape(-1)
+    ya = np.asarray(y, dtype=np.float64).reshape(-1)
+    ok = np.isfinite(xa) & np.isfinite(ya)
+    x_lo, x_hi = (float(xa[ok].min()), float(xa[ok].max())) if ok.any() else (0.0, 1.0)
+    y_lo, y_hi = (float(ya[ok].min()), float(ya[ok].max())) if ok.any() else (0.0, 1.0)
+    frame = Frame(width, height, x_lo, x_hi, y_lo, y_hi, left=10, right=10, top=10, bottom=10)
+    px, py = frame.px(xa), frame.py(ya)
+    body = [f'<rect x="0" y="0" width="{width}" height="{height}" fill="#fcfcfd"/>']
+    for i in (int(j) for j in np.flatnonzero(ok)):
+        body.append(
+            f'<circle data-i="{i}" cx="{px[i]:.1f}" cy="{py[i]:.1f}" r="3" '
+            f'fill="{colours[i]}" stroke="#4a5568" stroke-width="0.3">'
+            f"<title>{_esc(tooltips[i])}</title></circle>"
+        )
+    out = _svg(width, height, body, title)
+    return out.replace("<svg ", f'<svg id="{_esc(svg_id)}" class="concept-map" ', 1)
