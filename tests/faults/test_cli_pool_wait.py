@@ -60,7 +60,7 @@ def test_a_blocked_step_names_the_holder_stops_on_signals_times_out_and_resumes(
         assert [h.run_id for h in recovery.slot_holders(instance)] == [holder]
         info = instance.event_log_storage.get_concurrency_info("gpu")
         assert not [p for p in info.pending_steps if p.run_id == run_id]  # no claim left behind
-    assert max(stopped.values()) < 10, stopped
+    assert max(stopped.values()) < 15, stopped  # ~3 s on 2 idle cores
 
     timed = CliRun(select, cli_env(config, home, BLINDSPOT_POOL_TIMEOUT_S="3"))
     timed.wait_for(WAITING)
