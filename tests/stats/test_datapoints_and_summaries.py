@@ -66,7 +66,9 @@ def test_model_summaries_and_correlations(tmp_path: Path) -> None:
     assert summary["model"].to_list() == ["a", "b", "c"]
     row_a = summary.row(0, named=True)
     assert row_a["n_pairs"] == n and row_a["n_concepts_active"] == c
-    assert row_a["delta_skewness"] == pytest.approx(skewness(stats["a"]["delta"].to_numpy()))
+    assert row_a["delta_skewness"] == pytest.approx(
+        _g1_from_raw_moments(stats["a"]["delta"].to_numpy()), rel=1e-6
+    )
     assert row_a["freq_relative_spearman"] > 0.5  # rare concepts lose the most
     assert summary.row(2, named=True)["freq_relative_spearman"] < -0.5
     corr = relative_correlations(stats)
@@ -97,6 +99,19 @@ def test_variant_comparison_sees_the_variant_stay_closer(tmp_path: Path) -> None
     assert hist.group_by("model").agg(pl.col("count").sum())["count"].to_list() == [n, n]
 
 
+def _g1_from_raw_moments(x: np.ndarray) -> float:
+    """Fisher–Pearson g1 from the raw moments a_j = mean(x^j), written apart from the library:
+    m2 = a2 − a1², m3 = a3 − 3·a1·a2 + 2·a1³, g1 = m3 / m2^1.5."""
+    x = np.asarray(x, dtype=np.float64)
+    a1, a2, a3 = x.mean(), (x**2).mean(), (x**3).mean()
+    return float((a3 - 3 * a1 * a2 + 2 * a1**3) / (a2 - a1**2) ** 1.5)
+
+
 def test_rank_helpers() -> None:
     assert spearman(np.array([1.0, 2.0, 3.0, 4.0]), np.array([10.0, 20.0, 20.0, 40.0])) > 0.9
-    assert skewness(np.array([0.0, 0.0, 0.0, 10.0])) > 1.0
+    # by hand: [0, 0, 0, 10] has mean 2.5, m2 = 75/4, m3 = 375/4, so g1 = 2/√3;
+    # [0, 0, 1] has m2 = 2/9, m3 = 2/27, so g1 = 1/√2; mirrored data flips the sign
+    assert skewness(np.array([0.0, 0.0, 0.0, 10.0])) == pytest.approx(2 / np.sqrt(3), rel=1e-12)
+    assert skewness(np.array([0.0, 0.0, 1.0])) == pytest.approx(1 / np.sqrt(2), rel=1e-12)
+    assert skewness(np.array([0.0, 0.0, -1.0])) == pytest.approx(-1 / np.sqrt(2), rel=1e-12)
+    assert skewness(np.array([1.0, 2.0, 3.0])) == 0.0
