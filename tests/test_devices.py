@@ -24,13 +24,20 @@ def test_processes_claim_distinct_cards_until_all_are_taken(tmp_path):
     claims = [out.get(timeout=30) for _ in procs]
     assert all(a == b for a, b in claims)
     assert sorted(a for a, _ in claims) == [0, 1, 2]
-    # a fourth step while all three are held shares one (a pool limit above the card count)
-    extra = ctx.Process(target=_claim, args=(str(tmp_path), 3, out, release))
-    extra.start()
-    shared, _ = out.get(timeout=30)
-    assert shared in (0, 1, 2)
+    # more steps while all three are held share one (a pool limit above the card count): the
+    # card that each one's process id picks, as documented; steps are started until every
+    # card has been picked, so a constant choice cannot pass
+    extras: list = []
+    picked: set[int] = set()
+    while picked != {0, 1, 2} and len(extras) < 12:
+        extras.append(ctx.Process(target=_claim, args=(str(tmp_path), 3, out, release)))
+        extras[-1].start()
+        shared, again = out.get(timeout=30)
+        assert shared == again == extras[-1].pid % 3
+        picked.add(shared)
+    assert picked == {0, 1, 2}
     release.set()
-    for p in [*procs, extra]:
+    for p in [*procs, *extras]:
         p.join(10)
     # the cards are free again once their processes ended
     later = ctx.Process(target=_claim, args=(str(tmp_path), 3, out, release))
