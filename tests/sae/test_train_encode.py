@@ -142,3 +142,16 @@ def test_token_budget_sets_the_schedule_length(tmp_path: Path) -> None:
     assert same.metrics["total_steps"] == full.metrics["total_steps"]
     with pytest.raises(ValueError, match="below one batch"):
         replace(tc, max_tokens=8)
+
+
+def test_an_untrained_sae_fails_the_recovery_thresholds(trained: Trained) -> None:
+    """The baseline of the recovery test: the same initialisation (k-means candidates, the
+    archetypal dictionary) stopped after one step recovers the planted atoms nowhere near the
+    thresholds the trained model meets, so meeting them is the training's doing."""
+    from blindspot_assets.sae import train_sae
+    from tests.sae.conftest import TINY_SAE, TINY_TRAIN
+
+    untrained = train_sae([trained.features], TINY_SAE, replace(TINY_TRAIN, max_steps=1))
+    cos = _max_cosines(trained.atoms, untrained.model.dictionary().detach().numpy())
+    assert (cos >= 0.9).mean() < 0.9
+    assert untrained.metrics["r2"] < 0.9
