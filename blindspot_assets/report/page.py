@@ -140,7 +140,6 @@ exaggerated δ &gt; {{ cfg.stats.exaggerated_above }}, α = {{ cfg.stats.alpha }
 materialised yet; sections that need it are empty.</div>{% endfor %}
 {% if missing_models %}<div class="warn">No statistics yet for
 {{ missing_models|join(', ') }} (materialise their partitions).</div>{% endif %}
-{% if sections %}
 {% if not controls %}<div class="warn">This run has no null control model: nothing shows how
 many flags the pipeline alone produces. Add one (<code>family: control</code>) before trusting
 a blindspot.</div>
@@ -156,6 +155,7 @@ construction: these flags are pipeline artefacts (file formats, resizing, pairin
 model's flags are not evidence until they clearly exceed its control floor.</div>
 {% else %}<p class="ok control-clean">Null controls clean: {{ controls|map(attribute="key")|
 join(", ") }} flag 0 concepts under either verdict.</p>{% endif %}
+{% if sections %}
 <table class="data"><thead><tr><th class="t">model</th>
 {% for k in sections[0].counts %}<th>{{ k }}</th>{% endfor %}</tr></thead><tbody>
 {% for s in sections %}<tr><td class="t"><a href="#model-{{ s.key }}">{{ s.key }}</a></td>
