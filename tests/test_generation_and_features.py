@@ -84,10 +84,9 @@ def test_features_keep_every_row_and_record_bad_images(cfg):
     store = RowStore.open(cfg.layout.features("real"))
     tokens = store.array("tokens")
     assert tokens.shape == (40, encoder.n_tokens, encoder.dim) and tokens.dtype == np.float16
-    # The stored tokens are the model's last_hidden_state for the processed image.
-    from PIL import Image
-
-    img = Image.open(cfg.layout.real_images / "demo-000005.png").convert("RGB")
+    # The stored tokens are the model's last_hidden_state for the image as the run's image
+    # pipeline hands it over (decoded, re-encoded as JPEG q75: the same for both sides).
+    img = encoder.images.load(cfg.layout.real_images / real["path"][5])
     direct = encoder.encode([img])[0]
     np.testing.assert_allclose(tokens[5].astype(np.float32), direct, atol=2e-2, rtol=1e-2)
     # A second run computes nothing.
