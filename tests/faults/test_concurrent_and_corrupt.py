@@ -10,7 +10,6 @@ from dataclasses import asdict
 import numpy as np
 import polars as pl
 import torch
-from PIL import Image
 
 from blindspot_assets.encoders.dinov2 import extract_features, load_encoder
 from blindspot_assets.store.images import read_manifest
@@ -63,8 +62,8 @@ def test_truncated_image_and_nan_row_mid_stream_are_recorded_and_skipped(demo_wo
     image.write_bytes(image.read_bytes()[:100])
     encoder = load_encoder(cfg.encoder)
     nan_id, nan_path = manifest.filter(pl.col("status") == "ok").select("image_id", "path").row(50)
-    with Image.open(cfg.layout.real_images / nan_path) as im:
-        nan_pixels = encoder.preprocess([im.convert("RGB")])[0]
+    # the pixels as the run's image pipeline hands this image to the encoder
+    nan_pixels = encoder.preprocess([encoder.images.load(cfg.layout.real_images / nan_path)])[0]
     real_forward = encoder.forward
 
     def forward(pixels):  # the encoder blows up numerically on one image
