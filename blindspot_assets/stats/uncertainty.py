@@ -70,9 +70,6 @@ class PairedDiffAccumulator:
         self.n_permutations = n_permutations
         self.rng = np.random.default_rng(seed)
         self.seen = 0
-        self.sum_d_k: F64 = np.zeros(n_concepts, dtype=np.float64)
-        self.sum_d2_k: F64 = np.zeros(n_concepts, dtype=np.float64)
-        self.sum_abs_d_k: F64 = np.zeros(n_concepts, dtype=np.float64)
         self.moments = PairedMoments.zeros(n_concepts)
         self.draws_left_b: I64 = np.full(n_bootstrap, n_pairs, dtype=np.int64)
         n_resamples = n_bootstrap + n_permutations
@@ -89,14 +86,7 @@ class PairedDiffAccumulator:
         d_mc = torch.from_numpy(np.asarray(xi_gen_mc, dtype=np.float32)) - torch.from_numpy(
             np.asarray(xi_real_mc, dtype=np.float32)
         )
-        self.moments = self.moments.add(xi_real_mc, xi_gen_mc)
-        # column chunks keep the temporaries (d², |d|, float64 casts) small
-        for c0 in range(0, self.n_concepts, _COLUMN_CHUNK):
-            chunk = d_mc[:, c0 : c0 + _COLUMN_CHUNK]
-            cols = slice(c0, c0 + chunk.shape[1])
-            self.sum_d_k[cols] += chunk.sum(0, dtype=torch.float64).numpy()
-            self.sum_d2_k[cols] += chunk.square().sum(0, dtype=torch.float64).numpy()
-            self.sum_abs_d_k[cols] += chunk.abs().sum(0, dtype=torch.float64).numpy()
+        self.moments = self.moments.add(xi_real_mc, xi_gen_mc)  # Σd, Σd², Σ|d| among them
         weights = [self._bootstrap_counts(m)] if self.n_bootstrap else []
         if self.n_permutations:
             signs_pm = self.rng.integers(0, 2, size=(self.n_permutations, m), dtype=np.int8)
@@ -122,12 +112,8 @@ class PairedDiffAccumulator:
         nan_k = np.full(self.n_concepts, np.nan)
         if n == 0:
             return PairedDiffResult(0, nan_k, nan_k, nan_k, nan_k, nan_k, nan_k, self.moments)
-        mean_k = self.sum_d_k / n
-        if n > 1:
-            var_k = np.maximum(self.sum_d2_k - self.sum_d_k**2 / n, 0.0) / (n - 1)
-        else:
-            var_k = np.zeros(self.n_concepts)
-        sd_k = np.sqrt(var_k)
+        mean_k, sd_k = self.moments.diff_mean_sd()
+        sum_d_k, sum_d2_k = self.moments.sum_diff_k, self.moments.sum_diff2_k
         with np.errstate(divide="ignore", invalid="ignore"):
             effect_k = np.where(
                 sd_k > 0, mean_k / np.where(sd_k > 0, sd_k, 1.0), np.sign(mean_k) * np.inf
@@ -135,18 +121,18 @@ class PairedDiffAccumulator:
         effect_k = np.where(mean_k == 0, 0.0, effect_k)
 
         resampled = self.resampled_rc.numpy()
-        abs_t_k = np.abs(self.sum_d_k)
+        abs_t_k = np.abs(sum_d_k)
         with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
             bound_k = np.where(
-                self.sum_d2_k > 0,
-                np.minimum(1.0, 2.0 * np.exp(-(abs_t_k**2) / (2.0 * self.sum_d2_k))),
+                sum_d2_k > 0,
+                np.minimum(1.0, 2.0 * np.exp(-(abs_t_k**2) / (2.0 * sum_d2_k))),
                 1.0,
             )
         low_k, high_k = nan_k.copy(), nan_k.copy()
         exceed_k = np.zeros(self.n_concepts, dtype=np.int64)
         tail = (1.0 - ci_level) / 2.0
         # float32 sums of the same numbers in another order: a tie must count as a tie.
-        threshold_k = abs_t_k - 1e-5 * self.sum_abs_d_k
+        threshold_k = abs_t_k - 1e-5 * self.moments.sum_abs_diff_k
         for c0 in range(0, self.n_concepts, _COLUMN_CHUNK):
             cols = slice(c0, min(c0 + _COLUMN_CHUNK, self.n_concepts))
             if self.n_bootstrap:
