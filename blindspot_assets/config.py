@@ -330,11 +330,33 @@ def _store_root(raw: Any, base: Path) -> str | Path | None:
 def load_config(path: str | Path | None = None) -> RunConfig:
     """Load the run config at ``path``, else ``$BLINDSPOT_CONFIG``, else the embedded demo."""
     chosen = Path(path or os.environ.get(CONFIG_ENV) or DEFAULT_CONFIG)
-    if not chosen.exists():
-        raise ConfigError(f"run config {chosen} does not exist (set {CONFIG_ENV} to a YAML file)")
-    with open(chosen) as fh:
+    return parse_config(load_raw(chosen), chosen.resolve())
+
+
+def load_raw(path: Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """A run config file as a mapping, with ``extends: other.yaml`` resolved: the other file
+    (relative to this one) is read first and this file's mappings are merged into it, key by
+    key (so ``models: {sd21: {dtype: float16}}`` changes one field of one model)."""
+    if not path.exists():
+        raise ConfigError(f"run config {path} does not exist (set {CONFIG_ENV} to a YAML file)")
+    with open(path) as fh:
         try:
             raw = yaml.safe_load(fh)
         except yaml.YAMLError as exc:
-            raise ConfigError(f"run config {chosen} is not valid YAML: {exc}") from exc
-    return parse_config(raw, chosen.resolve())
+            raise ConfigError(f"run config {path} is not valid YAML: {exc}") from exc
+    if not isinstance(raw, dict) or "extends" not in raw:
+        return raw  # type: ignore[no-any-return]
+    parent = (path.parent / str(raw.pop("extends"))).resolve()
+    if parent in _seen or parent == path.resolve():
+        raise ConfigError(f"run config {path}: 'extends' forms a cycle through {parent}")
+    return _merged(load_raw(parent, (*_seen, path.resolve())), raw)
+
+
+def _merged(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merged(out[key], value)
+        else:
+            out[key] = value
+    return out

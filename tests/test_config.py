@@ -1,4 +1,5 @@
 import pytest
+import yaml
 
 from blindspot_assets.config import ConfigError, load_config, parse_config
 from tests.conftest import REPO, demo_config_dict
@@ -48,3 +49,24 @@ def test_unknown_model_key_lists_the_registered_ones(tmp_path):
 def test_missing_config_file_is_clear(tmp_path):
     with pytest.raises(ConfigError, match="does not exist"):
         load_config(tmp_path / "nope.yaml")
+
+
+def test_a_config_extends_another_key_by_key(tmp_path):
+    base = demo_config_dict(tmp_path)
+    (tmp_path / "base.yaml").write_text(yaml.safe_dump(base))
+    (tmp_path / "child.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "extends": "base.yaml",
+                "name": "child",
+                "models": {"demo-a": {"exaggerate_rate": 0.5}},
+            }
+        )
+    )
+    cfg = load_config(tmp_path / "child.yaml")
+    assert cfg.name == "child" and list(cfg.models) == list(base["models"])
+    assert cfg.model("demo-a").params["exaggerate_rate"] == 0.5
+    assert cfg.model("demo-a").params["suppress_colors"] == ["red"]  # kept from the base
+    (tmp_path / "base.yaml").write_text(yaml.safe_dump({**base, "extends": "child.yaml"}))
+    with pytest.raises(ConfigError, match="cycle"):
+        load_config(tmp_path / "child.yaml")

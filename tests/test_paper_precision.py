@@ -8,9 +8,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import yaml
 
-from blindspot_assets.config import ConfigError, load_config, parse_config
+from blindspot_assets.config import ConfigError, load_config, load_raw, parse_config
 from blindspot_assets.store.layout import feature_arrays
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
@@ -32,8 +31,8 @@ def test_paper_config_has_the_authors_precision_dpo_pair_and_ranking() -> None:
 
 
 def test_paper_fast_differs_only_in_precision() -> None:
-    paper = yaml.safe_load((CONFIGS / "paper.yaml").read_text())
-    fast = yaml.safe_load((CONFIGS / "paper-fast.yaml").read_text())
+    paper = load_raw(CONFIGS / "paper.yaml")
+    fast = load_raw(CONFIGS / "paper-fast.yaml")  # its `extends: paper.yaml` resolved
     assert fast["name"] == "paper-fast" and fast["data_root"] != paper["data_root"]
     assert all(m["dtype"] == "float16" for m in fast["models"].values())
     assert fast["encoder"]["dtype"] == fast["encoder"]["store_dtype"] == "float16"
