@@ -145,7 +145,9 @@ def test_demo_world_planted_blindspots_are_found(tmp_path):
     assert rows["model_key"].to_list() == sorted(cfg.models)
     assert rows["run_id"].to_list() == [result.run_id] * 4
     assert "unknown" not in rows["sae_version"].to_list()
-    assert (cfg.layout.report / "index.html").exists()
+    page = (cfg.layout.report / "index.html").read_text()
+    assert "Null controls clean: control-copy, control-redraw" in page
+    assert "control floor" in page and "not clean" not in page
 
     mats = result.get_asset_materialization_events()
     meta = {e.asset_key.to_user_string(): e.materialization.metadata for e in mats}

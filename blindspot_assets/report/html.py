@@ -508,14 +508,11 @@ def control_flags(cfg: RunConfig, blind_all: pl.DataFrame | None) -> list[dict[s
     rows = []
     for key in cfg.controls:
         flagged = for_model(blind_all, key)
-        done = flagged is not None and {"paper_verdict", "significant"} <= set(flagged.columns)
-        rows.append(
-            {
-                "key": key,
-                "paper": int(flagged["paper_verdict"].sum()) if done else None,  # type: ignore[index]
-                "significant": int(flagged["significant"].sum()) if done else None,  # type: ignore[index]
-            }
-        )
+        row: dict[str, Any] = {"key": key, "paper": None, "significant": None}
+        if flagged is not None and {"paper_verdict", "significant"} <= set(flagged.columns):
+            row["paper"] = int(flagged["paper_verdict"].sum())
+            row["significant"] = int(flagged["significant"].sum())
+        rows.append(row)
     return rows
 
 
