@@ -626,6 +626,20 @@ def _preview(sections: list[ModelSection], out_dir: Path) -> str:
     )
 
 
+def _swap_in(out_dir: Path, staging: Path, page_tmp: Path, page: Path) -> None:
+    """Replace the previous report's images and page by the new ones: renames only, so it
+    needs no space and cannot half-fail on a full disk."""
+    old = out_dir / ".img.old"
+    shutil.rmtree(old, ignore_errors=True)
+    if (out_dir / "img").exists():
+        os.replace(out_dir / "img", old)
+    (staging / "img").mkdir(parents=True, exist_ok=True)
+    os.replace(staging / "img", out_dir / "img")
+    os.replace(page_tmp, page)
+    shutil.rmtree(old, ignore_errors=True)
+    shutil.rmtree(staging, ignore_errors=True)
+
+
 def build_report(
     cfg: RunConfig,
     out_dir: Path,
@@ -636,14 +650,18 @@ def build_report(
     t0 = time.perf_counter()
     opts = options or ReportOptions()
     out_dir.mkdir(parents=True, exist_ok=True)
-    shutil.rmtree(out_dir / "img", ignore_errors=True)  # stale images of an earlier run
+    # The new report is built beside the old one (images in a staging folder, the page under a
+    # temporary name) and swapped in only when complete: a build that fails — a full disk, a
+    # crash — leaves the previous report whole.
+    staging = out_dir / ".staging"
+    shutil.rmtree(staging, ignore_errors=True)  # what a failed build left
     root = cfg.layout.tables
     tables = {name: load_table(root, name) for name in (*REQUIRED_TABLES, *OPTIONAL_TABLES)}
     stats_all, blind_all, top = (tables[n] for n in REQUIRED_TABLES)
     labels = Labels.from_table(tables["concept_labels"])
     summaries = _summary_table(root)
     crop = cfg.encoder.image_size / round(cfg.encoder.image_size * 256 / 224)
-    writer = ImageWriter(cfg.layout, out_dir, opts.thumb_px, crop)
+    writer = ImageWriter(cfg.layout, out_dir, opts.thumb_px, crop, write_root=staging)
 
     controls = control_flags(cfg, blind_all)
     sections: list[ModelSection] = []
@@ -735,7 +753,7 @@ def build_report(
     path = out_dir / "index.html"
     tmp = out_dir / f".index.html.{os.getpid()}.tmp"
     tmp.write_text(page, encoding="utf-8")
-    os.replace(tmp, path)
+    _swap_in(out_dir, staging, tmp, path)
     n_images = sum(1 for p in (out_dir / "img").rglob("*.jpg")) if (out_dir / "img").exists() else 0
     return ReportSummary(
         path,

@@ -206,9 +206,13 @@ class ImageWriter:
         crop_fraction: float,
         quality: int = 85,
         max_cached: int = 2048,
+        write_root: Path | None = None,
     ) -> None:
         self.layout = layout
         self.out_dir = out_dir
+        # where the files go (a staging folder swapped in when the report is complete); the
+        # returned paths stay relative to ``out_dir``
+        self.write_root = write_root or out_dir
         self.thumb_px = thumb_px
         self.crop_fraction = crop_fraction
         self.quality = quality
@@ -251,7 +255,7 @@ class ImageWriter:
         return self._bases[key]
 
     def _save(self, arr: U8, rel: str) -> str:
-        dst = self.out_dir / rel
+        dst = self.write_root / rel
         dst.parent.mkdir(parents=True, exist_ok=True)
         Image.fromarray(arr).save(dst, quality=self.quality)
         self.written += 1
@@ -259,7 +263,7 @@ class ImageWriter:
 
     def thumbnail(self, dataset: str, image_id: str, crop: bool = False) -> str | None:
         rel = f"img/{safe_name(dataset)}/{safe_name(image_id)}{'-crop' if crop else ''}.jpg"
-        if (self.out_dir / rel).exists():
+        if (self.write_root / rel).exists():
             return rel
         base = self._base(dataset, image_id, crop)
         return None if base is None else self._save(base, rel)

@@ -242,3 +242,41 @@ def test_report_with_hundreds_of_concept_cards_renders_fast(tmp_path):
     assert summary.n_concept_cards >= 200
     assert seconds < 60
     _check_page(summary, tmp_path / "report")
+
+
+def test_a_build_that_fails_midway_leaves_the_previous_report_whole(tmp_path, monkeypatch):
+    """A full disk while the images of a new report are written: the old page and every image
+    it shows are still there, byte for byte; the next build that succeeds replaces them."""
+    import errno
+
+    from blindspot_assets.report.images import ImageWriter
+
+    cfg = build_run(tmp_path)
+    out = tmp_path / "report"
+    build_report(cfg, out)
+    page = (out / "index.html").read_bytes()
+    shown = re.findall(r'src="(img/[^"]+)"', page.decode())
+    before = {src: (out / src).read_bytes() for src in shown}
+    assert shown
+
+    real_save = ImageWriter._save
+    calls = {"n": 0}
+
+    def full_disk(self, arr, rel):  # type: ignore[no-untyped-def]
+        calls["n"] += 1
+        if calls["n"] > 3:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_save(self, arr, rel)
+
+    monkeypatch.setattr(ImageWriter, "_save", full_disk)
+    with pytest.raises(OSError, match="No space left"):
+        build_report(cfg, out)
+    assert (out / "index.html").read_bytes() == page
+    assert {src: (out / src).read_bytes() for src in shown} == before
+    monkeypatch.setattr(ImageWriter, "_save", real_save)
+    build_report(cfg, out)
+    assert not (out / ".staging").exists() and not (out / ".img.old").exists()
+    assert all(
+        (out / src).exists()
+        for src in re.findall(r'src="(img/[^"]+)"', (out / "index.html").read_text())
+    )
