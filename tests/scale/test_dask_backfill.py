@@ -105,7 +105,16 @@ def test_dask_backfill_matches_the_in_process_tables(tmp_path):
             want = read_table(ref_cfg.layout.tables, table, model).drop("run_id")
             got = read_table(dask_cfg.layout.tables, table, model).drop("run_id")
             assert want.height > 0 or table == "memorization_candidates", (table, model)
-            assert_frame_equal(got, want, check_exact=True)
+            # Memorisation distances come from small float GEMMs, whose last bits depend on the
+            # thread count (a Dask worker runs torch on 1 thread, this process on 2; measured:
+            # float32 cosines carry ~1e-7 absolute noise, float64 small GEMMs vary too): the
+            # rest of this table, and every other table, must match exactly.
+            # (rows are sorted by distance: near ties may swap, so compare them by image)
+            if table == "memorization_candidates":
+                got, want = got.sort("gen_image_id"), want.sort("gen_image_id")
+                assert_frame_equal(got, want, rel_tol=1e-5, abs_tol=1e-5)
+            else:
+                assert_frame_equal(got, want, check_exact=True)
 
     # the two runs executed on Dask and overlapped in time (parallel workers)
     os.environ["DAGSTER_HOME"] = str(home)
