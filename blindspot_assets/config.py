@@ -164,6 +164,41 @@ class ScaleSpec:
 
 
 @dataclass(frozen=True)
+class LabelsSpec:
+    """Concept names from a vision-language / captioning model (``labels/``); off by default."""
+
+    # A transformers image-text-to-text checkpoint (hub id or local folder); "none": off.
+    model_id: str = "none"
+    revision: str = "main"
+    # null: "a picture of" for a captioning model (a caption prefix), else an instruction.
+    prompt: str | None = None
+    max_new_tokens: int = 20
+    images_per_concept: int = 5  # top real images captioned per concept
+    concepts: int = 32  # how many concepts are named: the flagged ones first
+    crop: bool = True  # crop each image to the concept's patches (the report's heat maps)
+    image_px: int = 384  # side of the square each image (or crop) is resized to
+    name_words: int = 3  # at most this many words in a name
+    batch_size: int = 8
+    device: str = "auto"
+    dtype: str = "auto"  # auto | float32 | float16 | bfloat16
+
+    def __post_init__(self) -> None:
+        counts = ("max_new_tokens", "images_per_concept", "concepts", "image_px", "name_words")
+        for name in (*counts, "batch_size"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(f"labels.{name} must be an integer ≥ 1, got {value!r}")
+        if self.dtype not in ("auto", "float32", "float16", "bfloat16"):
+            raise ConfigError(
+                f"labels.dtype must be auto, float32, float16 or bfloat16, got {self.dtype!r}"
+            )
+
+    @property
+    def enabled(self) -> bool:
+        return str(self.model_id).strip().lower() not in ("", "none", "null")
+
+
+@dataclass(frozen=True)
 class RunConfig:
     name: str
     data_root: Path
@@ -178,6 +213,7 @@ class RunConfig:
     # Zarr stores and Parquet tables: under data_root unless a path or fsspec URL is given
     store_root: str | Path | None = None
     images: ImagesSpec = field(default_factory=ImagesSpec)
+    labels: LabelsSpec = field(default_factory=LabelsSpec)
 
     @property
     def controls(self) -> list[str]:
@@ -221,6 +257,7 @@ def parse_config(raw: dict[str, Any], source_path: Path | None = None) -> RunCon
             raise ConfigError(f"run config {source_path} lacks the required field '{required}'")
     allowed = {"name", "data_root", "store_root", "seed", "real", "models", "encoder", "sae"}
     allowed |= {"stats", "scale", "images"}
+    allowed |= {"labels"}
     extra = sorted(set(raw) - allowed)
     if extra:
         raise ConfigError(f"unknown top-level field(s) {extra}; allowed: {sorted(allowed)}")
@@ -308,6 +345,7 @@ def parse_config(raw: dict[str, Any], source_path: Path | None = None) -> RunCon
         scale=_dataclass_from(ScaleSpec, raw.get("scale"), "scale"),
         store_root=_store_root(raw.get("store_root"), base),
         images=_dataclass_from(ImagesSpec, raw.get("images"), "images"),
+        labels=_dataclass_from(LabelsSpec, raw.get("labels"), "labels"),
     )
 
 
