@@ -35,7 +35,9 @@ real_job = dg.define_asset_job(
 # Cross-model tables and the report, after the model partitions are in.
 report_job = dg.define_asset_job(
     "report_job",
-    selection=dg.AssetSelection.assets("concept_top_images", "model_comparison", "report"),
+    selection=dg.AssetSelection.assets(
+        "concept_top_images", "concept_names", "model_comparison", "report"
+    ),
 )
 
 __all__ = ["blindspot_job", "model_job", "model_partitions", "real_job", "report_job"]
