@@ -95,6 +95,8 @@ class Labels:
     """Concept id → its best caption terms (with scores when the table has them)."""
 
     terms: dict[int, list[tuple[str, float | None]]] = field(default_factory=dict)
+    # Concept id → its name from a vision-language model (table concept_names), shown first.
+    names: dict[int, str] = field(default_factory=dict)
 
     @classmethod
     def from_table(cls, df: pl.DataFrame | None, per_concept: int = 3) -> Labels:
@@ -120,13 +122,20 @@ class Labels:
         return cls(terms)
 
     def short(self, concept: int) -> str:
-        """The best term alone."""
+        """The model's name, else the best term alone."""
+        if self.names.get(concept):
+            return self.names[concept]
         got = self.terms.get(concept)
         return got[0][0] if got else ""
 
     def name(self, concept: int) -> str:
+        """The model's name in quotes beside the caption terms: “red disc” — red · circle."""
         got = self.terms.get(concept)
-        return " · ".join(t for t, _ in got) if got else ""
+        terms = " · ".join(t for t, _ in got) if got else ""
+        named = self.names.get(concept)
+        if not named:
+            return terms
+        return f"“{named}” — {terms}" if terms else f"“{named}”"
 
 
 @dataclass

@@ -43,6 +43,7 @@ from blindspot_assets.report.data import (
     read_lineage_block,
 )
 from blindspot_assets.report.images import ImageWriter, TokenLayout, concept_maps
+from blindspot_assets.report.names import model_names
 from blindspot_assets.report.page import render_page
 from blindspot_assets.stats.significance import expected_false_flags
 from blindspot_assets.store.layout import REAL
@@ -344,7 +345,8 @@ def _flagged_table(
     ]  # fmt: skip
     df = flagged.sort("rank") if "rank" in flagged.columns else flagged
     df = df.head(opts.max_table_rows)
-    cols = [c for c in preferred if c in df.columns or (c == "name" and labels.terms)]
+    named = bool(labels.terms or labels.names)
+    cols = [c for c in preferred if c in df.columns or (c == "name" and named)]
     rows = []
     for r in df.iter_rows(named=True):
         concept = int(r["concept"])
@@ -659,6 +661,7 @@ def build_report(
     tables = {name: load_table(root, name) for name in (*REQUIRED_TABLES, *OPTIONAL_TABLES)}
     stats_all, blind_all, top = (tables[n] for n in REQUIRED_TABLES)
     labels = Labels.from_table(tables["concept_labels"])
+    labels.names = model_names(load_table(root, "concept_names"))
     summaries = _summary_table(root)
     crop = cfg.encoder.image_size / round(cfg.encoder.image_size * 256 / 224)
     writer = ImageWriter(cfg.layout, out_dir, opts.thumb_px, crop, write_root=staging)
