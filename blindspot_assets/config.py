@@ -150,6 +150,18 @@ class StatsSpec:
     cooccurrence_over: str = "tokens"
     cooccurrence_top: int = 10
     cooccurrence_block: int = 2048
+    # Confirm flagged blindspots (``blindspot_verification``): the top ``verify_top`` significant
+    # concepts of each kind, ``verify_captions`` captions each, ``verify_images`` new images per
+    # caption: at most 2 × top × captions × images generations per model (0 top: off).
+    verify_top: int = 3
+    verify_images: int = 4
+    verify_captions: int = 8
+    # Blindspot changes between two generated sets of the same real images (base, candidate),
+    # e.g. [sd15, sd15-dpo] or [demo-a, demo-a-v2] (table blindspot_changes, the gate CLI).
+    compare: tuple[tuple[str, str], ...] = ()
+    # Which changes are regressions: a status (new, resolved, persisting, worsened, improved),
+    # optionally with a kind (new-suppressed); a list or a comma-separated string.
+    fail_on: tuple[str, ...] = ("new-suppressed", "new-exaggerated", "worsened")
 
 
 @dataclass(frozen=True)
@@ -324,7 +336,11 @@ def parse_config(raw: dict[str, Any], source_path: Path | None = None) -> RunCon
                 f"stats.variant_pairs entry {list(pair)} must name two registered models "
                 f"({sorted(models)})"
             )
-    stats = StatsSpec(**{**stats.__dict__, "variant_pairs": pairs})
+    compare = _model_pairs("stats.compare", stats.compare, models)
+    fail_on = parse_fail_on(stats.fail_on, "stats.fail_on")
+    stats = StatsSpec(
+        **{**stats.__dict__, "variant_pairs": pairs, "compare": compare, "fail_on": fail_on}
+    )
     if not 0 < stats.suppressed_below < stats.exaggerated_above < 1:
         raise ConfigError("need 0 < stats.suppressed_below < stats.exaggerated_above < 1")
     if stats.temperature <= 0:
@@ -332,6 +348,10 @@ def parse_config(raw: dict[str, Any], source_path: Path | None = None) -> RunCon
     _check_choice("stats.top_images_by", stats.top_images_by, ("patch_mean", "token_sum"))
     _check_choice("stats.cooccurrence_over", stats.cooccurrence_over, ("tokens", "images"))
     _check_choice("encoder.store_dtype", encoder.store_dtype, ("float16", "float32"))
+    for name, least in (("verify_top", 0), ("verify_images", 1), ("verify_captions", 1)):
+        value = getattr(stats, name)
+        if isinstance(value, bool) or not isinstance(value, int) or value < least:
+            raise ConfigError(f"stats.{name} must be an integer ≥ {least}, got {value!r}")
     return RunConfig(
         name=str(raw["name"]),
         data_root=data_root,
@@ -347,6 +367,57 @@ def parse_config(raw: dict[str, Any], source_path: Path | None = None) -> RunCon
         images=_dataclass_from(ImagesSpec, raw.get("images"), "images"),
         labels=_dataclass_from(LabelsSpec, raw.get("labels"), "labels"),
     )
+
+
+# Statuses of a concept between a base and a candidate generated set (stats/changes.py), and
+# the kinds a status may be narrowed to in ``fail_on`` (new-suppressed, worsened-exaggerated).
+CHANGE_STATUSES = ("new", "resolved", "persisting", "worsened", "improved", "unchanged")
+BLINDSPOT_KINDS = ("suppressed", "exaggerated")
+
+
+def parse_fail_on(raw: object, where: str = "fail_on") -> tuple[str, ...]:
+    """``fail_on`` as a tuple of tokens ``status`` or ``status-kind``; a list or a
+    comma-separated string; anything else is a ConfigError naming ``where``."""
+    if raw is None:
+        return ()
+    if isinstance(raw, str):
+        items = [t.strip() for t in raw.split(",")]
+    elif isinstance(raw, list | tuple):
+        items = [str(t).strip() for t in raw]
+    else:
+        raise ConfigError(f"{where} must be a list or a comma-separated string, got {raw!r}")
+    tokens = tuple(t for t in items if t)
+    flaggable = [s for s in CHANGE_STATUSES if s != "unchanged"]
+    allowed = [*flaggable, *(f"{s}-{k}" for s in flaggable for k in BLINDSPOT_KINDS)]
+    bad = [t for t in tokens if t not in allowed]
+    if bad:
+        raise ConfigError(
+            f"{where}: unknown token(s) {bad}; use a status {flaggable}, optionally with a "
+            f"kind, e.g. new-suppressed"
+        )
+    return tokens
+
+
+def _model_pairs(
+    where: str, raw: object, models: dict[str, ModelSpec]
+) -> tuple[tuple[str, str], ...]:
+    """A list of [base, candidate] pairs of registered models (``stats.compare``)."""
+    if raw is None:
+        return ()
+    if not isinstance(raw, list | tuple):
+        raise ConfigError(f"{where} must be a list of [base, candidate] pairs, got {raw!r}")
+    pairs = []
+    for entry in raw:
+        pair = tuple(str(k) for k in entry) if isinstance(entry, list | tuple) else (str(entry),)
+        if len(pair) != 2 or any(k not in models for k in pair) or pair[0] == pair[1]:
+            raise ConfigError(
+                f"{where} entry {list(pair)} must name two different registered models "
+                f"({sorted(models)})"
+            )
+        pairs.append((pair[0], pair[1]))
+    if len(set(pairs)) != len(pairs):
+        raise ConfigError(f"{where} lists a pair twice: {[list(p) for p in pairs]}")
+    return tuple(pairs)
 
 
 def _check_choice(name: str, value: object, choices: tuple[str, ...]) -> None:

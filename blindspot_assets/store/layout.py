@@ -42,6 +42,14 @@ class DataLayout:
     def images(self, dataset: str) -> Path:
         return self.real_images if dataset == REAL else self.generated_images(dataset)
 
+    def verification_images(self, model: str) -> Path:
+        """New images of ``blindspot_verification``: new seeds for flagged concepts' captions."""
+        return self.root / "images" / "verification" / check_key(model)
+
+    def verification_store(self, model: str, kind: str) -> str | Path:
+        """Features (``kind`` = features) or concept codes (codes) of the verification images."""
+        return self._store("verification", f"{check_key(model)}-{check_key(kind)}.zarr")
+
     def features(self, dataset: str) -> str | Path:
         return self._store("features", f"{check_key(dataset)}.zarr")
 
