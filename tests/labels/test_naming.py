@@ -21,13 +21,13 @@ from blindspot_assets.labels.naming import (
     name_from_captions,
     name_run_concepts,
 )
-from blindspot_assets.labels.vlm import CAPTION_PROMPT, load_captioner, strip_prompt
+from blindspot_assets.labels.vlm import CAPTION_PROMPT, CHAT_PROMPT, load_captioner, strip_prompt
 from blindspot_assets.lineage import MissingInput, hash_directory
 from blindspot_assets.report.data import Labels
 from blindspot_assets.report.names import model_names
 from blindspot_assets.sae.checkpoint import HEADER_FILE, SAE_SCHEMA
 from blindspot_assets.store.tables import query, read_table, write_table_partition
-from tests.labels.tiny_captioner import save_tiny_blip
+from tests.labels.tiny_captioner import save_tiny_blip, save_tiny_llava
 from tests.report.synthetic_run import SUPPRESSED, build_run
 
 
@@ -129,6 +129,24 @@ def test_labeller_round_trip(tmp_path: Path) -> None:
     labels = Labels({SUPPRESSED: [("red", 1.0)]}, model_names(names))
     named = dict(zip(names["concept"], names["name"], strict=True))[SUPPRESSED]
     assert labels.name(SUPPRESSED) == (f"“{named}” — red" if named else "red")
+
+
+def test_chat_model_gets_the_instruction_and_answers_alone(tmp_path: Path) -> None:
+    """A processor with a chat template: the prompt is an instruction in a user turn, and the
+    model's echo of that turn is cut, so a caption holds the generated tokens only."""
+    model_dir = save_tiny_llava(tmp_path / "tiny-llava")
+    spec = LabelsSpec(model_id=str(model_dir), device="cpu", max_new_tokens=4, batch_size=2)
+    captioner = load_captioner(spec)
+    assert type(captioner.model).__name__ == "LlavaForConditionalGeneration"
+    assert captioner.chat and captioner.prompt == CHAT_PROMPT
+    rng = np.random.default_rng(0)
+    images = [Image.fromarray(rng.integers(0, 255, (40, 48, 3), dtype=np.uint8)) for _ in range(3)]
+    captions = captioner.caption(images)
+    assert len(captions) == 3
+    for caption in captions:
+        assert len(caption.split()) <= 4  # the answer alone: the prompt turn is longer
+        assert not caption.startswith("user")
+    assert captioner.caption(images) == captions  # greedy
 
 
 def test_hub_id_goes_through_the_same_loader() -> None:
