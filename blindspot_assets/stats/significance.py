@@ -36,7 +36,7 @@ from numpy.typing import NDArray
 F64 = NDArray[np.float64]
 
 
-_COLUMN_CHUNK = 4096  # concepts per pass: float64 temporaries stay block_rows × 4096
+_COLUMN_CHUNK = 1024  # concepts per pass: float64 temporaries stay block_rows × 1,024 (4 MB)
 
 
 @dataclass(frozen=True)
