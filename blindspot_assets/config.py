@@ -159,8 +159,8 @@ class StatsSpec:
     # Blindspot changes between two generated sets of the same real images (base, candidate),
     # e.g. [sd15, sd15-dpo] or [demo-a, demo-a-v2] (table blindspot_changes, the gate CLI).
     compare: tuple[tuple[str, str], ...] = ()
-    # Which changes are regressions: a status (new, resolved, persisting, worsened, improved),
-    # optionally with a kind (new-suppressed); a list or a comma-separated string.
+    # Which changes are regressions: a status (new, resolved, worsened, improved, persisting,
+    # borderline), optionally with a kind (new-suppressed); a list or a comma-separated string.
     fail_on: tuple[str, ...] = ("new-suppressed", "new-exaggerated", "worsened")
 
 
@@ -371,7 +371,9 @@ def parse_config(raw: dict[str, Any], source_path: Path | None = None) -> RunCon
 
 # Statuses of a concept between a base and a candidate generated set (stats/changes.py), and
 # the kinds a status may be narrowed to in ``fail_on`` (new-suppressed, worsened-exaggerated).
-CHANGE_STATUSES = ("new", "resolved", "persisting", "worsened", "improved", "unchanged")
+CHANGE_STATUSES = (
+    "new", "resolved", "worsened", "improved", "persisting", "borderline", "unchanged",
+)  # fmt: skip
 BLINDSPOT_KINDS = ("suppressed", "exaggerated")
 
 

@@ -1,0 +1,114 @@
+"""Blindspot changes between two generated sets of the same captions (stats/changes.py)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+
+from blindspot_assets.config import ConfigError
+from blindspot_assets.stats import BlindspotParams, compute_concept_stats
+from blindspot_assets.stats.changes import blindspot_changes, regressions, status_counts
+from tests.stats.conftest import write_codes
+from tests.stats.synthetic import planted_codes
+
+PARAMS = BlindspotParams(n_bootstrap=50, n_permutations=50, block_rows=64, seed=3)
+
+
+def _changes(tmp: Path, real: np.ndarray, base: np.ndarray, cand: np.ndarray, ids: list[str]):
+    real_p = write_codes(tmp / "real.zarr", ids, real)
+    base_p = write_codes(tmp / "base.zarr", ids, base)
+    cand_p = write_codes(tmp / "cand.zarr", ids, cand)
+    base_stats = compute_concept_stats(real_p, base_p, PARAMS)
+    cand_stats = compute_concept_stats(real_p, cand_p, PARAMS)
+    out = blindspot_changes(real_p, base_p, cand_p, base_stats, cand_stats, PARAMS)
+    return out, base_stats, cand_stats
+
+
+def test_a_planted_new_suppression_is_new_and_a_regression(tmp_path: Path) -> None:
+    world = planted_codes(n=400, c=40, seed=0)
+    base = world.xi_gen_nc
+    cand = base.copy()
+    new = 7  # an ordinary concept the candidate can no longer draw
+    cand[:, new] = 0.0
+    out, base_stats, cand_stats = _changes(tmp_path, world.xi_real_nc, base, cand, world.image_ids)
+    row = out.filter(pl.col("concept") == new).row(0, named=True)
+    assert row["status"] == "new"
+    assert row["kind"] == "suppressed"
+    assert row["change_significant"]
+    assert row["change_ci_high"] < 0
+    # paired change = ΔE(candidate) − ΔE(base) when both use the same pairs
+    expected = cand_stats["delta_energy"] - base_stats["delta_energy"]
+    np.testing.assert_allclose(out["change"].to_numpy(), expected.to_numpy(), atol=1e-6)
+    # the planted blindspots of the base stay flagged and do not move: persisting
+    for concept in (world.gone, world.doubled):
+        assert out.filter(pl.col("concept") == concept)["status"].item() == "persisting"
+    # the only regression under the default gate is the new suppression
+    bad = regressions(out, ("new-suppressed", "new-exaggerated", "worsened"))
+    assert bad["concept"].to_list() == [new]
+    assert regressions(out, "new-exaggerated").is_empty()
+    assert status_counts(out)["new-suppressed"] == 1
+
+
+def test_worsened_improved_and_resolved(tmp_path: Path) -> None:
+    world = planted_codes(n=400, c=40, seed=1)
+    base = world.xi_gen_nc.copy()
+    base[:, 5] = world.xi_real_nc[:, 5] * 0.5  # suppressed in base
+    base[:, 6] = world.xi_real_nc[:, 6] * 2.0  # exaggerated in base
+    cand = base.copy()
+    cand[:, 5] = world.xi_real_nc[:, 5] * 0.1  # further suppressed: worsened
+    cand[:, 6] = world.xi_real_nc[:, 6] * 1.5  # less exaggerated but still flagged: improved
+    cand[:, world.gone] = world.xi_real_nc[:, world.gone]  # drawn again: resolved
+    out, _, _ = _changes(tmp_path, world.xi_real_nc, base, cand, world.image_ids)
+    status = dict(zip(out["concept"], out["status"], strict=True))
+    assert status[5] == "worsened"
+    assert status[6] == "improved"
+    assert status[world.gone] == "resolved"
+    assert regressions(out, "worsened")["concept"].to_list() == [5]
+    assert regressions(out, ["worsened-exaggerated"]).is_empty()
+
+
+def test_identical_generated_sets_change_nothing(tmp_path: Path) -> None:
+    """The null control of the gate: the same generated set on both sides."""
+    world = planted_codes(n=300, c=40, seed=2)
+    gen = world.xi_gen_nc
+    out, base_stats, _ = _changes(tmp_path, world.xi_real_nc, gen, gen.copy(), world.image_ids)
+    flagged = set(base_stats.filter(pl.col("significant"))["concept"].to_list())
+    assert flagged  # the planted blindspots, flagged on both sides alike
+    assert set(out.filter(pl.col("status") == "persisting")["concept"]) == flagged
+    assert set(out["status"].unique()) <= {"persisting", "unchanged"}
+    assert (out["change"] == 0).all() and not out["change_significant"].any()
+    assert regressions(out, ("new-suppressed", "new-exaggerated", "worsened")).is_empty()
+
+
+def test_only_captions_valid_on_all_three_sides_are_paired(tmp_path: Path) -> None:
+    world = planted_codes(n=200, c=12, seed=4)
+    ids = world.image_ids
+    real_valid = np.ones(len(ids), dtype=bool)
+    real_valid[3] = False
+    cand_valid = np.ones(len(ids), dtype=bool)
+    cand_valid[[10, 11]] = False
+    real_p = write_codes(tmp_path / "r.zarr", ids, world.xi_real_nc, valid_n=real_valid)
+    base_p = write_codes(tmp_path / "b.zarr", ids[::-1], world.xi_gen_nc[::-1])  # other order
+    cand_p = write_codes(tmp_path / "c.zarr", ids, world.xi_gen_nc + 1.0, valid_n=cand_valid)
+    stats = compute_concept_stats(real_p, cand_p, PARAMS)
+    out = blindspot_changes(real_p, base_p, cand_p, stats, stats, PARAMS)
+    assert out["n_pairs"][0] == len(ids) - 3
+    np.testing.assert_allclose(out["change"].to_numpy(), 1.0, rtol=1e-6)
+
+
+def test_different_saes_and_bad_tokens_are_refused(tmp_path: Path) -> None:
+    world = planted_codes(n=50, c=8, seed=5)
+    paths = [write_codes(tmp_path / f"{n}.zarr", world.image_ids, world.xi_gen_nc) for n in "rbc"]
+    stats = compute_concept_stats(paths[0], paths[1], PARAMS)
+    with pytest.raises(ValueError, match="different SAEs"):
+        blindspot_changes(
+            *paths,
+            stats.with_columns(sae_version=pl.lit("sae:a")),
+            stats.with_columns(sae_version=pl.lit("sae:b")),
+            PARAMS,
+        )
+    with pytest.raises(ConfigError, match="unknown token"):
+        regressions(stats.head(0), "new-blurred")
