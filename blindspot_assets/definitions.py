@@ -9,13 +9,22 @@ from __future__ import annotations
 
 import dagster as dg
 
-from blindspot_assets.defs import analysis, checks, concepts, features, generation, inputs, naming
+from blindspot_assets.defs import (
+    analysis,
+    changes,
+    checks,
+    concepts,
+    features,
+    generation,
+    inputs,
+    naming,
+)
 from blindspot_assets.defs.crash_guard import with_crash_recovery
 from blindspot_assets.defs.deployment import executor_from_env
 from blindspot_assets.defs.jobs import blindspot_job, model_job, real_job, report_job
 from blindspot_assets.defs.resources import RunConfigResource, default_config_path
 
-_modules = [inputs, generation, features, concepts, analysis, checks, naming]
+_modules = [inputs, generation, features, concepts, analysis, checks, changes, naming]
 
 defs = dg.Definitions(
     assets=dg.load_assets_from_modules(_modules),

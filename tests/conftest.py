@@ -20,16 +20,18 @@ def demo_config_dict(
     tmp_path: Path, n_images: int = 120, with_controls: bool = False, **overrides: object
 ) -> dict[str, object]:
     """The embedded demo config, pointed at ``tmp_path`` and optionally shrunk; its trust
-    checks — the null control models and the replicate SAE — only ``with_controls`` (most tests
-    need the two planted models alone, and one SAE)."""
+    checks — the null control models and the replicate SAE — and the second version of demo-a
+    with its comparison (``stats.compare``) only ``with_controls`` (most tests need the two
+    planted models alone, and one SAE)."""
     raw = yaml.safe_load((REPO / "configs" / "demo.yaml").read_text())
     if not with_controls:
         raw["sae"].pop("replicate_seed", None)
         raw["models"] = {
             k: m
             for k, m in raw["models"].items()
-            if m["family"] != "control" and not m.get("control")
+            if m["family"] != "control" and not m.get("control") and k != "demo-a-v2"
         }
+        raw["stats"].pop("compare", None)
     raw["data_root"] = str(tmp_path / "data")
     raw["real"]["n_images"] = n_images
     raw["encoder"]["model_id"] = str(tmp_path / "models" / "tiny-dinov2")

@@ -14,6 +14,21 @@ from blindspot_assets.defs.resources import default_config_path
 _loaded = load_config(default_config_path())
 model_partitions = dg.StaticPartitionsDefinition(list(_loaded.models))
 
+# Blindspot comparisons (``stats.compare``), one per "base..candidate" key. The changes asset is
+# partitioned by its *candidate* model, not by comparison: a second partitions definition could
+# not share a job with the model assets (Dagster refuses to build such a job), and
+# ``blindspot_job`` runs the whole graph over a model range. Each comparison is still its own
+# table partition, and concept_stats[base] maps to the candidate's partition.
+comparison_keys = [f"{base}..{cand}" for base, cand in _loaded.stats.compare]
+changes_mapping = dg.StaticPartitionMapping(
+    {m: {m, *(c for b, c in _loaded.stats.compare if b == m)} for m in _loaded.models}
+)
+
+
+def comparison_key(base: str, candidate: str) -> str:
+    return f"{base}..{candidate}"
+
+
 # How many shard steps each per-image stage fans out over (``scale.shards``; defs/sharding.py).
 N_SHARDS = _loaded.scale.shards
 
