@@ -30,6 +30,7 @@ import polars as pl
 
 from blindspot_assets.config import RunConfig
 from blindspot_assets.report import analyses, preview, svg
+from blindspot_assets.report.changes import changes_sections
 from blindspot_assets.report.data import (
     OPTIONAL_TABLES,
     REQUIRED_TABLES,
@@ -569,7 +570,8 @@ def _summary_table(tables_root: str | Path) -> pl.DataFrame | None:
     return None
 
 
-ANALYSIS_TABLES = ("concept_map", "variant_comparisons")  # shown in sections of their own
+# shown in sections of their own
+ANALYSIS_TABLES = ("concept_map", "variant_comparisons", "blindspot_changes")
 
 
 def _analysis_sections(
@@ -591,6 +593,7 @@ def _analysis_sections(
     )
     if variants is not None:
         out.append(("variants", "Model vs variant", variants))
+    out += changes_sections(load_table(root, "blindspot_changes"), labels, cfg.stats.fail_on)
     return out
 
 

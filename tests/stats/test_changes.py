@@ -112,3 +112,26 @@ def test_different_saes_and_bad_tokens_are_refused(tmp_path: Path) -> None:
         )
     with pytest.raises(ConfigError, match="unknown token"):
         regressions(stats.head(0), "new-blurred")
+
+
+def test_the_report_section_says_whether_the_gate_passes(tmp_path: Path) -> None:
+    from blindspot_assets.report.changes import changes_sections
+    from blindspot_assets.report.data import Labels
+
+    world = planted_codes(n=200, c=12, seed=6)
+    cand = world.xi_gen_nc.copy()
+    cand[:, 7] = 0.0
+    out, _, _ = _changes(tmp_path, world.xi_real_nc, world.xi_gen_nc, cand, world.image_ids)
+    table = out.with_columns(
+        comparison=pl.lit("a..b"),
+        base=pl.lit("a"),
+        candidate=pl.lit("b"),
+        base_model_version=pl.lit("v1"),
+        candidate_model_version=pl.lit("v2"),
+    )
+    [(anchor, title, body)] = changes_sections(table, Labels(), ("new-suppressed",))
+    assert anchor == "changes-a..b" and title == "Changes a → b"
+    assert "Gate fails: 1 regression(s)" in body and "changes-table" in body
+    [(_, _, body)] = changes_sections(table, Labels(), ())
+    assert "Gate passes" in body
+    assert changes_sections(None, Labels(), ("new",)) == []
