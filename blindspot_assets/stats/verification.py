@@ -8,9 +8,10 @@ lives and look. Here, for the top ``verify_top`` significant concepts of each ki
    else is in the picture); a model that sees only the caption cannot reproduce that part, so
    pairing them with new images shows a "suppression" even for a faithful model (regression to
    the mean: measured on the demo's faithful model, 106 of 128 concepts came out "confirmed
-   suppressed" that way). So a suppressed concept takes the captions containing its top caption
-   term (``concept_labels``, rank 1 first; ``captions_from`` = ``term:<term>``), drawn in a
-   seeded order that ignores ξ — the real images of those captions are a fair sample of them;
+   suppressed" that way). So a suppressed concept takes the captions containing one of its
+   caption terms (``concept_labels``: the term most present in the captions of its top real
+   images, label rank on ties; ``captions_from`` = ``term:<term>``), drawn in a seeded order
+   that ignores ξ — the real images of those captions are a fair sample of them;
    only without a term does it fall back to the captions of its top real images
    (``captions_from`` = ``real``, leaning toward confirming). An exaggerated concept takes the
    captions of its top images in the model's *original* generated set (``captions_from`` = the
@@ -209,7 +210,12 @@ def _pick_captions(
     if kind == "exaggerated" and (picked := top(model_key)):
         return model_key, picked
     if kind == "suppressed" and labels is not None:
-        for term in labels.filter(pl.col("concept") == concept).sort("rank")["term"].to_list():
+        # the concept's caption term most present among its top real images (a term, never
+        # an image, is chosen from them), first by label rank on ties
+        shown = [terms_of[i] for i in top(REAL)]
+        terms = labels.filter(pl.col("concept") == concept).sort("rank")["term"].to_list()
+        by_share = sorted(terms, key=lambda t: -sum(t in s for s in shown))  # stable: rank
+        for term in by_share:
             having = [i for i, terms in terms_of.items() if term in terms]
             if len(having) >= min(min_captions, n_captions):
                 return f"term:{term}", _seeded_order(having, seed, concept)[:n_captions]
