@@ -19,12 +19,14 @@ from blindspot_assets.defs import (
     inputs,
     naming,
 )
+from blindspot_assets.defs import verification as verification_defs
 from blindspot_assets.defs.crash_guard import with_crash_recovery
 from blindspot_assets.defs.deployment import executor_from_env
 from blindspot_assets.defs.jobs import blindspot_job, model_job, real_job, report_job
 from blindspot_assets.defs.resources import RunConfigResource, default_config_path
 
 _modules = [inputs, generation, features, concepts, analysis, checks, changes, naming]
+_modules.append(verification_defs)  # confirm flagged blindspots
 
 defs = dg.Definitions(
     assets=dg.load_assets_from_modules(_modules),

@@ -487,6 +487,7 @@ def _planted_scores(cfg: RunConfig) -> pl.DataFrame | None:
         concept_map,
         dg.AssetKey("concept_names"),  # defs/naming.py (which imports this module)
         dg.AssetKey("blindspot_changes"),  # defs/changes.py (which imports this module)
+        dg.AssetKey("blindspot_verification"),  # defs/verification.py (imports this module)
     ],
     kinds={"html"},
     code_version="2",  # 2: concept map, token-frequency bands, variant comparison

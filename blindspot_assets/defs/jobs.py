@@ -20,6 +20,7 @@ model_job = dg.define_asset_job(
         "blindspots",
         "datapoint_deltas",
         "memorization_candidates",
+        "blindspot_verification",
         "blindspot_changes",
     ),
 )
