@@ -30,6 +30,7 @@ import polars as pl
 
 from blindspot_assets.config import RunConfig
 from blindspot_assets.report import analyses, preview, svg
+from blindspot_assets.report import verification as verification_view
 from blindspot_assets.report.changes import changes_sections
 from blindspot_assets.report.data import (
     OPTIONAL_TABLES,
@@ -229,6 +230,7 @@ _STAT_KEYS = (
     ("image_freq_real", ("image_freq_real",)),
     ("paper_verdict", ("paper_verdict",)),
     ("significant", ("significant",)),
+    ("verification_status", ("verification_status",)),
 )
 
 
@@ -342,7 +344,7 @@ def _flagged_table(
     preferred = [
         "rank", "concept", "name", "kind", "delta", "delta_ci_low", "delta_ci_high",
         "delta_energy", "delta_energy_ci_low", "delta_energy_ci_high", "relative",
-        "effect_size", "q_value", "paper_verdict", "significant",
+        "effect_size", "q_value", "paper_verdict", "significant", "verification_status",
     ]  # fmt: skip
     df = flagged.sort("rank") if "rank" in flagged.columns else flagged
     df = df.head(opts.max_table_rows)
@@ -677,7 +679,7 @@ def build_report(
     distances: dict[str, np.ndarray] = {}
     for key in cfg.models:
         stats = for_model(stats_all, key)
-        flagged = for_model(blind_all, key)
+        flagged = verification_view.with_status(for_model(blind_all, key), root, key)
         if stats is None or stats.is_empty():
             missing_models.append(key)
             continue

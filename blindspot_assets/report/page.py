@@ -47,6 +47,8 @@ table.kv table.kv td{border-bottom:1px dotted var(--line)}
 .badge{display:inline-block;border-radius:9px;padding:0 7px;font-size:11px;color:#fff}
 .badge.suppressed{background:var(--sup)}.badge.exaggerated{background:var(--exa)}
 .badge.sig{background:#2f855a}.badge.paper{background:#718096}
+.badge.confirmed{background:#276749}.badge.not_confirmed{background:#c53030}
+.badge.inconclusive,.badge.skipped{background:#a0aec0}
 .cards{display:grid;grid-template-columns:repeat(auto-fill,minmax(560px,1fr));gap:14px}
 .card{border:1px solid var(--line);border-radius:8px;padding:10px 12px;background:#fff}
 .card.suppressed{border-top:4px solid var(--sup)}.card.exaggerated{border-top:4px solid var(--exa)}
@@ -189,7 +191,10 @@ hover a point for its concept.</p>
 <h4>concept {{ c.concept }} <span class="name">{{ c.name }}</span>
 <span class="badge {{ c.kind }}">{{ c.kind }}</span>
 {% if c.stats.get('significant') %}<span class="badge sig">q &lt; α</span>{% endif %}
-{% if c.stats.get('paper_verdict') %}<span class="badge paper">paper δ</span>{% endif %}</h4>
+{% if c.stats.get('paper_verdict') %}<span class="badge paper">paper δ</span>{% endif %}
+{% if c.stats.get('verification_status') %}<span class="badge {{ c.stats.verification_status }}"
+ title="blindspot_verification: prompted again with new seeds">{{ c.stats.verification_status
+ }}</span>{% endif %}</h4>
 <div class="nums">
 {% if 'delta' in c.stats %}<span>δ = {{ num(c.stats.delta) }}
 {{ ci(c.stats.get('delta_ci')) }}</span>{% endif %}
