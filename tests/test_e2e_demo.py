@@ -171,6 +171,17 @@ def test_demo_world_planted_blindspots_are_found(tmp_path):
         "SELECT model_key, count(*) n FROM datapoint_deltas GROUP BY 1 ORDER BY 1",
     )
     assert deltas["n"].to_list() == [396] * 4  # 400 − 2 corrupt − 2 without a caption
+    # the planted suppressions hold when the models are prompted again with new seeds
+    for model_key, word in (("demo-a", "red"), ("demo-b", "blue")):
+        planted = {c for c, _ in planted_hits(cfg, model_key, "suppressed", word, "significant")}
+        verified = query(
+            cfg.layout.duckdb,
+            "SELECT concept, status FROM blindspot_verification "
+            f"WHERE model_key = '{model_key}' AND kind = 'suppressed'",
+        )
+        statuses = dict(verified.iter_rows())
+        assert planted & set(statuses), (model_key, planted, statuses)
+        assert all(statuses[c] == "confirmed" for c in planted & set(statuses)), statuses
     labels = query(cfg.layout.duckdb, "SELECT * FROM concept_labels")
     assert labels.height > 0
     assert query(cfg.layout.duckdb, "SELECT * FROM model_correlations").height > 0
