@@ -96,6 +96,7 @@ def test_demo_world_planted_blindspots_are_found(tmp_path):
         cfg.layout.duckdb,
         "SELECT model_key, replicated FROM blindspots WHERE rank = 1 ORDER BY model_key",
     )
+    replicated = replicated.filter(pl.col("model_key").is_in(["demo-a", "demo-b"]))
     assert replicated["replicated"].to_list() == [True, True], replicated
     for model_key in ("demo-a", "demo-b"):
         paper, sig = per_model[model_key]
@@ -143,7 +144,7 @@ def test_demo_world_planted_blindspots_are_found(tmp_path):
         "FROM concept_stats ORDER BY 1",
     )
     assert rows["model_key"].to_list() == sorted(cfg.models)
-    assert rows["run_id"].to_list() == [result.run_id] * 4
+    assert rows["run_id"].to_list() == [result.run_id] * len(cfg.models)
     assert "unknown" not in rows["sae_version"].to_list()
     page = (cfg.layout.report / "index.html").read_text()
     assert "Null controls clean: control-copy, control-redraw" in page
@@ -170,7 +171,18 @@ def test_demo_world_planted_blindspots_are_found(tmp_path):
         cfg.layout.duckdb,
         "SELECT model_key, count(*) n FROM datapoint_deltas GROUP BY 1 ORDER BY 1",
     )
-    assert deltas["n"].to_list() == [396] * 4  # 400 − 2 corrupt − 2 without a caption
+    assert deltas["n"].to_list() == [396] * len(cfg.models)  # 400 − 2 corrupt − 2 no caption
+    # demo-a-v2 is demo-a plus a blue blindspot: the gate finds it as new, red stays as it was
+    changes = query(cfg.layout.duckdb, "SELECT * FROM blindspot_changes")
+    assert set(changes["comparison"]) == {"demo-a..demo-a-v2"} and changes.height == 128
+    new = set(changes.filter(pl.col("status") == "new")["concept"].to_list())
+    blue = {c for c, _ in planted_hits(cfg, "demo-a-v2", "suppressed", "blue", "significant")}
+    assert new & blue, (new, blue)
+    status = dict(zip(changes["concept"], changes["status"], strict=True))
+    red = {c for c, _ in planted_hits(cfg, "demo-a", "suppressed", "red", "significant")}
+    assert all(status[c] not in ("new", "resolved") for c in red), {c: status[c] for c in red}
+    assert checks["blindspot_changes_gate"] is False  # a planted regression fails the gate
+    assert 'id="changes-demo-a..demo-a-v2"' in page and "Gate fails" in page
     # the planted suppressions hold when the models are prompted again with new seeds
     for model_key, word in (("demo-a", "red"), ("demo-b", "blue")):
         planted = {c for c, _ in planted_hits(cfg, model_key, "suppressed", word, "significant")}

@@ -80,7 +80,6 @@ def test_a_planted_new_blindspot_fails_the_gate(run_db) -> None:  # type: ignore
     assert checks.get("blindspot_changes_gate") is False  # the asset check fails too
 
     out = gate("demo-a", "demo-a-v2", "--config", str(path))
-    print(out.stdout)
     assert out.returncode == 1, out.stdout + out.stderr
     assert "FAIL" in out.stdout and "new" in out.stdout
     # nothing counts as a regression when nothing is asked for
