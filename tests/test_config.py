@@ -7,7 +7,8 @@ from tests.conftest import REPO, demo_config_dict
 
 def test_embedded_demo_config_loads():
     cfg = load_config(REPO / "configs" / "demo.yaml")
-    assert list(cfg.models) == ["demo-a", "demo-b", "control-copy", "control-redraw"]
+    assert list(cfg.models) == ["demo-a", "demo-b", "demo-a-v2", "control-copy", "control-redraw"]
+    assert cfg.stats.compare == (("demo-a", "demo-a-v2"),)
     assert cfg.controls == ["control-copy", "control-redraw"]
     assert cfg.model("control-copy").params["real_images"] == str(cfg.layout.real_images)
     assert cfg.images.codec == "jpeg" and cfg.images.quality == 75
