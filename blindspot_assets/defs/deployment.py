@@ -37,23 +37,25 @@ EXECUTOR_ENV = "BLINDSPOT_EXECUTOR"
 K8S_CONFIG_TAG = "dagster-k8s/config"
 DASK_RESOURCES_TAG = "dagster-dask/resource_requirements"
 
-# The assets whose steps need an accelerator (and sit in the `gpu` concurrency pool): the SAE
-# trains in one step; the per-image stages run in shard steps ``<asset>_shard_<i>``.
-GPU_ASSETS = (
+# The assets whose steps need an accelerator (and sit in the `gpu` concurrency pool): the
+# per-image stages run in shard steps ``<asset>_shard_<i>``; the SAE's training, the
+# verification of flagged blindspots (it generates and encodes) and the vision-language
+# labeller each run in one step.
+SHARDED_GPU_ASSETS = (
     "generated_images",
     "real_features",
     "gen_features",
-    "sae",
     "real_concept_codes",
     "concept_codes",
 )
-SHARDED_GPU_ASSETS = tuple(a for a in GPU_ASSETS if a != "sae")
+SINGLE_STEP_GPU_ASSETS = ("sae", "blindspot_verification", "concept_names")
+GPU_ASSETS = (*SHARDED_GPU_ASSETS, *SINGLE_STEP_GPU_ASSETS)
 
 
 def gpu_op_names(n_shards: int) -> tuple[str, ...]:
     """The names of the GPU ops (steps) of a code location loaded with ``n_shards``."""
     shards = [f"{a}_shard_{i}" for a in SHARDED_GPU_ASSETS for i in range(n_shards)]
-    return ("sae", *shards)
+    return (*SINGLE_STEP_GPU_ASSETS, *shards)
 
 
 def _env_json(name: str, default: Any) -> Any:

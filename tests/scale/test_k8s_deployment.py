@@ -43,10 +43,13 @@ current-context: ctx
 
 
 # The steps that need a GPU in a code location loaded with scale.shards = 2, written out (not
-# taken from the code under test): the SAE's training step and both shard steps of every
-# per-image stage. Plans, merges, statistics and tables run on CPU nodes.
+# taken from the code under test): the SAE's training step, the verification of flagged
+# blindspots (it generates and encodes), the vision-language labeller, and both shard steps of
+# every per-image stage. Plans, merges, statistics and tables run on CPU nodes.
 GPU_STEPS = {
     "sae",
+    "blindspot_verification",
+    "concept_names",
     "generated_images_shard_0",
     "generated_images_shard_1",
     "real_features_shard_0",
@@ -58,8 +61,9 @@ GPU_STEPS = {
     "concept_codes_shard_0",
     "concept_codes_shard_1",
 }
-# model_job (one model partition): generation, its features and codes are the GPU steps
+# model_job (one model partition): generation, its features and codes, and the verification
 MODEL_JOB_GPU_STEPS = {
+    "blindspot_verification",
     "generated_images.generated_images_shard_0",
     "generated_images.generated_images_shard_1",
     "gen_features.gen_features_shard_0",
