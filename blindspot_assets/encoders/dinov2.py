@@ -30,6 +30,7 @@ from blindspot_assets.devices import choose_device
 from blindspot_assets.encoders.images import ImagePolicy
 from blindspot_assets.generators.base import ProgressFn
 from blindspot_assets.generators.common import choose_dtype
+from blindspot_assets.lineage import resolve_checkpoint
 from blindspot_assets.store.layout import feature_arrays
 from blindspot_assets.store.rowstore import RowStore
 
@@ -75,17 +76,6 @@ class DinoEncoder:
         return self.forward(self.preprocess(images))
 
 
-def _local_version(path: Path) -> str:
-    """Content hash of the weights and configs in a local checkpoint directory."""
-    h = hashlib.sha256()
-    for f in sorted(p for p in path.rglob("*") if p.is_file()):
-        h.update(str(f.relative_to(path)).encode())
-        with open(f, "rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                h.update(block)
-    return "sha256:" + h.hexdigest()[:16]
-
-
 def load_encoder(spec: EncoderSpec, images: ImagePolicy | None = None) -> DinoEncoder:
     """The encoder of ``spec``; ``images`` is the run's image pipeline (default: JPEG q75)."""
     from transformers import AutoImageProcessor, AutoModel
@@ -115,23 +105,13 @@ def load_encoder(spec: EncoderSpec, images: ImagePolicy | None = None) -> DinoEn
         )
     grid = spec.image_size // cfg.patch_size
     n_tokens = 1 + int(getattr(cfg, "num_register_tokens", 0)) + grid * grid
-    local = Path(spec.model_id)
-    version = _local_version(local) if local.exists() else _hub_version(spec)
+    # the checkpoint's version as every model's is resolved: a local folder's content hash, a
+    # hub id's commit from the local cache (no network call on every load)
+    version = resolve_checkpoint(spec.model_id, spec.revision, online=False).data_version
     return DinoEncoder(
         model, processor, spec, device, dtype, n_tokens, cfg.hidden_size, version,
         images or ImagePolicy(),
     )  # fmt: skip
-
-
-def _hub_version(spec: EncoderSpec) -> str:
-    """The resolved commit of a hub checkpoint, from the local cache when offline."""
-    try:
-        from huggingface_hub import snapshot_download
-
-        path = snapshot_download(spec.model_id, revision=spec.revision, local_files_only=True)
-        return "commit:" + Path(path).name
-    except Exception:  # noqa: BLE001 - the revision string is then the best we know
-        return "revision:" + spec.revision
 
 
 @dataclass(frozen=True)
