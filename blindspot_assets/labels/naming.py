@@ -30,9 +30,9 @@ from PIL import Image
 from blindspot_assets.config import RunConfig
 from blindspot_assets.encoders.images import ImagePolicy, policy_of_run
 from blindspot_assets.labels.vlm import Labeller
-from blindspot_assets.report.images import TokenLayout, concept_maps, encoder_view
+from blindspot_assets.report.images import concept_maps, encoder_view
 from blindspot_assets.store.images import ok_rows, read_manifest
-from blindspot_assets.store.layout import REAL
+from blindspot_assets.store.layout import REAL, TokenLayout
 from blindspot_assets.store.rowstore import RowStore, store_exists
 from blindspot_assets.store.tables import read_table
 

@@ -44,11 +44,11 @@ from blindspot_assets.report.data import (
     pick,
     read_lineage_block,
 )
-from blindspot_assets.report.images import ImageWriter, TokenLayout, concept_maps
+from blindspot_assets.report.images import ImageWriter, concept_maps
 from blindspot_assets.report.names import model_names
 from blindspot_assets.report.page import render_page
 from blindspot_assets.stats.significance import expected_false_flags
-from blindspot_assets.store.layout import REAL
+from blindspot_assets.store.layout import REAL, TokenLayout
 from blindspot_assets.store.rowstore import RowStore, store_exists
 from blindspot_assets.store.tables import list_tables
 

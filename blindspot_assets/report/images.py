@@ -10,11 +10,9 @@ maps are drawn over that same crop and line up with the patches.
 from __future__ import annotations
 
 import hashlib
-import math
 import re
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +21,7 @@ from numpy.typing import NDArray
 from PIL import Image
 
 from blindspot_assets.store.images import MANIFEST
-from blindspot_assets.store.layout import DataLayout
+from blindspot_assets.store.layout import DataLayout, TokenLayout
 from blindspot_assets.store.rowstore import RowStore
 
 U8 = NDArray[np.uint8]
@@ -54,40 +52,6 @@ def _lut(n: int = 256) -> U8:
 
 
 LUT = _lut()
-
-
-@dataclass(frozen=True)
-class TokenLayout:
-    """Where the patch tokens are in a row of ``n_tokens`` tokens."""
-
-    n_tokens: int
-    n_registers: int
-    grid: int
-
-    @property
-    def first_patch(self) -> int:
-        return 1 + self.n_registers
-
-    @classmethod
-    def infer(cls, n_tokens: int, attrs: Mapping[str, object] | None = None) -> TokenLayout:
-        """From the features store's attrs when they say how many registers, else from T.
-
-        DINOv2 with registers has 4; a T of the form 1 + 4 + g² is read that way, otherwise
-        the largest square grid that fits after the CLS token decides.
-        """
-        attrs = attrs or {}
-        for key in ("n_registers", "num_register_tokens", "registers"):
-            value = attrs.get(key)
-            if isinstance(value, int) and value >= 0:
-                grid = math.isqrt(max(n_tokens - 1 - value, 0))
-                if grid * grid == n_tokens - 1 - value:
-                    return cls(n_tokens, value, grid)
-        for registers in (4, 0):
-            rest = n_tokens - 1 - registers
-            if rest > 0 and math.isqrt(rest) ** 2 == rest:
-                return cls(n_tokens, registers, math.isqrt(rest))
-        grid = math.isqrt(max(n_tokens - 1, 0))
-        return cls(n_tokens, n_tokens - 1 - grid * grid, grid)
 
 
 def concept_maps(

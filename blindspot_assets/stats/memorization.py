@@ -47,9 +47,9 @@ import torch
 from numpy.typing import NDArray
 from PIL import Image
 
-from blindspot_assets.report.images import TokenLayout
 from blindspot_assets.stats.reading import iter_blocks, open_store, read_rows, select_rows
 from blindspot_assets.store.images import read_manifest
+from blindspot_assets.store.layout import TokenLayout
 from blindspot_assets.store.rowstore import RowStore
 
 I64 = NDArray[np.int64]

@@ -17,7 +17,6 @@ import numpy as np
 import polars as pl
 import torch
 
-from blindspot_assets.report.images import TokenLayout
 from blindspot_assets.stats.concepts import TopKAccumulator, top_images_per_concept
 from blindspot_assets.stats.reading import (
     iter_blocks,
@@ -26,6 +25,7 @@ from blindspot_assets.stats.reading import (
     read_rows,
     select_rows,
 )
+from blindspot_assets.store.layout import TokenLayout
 from blindspot_assets.store.rowstore import RowStore
 
 RANKINGS = ("patch_mean", "token_sum")

@@ -1,8 +1,11 @@
-"""Where every artifact lives under a run's data root, and the arrays of each row store."""
+"""Where every artifact lives under a run's data root, the arrays of each row store, and where
+the patch tokens sit on their token axis."""
 
 from __future__ import annotations
 
+import math
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -112,3 +115,37 @@ def code_arrays(n_tokens: int, n_concepts: int, k_max: int, d: int = 0) -> dict[
         "token_idx": ArraySpec((n_tokens, k_max), "int32"),
         "token_val": ArraySpec((n_tokens, k_max), "float16"),
     }
+
+
+@dataclass(frozen=True)
+class TokenLayout:
+    """Where the patch tokens are in a row of ``n_tokens`` tokens."""
+
+    n_tokens: int
+    n_registers: int
+    grid: int
+
+    @property
+    def first_patch(self) -> int:
+        return 1 + self.n_registers
+
+    @classmethod
+    def infer(cls, n_tokens: int, attrs: Mapping[str, object] | None = None) -> TokenLayout:
+        """From the features store's attrs when they say how many registers, else from T.
+
+        DINOv2 with registers has 4; a T of the form 1 + 4 + g² is read that way, otherwise
+        the largest square grid that fits after the CLS token decides.
+        """
+        attrs = attrs or {}
+        for key in ("n_registers", "num_register_tokens", "registers"):
+            value = attrs.get(key)
+            if isinstance(value, int) and value >= 0:
+                grid = math.isqrt(max(n_tokens - 1 - value, 0))
+                if grid * grid == n_tokens - 1 - value:
+                    return cls(n_tokens, value, grid)
+        for registers in (4, 0):
+            rest = n_tokens - 1 - registers
+            if rest > 0 and math.isqrt(rest) ** 2 == rest:
+                return cls(n_tokens, registers, math.isqrt(rest))
+        grid = math.isqrt(max(n_tokens - 1, 0))
+        return cls(n_tokens, n_tokens - 1 - grid * grid, grid)

@@ -15,9 +15,9 @@ from PIL import Image
 
 from blindspot_assets.report import ReportOptions, build_report, svg
 from blindspot_assets.report.data import Labels, parse_concepts, pick
-from blindspot_assets.report.images import TokenLayout, concept_maps, overlay_heat, safe_name
+from blindspot_assets.report.images import concept_maps, overlay_heat, safe_name
 from blindspot_assets.report.preview import thumbnail_grid_md
-from blindspot_assets.store.layout import code_arrays
+from blindspot_assets.store.layout import TokenLayout, code_arrays
 from blindspot_assets.store.rowstore import RowStore
 from tests.report.synthetic_run import EXAGGERATED, SUPPRESSED, build_run
 
