@@ -12,7 +12,7 @@ SPARSITIES = ("topk", "batchtopk")
 
 @dataclass(frozen=True)
 class RASAEConfig:
-    """A Relaxed Archetypal SAE (DESIGN.md §4).
+    """A Relaxed Archetypal SAE (docs/method.md §4).
 
     ``n_candidates == 0`` means the dictionary is stored fused (``D``, c × d) with no
     archetypal parametrisation: an inference-only model, e.g. an imported checkpoint.
@@ -90,7 +90,7 @@ class RASAEConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """One training run. Defaults follow the released checkpoint (DESIGN.md §4)."""
+    """One training run. Defaults follow the released checkpoint (docs/method.md §4)."""
 
     epochs: int = 1
     batch_size: int = 4096

@@ -1,4 +1,4 @@
-"""The Relaxed Archetypal SAE: encoder, sparsity, archetypal dictionary (DESIGN.md §4).
+"""The Relaxed Archetypal SAE: encoder, sparsity, archetypal dictionary (docs/method.md §4).
 
     pre_nc  = LayerNorm(x_nd · E + b)          (LayerNorm optional)
     code_nc = ReLU(pre_nc), then TopK per token or BatchTopK over the batch

@@ -13,7 +13,7 @@ it with a restricted unpickler:
   with :class:`UnsafeCheckpointError`.
 
 The placeholders' state is then read like a state dict and converted into our fused-dictionary
-:class:`RelaxedArchetypalSAE` (safetensors + JSON header, DESIGN.md §4).
+:class:`RelaxedArchetypalSAE` (safetensors + JSON header, docs/method.md §4).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Datapoint level (DESIGN.md §7): how each generated image differs from its real pair."""
+"""Datapoint level (docs/method.md §7): how each generated image differs from its real pair."""
 
 from __future__ import annotations
 

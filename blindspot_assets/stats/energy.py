@@ -1,4 +1,4 @@
-"""Concept energy of a dataset (DESIGN.md §5), accumulated over streamed row blocks."""
+"""Concept energy of a dataset (docs/method.md §5), accumulated over streamed row blocks."""
 
 from __future__ import annotations
 

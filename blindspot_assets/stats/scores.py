@@ -1,4 +1,4 @@
-"""The paper's per-concept scores (DESIGN.md §6) and the multiple-testing correction.
+"""The paper's per-concept scores (docs/method.md §6) and the multiple-testing correction.
 
 This module is the one owner of δ: every table, test and report calls ``blindspot_scores``.
 """

@@ -1,4 +1,4 @@
-"""Per-model summaries of the paper's further analyses (DESIGN.md §8), as polars frames.
+"""Per-model summaries of the paper's further analyses (docs/method.md §8), as polars frames.
 
 They read the small per-concept tables (``compute_concept_stats``) and per-pair tables
 (``datapoint_deltas``), never the codes. "Active" concepts are those with any energy in the
