@@ -13,12 +13,24 @@ from blindspot_assets.store.rowstore import ArraySpec, join_location
 
 REAL = "real"  # dataset key of the real images; generated datasets are keyed by model key
 _KEY_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+# An archived model version is stored under ``<model>@<version>`` (store/versions.py).
+VERSION_SEP = "@"
 
 
 def check_key(key: str) -> str:
     """Model and dataset keys become folder names and partition keys: keep them plain."""
     if not _KEY_RE.match(key):
         raise ValueError(f"key {key!r} must match {_KEY_RE.pattern} (letters, digits, _ . -)")
+    return key
+
+
+def check_store_key(key: str) -> str:
+    """A key a store or table partition may have: a plain key, or ``<model>@<version>`` of an
+    archived model version (``@`` never appears in a model key, so the two never collide)."""
+    model, sep, version = key.partition(VERSION_SEP)
+    check_key(model)
+    if sep:
+        check_key(version)
     return key
 
 
@@ -40,24 +52,24 @@ class DataLayout:
         return self.root / "images" / REAL
 
     def generated_images(self, model: str) -> Path:
-        return self.root / "images" / "generated" / check_key(model)
+        return self.root / "images" / "generated" / check_store_key(model)
 
     def images(self, dataset: str) -> Path:
         return self.real_images if dataset == REAL else self.generated_images(dataset)
 
     def verification_images(self, model: str) -> Path:
         """New images of ``blindspot_verification``: new seeds for flagged concepts' captions."""
-        return self.root / "images" / "verification" / check_key(model)
+        return self.root / "images" / "verification" / check_store_key(model)
 
     def verification_store(self, model: str, kind: str) -> str | Path:
         """Features (``kind`` = features) or concept codes (codes) of the verification images."""
-        return self._store("verification", f"{check_key(model)}-{check_key(kind)}.zarr")
+        return self._store("verification", f"{check_store_key(model)}-{check_key(kind)}.zarr")
 
     def features(self, dataset: str) -> str | Path:
-        return self._store("features", f"{check_key(dataset)}.zarr")
+        return self._store("features", f"{check_store_key(dataset)}.zarr")
 
     def codes(self, dataset: str) -> str | Path:
-        return self._store("codes", f"{check_key(dataset)}.zarr")
+        return self._store("codes", f"{check_store_key(dataset)}.zarr")
 
     @property
     def sae(self) -> Path:

@@ -36,7 +36,7 @@ from typing import Any
 import duckdb
 import polars as pl
 
-from blindspot_assets.store.layout import check_key
+from blindspot_assets.store.layout import check_key, check_store_key
 from blindspot_assets.store.rowstore import _write_error, is_url, join_location
 
 PART_PREFIX = "part-"
@@ -86,7 +86,9 @@ def write_table_partition(
     tables_root: str | Path, table: str, partition: str, df: pl.DataFrame
 ) -> str | Path:
     """Replace the rows of ``table`` for ``partition`` (a model key, or ``all``) atomically."""
-    final = join_location(table_location(tables_root, table), f"{check_key(partition)}.parquet")
+    final = join_location(
+        table_location(tables_root, table), f"{check_store_key(partition)}.parquet"
+    )
     _write_parquet(df, final, f"table {table} partition {partition}")
     _remove_parts(tables_root, table, partition)
     return final
@@ -104,14 +106,16 @@ def write_table_part(
     if part < 0:
         raise ValueError(f"part must be ≥ 0, got {part}")
     final = join_location(
-        table_location(tables_root, table), check_key(partition), f"{PART_PREFIX}{part:05d}.parquet"
+        table_location(tables_root, table),
+        check_store_key(partition),
+        f"{PART_PREFIX}{part:05d}.parquet",
     )
     _write_parquet(df, final, f"table {table} partition {partition} part {part}")
     return final
 
 
 def _remove_parts(tables_root: str | Path, table: str, partition: str) -> None:
-    parts = join_location(table_location(tables_root, table), check_key(partition))
+    parts = join_location(table_location(tables_root, table), check_store_key(partition))
     if isinstance(parts, Path):
         shutil.rmtree(parts, ignore_errors=True)
     else:
@@ -123,7 +127,9 @@ def _remove_parts(tables_root: str | Path, table: str, partition: str) -> None:
 def clear_table_partition(tables_root: str | Path, table: str, partition: str) -> None:
     """Remove every row of ``partition`` (its file and its part files)."""
     _remove_parts(tables_root, table, partition)
-    single = join_location(table_location(tables_root, table), f"{check_key(partition)}.parquet")
+    single = join_location(
+        table_location(tables_root, table), f"{check_store_key(partition)}.parquet"
+    )
     if isinstance(single, Path):
         single.unlink(missing_ok=True)
     else:

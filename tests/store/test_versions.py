@@ -1,0 +1,81 @@
+"""The version archive: a model's outputs move under ``<model>@<version>`` when its checkpoint
+version changes, stay readable through the same layout calls, and a crashed archive resumes."""
+
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from blindspot_assets.store import versions
+from blindspot_assets.store.images import write_lineage
+from blindspot_assets.store.layout import DataLayout, check_key
+from blindspot_assets.store.tables import read_table, write_table_partition
+
+
+def _outputs(layout: DataLayout, model: str, version: str, value: float) -> None:
+    images = layout.generated_images(model)
+    write_lineage(images, {"resolved_version": version})
+    (images / "0.png").write_bytes(b"png of " + version.encode())
+    for store in (layout.features(model), layout.codes(model)):
+        Path(store).mkdir(parents=True)
+        (Path(store) / "zarr.json").write_text(version)
+    stats = pl.DataFrame({"model_key": [model], "concept": [0], "delta_energy": [value]})
+    write_table_partition(layout.tables, "concept_stats", model, stats)
+
+
+def test_archive_moves_every_output_and_keeps_it_readable(tmp_path: Path) -> None:
+    layout = DataLayout(tmp_path)
+    _outputs(layout, "m", "v1", -1.0)
+    _outputs(layout, "other", "x", 2.0)
+    assert versions.archive_if_replaced(layout, "m", "v1", "v1") is None  # same version
+    done = versions.archive_if_replaced(layout, "m", "v1", "v2")
+    assert done is not None and done.key == "m@v1" and done.status == "complete"
+    assert {"images", "features", "codes", "table:concept_stats"} <= set(done.moved)
+    # the current model has nothing left; the other model is untouched
+    assert not layout.generated_images("m").exists() and not Path(layout.codes("m")).exists()
+    assert read_table(layout.tables, "concept_stats")["model_key"].to_list() == ["other"]
+    # the archived version reads through the same layout calls, from the archive
+    arch = versions.locate(layout, "m@v1")
+    assert (arch.generated_images("m@v1") / "0.png").read_bytes() == b"png of v1"
+    assert Path(arch.codes("m@v1"), "zarr.json").read_text() == "v1"
+    assert read_table(arch.tables, "concept_stats", "m@v1")["delta_energy"].to_list() == [-1.0]
+    assert versions.resolve_key(layout, "m@previous") == "m@v1"
+    assert versions.resolve_key(layout, "m") == "m"
+
+
+def test_versions_listed_in_order_and_previous_is_latest(tmp_path: Path) -> None:
+    layout = DataLayout(tmp_path)
+    for old, new in (("v1", "v2"), ("v2", "v3")):
+        _outputs(layout, "m", old, 0.0)
+        versions.archive_if_replaced(layout, "m", old, new)
+    listed = versions.archived_versions(layout, "m")
+    assert [v.key for v in listed] == ["m@v1", "m@v2"]
+    assert versions.resolve_key(layout, "m@previous") == "m@v2"
+    # a model switched back to an archived version: both archives kept, under distinct keys
+    _outputs(layout, "m", "v1", 0.0)
+    again = versions.archive_if_replaced(layout, "m", "v1", "v4")
+    assert again is not None and again.key.startswith("m@v1-") and again.status == "complete"
+    assert len(versions.archived_versions(layout, "m")) == 3
+
+
+def test_crashed_archive_is_finished_by_the_next_run(tmp_path: Path) -> None:
+    layout = DataLayout(tmp_path)
+    _outputs(layout, "m", "v1", 0.0)
+    entry = versions.ArchivedVersion("m", "m@v1", "v1", "2026-01-01T00:00:00", "archiving", ())
+    versions._write_versions(layout, "m", [entry])
+    arch = versions.archive_layout(layout)
+    versions._move(layout.generated_images("m"), arch.generated_images("m@v1"))  # then: crash
+    # the next run's check finds the model "empty" but the pending archive is finished first
+    assert versions.archive_if_replaced(layout, "m", None, "v2") is None
+    (done,) = versions.archived_versions(layout, "m")
+    assert done.status == "complete" and {"codes", "features"} <= set(done.moved)
+    assert not Path(layout.features("m")).exists() and Path(arch.features("m@v1")).exists()
+
+
+def test_keys_and_errors() -> None:
+    assert versions.version_key("sd15", "combined:0123456789abcdef") == "sd15@0123456789ab"
+    assert versions.model_of("sd15@0123") == "sd15" and versions.model_of("sd15") == "sd15"
+    with pytest.raises(ValueError, match="must match"):
+        check_key("sd15@v1")  # a model key never holds '@': versions cannot collide with models
+    with pytest.raises(FileNotFoundError, match="no archived version"):
+        versions.resolve_key(DataLayout(Path("/nonexistent")), "m@previous")
