@@ -15,7 +15,7 @@ from blindspot_assets.config import load_config
 from blindspot_assets.store.rowstore import RowStore
 from blindspot_assets.store.tables import query
 from tests.conftest import demo_config_dict, write_config
-from tests.test_e2e_demo import RANGE_TAGS
+from tests.e2e.test_demo import RANGE_TAGS
 
 SHARDED_STEPS = ("generated_images", "real_features", "gen_features", "concept_codes")
 

@@ -11,7 +11,7 @@ from blindspot_assets.config import load_config
 from blindspot_assets.store.rowstore import RowStore
 from blindspot_assets.store.tables import query, read_table
 from tests.conftest import demo_config_dict, write_config
-from tests.test_e2e_demo import run_whole_graph
+from tests.e2e.test_demo import run_whole_graph
 
 
 @pytest.mark.slow

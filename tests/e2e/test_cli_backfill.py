@@ -48,7 +48,7 @@ def test_backfill_over_a_diffusers_model_and_a_pregenerated_folder(tmp_path):
     config = write_config(tmp_path, raw)
     home = tmp_path / "dagster_home"
     home.mkdir()
-    shutil.copy(Path(__file__).resolve().parent.parent / "dagster.yaml", home / "dagster.yaml")
+    shutil.copy(Path(__file__).resolve().parents[2] / "dagster.yaml", home / "dagster.yaml")
     env = {
         **os.environ,
         "DAGSTER_HOME": str(home),
@@ -56,7 +56,7 @@ def test_backfill_over_a_diffusers_model_and_a_pregenerated_folder(tmp_path):
         "HF_HUB_OFFLINE": "1",
     }
     # In-process execution: steps share one interpreter instead of re-importing torch each.
-    repo = Path(__file__).resolve().parent.parent
+    repo = Path(__file__).resolve().parents[2]
     module = ["-m", "blindspot_assets.definitions", "-c", str(repo / "configs/in_process.yaml")]
 
     _dagster(["job", "execute", *module, "-j", "real_job"], env)
