@@ -25,7 +25,7 @@ from blindspot_assets.sae import (
     save_sae,
     train_sae,
 )
-from blindspot_assets.sources.demo import materialize
+from blindspot_assets.sources.demo import fetch
 from blindspot_assets.stats import (
     BlindspotParams,
     compute_concept_stats,
@@ -58,7 +58,7 @@ def main() -> None:
         rows.append((name, time.perf_counter() - t0, unit(out)))
         return out
 
-    real = stage("real_images", lambda: materialize(cfg.real, cfg.layout.real_images, cfg.seed))
+    real = stage("real_images", lambda: fetch(cfg.real, cfg.layout.real_images, cfg.seed))
     for m in cfg.models:
         stage(
             f"generated_images[{m}]",

@@ -7,7 +7,7 @@ from blindspot_assets.encoders.dinov2 import extract_features, load_encoder
 from blindspot_assets.generators.base import derive_seed
 from blindspot_assets.generators.registry import build_generator, validate_model
 from blindspot_assets.generators.runner import generate_image_set
-from blindspot_assets.sources.demo import materialize
+from blindspot_assets.sources.demo import fetch
 from blindspot_assets.store.images import read_manifest
 from blindspot_assets.store.rowstore import RowStore
 from tests.conftest import demo_config_dict
@@ -21,7 +21,7 @@ def cfg(tmp_path):
 
 
 def test_generation_records_empty_captions_and_resumes(cfg):
-    real = materialize(cfg.real, cfg.layout.real_images, cfg.seed)
+    real = fetch(cfg.real, cfg.layout.real_images, cfg.seed)
     gen = build_generator(cfg.model("demo-a"))
     out = cfg.layout.generated_images("demo-a")
     manifest, summary = generate_image_set(gen, "demo-a", real, out, batch_size=8)
@@ -75,7 +75,7 @@ def test_unknown_family_names_the_field():
 
 
 def test_features_keep_every_row_and_record_bad_images(cfg):
-    real = materialize(cfg.real, cfg.layout.real_images, cfg.seed)
+    real = fetch(cfg.real, cfg.layout.real_images, cfg.seed)
     encoder = load_encoder(cfg.encoder)
     assert encoder.n_tokens == 1 + 4 + (64 // 8) ** 2
     summary = extract_features(encoder, real, cfg.layout.real_images, cfg.layout.features("real"))
@@ -96,7 +96,7 @@ def test_features_keep_every_row_and_record_bad_images(cfg):
 
 def test_nonfinite_features_are_recorded_not_stored(cfg, monkeypatch):
     real = (
-        materialize(cfg.real, cfg.layout.real_images, cfg.seed)
+        fetch(cfg.real, cfg.layout.real_images, cfg.seed)
         .filter(pl.col("status") == "ok")
         .slice(2, 10)
     )
@@ -126,14 +126,14 @@ def test_encoder_loads_by_id_through_the_same_code_and_fails_clearly_offline(cfg
 
 
 def test_real_manifest_on_disk_matches(cfg):
-    real = materialize(cfg.real, cfg.layout.real_images, cfg.seed)
+    real = fetch(cfg.real, cfg.layout.real_images, cfg.seed)
     assert read_manifest(cfg.layout.real_images).equals(real)
 
 
 def test_sharded_parallel_decode_fills_the_same_store_as_one_inline_pass(cfg):
     from dataclasses import replace
 
-    real = materialize(cfg.real, cfg.layout.real_images, cfg.seed)
+    real = fetch(cfg.real, cfg.layout.real_images, cfg.seed)
     inline = load_encoder(replace(cfg.encoder, decode_workers=0, batch_size=8))
     ref = extract_features(inline, real, cfg.layout.real_images, cfg.layout.features("a"))
     threaded = load_encoder(replace(cfg.encoder, decode_workers=3, batch_size=8))

@@ -24,7 +24,7 @@ def real_images(
     cfg = run_config.load()
     out_dir = cfg.layout.real_images
     t0 = time.perf_counter()
-    manifest = source_module(cfg.real).materialize(
+    manifest = source_module(cfg.real).fetch(
         cfg.real, out_dir, cfg.seed, progress_logger(context, "real images")
     )
     failures = manifest.filter(pl.col("status") != "ok")

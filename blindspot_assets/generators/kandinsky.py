@@ -8,7 +8,7 @@ Family ``kandinsky``. Two ways to name the checkpoints:
 - ``repo`` (decoder) + ``prior_repo``: the prior pipeline and the decoder pipeline loaded apart
   and run one after the other, the same calls the combined pipeline makes.
 
-Fields beyond the common ones (``generators/common.py``; ``steps``/``guidance`` are the
+Fields beyond the common ones (``generators/diffusers_pipeline.py``; ``steps``/``guidance`` are the
 decoder's):
 
     prior_repo, prior_revision: the prior checkpoint (two-stage form only)
@@ -28,7 +28,7 @@ import torch
 from PIL import Image
 
 from blindspot_assets.config import ModelSpec
-from blindspot_assets.generators.common import (
+from blindspot_assets.generators.diffusers_pipeline import (
     DiffusersGenerator,
     DiffusionSettings,
     PipelineCall,

@@ -1,6 +1,6 @@
 """PixArt-α through ``PixArtAlphaPipeline``.
 
-Family ``pixart``; fields beyond the common ones (``generators/common.py``):
+Family ``pixart``; fields beyond the common ones (``generators/diffusers_pipeline.py``):
 
     resolution_binning: true (the library default) | false. With it, a 512×512 request to the
         1024 checkpoint (``PixArt-alpha/PixArt-XL-2-1024-MS``) is made at the nearest trained
@@ -20,7 +20,7 @@ import torch
 from PIL import Image
 
 from blindspot_assets.config import ModelSpec
-from blindspot_assets.generators.common import (
+from blindspot_assets.generators.diffusers_pipeline import (
     DiffusersGenerator,
     DiffusionSettings,
     PromptLog,

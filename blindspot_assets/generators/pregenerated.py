@@ -25,7 +25,7 @@ from PIL import Image
 
 from blindspot_assets.config import ModelSpec
 from blindspot_assets.generators.base import GenerationRequest
-from blindspot_assets.generators.common import fail
+from blindspot_assets.generators.diffusers_pipeline import fail
 from blindspot_assets.lineage import CheckpointVersion, resolve_checkpoint
 
 PARAMS = {"path", "manifest", "model", "batch_size", "seed"}

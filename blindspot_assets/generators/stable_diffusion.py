@@ -1,7 +1,7 @@
 """Stable Diffusion 1.x / 2.x: any ``StableDiffusionPipeline`` checkpoint, optionally with its UNet
 swapped for another (SD 1.5 + DPO is SD 1.5 with ``unet: {repo: mhdang/dpo-sd1.5-text2image-v1}``).
 
-Family ``stable_diffusion``; fields beyond the common ones (``generators/common.py``):
+Family ``stable_diffusion``; fields beyond the common ones (``generators/diffusers_pipeline.py``):
 
     unet:           {repo, revision (main), subfolder (unet), variant} — a UNet2DConditionModel
                     loaded in place of the pipeline's own
@@ -17,7 +17,7 @@ import torch
 from PIL import Image
 
 from blindspot_assets.config import ModelSpec
-from blindspot_assets.generators.common import (
+from blindspot_assets.generators.diffusers_pipeline import (
     DiffusersGenerator,
     DiffusionSettings,
     PromptLog,

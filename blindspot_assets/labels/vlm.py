@@ -26,7 +26,7 @@ from PIL import Image
 
 from blindspot_assets.config import LabelsSpec
 from blindspot_assets.devices import choose_device
-from blindspot_assets.generators.common import choose_dtype
+from blindspot_assets.generators.diffusers_pipeline import choose_dtype
 from blindspot_assets.lineage import MissingInput, resolve_checkpoint
 
 # A caption prefix for captioning models; an instruction for chat VLMs.

@@ -45,7 +45,7 @@ def _jpeg_quality(spec: SourceSpec) -> tuple[int, int] | None:
     return int(raw[0]), int(raw[1])
 
 
-def materialize(
+def fetch(
     spec: SourceSpec, out_dir: Path, seed: int, progress: ProgressFn | None = None
 ) -> pl.DataFrame:
     """Render ``n_images`` scenes. ``empty_captions`` / ``corrupt_images`` plant bad inputs

@@ -1,6 +1,6 @@
 """Fetching image URLs: each URL becomes a checked, normalised file in the set folder, or a reason.
 
-Two downloaders, the same checks after them (``sources/common.check_image``), so the reasons are
+Two downloaders, the same checks after them (``sources/intake.check_image``), so the reasons are
 the same whichever ran:
 
 - ``httpx`` (default): a thread pool over one ``httpx.Client`` (connection pooling, redirects
@@ -34,7 +34,7 @@ import httpx
 import polars as pl
 
 from blindspot_assets.config import ConfigError
-from blindspot_assets.sources.common import (
+from blindspot_assets.sources.intake import (
     ID_HEX,
     ImageChecks,
     check_image,

@@ -8,7 +8,7 @@ Source kind ``folder``; fields under ``real:``:
                every image below the folder is taken, its caption read from a sidecar
                ``<name>.txt`` beside it.
     copy:      false (default): the manifest points at the files where they are.
-               true: each image is normalised (see ``sources/common.normalise``) and stored in
+               true: each image is normalised (see ``sources/intake.normalise``) and stored in
                the set folder.
     min_side, max_pixels, max_bytes, max_short_side: the image checks (``ImageChecks``)
     workers:   files checked in parallel (default 8)
@@ -26,7 +26,7 @@ import polars as pl
 from blindspot_assets.config import ConfigError, SourceSpec
 from blindspot_assets.generators.base import ProgressFn
 from blindspot_assets.lineage import MissingInput
-from blindspot_assets.sources.common import (
+from blindspot_assets.sources.intake import (
     IMAGE_EXTENSIONS,
     ImageChecks,
     LocalImage,
@@ -125,7 +125,7 @@ def list_images(spec: SourceSpec) -> list[LocalImage]:
     return items
 
 
-def materialize(
+def fetch(
     spec: SourceSpec, out_dir: Path, seed: int, progress: ProgressFn | None = None
 ) -> pl.DataFrame:
     """Check and list every image; ``seed`` is unused (a folder is taken whole)."""

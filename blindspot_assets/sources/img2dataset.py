@@ -18,7 +18,7 @@ Source kind ``img2dataset``; fields under ``real:``:
 
 Images img2dataset saved without re-encoding are checked here like downloads are (a truncated
 JPEG it kept is a ``decode_error``). Failed rows keep img2dataset's message in ``detail`` and a
-reason mapped from it in ``status`` (``sources/common.reason_from_message``).
+reason mapped from it in ``status`` (``sources/intake.reason_from_message``).
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ import polars as pl
 
 from blindspot_assets.config import ConfigError, SourceSpec
 from blindspot_assets.generators.base import ProgressFn
-from blindspot_assets.sources.common import (
+from blindspot_assets.sources.intake import (
     IMAGE_EXTENSIONS,
     ImageChecks,
     LocalImage,
@@ -195,7 +195,7 @@ def _read_member(tar: tarfile.TarFile, member: tarfile.TarInfo) -> bytes:
     return fh.read() if fh is not None else b""
 
 
-def materialize(
+def fetch(
     spec: SourceSpec, out_dir: Path, seed: int, progress: ProgressFn | None = None
 ) -> pl.DataFrame:
     """Take the whole output folder; ``seed`` is unused."""

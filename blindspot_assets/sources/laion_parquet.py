@@ -14,7 +14,7 @@ Source kind ``laion_parquet``; fields under ``real:``:
                     http_429 or http_5xx (default false: a recorded failure stays)
     user_agent:     sent with every request
     downloader:     httpx (default) | img2dataset (see ``sources/download.py``)
-    min_side, max_pixels, max_bytes, max_short_side: the image checks (``sources/common``)
+    min_side, max_pixels, max_bytes, max_short_side: the image checks (``sources/intake``)
 
 The sample: all rows of all files are numbered in sorted-file order; ``max_candidates`` distinct
 row numbers are drawn uniformly, in random order, from ``numpy.random.default_rng(seed)``; only
@@ -48,14 +48,14 @@ import polars as pl
 from blindspot_assets.config import ConfigError, SourceSpec
 from blindspot_assets.generators.base import ProgressFn
 from blindspot_assets.lineage import MissingInput
-from blindspot_assets.sources.common import (
+from blindspot_assets.sources.download import DOWNLOADERS, DownloadSettings, Fetched, fetch_all
+from blindspot_assets.sources.intake import (
     ImageChecks,
     has_caption,
     manifest_row,
     unknown_params,
     url_id,
 )
-from blindspot_assets.sources.download import DOWNLOADERS, DownloadSettings, Fetched, fetch_all
 from blindspot_assets.store.images import write_manifest
 
 PARAMS = {
@@ -261,7 +261,7 @@ def _n_ok(cands: pl.DataFrame, log: dict[str, dict[str, Any]], out_dir: Path) ->
     return len(_ok_ids(cands, log, out_dir))
 
 
-def materialize(
+def fetch(
     spec: SourceSpec, out_dir: Path, seed: int, progress: ProgressFn | None = None
 ) -> pl.DataFrame:
     validate(spec)

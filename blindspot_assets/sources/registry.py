@@ -1,5 +1,5 @@
 """Real-image source kinds: each is a module with ``validate(spec)`` and
-``materialize(spec, out_dir, seed, progress) -> manifest``."""
+``fetch(spec, out_dir, seed, progress) -> manifest``."""
 
 from __future__ import annotations
 

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from blindspot_assets.config import RunConfig, load_config
-from blindspot_assets.sources.demo import materialize
+from blindspot_assets.sources.demo import fetch
 from tests.conftest import REPO, demo_config_dict, write_config
 
 
@@ -35,7 +35,7 @@ def demo_world(tmp_path: Path) -> tuple[Path, RunConfig]:
     raw["real"]["corrupt_images"] = 2
     path = write_config(tmp_path, raw)
     cfg = load_config(path)
-    materialize(cfg.real, cfg.layout.real_images, cfg.seed)
+    fetch(cfg.real, cfg.layout.real_images, cfg.seed)
     return path, cfg
 
 

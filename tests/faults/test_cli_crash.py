@@ -19,7 +19,7 @@ import yaml
 
 from blindspot_assets.config import load_config
 from blindspot_assets.defs import recovery
-from blindspot_assets.sources.demo import materialize
+from blindspot_assets.sources.demo import fetch
 from blindspot_assets.store.tables import query
 from tests.conftest import REPO
 from tests.faults.cli_runs import (
@@ -125,7 +125,7 @@ def test_sigkill_of_a_step_process_under_the_multiprocess_executor(
 ) -> None:
     config, home = tiny_world(tmp_path)
     cfg = load_config(config)
-    materialize(cfg.real, cfg.layout.real_images, cfg.seed)  # the real images, without a run
+    fetch(cfg.real, cfg.layout.real_images, cfg.seed)  # the real images, without a run
     env = cli_env(config, home)
     select = ["asset", "materialize", *MODULE, "--select", "real_features"]
     run = CliRun(select, env)  # the default executor: one process per step

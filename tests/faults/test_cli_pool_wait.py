@@ -14,7 +14,7 @@ import pytest
 
 from blindspot_assets.config import load_config
 from blindspot_assets.defs import recovery
-from blindspot_assets.sources.demo import materialize
+from blindspot_assets.sources.demo import fetch
 from tests.faults.cli_runs import (
     IN_PROCESS,
     MODULE,
@@ -40,7 +40,7 @@ def test_a_blocked_step_names_the_holder_stops_on_signals_times_out_and_resumes(
 ) -> None:
     config, home = tiny_world(tmp_path)
     cfg = load_config(config)
-    materialize(cfg.real, cfg.layout.real_images, cfg.seed)
+    fetch(cfg.real, cfg.layout.real_images, cfg.seed)
     holder = hold_gpu_slot(home, worker_pid=__import__("os").getpid())  # alive: this process
     select = ["asset", "materialize", *MODULE, *IN_PROCESS, "--select", "real_features"]
     instance = instance_at(home)

@@ -17,7 +17,7 @@ import polars as pl
 from blindspot_assets.config import RunConfig, parse_config
 from blindspot_assets.generators.registry import build_generator
 from blindspot_assets.generators.runner import generate_image_set
-from blindspot_assets.sources.demo import materialize
+from blindspot_assets.sources.demo import fetch
 from blindspot_assets.store.images import write_lineage
 from blindspot_assets.store.layout import REAL, code_arrays, feature_arrays
 from blindspot_assets.store.rowstore import RowStore
@@ -148,7 +148,7 @@ def build_run(
     cfg = parse_config(raw, write_config(tmp_path, raw))
     params = lib.BlindspotParams.from_spec(cfg.stats)
     rng = np.random.default_rng(0)
-    real = materialize(cfg.real, cfg.layout.real_images, cfg.seed)
+    real = fetch(cfg.real, cfg.layout.real_images, cfg.seed)
     ids = real["image_id"].to_list()
     captions = real["caption"].to_list()
     gen_captions: dict[str, list[str]] = {}

@@ -7,7 +7,7 @@ import polars as pl
 
 from blindspot_assets.config import parse_config
 from blindspot_assets.encoders.dinov2 import extract_features, load_encoder
-from blindspot_assets.sources.demo import materialize
+from blindspot_assets.sources.demo import fetch
 from blindspot_assets.store.rowstore import ArraySpec, RowStore
 from blindspot_assets.store.tables import (
     query,
@@ -40,7 +40,7 @@ def test_rowstore_on_s3_resumes_and_reads_back(s3_bucket):
 
 def test_features_streamed_to_s3_equal_local_ones(tmp_path, s3_bucket):
     cfg = parse_config(demo_config_dict(tmp_path, n_images=24))
-    manifest = materialize(cfg.real, cfg.layout.real_images, cfg.seed)
+    manifest = fetch(cfg.real, cfg.layout.real_images, cfg.seed)
     encoder = load_encoder(cfg.encoder)
     local = extract_features(encoder, manifest, cfg.layout.real_images, tmp_path / "f.zarr")
     url = f"{s3_bucket}/run/features/real.zarr"

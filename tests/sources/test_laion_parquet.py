@@ -89,7 +89,7 @@ def test_every_reason_counted_and_a_second_run_fetches_nothing(tmp_path: Path) -
         out = tmp_path / "real"
         module = source_module(spec)
         module.validate(spec)
-        df = module.materialize(spec, out, seed=3)
+        df = module.fetch(spec, out, seed=3)
         assert _counts(df) == EXPECTED
         assert df.height == 16  # the repeated URL is taken once
         ok = df.filter(pl.col("status") == "ok")
@@ -100,7 +100,7 @@ def test_every_reason_counted_and_a_second_run_fetches_nothing(tmp_path: Path) -
         assert not any(routes.hits[p] for p in ("/never.jpg",))  # empty caption: not fetched
         hits = Counter(routes.hits)
 
-        again = module.materialize(spec, out, seed=3)
+        again = module.fetch(spec, out, seed=3)
         assert routes.hits == hits  # nothing fetched again
         assert again.equals(df)
         assert read_manifest(out).equals(df)
@@ -110,7 +110,7 @@ def test_every_reason_counted_and_a_second_run_fetches_nothing(tmp_path: Path) -
         (out / lost["path"]).unlink()
         with open(out / laion_parquet.LOG, "a") as fh:
             fh.write('{"url": "half a li')
-        third = module.materialize(spec, out, seed=3)
+        third = module.fetch(spec, out, seed=3)
         assert sum(routes.hits.values()) == sum(hits.values()) + 1
         assert _counts(third) == EXPECTED and (out / lost["path"]).is_file()
 
@@ -119,18 +119,18 @@ def test_top_up_reaches_the_same_set_as_one_run(tmp_path: Path) -> None:
     routes = default_routes()
     with serve(routes) as base:
         _write_parquets(tmp_path / "meta", _rows(base))
-        small = laion_parquet.materialize(
+        small = laion_parquet.fetch(
             _spec(tmp_path / "meta", n_images=2, max_candidates=100), tmp_path / "a", seed=11
         )
         assert _counts(small)["ok"] == 2
         first_ids = set(small.filter(pl.col("status") == "ok")["image_id"])
         fetched_once = Counter(routes.hits)
-        topped = laion_parquet.materialize(
+        topped = laion_parquet.fetch(
             _spec(tmp_path / "meta", n_images=4, max_candidates=100), tmp_path / "a", seed=11
         )
         for url, n in fetched_once.items():
             assert routes.hits[url] == n, f"{url} fetched again"
-        fresh = laion_parquet.materialize(
+        fresh = laion_parquet.fetch(
             _spec(tmp_path / "meta", n_images=4, max_candidates=100), tmp_path / "b", seed=11
         )
     topped_ok = topped.filter(pl.col("status") == "ok")
@@ -197,10 +197,10 @@ def test_img2dataset_downloader_gives_the_same_reasons(tmp_path: Path) -> None:
             downloader="img2dataset",
             timeout_s=1,
         )
-        df = laion_parquet.materialize(spec, tmp_path / "real", seed=3)
+        df = laion_parquet.fetch(spec, tmp_path / "real", seed=3)
         assert _counts(df) == EXPECTED
         hits = Counter(routes.hits)
-        laion_parquet.materialize(spec, tmp_path / "real", seed=3)
+        laion_parquet.fetch(spec, tmp_path / "real", seed=3)
         assert routes.hits == hits
 
 
@@ -209,11 +209,11 @@ def test_transient_failures_are_retried_only_when_asked(tmp_path: Path) -> None:
     with serve(routes) as base:
         _write_parquets(tmp_path / "meta", _rows(base))
         spec = _spec(tmp_path / "meta", n_images=10, max_candidates=100)
-        laion_parquet.materialize(spec, tmp_path / "real", seed=3)
+        laion_parquet.fetch(spec, tmp_path / "real", seed=3)
         routes.bodies["/broken.jpg"] = (200, "image/png", image_bytes("PNG", seed=9))  # back up
-        kept = laion_parquet.materialize(spec, tmp_path / "real", seed=3)
+        kept = laion_parquet.fetch(spec, tmp_path / "real", seed=3)
         assert routes.hits["/broken.jpg"] == 1 and _counts(kept)["http_500"] == 1
-        retried = laion_parquet.materialize(
+        retried = laion_parquet.fetch(
             _spec(tmp_path / "meta", n_images=10, max_candidates=100, retry_transient=True),
             tmp_path / "real",
             seed=3,

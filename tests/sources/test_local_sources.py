@@ -11,7 +11,7 @@ import pytest
 from blindspot_assets.config import ConfigError, SourceSpec
 from blindspot_assets.sources import folder as folder_source
 from blindspot_assets.sources import img2dataset as i2d_source
-from blindspot_assets.sources.common import content_id
+from blindspot_assets.sources.intake import content_id
 from tests.sources.i2d_layout import write_output
 from tests.sources.loopback import image_bytes
 
@@ -45,7 +45,7 @@ def test_img2dataset_layouts(tmp_path: Path, layout: str) -> None:
     src = write_output(tmp_path / "i2d", layout, _i2d_rows())
     spec = SourceSpec("img2dataset", {"path": str(src)})
     out = tmp_path / "real"
-    df = i2d_source.materialize(spec, out, seed=0)
+    df = i2d_source.fetch(spec, out, seed=0)
     assert Counter(df["status"]) == {
         "ok": 2,
         "empty_caption": 1,
@@ -63,9 +63,9 @@ def test_img2dataset_layouts(tmp_path: Path, layout: str) -> None:
     if layout == "webdataset":  # unpacked into the set folder, once
         assert all(not Path(p).is_absolute() for p in ok["path"])
         stamp = (out / ok["path"][0]).stat().st_mtime_ns
-        assert i2d_source.materialize(spec, out, seed=0).equals(df)
+        assert i2d_source.fetch(spec, out, seed=0).equals(df)
         assert (out / ok["path"][0]).stat().st_mtime_ns == stamp
-    by_content = i2d_source.materialize(
+    by_content = i2d_source.fetch(
         SourceSpec("img2dataset", {"path": str(src), "ids": "content", "copy": True}),
         tmp_path / "copied",
         seed=0,
@@ -89,7 +89,7 @@ def test_folder_with_sidecars(tmp_path: Path) -> None:
     (src / "broken.jpg").write_bytes(GOOD[2][:600])
     (src / "broken.txt").write_text("broken")
     (src / "notes.txt").write_text("not an image, not a sidecar of one")
-    df = folder_source.materialize(SourceSpec("folder", {"path": str(src)}), tmp_path / "real", 0)
+    df = folder_source.fetch(SourceSpec("folder", {"path": str(src)}), tmp_path / "real", 0)
     assert Counter(df["status"]) == {"ok": 2, "duplicate": 1, "empty_caption": 1, "decode_error": 1}
     ok = df.filter(pl.col("status") == "ok")
     assert set(ok["image_id"]) == {content_id(GOOD[0]), content_id(GOOD[1])}
@@ -116,7 +116,7 @@ def test_folder_with_manifest(tmp_path: Path) -> None:
         {"path": str(src), "manifest": "captions.parquet", "copy": True, "max_short_side": 40},
     )
     out = tmp_path / "real"
-    df = folder_source.materialize(spec, out, 0)
+    df = folder_source.fetch(spec, out, 0)
     assert dict(zip(df["image_id"], df["status"], strict=True)) == {
         "i1": "ok",
         "i2": "ok",
@@ -127,7 +127,7 @@ def test_folder_with_manifest(tmp_path: Path) -> None:
     with Image.open(out / df["path"][0]) as im:
         assert min(im.size) == 40  # normalised copy, shorter side 40
     (src / "captions.csv").write_text("path,caption\none.jpg,first\n")
-    csv = folder_source.materialize(
+    csv = folder_source.fetch(
         SourceSpec("folder", {"path": str(src), "manifest": "captions.csv"}), tmp_path / "r2", 0
     )
     assert csv["image_id"].to_list() == [content_id(GOOD[0])]
@@ -154,8 +154,8 @@ def test_bad_local_inputs_name_the_field_and_the_fix(tmp_path: Path) -> None:
             module.validate(spec)
     (tmp_path / "m.csv").write_text("file,text\na.jpg,cat\n")
     with pytest.raises(ConfigError, match=r"has no 'path' column .* fix: add a 'path' column"):
-        folder_source.materialize(
+        folder_source.fetch(
             SourceSpec("folder", {"path": str(tmp_path), "manifest": "m.csv"}), tmp_path / "o", 0
         )
     with pytest.raises(ConfigError, match="real.path: no images found"):
-        folder_source.materialize(SourceSpec("folder", {"path": str(tmp_path)}), tmp_path / "o", 0)
+        folder_source.fetch(SourceSpec("folder", {"path": str(tmp_path)}), tmp_path / "o", 0)

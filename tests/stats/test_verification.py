@@ -19,7 +19,7 @@ from blindspot_assets.generators.registry import build_generator
 from blindspot_assets.generators.runner import generate_image_set
 from blindspot_assets.sae import RASAEConfig, TrainConfig, encode_features_to_codes, train_sae
 from blindspot_assets.sae.model import RelaxedArchetypalSAE
-from blindspot_assets.sources.demo import materialize
+from blindspot_assets.sources.demo import fetch
 from blindspot_assets.stats import (
     BlindspotParams,
     compute_concept_stats,
@@ -53,7 +53,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> World:
     raw = demo_config_dict(tmp, n_images=160)
     raw["models"] = {"demo-a": raw["models"]["demo-a"], "faithful": {"family": "demo"}}  # type: ignore[index]
     cfg = parse_config(raw)
-    real = materialize(cfg.real, cfg.layout.real_images, cfg.seed)
+    real = fetch(cfg.real, cfg.layout.real_images, cfg.seed)
     encoder = load_encoder(cfg.encoder, policy_of_run(cfg.images, cfg.layout.real_images))
     extract_features(encoder, real, cfg.layout.real_images, cfg.layout.features(REAL))
     out = cfg.layout.generated_images("demo-a")
