@@ -3,9 +3,11 @@
     python -m blindspot_assets.gate BASE CANDIDATE [--fail-on new-suppressed,...]
                                     [--config PATH] [--db PATH] [--rows N]
 
-Reads the ``blindspot_changes`` table (materialised for ``stats.compare: [[BASE, CANDIDATE]]``)
-from the results database, prints the comparison's status counts and its changed concepts, and
-exits 0 when no concept matches ``--fail-on`` (default: the run config's ``stats.fail_on``,
+Reads the ``blindspot_changes`` table from the results database — materialised for each pair
+of ``stats.compare: [[BASE, CANDIDATE]]``, and for every model against the version it replaced
+(BASE ``MODEL@previous``, or an archived version's key ``MODEL@<version>`` listed in the table
+``model_versions``) — prints the comparison's status counts and its changed concepts, and exits
+0 when no concept matches ``--fail-on`` (default: the run config's ``stats.fail_on``,
 ``new-suppressed,new-exaggerated,worsened``), 1 on a regression, 2 when the gate cannot decide:
 unknown model, no database or table yet, the comparison not computed, or computed from model
 versions that are no longer the current ones (stale).
@@ -23,7 +25,9 @@ import polars as pl
 
 from blindspot_assets.config import ConfigError, StatsSpec, load_config, parse_fail_on
 from blindspot_assets.stats.changes import regressions, status_counts
+from blindspot_assets.store.layout import VERSION_SEP
 from blindspot_assets.store.tables import query
+from blindspot_assets.store.versions import PREVIOUS
 
 EXIT_PASS, EXIT_REGRESSION, EXIT_USAGE = 0, 1, 2
 
@@ -50,26 +54,30 @@ def load_comparison(db: Path, base: str, candidate: str) -> pl.DataFrame:
     """The ``blindspot_changes`` rows of base..candidate, checked to be current."""
     if not db.exists():
         raise GateError(f"no results database at {db}: run the pipeline first (./run demo)")
-    known = sorted(_query(db, "SELECT DISTINCT model_key FROM concept_stats")["model_key"])
-    unknown = [m for m in (base, candidate) if m not in known]
+    current = _query(
+        db, "SELECT model_key, any_value(model_version) AS v FROM concept_stats GROUP BY 1"
+    )
+    versions = dict(zip(current["model_key"], current["v"], strict=True))
+    archived = _archived(db)
+    base, candidate = (_resolve(k, archived) for k in (base, candidate))
+    versions.update({k: v for k, (_, v) in archived.items()})
+    unknown = [m for m in (base, candidate) if m not in versions]
     if unknown:
-        raise GateError(f"unknown model(s) {unknown}: {db} has statistics for {known}")
+        raise GateError(f"unknown model(s) {unknown}: {db} has statistics for {sorted(versions)}")
     rows = _query(
         db,
         f"SELECT * FROM blindspot_changes WHERE base = {_sql(base)} "
         f"AND candidate = {_sql(candidate)} ORDER BY concept",
     )
     if rows.is_empty():
-        raise GateError(
-            f"comparison {base}..{candidate} not computed: add [{base}, {candidate}] to "
-            "stats.compare in the run config and materialise blindspot_changes"
+        fix = (
+            "a model is compared with the version it replaced only (MODEL@previous)"
+            if VERSION_SEP in base
+            else f"add [{base}, {candidate}] to stats.compare in the run config"
         )
-    current = _query(
-        db,
-        "SELECT model_key, any_value(model_version) AS v FROM concept_stats "
-        f"WHERE model_key IN ({_sql(base)}, {_sql(candidate)}) GROUP BY model_key",
-    )
-    versions = dict(zip(current["model_key"], current["v"], strict=True))
+        raise GateError(
+            f"comparison {base}..{candidate} not computed: {fix}, and materialise blindspot_changes"
+        )
     stored = {base: rows["base_model_version"][0], candidate: rows["candidate_model_version"][0]}
     stale = [m for m, v in stored.items() if versions.get(m) != v]
     if stale:
@@ -80,6 +88,33 @@ def load_comparison(db: Path, base: str, candidate: str) -> pl.DataFrame:
             "blindspot_changes"
         )
     return rows
+
+
+def _archived(db: Path) -> dict[str, tuple[str, str]]:
+    """Archived model versions (table model_versions): version key → (model, version)."""
+    try:
+        rows = query(
+            db,
+            "SELECT version_key, model_key, model_version FROM model_versions "
+            "WHERE status = 'complete' ORDER BY archived_at",
+        )
+    except duckdb.Error:
+        return {}
+    return {r[0]: (r[1], r[2]) for r in rows.iter_rows()}
+
+
+def _resolve(key: str, archived: dict[str, tuple[str, str]]) -> str:
+    """``<model>@previous`` → the model's latest archived version key."""
+    model, _, which = key.partition(VERSION_SEP)
+    if which != PREVIOUS:
+        return key
+    keys = [k for k, (m, _) in archived.items() if m == model]
+    if not keys:
+        raise GateError(
+            f"{model} has no archived version: one is kept when the model's checkpoint version "
+            "changes and generated_images is materialised again"
+        )
+    return keys[-1]
 
 
 def _names(db: Path) -> dict[int, str]:

@@ -7,6 +7,7 @@ from typing import Any
 import dagster as dg
 import polars as pl
 
+from blindspot_assets.config import RunConfig
 from blindspot_assets.defs.analysis import _lineage_columns, concept_stats
 from blindspot_assets.defs.common import table_md
 from blindspot_assets.defs.concepts import concept_codes, real_concept_codes
@@ -24,8 +25,14 @@ from blindspot_assets.stats.changes import blindspot_changes as compute_changes
 from blindspot_assets.stats.changes import regressions, status_counts
 from blindspot_assets.store.layout import REAL
 from blindspot_assets.store.tables import read_table, refresh_views, write_table_partition
+from blindspot_assets.store.versions import locate, version_comparisons
 
 TABLE = "blindspot_changes"
+
+
+def _comparisons(cfg: RunConfig) -> list[tuple[str, str]]:
+    """``stats.compare``, then each model against the version it replaced."""
+    return [*cfg.stats.compare, *version_comparisons(cfg.layout, cfg.models)]
 
 
 @dg.asset(
@@ -53,10 +60,13 @@ def blindspot_changes(
     skipped: dict[str, str] = {}
     previews = []
     for candidate in model_keys(context):
-        for base in [b for b, c in cfg.stats.compare if c == candidate]:
+        # the configured comparisons, and the version this model replaced (store/versions.py)
+        bases = [b for b, c in _comparisons(cfg) if c == candidate]
+        for base in bases:
             key = comparison_key(base, candidate)
+            base_layout = locate(cfg.layout, base)
             try:
-                base_stats = read_table(cfg.layout.tables, "concept_stats", base)
+                base_stats = read_table(base_layout.tables, "concept_stats", base)
                 cand_stats = read_table(cfg.layout.tables, "concept_stats", candidate)
             except FileNotFoundError as exc:
                 skipped[key] = f"{exc}: materialise concept_stats of both models first"
@@ -64,7 +74,7 @@ def blindspot_changes(
                 continue
             df = compute_changes(
                 cfg.layout.codes(REAL),
-                cfg.layout.codes(base),
+                base_layout.codes(base),
                 cfg.layout.codes(candidate),
                 base_stats,
                 cand_stats,
@@ -106,13 +116,14 @@ def blindspot_changes(
 )
 def blindspot_changes_gate(run_config: RunConfigResource) -> dg.AssetCheckResult:
     cfg = run_config.load()
-    if not cfg.stats.compare:
+    if not _comparisons(cfg):
         return dg.AssetCheckResult(
-            passed=True, description="no comparison configured (stats.compare)"
+            passed=True,
+            description="no comparison configured (stats.compare) and no archived model version",
         )
     per_comparison: dict[str, Any] = {}
     problems = []
-    for base, candidate in cfg.stats.compare:
+    for base, candidate in _comparisons(cfg):
         key = comparison_key(base, candidate)
         try:
             df = read_table(cfg.layout.tables, TABLE, key)

@@ -11,7 +11,7 @@ from blindspot_assets.defs.inputs import real_images
 from blindspot_assets.defs.partitions import model_partitions, single_run
 from blindspot_assets.defs.resources import RunConfigResource
 from blindspot_assets.defs.sharding import Shard, merge_shard_summaries, sharded_asset
-from blindspot_assets.generators.registry import build_generator
+from blindspot_assets.generators.registry import build_generator, model_data_version
 from blindspot_assets.generators.registry import model_checkpoints as model_checkpoints_of
 from blindspot_assets.generators.runner import (
     finish_image_set,
@@ -26,6 +26,7 @@ from blindspot_assets.store.images import (
     read_manifest,
     write_lineage,
 )
+from blindspot_assets.store.versions import archive_if_replaced
 
 
 @dg.observable_source_asset(
@@ -50,6 +51,9 @@ def model_checkpoints(
 
 
 def _plan(cfg: RunConfig, model_key: str, n_shards: int) -> list[tuple[int, int]]:
+    # a set made by another version of the model is archived, never reused (store/versions.py)
+    made_by = model_version(read_lineage(cfg.layout.generated_images(model_key)))
+    archive_if_replaced(cfg.layout, model_key, made_by, model_data_version(cfg.model(model_key)))
     real = read_manifest(cfg.layout.real_images)
     ranges = generation_shards(real, _batch_size(cfg, model_key), n_shards)
     clear_manifest_parts(cfg.layout.generated_images(model_key), keep=ranges)  # stale plans

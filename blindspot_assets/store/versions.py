@@ -28,6 +28,7 @@ from __future__ import annotations
 import datetime as dt
 import re
 import shutil
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -116,6 +117,17 @@ def resolve_key(layout: DataLayout, key: str) -> str:
     return done[-1].key
 
 
+def version_comparisons(layout: DataLayout, models: Iterable[str]) -> list[tuple[str, str]]:
+    """``(<model>@<latest archived version>, <model>)`` for each model that has one: every model
+    is compared with the version it replaced (``blindspot_changes``, the gate)."""
+    out = []
+    for model in models:
+        done = [v for v in archived_versions(layout, model) if v.status == "complete"]
+        if done:
+            out.append((done[-1].key, model))
+    return out
+
+
 def _write_versions(layout: DataLayout, model: str, entries: list[ArchivedVersion]) -> None:
     df = pl.DataFrame(
         {
@@ -156,6 +168,17 @@ def _move(src: str | Path, dst: str | Path) -> bool:
     return True
 
 
+def _entries(folder: str | Path) -> list[str]:
+    """The names in a folder (local or object store); none when it does not exist."""
+    if not _exists(folder):
+        return []
+    if is_url(folder):
+        return [
+            str(p).rstrip("/").rsplit("/", 1)[-1] for p in _fs_of(str(folder), None).ls(str(folder))
+        ]
+    return [p.name for p in Path(folder).iterdir()]
+
+
 def _move_outputs(layout: DataLayout, model: str, key: str) -> list[str]:
     arch = archive_layout(layout)
     pairs: list[tuple[str, str | Path, str | Path]] = [
@@ -176,7 +199,12 @@ def _move_outputs(layout: DataLayout, model: str, key: str) -> list[str]:
         if table == VERSIONS_TABLE:
             continue
         src_dir, dst_dir = table_location(layout.tables, table), table_location(arch.tables, table)
-        for src_name, dst_name in ((f"{model}.parquet", f"{key}.parquet"), (model, key)):
+        renames = [(f"{model}.parquet", f"{key}.parquet"), (model, key)]
+        # comparisons with this version as the candidate (blindspot_changes' base..candidate)
+        renames += [
+            (n, n) for n in _entries(src_dir) if n.removesuffix(".parquet").endswith(f"..{model}")
+        ]
+        for src_name, dst_name in renames:
             src, dst = join_location(src_dir, src_name), join_location(dst_dir, dst_name)
             pairs.append((f"table:{table}", src, dst))
     moved = []
@@ -244,5 +272,6 @@ __all__ = [
     "locate",
     "model_of",
     "resolve_key",
+    "version_comparisons",
     "version_key",
 ]
