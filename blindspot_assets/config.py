@@ -306,7 +306,10 @@ def parse_config(raw: dict[str, Any], source_path: Path | None = None) -> RunCon
         models[str(key)] = ModelSpec(str(key), family, entry, control)
 
     encoder = _dataclass_from(EncoderSpec, raw.get("encoder"), "encoder")
-    if encoder.init_random_tiny and not Path(encoder.model_id).is_absolute():
+    # a local folder (the demo's, or one written as "./…" / "../…") is relative to this file;
+    # a hub id never starts with a dot
+    local = encoder.init_random_tiny or encoder.model_id.startswith(("./", "../"))
+    if local and not Path(encoder.model_id).is_absolute():
         encoder = EncoderSpec(
             **{**encoder.__dict__, "model_id": str((base / encoder.model_id).resolve())}
         )
