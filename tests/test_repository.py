@@ -1,9 +1,11 @@
 """The repository as a whole: one copy of the Dagster instance settings, linked (never copied)
-into ``$DAGSTER_HOME`` by ``./run``."""
+into ``$DAGSTER_HOME`` by ``./run``; self-contained: no file points at a document outside it,
+and every ``docs/method.md §N`` a docstring cites exists. About 2 s."""
 
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 from pathlib import Path
 
@@ -87,3 +89,67 @@ def test_run_links_dagster_home_to_the_one_dagster_yaml(tmp_path):
     assert not (own / "dagster.yaml").is_symlink()
     assert (own / "dagster.yaml").read_text() == "telemetry:\n  enabled: false\n"
     assert "differs from" in result.stderr and str(own / "dagster.yaml") in result.stderr
+
+
+# What a file of this repository must not point at: the notes it was built from live outside it,
+# and its users never see them. (This file names the patterns, so it is not scanned.)
+OUTSIDE = re.compile(
+    r"design\.md|paper-summary|style\.md|stack-notes|shared/|/work/", re.IGNORECASE
+)
+MD_LINK = re.compile(r"\]\(([^)\s#]+)(?:#[^)]*)?\)")
+METHOD_CITE = re.compile(r"\b(docs/[\w-]+\.md)\s+§(\d+)")
+
+
+def text_files() -> dict[Path, str]:
+    """The repository's text files (binary ones, like the released SAE fixtures, are left out)."""
+    out = {}
+    for path in repository_files():
+        if path == Path(__file__).resolve() or path.is_symlink():
+            continue
+        data = path.read_bytes()
+        if b"\0" not in data[:8192]:
+            out[path] = data.decode("utf-8", errors="replace")
+    return out
+
+
+def test_no_file_refers_to_a_document_outside_the_repository():
+    hits = [
+        f"{path.relative_to(REPO)}:{n}: {line.strip()}"
+        for path, text in text_files().items()
+        for n, line in enumerate(text.splitlines(), 1)
+        if OUTSIDE.search(line)
+    ]
+    assert hits == [], "write what the outside document says into docs/ instead:\n" + "\n".join(
+        hits
+    )
+
+
+def test_markdown_links_stay_inside_the_repository_and_exist():
+    bad = []
+    for path, text in text_files().items():
+        if path.suffix != ".md":
+            continue
+        for target in MD_LINK.findall(text):
+            if "://" in target or target.startswith("mailto:"):
+                continue
+            resolved = (path.parent / target).resolve()
+            if not resolved.is_relative_to(REPO) or not resolved.exists():
+                bad.append(f"{path.relative_to(REPO)} → {target}")
+    assert bad == []
+
+
+def test_every_cited_method_section_exists():
+    """A docstring's ``docs/method.md §N`` names a file of docs/ and a heading ``## §N`` in it."""
+    cited = {
+        (doc, section)
+        for text in text_files().values()
+        for doc, section in METHOD_CITE.findall(text)
+    }
+    assert ("docs/method.md", "4") in cited  # the scan sees the library's docstrings
+    missing = [
+        f"{doc} §{section}"
+        for doc, section in sorted(cited)
+        if not (REPO / doc).exists()
+        or not re.search(rf"^## §{section}\b", (REPO / doc).read_text(), re.MULTILINE)
+    ]
+    assert missing == []
