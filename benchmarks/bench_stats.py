@@ -36,7 +36,7 @@ import numpy as np
 from blindspot_assets.stats import (
     BlindspotParams,
     compute_concept_stats,
-    datapoint_deltas,
+    compute_datapoint_deltas,
     flag_blindspots,
     top_images_per_concept,
 )
@@ -148,7 +148,7 @@ def run_zarr(n: int, c: int, per_image: int, params: BlindspotParams) -> dict[st
     t1 = time.perf_counter()
     top_images_per_concept(tmp / "real.zarr", params.top_images, block_rows=params.block_rows)
     t2 = time.perf_counter()
-    datapoint_deltas(tmp / "real.zarr", tmp / "gen.zarr", block_rows=params.block_rows)
+    compute_datapoint_deltas(tmp / "real.zarr", tmp / "gen.zarr", block_rows=params.block_rows)
     t3 = time.perf_counter()
     out = _result("zarr", n, c, t3 - t0, write_s, stats, flagged)
     out.update(stats_s=t1 - t0, top_images_s=t2 - t1, datapoints_s=t3 - t2, disk_mb=disk_mb)

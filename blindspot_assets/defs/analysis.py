@@ -226,7 +226,7 @@ def datapoint_deltas(
         context,
         cfg,
         "datapoint_deltas",
-        lambda m: stats_lib.datapoint_deltas(
+        lambda m: stats_lib.compute_datapoint_deltas(
             cfg.layout.codes(REAL), cfg.layout.codes(m), cfg.stats.top_datapoint_concepts
         ),
     )
@@ -259,7 +259,7 @@ def memorization_candidates(
         context,
         cfg,
         "memorization_candidates",
-        lambda m: stats_lib.memorization_candidates(
+        lambda m: stats_lib.find_memorization_candidates(
             cfg.layout.features(REAL),
             cfg.layout.features(m),
             calibration_quantile=cfg.stats.memorization_quantile,
@@ -298,7 +298,7 @@ def concept_labels(
     context: dg.AssetExecutionContext, run_config: RunConfigResource
 ) -> dg.MaterializeResult:
     cfg = run_config.load()
-    labels = stats_lib.concept_labels(
+    labels = stats_lib.label_concepts(
         cfg.layout.codes(REAL), read_manifest(cfg.layout.real_images), cfg.stats.label_terms
     )
     labels = labels.with_columns(pl.lit(sae_version(cfg.layout.sae)).alias("sae_version"))
@@ -323,7 +323,7 @@ def concept_cooccurrence(
     cfg = run_config.load()
     spec = cfg.stats
     t0 = time.perf_counter()
-    result = cooccurrence_lib.concept_cooccurrence(
+    result = cooccurrence_lib.compute_cooccurrence(
         cfg.layout.codes(REAL),
         over=spec.cooccurrence_over,
         top=spec.cooccurrence_top,
@@ -365,7 +365,7 @@ def concept_map(
     model, _ = sae_checkpoint.load_sae(cfg.layout.sae)
     with torch.no_grad():
         dictionary = model.dictionary().float().cpu().numpy()
-    table = concept_map_lib.concept_map(dictionary, seed=cfg.stats.seed, n_jobs=-1)
+    table = concept_map_lib.concept_map_table(dictionary, seed=cfg.stats.seed, n_jobs=-1)
     table = table.with_columns(pl.lit(sae_version(cfg.layout.sae)).alias("sae_version"))
     write_table_partition(cfg.layout.tables, "concept_map", "all", table)
     refresh_views(cfg.layout.duckdb, cfg.layout.tables)

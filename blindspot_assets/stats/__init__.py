@@ -9,10 +9,10 @@ from blindspot_assets.stats.concepts import (
     flag_blindspots,
     top_images_per_concept,
 )
-from blindspot_assets.stats.datapoints import datapoint_deltas
+from blindspot_assets.stats.datapoints import compute_datapoint_deltas
 from blindspot_assets.stats.energy import concept_energy
-from blindspot_assets.stats.labels import concept_labels, top_label
-from blindspot_assets.stats.memorization import memorization_candidates
+from blindspot_assets.stats.labels import label_concepts, top_label
+from blindspot_assets.stats.memorization import find_memorization_candidates
 from blindspot_assets.stats.params import BlindspotParams
 from blindspot_assets.stats.planted import planted_summary_frame, score_planted
 from blindspot_assets.stats.reading import Pairing, pair_rows
@@ -37,14 +37,14 @@ __all__ = [
     "compare_variants",
     "compute_concept_stats",
     "concept_energy",
-    "concept_labels",
-    "datapoint_deltas",
+    "label_concepts",
+    "compute_datapoint_deltas",
     "delta_histogram",
     "expected_false_flags",
     "flag_blindspots",
     "frequency_vs_relative",
     "l2_histograms",
-    "memorization_candidates",
+    "find_memorization_candidates",
     "minimum_effect_p_values",
     "model_summaries",
     "pair_rows",

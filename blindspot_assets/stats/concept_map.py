@@ -36,7 +36,7 @@ def _pca_2d(x: np.ndarray) -> np.ndarray:
     return out
 
 
-def concept_map(dictionary: ArrayLike, seed: int = 0, n_jobs: int = 1) -> pl.DataFrame:
+def concept_map_table(dictionary: ArrayLike, seed: int = 0, n_jobs: int = 1) -> pl.DataFrame:
     """(``concept``, ``x``, ``y``, ``method``) for every row of the (c, d) dictionary."""
     x = _unit_rows(dictionary)
     n = x.shape[0]

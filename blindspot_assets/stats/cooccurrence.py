@@ -118,7 +118,7 @@ def _accumulate_images(
     counts += (fired[:, lo:hi].T @ fired).round().int()
 
 
-def concept_cooccurrence(
+def compute_cooccurrence(
     codes_path: str | Path | RowStore,
     *,
     over: str = "tokens",

@@ -26,7 +26,7 @@ def _top_signed(
     return concepts, amounts
 
 
-def datapoint_deltas(
+def compute_datapoint_deltas(
     real_codes: str | Path | RowStore,
     gen_codes: str | Path | RowStore,
     top_n: int = 5,

@@ -65,7 +65,7 @@ def _term_matrix(
     return vocab, np.asarray(indptr, dtype=np.int64), np.asarray(indices, dtype=np.int64)
 
 
-def concept_labels(
+def label_concepts(
     real_codes: str | Path | RowStore,
     manifest_df: pl.DataFrame,
     top_terms: int = 5,

@@ -186,7 +186,7 @@ def _blocks(rows: I64, block_rows: int) -> Iterator[I64]:
         yield rows[a:b]
 
 
-def memorization_candidates(
+def find_memorization_candidates(
     real_features: str | Path | RowStore,
     gen_features: str | Path | RowStore,
     calibration_quantile: float = 0.001,

@@ -96,9 +96,9 @@ def _library_tables(cfg: RunConfig, key: str, stamp: dict[str, str]) -> None:
     from blindspot_assets import stats as lib
 
     tables = cfg.layout.tables
-    deltas = lib.datapoint_deltas(cfg.layout.codes(REAL), cfg.layout.codes(key), 5)
+    deltas = lib.compute_datapoint_deltas(cfg.layout.codes(REAL), cfg.layout.codes(key), 5)
     write_table_partition(tables, "datapoint_deltas", key, deltas.with_columns(**stamp))
-    mem = lib.memorization_candidates(cfg.layout.features(REAL), cfg.layout.features(key))
+    mem = lib.find_memorization_candidates(cfg.layout.features(REAL), cfg.layout.features(key))
     write_table_partition(tables, "memorization_candidates", key, mem.with_columns(**stamp))
 
 
@@ -202,7 +202,7 @@ def build_run(
         elif tables == "handmade":
             _handmade_tables(cfg, key, real_codes[2], codes[2])
     if tables == "library":
-        labels = lib.concept_labels(cfg.layout.codes(REAL), real, 5)
+        labels = lib.label_concepts(cfg.layout.codes(REAL), real, 5)
         write_table_partition(root, "concept_labels", "all", labels)
         write_table_partition(
             root, "model_summaries", "all", lib.model_summaries(stats_by_model, params)

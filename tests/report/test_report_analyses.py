@@ -8,11 +8,11 @@ import xml.etree.ElementTree as ET
 
 import numpy as np
 import polars as pl
+from blindspot_assets.stats.concept_map import concept_map_table
 
 from blindspot_assets import stats as lib
 from blindspot_assets.report import build_report
 from blindspot_assets.report.analyses import frequency_bands
-from blindspot_assets.stats.concept_map import concept_map
 from blindspot_assets.store.tables import write_table_partition
 from tests.report.synthetic_run import build_run
 
@@ -36,14 +36,14 @@ def test_concept_map_keeps_dictionary_neighbours_together():
     cluster = np.repeat(np.arange(4), 25)
     rows = centres[cluster] + 0.15 * rng.normal(size=(100, 32))
     rows *= rng.uniform(0.5, 3.0, size=(100, 1))  # scale is ignored: cosine
-    df = concept_map(rows, seed=0)
+    df = concept_map_table(rows, seed=0)
     assert df.columns == ["concept", "x", "y", "method"] and df["method"][0] == "tsne_cosine"
     xy = df.select("x", "y").to_numpy()
     d = np.linalg.norm(xy[:, None] - xy[None], axis=2)
     np.fill_diagonal(d, np.inf)
     assert (cluster[d.argmin(axis=1)] == cluster).mean() > 0.95
-    assert np.allclose(concept_map(rows, seed=0).select("x", "y").to_numpy(), xy)
-    assert concept_map(rows[:3])["method"][0] == "pca"  # too few for t-SNE
+    assert np.allclose(concept_map_table(rows, seed=0).select("x", "y").to_numpy(), xy)
+    assert concept_map_table(rows[:3])["method"][0] == "pca"  # too few for t-SNE
 
 
 def test_report_shows_concept_map_frequency_bands_and_variants(tmp_path):
@@ -51,7 +51,7 @@ def test_report_shows_concept_map_frequency_bands_and_variants(tmp_path):
     root = cfg.layout.tables
     c = int(pl.read_parquet(root / "concept_stats" / "demo-a.parquet")["concept"].max()) + 1
     rng = np.random.default_rng(1)
-    write_table_partition(root, "concept_map", "all", concept_map(rng.normal(size=(c, 8))))
+    write_table_partition(root, "concept_map", "all", concept_map_table(rng.normal(size=(c, 8))))
     params = lib.BlindspotParams.from_spec(cfg.stats)
     deltas = {k: pl.read_parquet(root / "datapoint_deltas" / f"{k}.parquet") for k in cfg.models}
     a, b = list(cfg.models)[:2]

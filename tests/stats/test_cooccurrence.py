@@ -9,7 +9,7 @@ import numpy as np
 import polars as pl
 import pytest
 
-from blindspot_assets.stats.cooccurrence import accumulator_bytes, concept_cooccurrence
+from blindspot_assets.stats.cooccurrence import accumulator_bytes, compute_cooccurrence
 from blindspot_assets.store.layout import code_arrays
 from blindspot_assets.store.rowstore import RowStore
 
@@ -65,8 +65,8 @@ def _brute_force(z: np.ndarray) -> np.ndarray:
 def test_planted_pairs_are_top_partners_and_blocks_agree(tmp_path, over):
     c = 24
     dense = _write_token_codes(tmp_path / "codes.zarr", 40, 6, c, k_max=8)
-    small = concept_cooccurrence(tmp_path / "codes.zarr", over=over, top=3, block=5, block_rows=7)
-    whole = concept_cooccurrence(tmp_path / "codes.zarr", over=over, top=3, block=c)
+    small = compute_cooccurrence(tmp_path / "codes.zarr", over=over, top=3, block=5, block_rows=7)
+    whole = compute_cooccurrence(tmp_path / "codes.zarr", over=over, top=3, block=c)
     assert small.passes == 1 + 5 and whole.passes == 2
     assert small.accumulator_bytes == 5 * c * 12 < whole.accumulator_bytes
     t = small.table
@@ -95,7 +95,7 @@ def test_memory_is_bounded_by_the_block(tmp_path):
     c = 3000  # a dense c × c float64 matrix: 72 MB
     _write_token_codes(tmp_path / "codes.zarr", 16, 5, c, k_max=8)
     tracemalloc.start()
-    result = concept_cooccurrence(tmp_path / "codes.zarr", top=2, block=100, block_rows=8)
+    result = compute_cooccurrence(tmp_path / "codes.zarr", top=2, block=100, block_rows=8)
     _, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
     assert result.accumulator_bytes == accumulator_bytes(100, c) == 100 * c * 12
@@ -108,6 +108,6 @@ def test_memory_is_bounded_by_the_block(tmp_path):
 def test_bad_arguments(tmp_path):
     _write_token_codes(tmp_path / "codes.zarr", 4, 3, 8, k_max=8)
     with pytest.raises(ValueError, match="over must be"):
-        concept_cooccurrence(tmp_path / "codes.zarr", over="pixels")
+        compute_cooccurrence(tmp_path / "codes.zarr", over="pixels")
     with pytest.raises(ValueError, match="≥ 1"):
-        concept_cooccurrence(tmp_path / "codes.zarr", block=0)
+        compute_cooccurrence(tmp_path / "codes.zarr", block=0)

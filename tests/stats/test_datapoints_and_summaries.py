@@ -12,7 +12,7 @@ from blindspot_assets.stats import (
     BlindspotParams,
     compare_variants,
     compute_concept_stats,
-    datapoint_deltas,
+    compute_datapoint_deltas,
     delta_histogram,
     frequency_vs_relative,
     l2_histograms,
@@ -31,7 +31,7 @@ def test_datapoint_deltas_hand_case(tmp_path: Path) -> None:
     ids = ["a", "b", "c"]
     r = write_codes(tmp_path / "r.zarr", ids, real, chunk_rows=2)
     g = write_codes(tmp_path / "g.zarr", ids[::-1], gen[::-1].copy(), chunk_rows=2)
-    out = datapoint_deltas(r, g, top_n=2, block_rows=2)
+    out = compute_datapoint_deltas(r, g, top_n=2, block_rows=2)
     a, b, c = out.sort("image_id").iter_rows(named=True)
     assert a["l2"] == 5.0
     assert a["norm_real"] == pytest.approx(np.sqrt(10.0), rel=1e-6)
@@ -90,8 +90,8 @@ def test_variant_comparison_sees_the_variant_stay_closer(tmp_path: Path) -> None
     base = (real + rng.normal(0, 1.0, (n, c))).astype(np.float32)
     tuned = (real + rng.normal(0, 0.5, (n, c))).astype(np.float32)  # "DPO": closer to real
     r = write_codes(tmp_path / "r.zarr", ids, real)
-    d_base = datapoint_deltas(r, write_codes(tmp_path / "b.zarr", ids, base))
-    d_tuned = datapoint_deltas(r, write_codes(tmp_path / "t.zarr", ids, tuned))
+    d_base = compute_datapoint_deltas(r, write_codes(tmp_path / "b.zarr", ids, base))
+    d_tuned = compute_datapoint_deltas(r, write_codes(tmp_path / "t.zarr", ids, tuned))
     out = compare_variants(d_base, d_tuned, PARAMS, "sd15", "sd15_dpo").row(0, named=True)
     assert out["n"] == n and out["mean_diff"] < 0 and out["ci_high"] < 0
     assert out["p_value"] < 1e-6 and out["frac_b_closer"] > 0.9

@@ -20,7 +20,7 @@ from PIL import Image
 from blindspot_assets.config import EncoderSpec
 from blindspot_assets.demo.world import caption_of, parse_caption, render, sample_scene
 from blindspot_assets.encoders.dinov2 import load_encoder
-from blindspot_assets.stats import memorization_candidates
+from blindspot_assets.stats import find_memorization_candidates
 from tests.stats.conftest import write_codes, write_features
 
 N = 400
@@ -116,7 +116,7 @@ def test_planted_near_copies_are_found_with_few_false_candidates(
 ) -> None:
     planted = world["planted"]
     assert isinstance(planted, dict)
-    every = memorization_candidates(
+    every = find_memorization_candidates(
         world["real_f"], world["gen_f"], real_images=world["real_i"], gen_images=world["gen_i"],
         real_codes=world["real_c"], gen_codes=world["gen_c"], block_rows=96, all_rows=True,
     )  # fmt: skip
@@ -141,8 +141,10 @@ def test_planted_near_copies_are_found_with_few_false_candidates(
     assert (other["own_concept_distance"] > other["concept_distance"]).all()
     # lowest distances first; the default (candidates only) is the same rows
     assert every["distance"].is_sorted()
-    only = memorization_candidates(world["real_f"], world["gen_f"], real_images=world["real_i"],
-                                   gen_images=world["gen_i"], block_rows=1000)  # fmt: skip
+    only = find_memorization_candidates(
+        world["real_f"], world["gen_f"], real_images=world["real_i"],
+        gen_images=world["gen_i"], block_rows=1000,
+    )  # fmt: skip
     assert set(only["gen_image_id"]) == set(cands["gen_image_id"])
 
 
@@ -150,7 +152,7 @@ def test_patch_evidence_alone_finds_re_encoded_copies(world: dict[str, object]) 
     """Without the image folders, DINOv2 patch maps alone still find exact and JPEG copies."""
     planted = world["planted"]
     assert isinstance(planted, dict)
-    df = memorization_candidates(world["real_f"], world["gen_f"], block_rows=128)
+    df = find_memorization_candidates(world["real_f"], world["gen_f"], block_rows=128)
     score = _score(df, planted)
     assert score["exact"] == 1.0 and score["jpeg60"] >= 0.9, score
     assert score["false"] <= 0.01, score

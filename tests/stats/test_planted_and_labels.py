@@ -10,8 +10,8 @@ import pytest
 from blindspot_assets.stats import (
     BlindspotParams,
     compute_concept_stats,
-    concept_labels,
     flag_blindspots,
+    label_concepts,
     score_planted,
     top_images_per_concept,
     top_label,
@@ -66,7 +66,7 @@ def test_a_plant_nothing_matches_is_not_found(world) -> None:  # type: ignore[no
 
 def test_planted_concepts_get_the_planted_word_as_their_label(world) -> None:  # type: ignore[no-untyped-def]
     w, real, _, manifest = world
-    labels = concept_labels(real, manifest, top_terms=3)
+    labels = label_concepts(real, manifest, top_terms=3)
     names = dict(top_label(labels).iter_rows())
     for word in ("red", "green", "circle", *BACKGROUNDS):
         assert names[w.concept_of[word]] == word, labels.filter(concept=w.concept_of[word])

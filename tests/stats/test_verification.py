@@ -23,8 +23,8 @@ from blindspot_assets.sources.demo import fetch
 from blindspot_assets.stats import (
     BlindspotParams,
     compute_concept_stats,
-    concept_labels,
     flag_blindspots,
+    label_concepts,
 )
 from blindspot_assets.stats import verification as v
 from blindspot_assets.stats.top_images import top_images
@@ -77,7 +77,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> World:
             for ds in (REAL, "demo-a")
         ]
     )
-    labels = concept_labels(cfg.layout.codes(REAL), real, cfg.stats.label_terms)
+    labels = label_concepts(cfg.layout.codes(REAL), real, cfg.stats.label_terms)
     return World(cfg, real, encoder, sae, flag_blindspots(stats, params), top, labels)
 
 
