@@ -12,6 +12,8 @@ during training, and the dictionary is fused once and cached.
 from __future__ import annotations
 
 import math
+import warnings
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -21,6 +23,88 @@ from torch.nn import functional as F
 from blindspot_assets.sae.config import RASAEConfig
 
 _EPS = 1e-8
+# pre (n × c, no autograd) → (rows, cols) of the entries a training step keeps
+Selector = Callable[[Tensor], tuple[Tensor, Tensor]]
+
+
+class _SparseEncoder(torch.autograd.Function):
+    """LayerNorm(x·Eᵀ + b) at selected entries only, with gradients that never go dense.
+
+    Forward computes the dense pre-activations once (the one unavoidable n·c·d matmul), lets
+    ``select`` pick the entries the loss sees (TopK, BatchTopK, AuxK) and returns their values.
+    Backward uses that the loss gradient reaches k entries per token: the LayerNorm backward
+    dh_n = r_n·(γ⊙g_n − a_n·1 − b_n·ĥ_n) is a sparse part plus rank terms, with
+    ĥ_n = r_n·(E_c·x_n + b_c) (E_c, b_c centred over concepts), so
+    dE = Zᵀ·X − 1·(Σ u_n x_n)ᵀ − E_c·(Σ w_n x_n x_nᵀ) − b_c·(Σ w_n x_n)ᵀ:
+    O(nnz·d + n·d² + c·d²) instead of the n·c·d weight-gradient matmul, with no n × c
+    gradient, LayerNorm backward or TopK scatter.
+    """
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: Any,
+        x: Tensor,
+        weight: Tensor,
+        bias: Tensor,
+        gamma: Tensor | None,
+        beta: Tensor | None,
+        select: Selector,
+        eps: float,
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        dev = x.device.type
+        dt = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else x.dtype
+        with torch.autocast(dev, enabled=False):
+            h = torch.addmm(bias.to(dt), x.to(dt), weight.t().to(dt)).float()
+            if gamma is None:
+                rows, cols = select(h)
+                vals = hhat = h[rows, cols]
+                rstd = None
+            else:
+                pre, mean, rstd = torch.native_layer_norm(h, [h.shape[1]], gamma, beta, eps)
+                rows, cols = select(pre)
+                vals = pre[rows, cols]
+                hhat = (h[rows, cols] - mean[rows, 0]) * rstd[rows, 0]
+        ctx.mark_non_differentiable(rows, cols)
+        ctx.save_for_backward(x, weight, bias, gamma, rows, cols, hhat, rstd)
+        return vals, rows, cols
+
+    @staticmethod
+    def backward(  # type: ignore[override]
+        ctx: Any, g: Tensor, *_: Tensor
+    ) -> tuple[Tensor | None, ...]:
+        x, weight, bias, gamma, rows, cols, hhat, rstd = ctx.saved_tensors
+        n, c = x.shape[0], weight.shape[0]
+        with torch.autocast(x.device.type, enabled=False):
+            x, g = x.float(), g.float()
+            d_gamma = d_beta = None
+            gh = g
+            if gamma is not None:
+                gg = g * gamma[cols]
+                d_gamma = torch.zeros_like(gamma).index_add_(0, cols, g * hhat)
+                d_beta = torch.zeros_like(gamma).index_add_(0, cols, g)
+                a = torch.zeros(n, device=x.device).index_add_(0, rows, gg) / c
+                b = torch.zeros(n, device=x.device).index_add_(0, rows, gg * hhat) / c
+                r = rstd[:, 0]
+                u, w = r * a, r * r * b
+                gh = r[rows] * gg
+            order = torch.argsort(cols, stable=True)
+            crow = torch.zeros(c + 1, dtype=torch.int64, device=x.device)
+            crow[1:] = torch.cumsum(torch.bincount(cols, minlength=c), 0)
+            with warnings.catch_warnings():  # "CSR support is in beta": used for one matmul
+                warnings.simplefilter("ignore", UserWarning)
+                z_cn = torch.sparse_csr_tensor(
+                    crow, rows[order], gh[order], (c, n), check_invariants=False
+                )
+            d_weight = z_cn @ x
+            d_bias = torch.zeros_like(bias).index_add_(0, cols, gh)
+            if gamma is not None:
+                e_c = weight - weight.mean(dim=0, keepdim=True)
+                b_c = bias - bias.mean()
+                xw = x * w[:, None]
+                sw = xw.sum(dim=0)
+                d_weight -= (u @ x)[None, :] + e_c @ (xw.t() @ x) + b_c[:, None] * sw[None, :]
+                d_bias -= u.sum() + e_c @ sw + b_c * w.sum()
+        return None, d_weight, d_bias, d_gamma, d_beta, None, None
 
 
 class RelaxedArchetypalSAE(nn.Module):
@@ -95,6 +179,30 @@ class RelaxedArchetypalSAE(nn.Module):
         out: Tensor = self.norm(self.encoder(x_nd))
         return out
 
+    def sparse_pre_activations(
+        self, x_nd: Tensor, select: Selector
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """Pre-activations at the entries ``select`` keeps, as (values, rows, cols).
+
+        Equal to ``pre_activations(x)[rows, cols]`` with the same gradients (to float rounding),
+        at a fraction of the backward cost: see :class:`_SparseEncoder`. ``x`` takes no gradient.
+        """
+        if x_nd.requires_grad:
+            raise ValueError("sparse_pre_activations does not differentiate with respect to x")
+        norm = self.norm
+        gamma = norm.weight if isinstance(norm, nn.LayerNorm) else None
+        beta = norm.bias if isinstance(norm, nn.LayerNorm) else None
+        out: tuple[Tensor, Tensor, Tensor] = _SparseEncoder.apply(
+            x_nd,
+            self.encoder.weight,
+            self.encoder.bias,
+            gamma,
+            beta,
+            select,
+            self.cfg.layernorm_eps,
+        )
+        return out
+
     def pre_codes(self, x_nd: Tensor) -> Tensor:
         """ReLU(LayerNorm(linear(x))): the dense non-negative codes before sparsity."""
         return torch.relu(self.pre_activations(x_nd))
@@ -108,17 +216,32 @@ class RelaxedArchetypalSAE(nn.Module):
         if update_threshold:
             n_keep = min(k * codes_nc.shape[0], codes_nc.numel())
             theta = codes_nc.detach().flatten().float().topk(n_keep, sorted=False).values.min()
-            with torch.no_grad():
-                if torch.isnan(self.threshold):
-                    self.threshold.copy_(theta)
-                else:
-                    mu = self.cfg.threshold_momentum
-                    self.threshold.mul_(mu).add_((1.0 - mu) * theta)
+            self._track_threshold(theta)
         else:
             if torch.isnan(self.threshold):
                 raise RuntimeError("BatchTopK threshold θ is not set: train the SAE first")
             theta = self.threshold
         return codes_nc * (codes_nc >= theta.to(codes_nc.dtype))
+
+    @torch.no_grad()
+    def _track_threshold(self, theta: Tensor) -> None:
+        if torch.isnan(self.threshold):
+            self.threshold.copy_(theta)
+        else:
+            mu = self.cfg.threshold_momentum
+            self.threshold.mul_(mu).add_((1.0 - mu) * theta)
+
+    @torch.no_grad()
+    def batchtopk_entries(self, pre_nc: Tensor) -> tuple[Tensor, Tensor]:
+        """(rows, cols) BatchTopK keeps in training, θ updated: ReLU(pre) ≥ the batch's
+        (k·n)-th largest code, as :meth:`sparsify` with ``update_threshold`` (zeros dropped)."""
+        n_keep = min(self.cfg.k * pre_nc.shape[0], pre_nc.numel())
+        # ReLU is monotone: the (k·n)-th largest of ReLU(pre) is ReLU of pre's
+        theta = pre_nc.flatten().float().topk(n_keep, sorted=False).values.min().clamp(min=0)
+        self._track_threshold(theta)
+        keep = pre_nc > 0 if float(theta) <= 0 else pre_nc >= theta.to(pre_nc.dtype)
+        rows, cols = keep.nonzero(as_tuple=True)
+        return rows, cols
 
     def encode(self, x_nd: Tensor) -> Tensor:
         """Sparse codes z (n × c), dense: meant for small batches (a block of tokens).
@@ -156,6 +279,15 @@ class RelaxedArchetypalSAE(nn.Module):
         counts = torch.bincount(rows, minlength=z_nc.shape[0])
         offsets = torch.cumsum(counts, 0) - counts
         return F.embedding_bag(cols, d_cd, offsets, mode="sum", per_sample_weights=vals)
+
+    def decode_entries(self, vals: Tensor, rows: Tensor, cols: Tensor, n: int) -> Tensor:
+        """x̂ (n × d) from codes given as entries (row-sorted ``rows``, ``cols``, ``vals``)."""
+        d_cd = self.dictionary()
+        counts = torch.bincount(rows, minlength=n)
+        offsets = torch.cumsum(counts, 0) - counts
+        return F.embedding_bag(
+            cols, d_cd, offsets, mode="sum", per_sample_weights=vals.to(d_cd.dtype)
+        )
 
     def decode_topk(self, vals_nk: Tensor, idx_nk: Tensor) -> Tensor:
         """x̂ from exactly k codes per token given as (values, concept indices)."""

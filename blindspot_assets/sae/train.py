@@ -58,24 +58,49 @@ def lr_at(step: int, total_steps: int, cfg: TrainConfig) -> float:
 
 
 def auxk_loss(
-    model: RelaxedArchetypalSAE, pre_nc: Tensor, residual_nd: Tensor, dead_c: Tensor
+    model: RelaxedArchetypalSAE, vals_nk: Tensor, idx_nk: Tensor, residual_nd: Tensor
 ) -> Tensor:
     """AuxK (Gao et al. 2024): the top ``aux_k`` dead concepts must explain the residual.
 
-    Uses the dead concepts' pre-activations *before* ReLU: a concept whose pre-activation is
-    negative on every token (truly dead) still gets a gradient that moves it toward the data.
-    Normalised by the residual's energy, so its weight does not depend on the data's scale.
+    ``vals_nk`` are the dead concepts' pre-activations *before* ReLU (the largest ``k_aux`` per
+    token among the dead): a concept whose pre-activation is negative on every token (truly
+    dead) still gets a gradient that moves it toward the data. Normalised by the residual's
+    energy, so its weight does not depend on the data's scale.
     """
-    n_dead = int(dead_c.sum())
-    if n_dead == 0:
-        return pre_nc.new_zeros(())
-    k_aux = min(model.cfg.effective_aux_k, n_dead)
-    masked = pre_nc.masked_fill(~dead_c, float("-inf"))
-    idx = masked.topk(k_aux, dim=-1).indices
     target = residual_nd.detach().float()
-    e_hat = model.decode_topk(pre_nc.gather(-1, idx), idx).float()
+    e_hat = model.decode_topk(vals_nk, idx_nk).float()
     err = ((e_hat - target) ** 2).sum(dim=-1).mean()
     return err / ((target**2).sum(dim=-1).mean() + 1e-8)
+
+
+class _Selection:
+    """What a training step keeps of the dense pre-activations (called once, without autograd):
+    TopK per token or BatchTopK over the batch (updating θ), then AuxK's top ``k_aux`` dead
+    concepts per token. ``n_main`` entries come first, in row order; the AuxK ones follow."""
+
+    def __init__(self, model: RelaxedArchetypalSAE, dead_c: Tensor | None) -> None:
+        self.model = model
+        self.dead_idx = None if dead_c is None else dead_c.nonzero().flatten()
+        self.k_aux = (
+            0 if self.dead_idx is None else min(model.cfg.effective_aux_k, self.dead_idx.numel())
+        )
+        self.n_main = 0
+
+    def __call__(self, pre_nc: Tensor) -> tuple[Tensor, Tensor]:
+        n, cfg = pre_nc.shape[0], self.model.cfg
+        if cfg.sparsity == "topk":
+            cols = pre_nc.topk(cfg.k, dim=-1).indices.flatten()
+            rows = torch.arange(n, device=pre_nc.device).repeat_interleave(cfg.k)
+        else:
+            rows, cols = self.model.batchtopk_entries(pre_nc)
+        self.n_main = rows.numel()
+        if self.k_aux > 0 and self.dead_idx is not None:
+            top = pre_nc[:, self.dead_idx].topk(self.k_aux, dim=-1).indices
+            rows = torch.cat(
+                [rows, torch.arange(n, device=rows.device).repeat_interleave(self.k_aux)]
+            )
+            cols = torch.cat([cols, self.dead_idx[top].flatten()])
+        return rows, cols
 
 
 class Trainer:
@@ -102,6 +127,26 @@ class Trainer:
     def dead_c(self) -> Tensor:
         return self.silent_c >= self.cfg.dead_after_tokens
 
+    def _losses(self, x_nd: Tensor, dead_c: Tensor) -> dict[str, Tensor]:
+        """MSE of the sparse reconstruction (and AuxK): only the kept entries carry gradient."""
+        model, cfg, n = self.model, self.cfg, x_nd.shape[0]
+        any_dead = cfg.aux_weight > 0 and bool(dead_c.any())
+        select = _Selection(model, dead_c if any_dead else None)
+        vals, rows, cols = model.sparse_pre_activations(x_nd, select)
+        m = select.n_main
+        z, z_rows, z_cols = torch.relu(vals[:m]), rows[:m], cols[:m]
+        if model.cfg.sparsity == "topk":
+            x_hat = model.decode_topk(z.view(n, -1), z_cols.view(n, -1)).float()
+        else:
+            x_hat = model.decode_entries(z, z_rows, z_cols, n).float()
+        mse = ((x_hat - x_nd) ** 2).mean()
+        aux = mse * 0
+        if select.k_aux > 0:
+            k_aux = select.k_aux
+            aux = auxk_loss(model, vals[m:].view(n, k_aux), cols[m:].view(n, k_aux), x_nd - x_hat)
+        fired = z.detach() > 0
+        return {"mse": mse, "aux": aux, "x_hat": x_hat, "on": fired, "cols": z_cols}
+
     def step(self, x_nd: Tensor, lr: float) -> dict[str, Tensor]:
         model, cfg = self.model, self.cfg
         for group in self.opt.param_groups:
@@ -113,19 +158,8 @@ class Trainer:
         )
         dead_c = self.dead_c()
         with autocast:
-            pre = model.pre_activations(x_nd)
-            if model.cfg.sparsity == "topk":
-                # relu(topk(pre)) == topk(relu(pre)) but touches k values per token, not c
-                vals, idx = pre.topk(model.cfg.k, dim=-1)
-                vals = torch.relu(vals)
-                x_hat = model.decode_topk(vals, idx).float()
-                active_nk = (idx, vals.detach() > 0)
-            else:
-                z = model.sparsify(torch.relu(pre), update_threshold=True)
-                x_hat = model.decode_sparse(z).float()
-            mse = ((x_hat - x_nd) ** 2).mean()
-            aux = auxk_loss(model, pre, x_nd - x_hat, dead_c) if cfg.aux_weight > 0 else mse * 0
-            loss = mse + cfg.aux_weight * aux
+            out = self._losses(x_nd, dead_c)
+            loss = out["mse"] + cfg.aux_weight * out["aux"]
         self.opt.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()  # type: ignore[no-untyped-call]
         self.scaler.unscale_(self.opt)
@@ -136,22 +170,16 @@ class Trainer:
         self.scaler.update()
         model.project_()
         with torch.no_grad():
-            if model.cfg.sparsity == "topk":
-                idx, on = active_nk
-                fired_c = torch.zeros_like(dead_c).index_fill_(0, idx[on], True)
-                l0 = on.sum(dim=-1).float().mean()
-            else:
-                fired_c = (z > 0).any(dim=0)
-                l0 = (z > 0).sum(dim=-1).float().mean()
+            fired_c = torch.zeros_like(dead_c).index_fill_(0, out["cols"][out["on"]], True)
             self.silent_c += x_nd.shape[0]
             self.silent_c[fired_c] = 0
         return {
             "loss": loss.detach(),
-            "mse": mse.detach(),
-            "aux": aux.detach(),
-            "x_hat": x_hat.detach(),
+            "mse": out["mse"].detach(),
+            "aux": out["aux"].detach(),
+            "x_hat": out["x_hat"].detach(),
             "fired": fired_c,
-            "l0": l0,
+            "l0": out["on"].sum().float() / x_nd.shape[0],
             "dead": dead_c,
         }
 
@@ -224,6 +252,215 @@ def evaluate(
     }
 
 
+@dataclass(frozen=True)
+class ResumeState:
+    """What a training checkpoint restores: weights, optimiser/counters, loader position."""
+
+    step: int
+    model_tensors: dict[str, Tensor]
+    train_tensors: dict[str, Tensor]
+    loader_position: dict[str, Any]
+    kmeans_info: dict[str, float]
+    run_key: str | None
+
+    @classmethod
+    def load(cls, checkpoint_dir: Path) -> ResumeState | None:
+        loaded = load_train_checkpoint(checkpoint_dir)
+        if loaded is None:
+            return None
+        model_tensors, _header, train_tensors, state = loaded
+        return cls(
+            step=int(state["step"]),
+            model_tensors=model_tensors,
+            train_tensors=train_tensors,
+            loader_position=state["loader"],
+            kmeans_info=dict(state.get("kmeans", {})),
+            run_key=state.get("run_key"),
+        )
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """The schedule of a run: its length, where this call stops, and the resume key."""
+
+    sae_cfg: RASAEConfig
+    total_steps: int
+    run_steps: int
+    version: str
+    run_key: str
+    adjustments: list[str]
+
+
+def _plan(loader: TokenLoader, sae_cfg: RASAEConfig, train_cfg: TrainConfig) -> _Plan:
+    if loader.d != sae_cfg.d:
+        raise ValueError(f"the stores hold {loader.d}-d tokens but the SAE expects d={sae_cfg.d}")
+    sae_cfg, adjustments = sae_cfg.clamped_to(loader.n_tokens)
+    version = loader.version()
+    total_steps = max(1, loader.steps_for(train_cfg.epochs))
+    if train_cfg.max_tokens is not None:
+        budget_steps = max(1, train_cfg.max_tokens // train_cfg.batch_size)
+        if budget_steps < total_steps:
+            adjustments.append(
+                f"max_tokens {train_cfg.max_tokens}: {budget_steps} of {total_steps} steps"
+            )
+            total_steps = budget_steps
+    if loader.n_tokens < train_cfg.batch_size:
+        adjustments.append(
+            f"batch_size {train_cfg.batch_size} > {loader.n_tokens} tokens: one step per epoch"
+        )
+    # what decides the trajectory; run control (logging, checkpoint cadence, budget) may change
+    trajectory = {k: v for k, v in train_cfg.to_dict().items() if k not in _RUN_CONTROL}
+    run_key = json.dumps(
+        {"sae": sae_cfg.to_dict(), "train": trajectory, "data": version}, sort_keys=True
+    )
+    run_steps = min(total_steps, train_cfg.max_steps or total_steps)
+    return _Plan(sae_cfg, total_steps, run_steps, version, run_key, adjustments)
+
+
+def _fresh_trainer(
+    stores: list[str | Path],
+    plan: _Plan,
+    train_cfg: TrainConfig,
+    n_tokens: int,
+    device: torch.device,
+) -> tuple[Trainer, dict[str, float]]:
+    """A new model: k-means candidates (unless fused), projected, encoder = dictionary."""
+    sae_cfg = plan.sae_cfg
+    kmeans_info: dict[str, float] = {}
+    candidates = None
+    if not sae_cfg.fused:
+        km_loader = TokenLoader(
+            stores,
+            min(train_cfg.kmeans_batch, n_tokens),
+            train_cfg.buffer_tokens,
+            train_cfg.seed + 1,
+        )
+        # small data: ten passes are plenty; large data: the configured token budget
+        n_km = max(min(train_cfg.kmeans_tokens, 10 * n_tokens), sae_cfg.n_candidates)
+        candidates, kmeans_info = minibatch_kmeans(km_loader, sae_cfg.n_candidates, n_km, device)
+    model = RelaxedArchetypalSAE(sae_cfg, candidates).to(device)
+    model.project_()
+    model.init_encoder_from_dictionary()
+    model.train()
+    return Trainer(model, train_cfg, device), kmeans_info
+
+
+def _resumed_trainer(
+    resume: ResumeState,
+    plan: _Plan,
+    train_cfg: TrainConfig,
+    loader: TokenLoader,
+    device: torch.device,
+) -> Trainer:
+    model = build_empty(plan.sae_cfg)
+    model.load_state_dict(resume.model_tensors, assign=True)
+    model.to(device).train()
+    trainer = Trainer(model, train_cfg, device)
+    trainer.load_state_tensors(resume.train_tensors)
+    loader.load_state(resume.loader_position, resume.train_tensors["loader.carry"].numpy())
+    return trainer
+
+
+def _save_checkpoint(
+    checkpoint_dir: Path,
+    trainer: Trainer,
+    loader: TokenLoader,
+    plan: _Plan,
+    step: int,
+    kmeans: dict[str, float],
+) -> None:
+    position, carry = loader.state()
+    save_train_checkpoint(
+        checkpoint_dir,
+        trainer.model,
+        {"step": step, "data_version": plan.version},
+        {**trainer.state_tensors(), "loader.carry": torch.from_numpy(carry)},
+        {"step": step, "loader": position, "run_key": plan.run_key, "kmeans": kmeans},
+    )
+
+
+@torch.no_grad()
+def _log_record(
+    trainer: Trainer,
+    x: Tensor,
+    out: dict[str, Tensor],
+    step: int,
+    lr: float,
+    plan: _Plan,
+    tokens_per_s: float,
+) -> dict[str, Any]:
+    return {
+        "step": step,
+        "total_steps": plan.total_steps,
+        "lr": lr,
+        "loss": float(out["loss"]),
+        "mse": float(out["mse"]),
+        "aux_loss": float(out["aux"]),
+        "r2": explained_variance(x, out["x_hat"]),
+        "l0": float(out["l0"]),
+        "dead_fraction": float(out["dead"].float().mean()),
+        "threshold": _finite_or_none(float(trainer.model.threshold)),
+        "grad_norm": trainer.last_grad_norm,
+        "tokens_per_s": tokens_per_s,
+    }
+
+
+def _run_steps(
+    trainer: Trainer,
+    loader: TokenLoader,
+    plan: _Plan,
+    step: int,
+    checkpoint_dir: Path | None,
+    log: LogFn | None,
+    kmeans: dict[str, float],
+) -> tuple[int, float]:
+    """Optimise from ``step`` to ``plan.run_steps``; returns (last step, loop seconds)."""
+    cfg = trainer.cfg
+    tokens_at_start = step * cfg.batch_size
+    t_loop = time.perf_counter()
+    batches = iter(loader)
+    while step < plan.run_steps:
+        x = next(batches).to(trainer.device, non_blocking=True)
+        lr = lr_at(step, plan.total_steps, cfg)
+        out = trainer.step(x, lr)
+        step += 1
+        if checkpoint_dir and cfg.checkpoint_every and step % cfg.checkpoint_every == 0:
+            _save_checkpoint(checkpoint_dir, trainer, loader, plan, step, kmeans)
+        if log and (step % max(1, cfg.log_every) == 0 or step == plan.run_steps):
+            elapsed = time.perf_counter() - t_loop
+            rate = (step * cfg.batch_size - tokens_at_start) / elapsed if elapsed > 0 else 0.0
+            log(_log_record(trainer, x, out, step, lr, plan, rate))
+    return step, time.perf_counter() - t_loop
+
+
+def _final_metrics(
+    trainer: Trainer, loader: TokenLoader, plan: _Plan, step: int, first_step: int, loop_s: float
+) -> dict[str, Any]:
+    model, cfg = trainer.model, trainer.cfg
+    model.eval()
+    eval_tokens = loader.sample(min(cfg.eval_tokens, loader.n_tokens), cfg.seed + 2)
+    metrics: dict[str, Any] = evaluate(model, eval_tokens, trainer.device)
+    tokens_seen = step * cfg.batch_size
+    trained = tokens_seen - first_step * cfg.batch_size
+    dead_after = min(cfg.dead_after_tokens, max(1, tokens_seen))
+    metrics.update(
+        {
+            "steps": step,
+            "total_steps": plan.total_steps,
+            "tokens_seen": tokens_seen,
+            "epochs_seen": tokens_seen / loader.n_tokens,
+            "dataset_tokens": loader.n_tokens,
+            "train_tokens_per_s": trained / loop_s if loop_s > 0 else 0.0,
+            "n_concepts": plan.sae_cfg.n_concepts,
+            "n_candidates": plan.sae_cfg.n_candidates,
+            "threshold": _finite_or_none(float(model.threshold)),
+            "dead_fraction_train": float((trainer.silent_c >= dead_after).float().mean()),
+            "device": str(trainer.device),
+        }
+    )
+    return metrics
+
+
 def train_sae(
     feature_stores: Sequence[str | Path],
     sae_cfg: RASAEConfig,
@@ -238,140 +475,25 @@ def train_sae(
     """
     t0 = time.perf_counter()
     device = resolve_device(train_cfg.device)
-    loader = TokenLoader(
-        list(feature_stores),
-        train_cfg.batch_size,
-        train_cfg.buffer_tokens,
-        train_cfg.seed,
-    )
-    if loader.d != sae_cfg.d:
-        raise ValueError(f"the stores hold {loader.d}-d tokens but the SAE expects d={sae_cfg.d}")
-    sae_cfg, adjustments = sae_cfg.clamped_to(loader.n_tokens)
-    version = loader.version()
-    total_steps = max(1, loader.steps_for(train_cfg.epochs))
-    if train_cfg.max_tokens is not None:
-        budget_steps = max(1, train_cfg.max_tokens // train_cfg.batch_size)
-        if budget_steps < total_steps:
-            adjustments.append(
-                f"max_tokens {train_cfg.max_tokens}: {budget_steps} of {total_steps} steps"
-            )
-            total_steps = budget_steps
-    run_steps = min(total_steps, train_cfg.max_steps or total_steps)
-    if loader.n_tokens < train_cfg.batch_size:
-        adjustments.append(
-            f"batch_size {train_cfg.batch_size} > {loader.n_tokens} tokens: one step per epoch"
-        )
-    # what decides the trajectory; run control (logging, checkpoint cadence, budget) may change
-    trajectory = {k: v for k, v in train_cfg.to_dict().items() if k not in _RUN_CONTROL}
-    run_key = json.dumps(
-        {"sae": sae_cfg.to_dict(), "train": trajectory, "data": version}, sort_keys=True
-    )
-
+    stores = list(feature_stores)
+    loader = TokenLoader(stores, train_cfg.batch_size, train_cfg.buffer_tokens, train_cfg.seed)
+    plan = _plan(loader, sae_cfg, train_cfg)
+    adjustments = list(plan.adjustments)
     torch.manual_seed(train_cfg.seed)
-    resumed = load_train_checkpoint(checkpoint_dir) if checkpoint_dir else None
-    if resumed is not None and resumed[3].get("run_key") != run_key:
+    resume = ResumeState.load(checkpoint_dir) if checkpoint_dir else None
+    if resume is not None and resume.run_key != plan.run_key:
         adjustments.append("ignored a checkpoint of another config or data version")
-        resumed = None
-
-    kmeans_info: dict[str, float] = {}
-    if resumed is None:
-        candidates = None
-        if not sae_cfg.fused:
-            km_loader = TokenLoader(
-                list(feature_stores),
-                min(train_cfg.kmeans_batch, loader.n_tokens),
-                train_cfg.buffer_tokens,
-                train_cfg.seed + 1,
-            )
-            # small data: ten passes are plenty; large data: the configured token budget
-            n_km = max(min(train_cfg.kmeans_tokens, 10 * loader.n_tokens), sae_cfg.n_candidates)
-            candidates, kmeans_info = minibatch_kmeans(
-                km_loader, sae_cfg.n_candidates, n_km, device
-            )
-        model = RelaxedArchetypalSAE(sae_cfg, candidates).to(device)
-        model.project_()
-        model.init_encoder_from_dictionary()
-        model.train()
-        trainer = Trainer(model, train_cfg, device)
-        step = 0
+        resume = None
+    if resume is None:
+        trainer, kmeans_info = _fresh_trainer(stores, plan, train_cfg, loader.n_tokens, device)
+        first_step = 0
     else:
-        model_t, _, train_t, state = resumed
-        model = build_empty(sae_cfg)
-        model.load_state_dict(model_t, assign=True)
-        model.to(device).train()
-        trainer = Trainer(model, train_cfg, device)
-        trainer.load_state_tensors(train_t)
-        loader.load_state(state["loader"], train_t["loader.carry"].numpy())
-        step = int(state["step"])
-        kmeans_info = state.get("kmeans", {})
-        adjustments.append(f"resumed from step {step}")
-
-    tokens_at_start = step * train_cfg.batch_size
-    t_loop = time.perf_counter()
-    batches = iter(loader)
-    while step < run_steps:
-        x = next(batches).to(device, non_blocking=True)
-        lr = lr_at(step, total_steps, train_cfg)
-        out = trainer.step(x, lr)
-        step += 1
-        if checkpoint_dir and train_cfg.checkpoint_every and step % train_cfg.checkpoint_every == 0:
-            position, carry = loader.state()
-            save_train_checkpoint(
-                checkpoint_dir,
-                model,
-                {"step": step, "data_version": version},
-                {**trainer.state_tensors(), "loader.carry": torch.from_numpy(carry)},
-                {"step": step, "loader": position, "run_key": run_key, "kmeans": kmeans_info},
-            )
-        if log and (step % max(1, train_cfg.log_every) == 0 or step == run_steps):
-            elapsed = time.perf_counter() - t_loop
-            with torch.no_grad():
-                log(
-                    {
-                        "step": step,
-                        "total_steps": total_steps,
-                        "lr": lr,
-                        "loss": float(out["loss"]),
-                        "mse": float(out["mse"]),
-                        "aux_loss": float(out["aux"]),
-                        "r2": explained_variance(x, out["x_hat"]),
-                        "l0": float(out["l0"]),
-                        "dead_fraction": float(out["dead"].float().mean()),
-                        "threshold": _finite_or_none(float(model.threshold)),
-                        "grad_norm": trainer.last_grad_norm,
-                        "tokens_per_s": (step * train_cfg.batch_size - tokens_at_start) / elapsed
-                        if elapsed > 0
-                        else 0.0,
-                    }
-                )
-
-    loop_seconds = time.perf_counter() - t_loop
-    model.eval()
-    eval_tokens = loader.sample(min(train_cfg.eval_tokens, loader.n_tokens), train_cfg.seed + 2)
-    metrics: dict[str, Any] = evaluate(model, eval_tokens, device)
-    tokens_seen = step * train_cfg.batch_size
+        trainer = _resumed_trainer(resume, plan, train_cfg, loader, device)
+        kmeans_info, first_step = resume.kmeans_info, resume.step
+        adjustments.append(f"resumed from step {first_step}")
+    step, loop_s = _run_steps(trainer, loader, plan, first_step, checkpoint_dir, log, kmeans_info)
+    metrics = _final_metrics(trainer, loader, plan, step, first_step, loop_s)
     metrics.update(
-        {
-            "steps": step,
-            "total_steps": total_steps,
-            "tokens_seen": tokens_seen,
-            "epochs_seen": tokens_seen / loader.n_tokens,
-            "dataset_tokens": loader.n_tokens,
-            "seconds": time.perf_counter() - t0,
-            "train_tokens_per_s": (tokens_seen - tokens_at_start) / loop_seconds
-            if loop_seconds > 0
-            else 0.0,
-            "n_concepts": sae_cfg.n_concepts,
-            "n_candidates": sae_cfg.n_candidates,
-            "threshold": _finite_or_none(float(model.threshold)),
-            "dead_fraction_train": float(
-                (trainer.silent_c >= min(train_cfg.dead_after_tokens, max(1, tokens_seen)))
-                .float()
-                .mean()
-            ),
-            "device": str(device),
-            "adjustments": list(adjustments),
-            **kmeans_info,
-        }
+        {"seconds": time.perf_counter() - t0, "adjustments": list(adjustments), **kmeans_info}
     )
-    return TrainResult(model, metrics, version, sae_cfg, train_cfg, adjustments)
+    return TrainResult(trainer.model, metrics, plan.version, plan.sae_cfg, train_cfg, adjustments)
