@@ -18,8 +18,6 @@ from blindspot_assets.encoders.dinov2 import extract_features, load_encoder
 from blindspot_assets.generators.registry import build_generator
 from blindspot_assets.generators.runner import generate_image_set
 from blindspot_assets.sae import (
-    RASAEConfig,
-    TrainConfig,
     encode_features_to_codes,
     load_sae,
     save_sae,
@@ -27,7 +25,6 @@ from blindspot_assets.sae import (
 )
 from blindspot_assets.sources.demo import fetch
 from blindspot_assets.stats import (
-    BlindspotParams,
     compute_concept_stats,
     flag_blindspots,
     top_images_per_concept,
@@ -83,8 +80,8 @@ def main() -> None:
         "sae (train)",
         lambda: train_sae(
             [cfg.layout.features(REAL)],
-            RASAEConfig.from_spec(cfg.sae, d),
-            TrainConfig.from_spec(cfg.sae),
+            cfg.sae.model.sized(d),
+            cfg.sae.train,
         ),
         lambda r: f"R2={r.metrics.get('r2', float('nan')):.3f}",
     )
@@ -97,7 +94,7 @@ def main() -> None:
                 model, cfg.layout.features(ds), cfg.layout.codes(ds), cfg.sae.k_max_store
             ),
         )
-    params = BlindspotParams.from_spec(cfg.stats)
+    params = cfg.stats.params
     for m in cfg.models:
         stats = stage(
             f"concept_stats[{m}]",

@@ -97,7 +97,7 @@ def run_size(
     if sae_epochs is not None:
         raw["sae"]["epochs"] = sae_epochs
     if sae_max_tokens is not None:
-        raw["sae"]["max_train_tokens"] = sae_max_tokens
+        raw["sae"]["max_tokens"] = sae_max_tokens
     config = workdir / "run.yaml"
     config.write_text(yaml.safe_dump(raw, sort_keys=False))
     home = workdir / "dagster_home"
@@ -160,7 +160,7 @@ def main() -> None:
     ap.add_argument("--sizes", type=int, nargs="+", default=[1000, 10000])
     ap.add_argument("--sae-epochs", type=int, default=None, help="override demo.yaml's epochs")
     ap.add_argument(
-        "--sae-max-tokens", type=int, default=None, help="SAE token budget (sae.max_train_tokens)"
+        "--sae-max-tokens", type=int, default=None, help="SAE token budget (sae.max_tokens)"
     )
     ap.add_argument("--keep", action="store_true", help="keep the data roots")
     ap.add_argument("--json", type=Path, default=None, help="also write the results here")

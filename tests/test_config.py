@@ -1,7 +1,12 @@
+from dataclasses import fields
+
 import pytest
 import yaml
 
-from blindspot_assets.config import ConfigError, load_config, parse_config
+from blindspot_assets.config import ConfigError, SAESpec, StatsSpec, load_config, parse_config
+from blindspot_assets.config_fields import build, flat_dict, yaml_fields
+from blindspot_assets.sae.config import RASAEConfig, TrainConfig
+from blindspot_assets.stats.params import BlindspotParams
 from tests.conftest import REPO, demo_config_dict
 
 
@@ -12,8 +17,8 @@ def test_embedded_demo_config_loads():
     assert cfg.controls == ["control-copy", "control-redraw"]
     assert cfg.model("control-copy").params["real_images"] == str(cfg.layout.real_images)
     assert cfg.images.codec == "jpeg" and cfg.images.quality == 75
-    assert cfg.stats.temperature == 0.8
-    assert cfg.stats.suppressed_below == 0.1 and cfg.stats.exaggerated_above == 0.9
+    assert cfg.stats.params.temperature == 0.8
+    assert cfg.stats.params.suppressed_below == 0.1 and cfg.stats.params.exaggerated_above == 0.9
     assert cfg.data_root.is_absolute()
 
 
@@ -71,3 +76,75 @@ def test_a_config_extends_another_key_by_key(tmp_path):
     (tmp_path / "base.yaml").write_text(yaml.safe_dump({**base, "extends": "child.yaml"}))
     with pytest.raises(ConfigError, match="cycle"):
         load_config(tmp_path / "child.yaml")
+
+
+@pytest.mark.parametrize(
+    ("block", "key", "nearest"),
+    [
+        ("sae", "n_concept", "n_concepts"),
+        ("sae", "max_train_tokens", "max_tokens"),  # the old name of the token budget
+        ("sae", "learning_rat", None),  # nothing close: no suggestion, the known fields
+        ("stats", "temprature", "temperature"),
+        ("images", "qualty", "quality"),
+        (None, "stat", "stats"),
+    ],
+)
+def test_a_mistyped_field_names_the_nearest_known_one(tmp_path, block, key, nearest):
+    raw = demo_config_dict(tmp_path)
+    (raw.setdefault(block, {}) if block else raw)[key] = 1
+    with pytest.raises(ConfigError) as caught:
+        parse_config(raw)
+    message = str(caught.value)
+    assert f"['{key}']" in message and "known fields" in message or "allowed" in message
+    if nearest:
+        assert f"'{key}' → did you mean '{nearest}'?" in message
+    else:
+        assert "did you mean" not in message
+
+
+def test_a_mistyped_choice_names_the_nearest_value(tmp_path):
+    raw = demo_config_dict(tmp_path)
+    raw["sae"]["sparsity"] = "batch_topk"
+    with pytest.raises(ConfigError, match=r"sae\.sparsity must be one of \['topk', 'batchtopk'\]"
+                       r", got 'batch_topk' \(did you mean 'batchtopk'\?\)"):  # fmt: skip
+        parse_config(raw)
+
+
+@pytest.mark.parametrize(
+    ("block", "values", "library"),
+    [
+        ("sae", {"k": 0}, lambda: RASAEConfig(n_concepts=128, k=0)),
+        ("sae", {"n_concepts": 4}, lambda: RASAEConfig(n_concepts=4, k=8)),  # the demo: k = 8
+        ("sae", {"sparsity": "top"}, lambda: RASAEConfig(sparsity="top")),  # type: ignore[arg-type]
+        ("sae", {"warmup_frac": 1.5}, lambda: TrainConfig(warmup_frac=1.5)),
+        ("sae", {"amp_dtype": "fp8"}, lambda: TrainConfig(amp_dtype="fp8")),  # type: ignore[arg-type]
+        ("stats", {"temperature": 0}, lambda: BlindspotParams(temperature=0)),
+        ("stats", {"suppressed_below": 0.95}, lambda: BlindspotParams(suppressed_below=0.95)),
+        ("stats", {"n_bootstrap": -1}, lambda: BlindspotParams(n_bootstrap=-1)),
+    ],
+)
+def test_each_check_is_the_library_configs_own(tmp_path, block, values, library):
+    """The run config validates a nested field once, in the library dataclass that owns it: its
+    error is the library's message, placed in the block."""
+    with pytest.raises(ConfigError) as direct:
+        library()
+    raw = demo_config_dict(tmp_path)
+    raw[block].update(values)
+    with pytest.raises(ConfigError) as through_config:
+        parse_config(raw)
+    assert str(through_config.value) == f"{block}.{direct.value}"
+
+
+def test_library_configs_are_nested_not_copied(tmp_path):
+    cfg = parse_config(demo_config_dict(tmp_path))
+    assert isinstance(cfg.sae.model, RASAEConfig) and isinstance(cfg.sae.train, TrainConfig)
+    assert isinstance(cfg.stats.params, BlindspotParams)
+    # a field is defined in one dataclass: the run config's blocks hold none of the library's
+    own = {f.name for spec in (SAESpec, StatsSpec) for f in fields(spec)}
+    nested = {f.name for lib in (RASAEConfig, TrainConfig, BlindspotParams) for f in fields(lib)}
+    assert not own & nested
+    # the YAML block is the nested configs' fields written flat: it reads back to the same spec
+    assert build(SAESpec, flat_dict(cfg.sae), "sae") == cfg.sae
+    assert build(StatsSpec, flat_dict(cfg.stats), "stats") == cfg.stats
+    assert cfg.sae.model.d == 0 and cfg.sae.model.sized(768).d == 768  # the encoder's width
+    assert "d" not in yaml_fields(SAESpec)  # not the user's to write

@@ -102,7 +102,7 @@ def concept_stats(
     context: dg.AssetExecutionContext, run_config: RunConfigResource
 ) -> dg.MaterializeResult:
     cfg = run_config.load()
-    params = BlindspotParams.from_spec(cfg.stats)
+    params = cfg.stats.params
     written = _write_per_model(
         context,
         cfg,
@@ -139,7 +139,7 @@ def blindspots(
     context: dg.AssetExecutionContext, run_config: RunConfigResource
 ) -> dg.MaterializeResult:
     cfg = run_config.load()
-    params = BlindspotParams.from_spec(cfg.stats)
+    params = cfg.stats.params
     written = _write_per_model(
         context,
         cfg,
@@ -198,9 +198,8 @@ def concept_top_images(
         if not store_exists(path):
             context.log.warning(f"no concept codes for {dataset} yet; skipped")
             continue
-        top = top_images(path, cfg.stats.top_images, by=cfg.stats.top_images_by).with_columns(
-            pl.lit(dataset).alias("dataset")
-        )
+        top = top_images(path, cfg.stats.params.top_images, by=cfg.stats.top_images_by)
+        top = top.with_columns(pl.lit(dataset).alias("dataset"))
         write_table_partition(cfg.layout.tables, "concept_top_images", dataset, top)
         counts[dataset] = top.height
     refresh_views(cfg.layout.duckdb, cfg.layout.tables)
@@ -263,7 +262,7 @@ def memorization_candidates(
             cfg.layout.features(REAL),
             cfg.layout.features(m),
             calibration_quantile=cfg.stats.memorization_quantile,
-            seed=cfg.stats.seed,
+            seed=cfg.stats.params.seed,
             all_rows=True,  # every pair: the report shows the lowest distances, candidate or not
             real_images=cfg.layout.real_images,
             gen_images=cfg.layout.generated_images(m),
@@ -365,7 +364,7 @@ def concept_map(
     model, _ = sae_checkpoint.load_sae(cfg.layout.sae)
     with torch.no_grad():
         dictionary = model.dictionary().float().cpu().numpy()
-    table = concept_map_lib.concept_map_table(dictionary, seed=cfg.stats.seed, n_jobs=-1)
+    table = concept_map_lib.concept_map_table(dictionary, seed=cfg.stats.params.seed, n_jobs=-1)
     table = table.with_columns(pl.lit(sae_version(cfg.layout.sae)).alias("sae_version"))
     write_table_partition(cfg.layout.tables, "concept_map", "all", table)
     refresh_views(cfg.layout.duckdb, cfg.layout.tables)
@@ -402,7 +401,7 @@ def model_comparison(
     context: dg.AssetExecutionContext, run_config: RunConfigResource
 ) -> dg.MaterializeResult:
     cfg = run_config.load()
-    params = BlindspotParams.from_spec(cfg.stats)
+    params = cfg.stats.params
     stats_by_model = _available(cfg, "concept_stats")
     meta: dict[str, Any] = {}
     if stats_by_model:

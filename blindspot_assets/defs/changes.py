@@ -20,7 +20,6 @@ from blindspot_assets.defs.partitions import (
     single_run,
 )
 from blindspot_assets.defs.resources import RunConfigResource
-from blindspot_assets.stats import BlindspotParams
 from blindspot_assets.stats.changes import blindspot_changes as compute_changes
 from blindspot_assets.stats.changes import regressions, status_counts
 from blindspot_assets.store.layout import REAL
@@ -55,7 +54,7 @@ def blindspot_changes(
     context: dg.AssetExecutionContext, run_config: RunConfigResource
 ) -> dg.MaterializeResult:
     cfg = run_config.load()
-    params = BlindspotParams.from_spec(cfg.stats)
+    params = cfg.stats.params
     counts: dict[str, Any] = {}
     skipped: dict[str, str] = {}
     previews = []

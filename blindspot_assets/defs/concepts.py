@@ -22,8 +22,6 @@ from blindspot_assets.defs.sharding import (
 )
 from blindspot_assets.devices import choose_device
 from blindspot_assets.sae import (
-    RASAEConfig,
-    TrainConfig,
     encode_features_to_codes,
     load_sae,
     open_codes_store,
@@ -61,8 +59,8 @@ def sae(context: dg.AssetExecutionContext, run_config: RunConfigResource) -> dg.
     d = int(RowStore.open(stores[0]).array("tokens").shape[2])
     if cfg.sae.pretrained:
         return _use_pretrained(context, cfg, Path(cfg.sae.pretrained), d)
-    sae_cfg = RASAEConfig.from_spec(cfg.sae, d)
-    train_cfg = TrainConfig.from_spec(cfg.sae)
+    sae_cfg = cfg.sae.model.sized(d)
+    train_cfg = cfg.sae.train
     t0 = time.perf_counter()
     result = train_sae(
         stores,
@@ -103,11 +101,11 @@ def _train_replicate(
 ) -> dict[str, Any]:
     """The same SAE trained again with ``sae.replicate_seed``: blindspots say which of their
     concepts replicate in it (``stats.replication``)."""
-    spec = replace(cfg.sae, seed=int(cfg.sae.replicate_seed or 0))
+    spec = replace(cfg.sae.train, seed=int(cfg.sae.replicate_seed or 0))
     result = train_sae(
         stores,
-        RASAEConfig.from_spec(spec, d),
-        TrainConfig.from_spec(spec),
+        cfg.sae.model.sized(d),
+        spec,
         checkpoint_dir=cfg.layout.sae_replicate / "checkpoints",
         log=lambda m: context.log.info(f"sae replicate step {json.dumps(m, default=str)}"),
     )

@@ -48,7 +48,7 @@ def _top_images(cfg: RunConfig, model_key: str) -> pl.DataFrame:
             frames.append(read_table(cfg.layout.tables, "concept_top_images", dataset))
         except FileNotFoundError:
             top = top_images(
-                cfg.layout.codes(dataset), cfg.stats.top_images, cfg.stats.top_images_by
+                cfg.layout.codes(dataset), cfg.stats.params.top_images, cfg.stats.top_images_by
             )
             frames.append(top.with_columns(pl.lit(dataset).alias("dataset")))
     return pl.concat(frames, how="diagonal_relaxed")

@@ -57,15 +57,15 @@ def prepare(cfg: RunConfig, overcomplete_python: str | None, log: bool = True) -
                 f"(bash {MAKE_ENV} /tmp/oc-venv) and pass --overcomplete-python "
                 "/tmp/oc-venv/bin/python"
             )
-        theta = cfg.sae.threshold
+        sae, theta = cfg.sae.model, cfg.sae.threshold
         if theta is None:
-            theta = layernorm_threshold(cfg.sae.k, cfg.sae.n_concepts)
+            theta = layernorm_threshold(sae.k, sae.n_concepts)
         src.parent.mkdir(parents=True, exist_ok=True)
         t0 = time.perf_counter()
         cmd = [
             overcomplete_python, str(RELEASE_WRITER), str(src),
-            "--concepts", str(cfg.sae.n_concepts), "--candidates", str(cfg.sae.n_candidates),
-            "--k", str(cfg.sae.k), "--threshold", repr(float(theta)), "--seed", str(cfg.seed),
+            "--concepts", str(sae.n_concepts), "--candidates", str(sae.n_candidates),
+            "--k", str(sae.k), "--threshold", repr(float(theta)), "--seed", str(cfg.seed),
         ]  # fmt: skip
         subprocess.run(cmd, check=True)
         done["sae_release_s"] = round(time.perf_counter() - t0, 1)

@@ -13,6 +13,7 @@ import numpy as np
 import polars as pl
 
 from blindspot_assets.config import RunConfig
+from blindspot_assets.config_fields import flat_dict
 from blindspot_assets.store.images import MANIFEST, model_version, read_lineage
 from blindspot_assets.store.layout import REAL
 from blindspot_assets.store.rowstore import RowStore
@@ -185,7 +186,7 @@ def read_lineage_block(cfg: RunConfig, tables: dict[str, pl.DataFrame | None]) -
         "seed": cfg.seed,
         "real source": {"kind": cfg.real.kind, **cfg.real.params},
         "real images by status": _manifest_counts(cfg.layout.real_images),
-        "stats": dict(cfg.stats.__dict__),
+        "stats": flat_dict(cfg.stats),
     }
     encoder = {"spec": dict(cfg.encoder.__dict__), **_store_attrs(cfg.layout.features(REAL))}
     encoder.pop("fingerprint", None)

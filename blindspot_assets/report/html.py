@@ -123,7 +123,8 @@ class ModelSection:
 
 
 def _sigmoid_markers(cfg: RunConfig) -> dict[float, str]:
-    return {cfg.stats.suppressed_below: "suppressed", cfg.stats.exaggerated_above: "exaggerated"}
+    params = cfg.stats.params
+    return {params.suppressed_below: "suppressed", params.exaggerated_above: "exaggerated"}
 
 
 def _skewness(x: np.ndarray) -> float:
@@ -552,7 +553,7 @@ def _model_counts(
         counts["pairs"] = int(stats[n_pairs][0])
     if "significant" in stats.columns:
         n_sig = int(stats["significant"].sum())
-        counts["expected false flags"] = expected_false_flags(n_sig, cfg.stats.alpha)
+        counts["expected false flags"] = expected_false_flags(n_sig, cfg.stats.params.alpha)
     done = [c for c in controls if c["significant"] is not None]
     counts["control floor"] = max(max(c["significant"], c["paper"]) for c in done) if done else None
     # does the concept vocabulary cover this model's images as well as the real ones?

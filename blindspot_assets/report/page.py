@@ -109,12 +109,12 @@ _TEMPLATE = r"""<!doctype html>
 <link rel="icon" href="data:,">
 <title>{{ title }}</title>
 <style>{{ css }} :root{--px:{{ px }}px}</style>
-</head><body>
+</head><body>{% set sp = cfg.stats.params %}
 <header class="top"><h1>{{ title }}</h1>
 <div class="sub">generated {{ generated_at }} · run config <code>{{ cfg.name }}</code> ·
 {{ sections|length }} model{{ '' if sections|length == 1 else 's' }} ·
-T = {{ cfg.stats.temperature }}, suppressed δ &lt; {{ cfg.stats.suppressed_below }},
-exaggerated δ &gt; {{ cfg.stats.exaggerated_above }}, α = {{ cfg.stats.alpha }}</div></header>
+T = {{ sp.temperature }}, suppressed δ &lt; {{ sp.suppressed_below }},
+exaggerated δ &gt; {{ sp.exaggerated_above }}, α = {{ sp.alpha }}</div></header>
 <nav class="toc"><a href="#overview">Overview</a>
 {%- for s in sections %}<a href="#model-{{ s.key }}">{{ s.key }}</a>{% endfor -%}
 {%- for a in analyses %}<a href="#{{ a.id }}">{{ a.title }}</a>{% endfor -%}
@@ -164,9 +164,9 @@ join(", ") }} flag 0 concepts under either verdict.</p>{% endif %}
 {% for k in sections[0].counts %}<td>{{ num(s.counts.get(k)) }}</td>{% endfor %}</tr>{% endfor %}
 </tbody></table>
 <p class="note">“paper”: δ beyond the thresholds (the paper's verdict). “significant”: a
-minimum-effect test of “the change is negligible” (|d_z| ≤ {{ cfg.stats.min_effect_size }} and
-|relative| ≤ {{ cfg.stats.min_relative }}), Benjamini–Hochberg across concepts at
-α = {{ cfg.stats.alpha }}; “expected false flags” is α × significant, the FDR bound in counts.
+minimum-effect test of “the change is negligible” (|d_z| ≤ {{ sp.min_effect_size }} and
+|relative| ≤ {{ sp.min_relative }}), Benjamini–Hochberg across concepts at
+α = {{ sp.alpha }}; “expected false flags” is α × significant, the FDR bound in counts.
 “control floor”: the most flags any null control model got (its flags are artefacts).
 Concept names are the caption terms most associated with a concept
 {%- if not labels_present %} (table <code>concept_labels</code> not materialised yet:

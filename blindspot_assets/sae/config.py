@@ -1,13 +1,17 @@
-"""Frozen configs of the RA-SAE: one for the model, one for its training run."""
+"""Frozen configs of the RA-SAE: one for the model, one for its training run.
+
+Both are nested in the run config's ``sae`` block (``config.SAESpec.model`` and ``.train``),
+whose YAML keys are their field names: a default or a check is written here only."""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields, replace
-from typing import Any
+from dataclasses import asdict, dataclass, field, fields, replace
+from typing import Any, Literal
 
-from blindspot_assets.config import SAESpec
+from blindspot_assets.config_fields import SET_BY_RUN, ConfigError, check_fields
 
-SPARSITIES = ("topk", "batchtopk")
+Sparsity = Literal["topk", "batchtopk"]
+SPARSITIES: tuple[Sparsity, ...] = ("topk", "batchtopk")
 
 
 @dataclass(frozen=True)
@@ -18,31 +22,49 @@ class RASAEConfig:
     archetypal parametrisation: an inference-only model, e.g. an imported checkpoint.
     """
 
-    d: int
-    n_concepts: int
-    sparsity: str = "batchtopk"  # topk | batchtopk
-    k: int = 32  # active concepts per token (TopK) or on average per token (BatchTopK)
+    d: int = field(default=0, metadata=SET_BY_RUN)
+    """Token width: the encoder's. 0 in a run config, where ``sized(d)`` sets it at training."""
+    n_concepts: int = 32000
+    """Concepts c of the dictionary (the released checkpoint: 32,000)."""
+    sparsity: Sparsity = "batchtopk"
+    """topk: k codes per token; batchtopk: k per token on average over a batch, a global
+    threshold θ at inference."""
+    k: int = 32
+    """Active concepts per token (TopK) or on average per token (BatchTopK); ≤ n_concepts."""
     n_candidates: int = 32000
+    """Archetype candidates C (k-means centroids of the training tokens); 0: a fused dictionary."""
     delta_relax: float = 0.01
+    """δ: how far an atom may leave the convex hull of the candidates."""
     encoder_layernorm: bool = True
+    """LayerNorm the tokens before the encoder."""
     layernorm_eps: float = 1e-5
-    use_multiplier: bool = True  # train the scale m of D = exp(m) · (...)
-    threshold_momentum: float = 0.9  # running θ ← μ·θ + (1−μ)·θ_batch, as overcomplete
-    aux_k: int | None = None  # AuxK: dead concepts used to model the residual; None → d // 2
+    """ε of that LayerNorm."""
+    use_multiplier: bool = True
+    """Train the scale m of D = exp(m) · (...)."""
+    threshold_momentum: float = 0.9
+    """Running θ ← μ·θ + (1−μ)·θ_batch of BatchTopK, as overcomplete."""
+    aux_k: int | None = None
+    """AuxK: dead concepts used to model the residual; None → d // 2."""
 
     def __post_init__(self) -> None:
-        if self.sparsity not in SPARSITIES:
-            raise ValueError(f"sparsity must be one of {SPARSITIES}, got {self.sparsity!r}")
-        if self.d < 1 or self.n_concepts < 1:
-            raise ValueError(f"d and n_concepts must be ≥ 1 (got d={self.d}, c={self.n_concepts})")
+        check_fields(self)
+        if self.d < 0:
+            raise ConfigError(f"d must be ≥ 1 (0: not sized yet), got {self.d}")
+        if self.n_concepts < 1:
+            raise ConfigError(f"n_concepts must be ≥ 1, got {self.n_concepts}")
         if not 1 <= self.k <= self.n_concepts:
-            raise ValueError(f"k must be in [1, n_concepts={self.n_concepts}], got {self.k}")
+            raise ConfigError(
+                f"k must be in [1, n_concepts={self.n_concepts}], got {self.k}: set k within it "
+                "or raise n_concepts"
+            )
         if self.n_candidates < 0:
-            raise ValueError(f"n_candidates must be ≥ 0, got {self.n_candidates}")
+            raise ConfigError(f"n_candidates must be ≥ 0 (0: fused), got {self.n_candidates}")
         if self.delta_relax < 0:
-            raise ValueError(f"delta_relax must be ≥ 0, got {self.delta_relax}")
+            raise ConfigError(f"delta_relax must be ≥ 0, got {self.delta_relax}")
         if not 0.0 <= self.threshold_momentum < 1.0:
-            raise ValueError(f"threshold_momentum must be in [0, 1), got {self.threshold_momentum}")
+            raise ConfigError(
+                f"threshold_momentum must be in [0, 1), got {self.threshold_momentum}"
+            )
 
     @property
     def fused(self) -> bool:
@@ -52,16 +74,11 @@ class RASAEConfig:
     def effective_aux_k(self) -> int:
         return min(self.aux_k if self.aux_k is not None else max(1, self.d // 2), self.n_concepts)
 
-    @classmethod
-    def from_spec(cls, spec: SAESpec, d: int) -> RASAEConfig:
-        return cls(
-            d=d,
-            n_concepts=spec.n_concepts,
-            sparsity=spec.sparsity,
-            k=min(spec.k, spec.n_concepts),
-            n_candidates=spec.n_candidates,
-            delta_relax=spec.delta_relax,
-        )
+    def sized(self, d: int) -> RASAEConfig:
+        """This config for tokens of width ``d`` (the encoder's)."""
+        if d < 1:
+            raise ConfigError(f"d must be ≥ 1, got {d}")
+        return replace(self, d=d)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -93,53 +110,62 @@ class TrainConfig:
     """One training run. Defaults follow the released checkpoint (docs/method.md §4)."""
 
     epochs: int = 1
+    """Passes over the training tokens (see max_tokens)."""
     batch_size: int = 4096
+    """Tokens per optimiser step."""
     lr: float = 5e-4
+    """Peak learning rate (Adam), after the warm-up."""
     lr_end: float = 1e-6
+    """Learning rate at the end of the cosine decay."""
     warmup_frac: float = 0.05
+    """Fraction of the steps spent warming up linearly, in [0, 1)."""
     aux_weight: float = 1.0 / 32
+    """Weight of the AuxK loss (dead concepts modelling the residual)."""
     weight_decay: float = 0.0
+    """Adam's weight decay."""
     seed: int = 0
-    buffer_tokens: int = 1 << 17  # shuffle window of the token loader (fp16 in memory)
-    grad_clip: float = 1.0  # max global gradient norm; 0 disables
-    device: str = "auto"  # auto | cpu | cuda | cuda:N
-    amp_dtype: str = "bfloat16"  # autocast dtype on CUDA (bfloat16 | float16); CPU stays fp32
-    checkpoint_every: int = 1000  # steps; 0 disables
-    log_every: int = 100  # steps
-    max_steps: int | None = None  # stop early (time budgets); the LR schedule keeps its length
-    kmeans_tokens: int = 1 << 21  # tokens seen by the streaming mini-batch k-means
+    """Seed of the initialisation, the k-means and the token order."""
+    buffer_tokens: int = 1 << 17
+    """Shuffle window of the token loader (fp16 in memory)."""
+    grad_clip: float = 1.0
+    """Max global gradient norm; 0 disables."""
+    device: str = "auto"
+    """auto | cpu | cuda | cuda:N."""
+    amp_dtype: Literal["bfloat16", "float16"] = "bfloat16"
+    """Autocast dtype on CUDA; CPU stays float32."""
+    checkpoint_every: int = 1000
+    """Steps between resumable checkpoints; 0 disables."""
+    log_every: int = 100
+    """Steps between progress lines."""
+    max_steps: int | None = None
+    """Stop early (time budgets); the LR schedule keeps its length."""
+    kmeans_tokens: int = 1 << 21
+    """Tokens seen by the streaming mini-batch k-means that places the candidates."""
     kmeans_batch: int = 8192
-    dead_after_tokens: int = 10_000_000  # a concept silent this long counts as dead (AuxK)
-    eval_tokens: int = 1 << 16  # tokens of the final evaluation pass (metrics)
-    # Token budget of the whole run: the schedule is min(epochs × dataset, max_tokens) long.
-    # At 1M images an epoch is ~261M tokens; a budget keeps SAE time fixed as N grows.
+    """Tokens per k-means step."""
+    dead_after_tokens: int = 10_000_000
+    """A concept silent this long counts as dead (AuxK)."""
+    eval_tokens: int = 1 << 16
+    """Tokens of the final evaluation pass (metrics)."""
     max_tokens: int | None = None
+    """Token budget of the whole run: the schedule is min(epochs × dataset, max_tokens) long.
+    At 1M images an epoch is ~261M tokens; a budget keeps SAE time fixed as N grows."""
 
     def __post_init__(self) -> None:
+        check_fields(self)
         if self.epochs < 1 or self.batch_size < 1:
-            raise ValueError("epochs and batch_size must be ≥ 1")
+            raise ConfigError(
+                f"epochs and batch_size must be ≥ 1, got {self.epochs} and {self.batch_size}"
+            )
         if self.buffer_tokens < 1:
-            raise ValueError("buffer_tokens must be ≥ 1")
+            raise ConfigError(f"buffer_tokens must be ≥ 1, got {self.buffer_tokens}")
         if not 0.0 <= self.warmup_frac < 1.0:
-            raise ValueError(f"warmup_frac must be in [0, 1), got {self.warmup_frac}")
-        if self.amp_dtype not in ("bfloat16", "float16"):
-            raise ValueError(f"amp_dtype must be bfloat16 or float16, got {self.amp_dtype!r}")
+            raise ConfigError(f"warmup_frac must be in [0, 1), got {self.warmup_frac}")
         if self.max_tokens is not None and self.max_tokens < self.batch_size:
-            raise ValueError(f"max_tokens {self.max_tokens} is below one batch ({self.batch_size})")
-
-    @classmethod
-    def from_spec(cls, spec: SAESpec, **overrides: Any) -> TrainConfig:
-        base = cls(
-            epochs=spec.epochs,
-            batch_size=spec.batch_size,
-            lr=spec.lr,
-            lr_end=spec.lr_end,
-            warmup_frac=spec.warmup_frac,
-            aux_weight=spec.aux_weight,
-            seed=spec.seed,
-            max_tokens=spec.max_train_tokens,
-        )
-        return replace(base, **overrides)
+            raise ConfigError(
+                f"max_tokens {self.max_tokens} is below one batch ({self.batch_size}): raise it "
+                "or lower batch_size"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -37,7 +37,7 @@ import torch
 from torch import Tensor
 
 from blindspot_assets.sae.checkpoint import load_sae, read_header, save_sae
-from blindspot_assets.sae.config import RASAEConfig
+from blindspot_assets.sae.config import RASAEConfig, Sparsity
 from blindspot_assets.sae.model import RelaxedArchetypalSAE
 
 PLACEHOLDER_MODULES = ("overcomplete", "torch.nn.")
@@ -386,7 +386,7 @@ def _finite_threshold(value: Any, where: str) -> float:
 
 def _resolve_threshold(
     sae: Placeholder, configured: float | None, beside: float | None, src_name: str
-) -> tuple[str, float, dict[str, Any]]:
+) -> tuple[Sparsity, float, dict[str, Any]]:
     """The sparsity of the pickled SAE, its θ and where θ came from.
 
     A BatchTopK SAE (its class, or a ``running_threshold`` attribute, even ``None``) takes θ

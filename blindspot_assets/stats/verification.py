@@ -111,8 +111,9 @@ class VerificationParams:
     @classmethod
     def from_spec(cls, spec: StatsSpec) -> VerificationParams:
         return cls(
-            spec.verify_top, spec.verify_images, spec.verify_captions, spec.alpha,
-            spec.min_effect_size, spec.min_relative, spec.n_bootstrap, seed=spec.seed,
+            spec.verify_top, spec.verify_images, spec.verify_captions, spec.params.alpha,
+            spec.params.min_effect_size, spec.params.min_relative, spec.params.n_bootstrap,
+            seed=spec.params.seed,
         )  # fmt: skip
 
     @property

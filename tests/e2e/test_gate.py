@@ -92,7 +92,7 @@ def test_identical_generated_sets_pass_the_gate(run_db) -> None:  # type: ignore
         cfg.layout.duckdb,
         "SELECT * FROM blindspot_changes WHERE comparison = 'demo-b..control-copy'",
     )
-    assert rows.height == cfg.sae.n_concepts
+    assert rows.height == cfg.sae.model.n_concepts
     assert set(rows["status"]) <= {"unchanged", "persisting"}
     assert rows["change"].abs().max() == 0.0
     out = gate("demo-b", "control-copy", "--db", str(cfg.layout.duckdb))

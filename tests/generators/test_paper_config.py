@@ -50,7 +50,7 @@ def test_paper_config_is_the_papers_run() -> None:
     assert cfg.models["sd15-dpo"].params["unet"]["repo"] == "mhdang/dpo-sd1.5-text2image-v1"
     assert all((m.params["height"], m.params["width"]) == (512, 512) for m in cfg.models.values())
     assert cfg.encoder.model_id == "facebook/dinov2-with-registers-base"
-    assert cfg.sae.n_concepts == 32_000 and cfg.stats.temperature == 0.8
+    assert cfg.sae.model.n_concepts == 32_000 and cfg.stats.params.temperature == 0.8
 
 
 def test_paper_dry_run_names_everything_it_cannot_fetch(capsys: pytest.CaptureFixture[str]) -> None:

@@ -146,7 +146,7 @@ def build_run(
     raw = demo_config_dict(tmp_path, n_images=n_images)
     raw["stats"] = {**raw["stats"], "n_bootstrap": 100, "n_permutations": 100}
     cfg = parse_config(raw, write_config(tmp_path, raw))
-    params = lib.BlindspotParams.from_spec(cfg.stats)
+    params = cfg.stats.params
     rng = np.random.default_rng(0)
     real = fetch(cfg.real, cfg.layout.real_images, cfg.seed)
     ids = real["image_id"].to_list()

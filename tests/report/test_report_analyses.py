@@ -8,11 +8,11 @@ import xml.etree.ElementTree as ET
 
 import numpy as np
 import polars as pl
-from blindspot_assets.stats.concept_map import concept_map_table
 
 from blindspot_assets import stats as lib
 from blindspot_assets.report import build_report
 from blindspot_assets.report.analyses import frequency_bands
+from blindspot_assets.stats.concept_map import concept_map_table
 from blindspot_assets.store.tables import write_table_partition
 from tests.report.synthetic_run import build_run
 
@@ -52,7 +52,7 @@ def test_report_shows_concept_map_frequency_bands_and_variants(tmp_path):
     c = int(pl.read_parquet(root / "concept_stats" / "demo-a.parquet")["concept"].max()) + 1
     rng = np.random.default_rng(1)
     write_table_partition(root, "concept_map", "all", concept_map_table(rng.normal(size=(c, 8))))
-    params = lib.BlindspotParams.from_spec(cfg.stats)
+    params = cfg.stats.params
     deltas = {k: pl.read_parquet(root / "datapoint_deltas" / f"{k}.parquet") for k in cfg.models}
     a, b = list(cfg.models)[:2]
     variants = lib.compare_variants(deltas[a], deltas[b], params, a, b)

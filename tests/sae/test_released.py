@@ -170,7 +170,7 @@ def test_a_batchtopk_release_with_no_known_threshold_fails_instead_of_topk(
 
 def test_sae_threshold_in_the_run_config(tmp_path: Path) -> None:
     paper = load_config(Path(__file__).parents[2] / "configs" / "paper.yaml")
-    assert paper.sae.threshold == 0.829 and paper.sae.sparsity == "batchtopk"
+    assert paper.sae.threshold == 0.829 and paper.sae.model.sparsity == "batchtopk"
     raw = yaml.safe_load((Path(__file__).parents[2] / "configs" / "demo.yaml").read_text())
     with pytest.raises(ConfigError, match="set sae.pretrained"):
         parse_config({**raw, "sae": {**raw["sae"], "threshold": 0.5}}, tmp_path / "x.yaml")

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from blindspot_assets.config import StatsSpec
+from blindspot_assets.config_fields import build
 from blindspot_assets.stats import BlindspotParams, benjamini_hochberg, blindspot_scores
 
 
@@ -46,10 +47,12 @@ def test_benjamini_hochberg_hand_case() -> None:
     assert np.isnan(q[4])
 
 
-def test_params_from_spec() -> None:
-    spec = StatsSpec(temperature=0.5, alpha=0.1, n_bootstrap=10, top_images=3, seed=7)
-    params = BlindspotParams.from_spec(spec, block_rows=16)
+def test_the_stats_block_nests_the_params() -> None:
+    raw = {"temperature": 0.5, "alpha": 0.1, "n_bootstrap": 10, "top_images": 3, "seed": 7}
+    spec = build(StatsSpec, {**raw, "block_rows": 16, "label_terms": 2}, "stats")
+    params = spec.params
     assert (params.temperature, params.alpha, params.n_bootstrap, params.seed) == (0.5, 0.1, 10, 7)
-    assert params.block_rows == 16 and params.suppressed_below == spec.suppressed_below
+    assert params.block_rows == 16 and spec.label_terms == 2
+    assert params.suppressed_below == BlindspotParams().suppressed_below
     with pytest.raises(ValueError, match="suppressed_below"):
         BlindspotParams(suppressed_below=0.9, exaggerated_above=0.1)

@@ -17,11 +17,10 @@ from blindspot_assets.encoders.images import policy_of_run
 from blindspot_assets.generators.base import derive_seed
 from blindspot_assets.generators.registry import build_generator
 from blindspot_assets.generators.runner import generate_image_set
-from blindspot_assets.sae import RASAEConfig, TrainConfig, encode_features_to_codes, train_sae
+from blindspot_assets.sae import encode_features_to_codes, train_sae
 from blindspot_assets.sae.model import RelaxedArchetypalSAE
 from blindspot_assets.sources.demo import fetch
 from blindspot_assets.stats import (
-    BlindspotParams,
     compute_concept_stats,
     flag_blindspots,
     label_concepts,
@@ -62,14 +61,14 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> World:
     d = int(RowStore.open(cfg.layout.features(REAL)).array("tokens").shape[2])
     sae = train_sae(
         [cfg.layout.features(REAL)],
-        RASAEConfig.from_spec(cfg.sae, d),
-        TrainConfig.from_spec(cfg.sae),
+        cfg.sae.model.sized(d),
+        cfg.sae.train,
     ).model.eval()
     for dataset in (REAL, "demo-a"):
         encode_features_to_codes(
             sae, cfg.layout.features(dataset), cfg.layout.codes(dataset), cfg.sae.k_max_store
         )
-    params = BlindspotParams.from_spec(cfg.stats)
+    params = cfg.stats.params
     stats = compute_concept_stats(cfg.layout.codes(REAL), cfg.layout.codes("demo-a"), params)
     top = pl.concat(
         [
