@@ -25,7 +25,7 @@ from blindspot_assets.defs.deployment import executor_from_env
 from blindspot_assets.defs.jobs import blindspot_job, model_job, real_job, report_job
 from blindspot_assets.defs.resources import RunConfigResource, default_config_path
 
-_modules = [inputs, generation, features, concepts, analysis, checks, changes, naming]
+_modules = [inputs, generation, features, concepts, analysis, changes, naming, checks]
 _modules.append(verification_defs)  # confirm flagged blindspots
 
 defs = dg.Definitions(

@@ -1,11 +1,13 @@
-"""The lineage graph never changes by accident: keys, groups, deps, partitions, code versions
-and kinds are snapshotted. After a deliberate change: UPDATE_SNAPSHOTS=1 pytest this file."""
+"""The lineage graph never changes by accident: keys, groups, deps, partitions, the modules each
+code version covers and kinds are snapshotted. After a deliberate change: UPDATE_SNAPSHOTS=1
+pytest this file. Code versions follow the rule of ``defs/versions.py``, proven here."""
 
 import json
 import os
 from pathlib import Path
 
 from blindspot_assets.definitions import defs
+from blindspot_assets.defs.versions import COVERED, read_source, version_of
 
 SNAPSHOT = Path(__file__).parent / "snapshots" / "asset_graph.json"
 
@@ -22,7 +24,7 @@ def graph_snapshot() -> dict[str, object]:
             "partitions": (
                 {"type": type(pdef).__name__, "keys": pdef.get_partition_keys()} if pdef else None
             ),
-            "code_version": node.code_version,
+            "code_version_covers": list(COVERED.get(key.to_user_string(), ())),
             "kinds": sorted(node.kinds),
             "checks": sorted(c.name for c in node.check_keys),
             "pools": sorted(node.pools or ()),
@@ -61,3 +63,41 @@ def test_library_never_imports_dagster():
         and ("import dagster" in p.read_text() or "from dagster" in p.read_text())
     ]
     assert offenders == []
+
+
+def _versions(source_of=read_source) -> dict[str, str]:
+    return {asset: version_of(modules, source_of) for asset, modules in COVERED.items()}
+
+
+def test_code_versions_follow_the_rule():
+    """Every materialisable asset declares what it runs; its code version is that code's hash."""
+    graph = defs.resolve_asset_graph()
+    for key in graph.get_all_asset_keys():
+        node = graph.get(key)
+        if not node.is_materializable:
+            continue
+        name = key.to_user_string()
+        assert name in COVERED, f"{name}: declare its modules with defs.versions.code_version"
+        assert node.code_version == version_of(COVERED[name]), name
+
+
+def test_a_changed_module_changes_only_the_assets_that_run_it():
+    before = _versions()
+    edited = "stats.cooccurrence"
+
+    def with_edit(module: str) -> str:
+        source = read_source(module)
+        return source + "\nBLOCK_FACTOR = 2\n" if module == edited else source
+
+    after = _versions(with_edit)
+    changed = {a for a in before if before[a] != after[a]}
+    assert changed == {a for a, mods in COVERED.items() if edited in mods or "stats" in mods}
+    assert changed == {"concept_cooccurrence"}
+
+    def with_docs(module: str) -> str:  # comments, docstrings and formatting are not code
+        source = read_source(module)
+        if module != edited:
+            return source
+        return source.replace('"""', '"""Reworded. ', 1) + "\n# a comment\n"
+
+    assert _versions(with_docs) == before

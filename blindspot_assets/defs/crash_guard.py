@@ -224,12 +224,16 @@ def with_crash_recovery(executor_def: dg.ExecutorDefinition) -> dg.ExecutorDefin
     if executor_def not in (dg.multi_or_in_process_executor, dg.in_process_executor):
         return executor_def
 
+    make = executor_def.executor_creation_fn
+    if make is None:
+        raise ValueError(f"executor {executor_def.name} has no creation function to wrap")
+
     def create(init_context: dg.InitExecutorContext) -> dg.Executor:
-        return CrashSafeExecutor(executor_def.executor_creation_fn(init_context))
+        return CrashSafeExecutor(make(init_context))
 
     return dg.ExecutorDefinition(
         name=executor_def.name,
-        config_schema=executor_def.config_schema,
+        config_schema=executor_def.config_schema.as_field(),
         requirements=executor_def.get_requirements,
         executor_creation_fn=create,
         description=executor_def.description,

@@ -229,11 +229,14 @@ def dask_pool_safe_executor() -> dg.ExecutorDefinition:
 
     @dg.executor(
         name="dask",
-        config_schema=dask_executor.config_schema,
+        config_schema=dask_executor.config_schema.as_field(),
         requirements=dg.multiple_process_executor_requirements(),
     )
     def pool_safe_dask_executor(init_context: dg.InitExecutorContext) -> dg.Executor:
-        ((cluster_type, cluster_config),) = init_context.executor_config["cluster"].items()
+        cluster = init_context.executor_config["cluster"]
+        if not isinstance(cluster, Mapping):
+            raise TypeError(f"dask executor config 'cluster' must be a mapping, got {cluster!r}")
+        ((cluster_type, cluster_config),) = cluster.items()
         return PoolSafeDaskExecutor(cluster_type, cluster_config)
 
     return pool_safe_dask_executor

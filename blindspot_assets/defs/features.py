@@ -1,23 +1,18 @@
 """Stage 3 — DINOv2 token features of real and generated images, in Zarr."""
 
-from dataclasses import asdict, replace
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import dagster as dg
-import numpy as np
 
 from blindspot_assets.config import RunConfig
-from blindspot_assets.defs.common import lineage_md, progress_logger
 from blindspot_assets.defs.generation import generated_images
 from blindspot_assets.defs.inputs import real_images
+from blindspot_assets.defs.metadata import lineage_md, progress_logger
 from blindspot_assets.defs.partitions import model_partitions, single_run
-from blindspot_assets.defs.resources import RunConfigResource
-from blindspot_assets.defs.sharding import (
-    Shard,
-    finish_sharded_store,
-    merge_shard_summaries,
-    sharded_asset,
-)
+from blindspot_assets.defs.sharding import Stage, sharded_asset
+from blindspot_assets.defs.versions import code_version
 from blindspot_assets.encoders.dinov2 import (
     DinoEncoder,
     extract_features,
@@ -25,12 +20,12 @@ from blindspot_assets.encoders.dinov2 import (
     open_feature_store,
 )
 from blindspot_assets.encoders.images import policy_of_run
+from blindspot_assets.shards import FeatureShards, Shard, finish_sharded_store
 from blindspot_assets.store.images import read_manifest
-from blindspot_assets.store.layout import REAL
 from blindspot_assets.store.rowstore import RowStore
 
 
-def _encoder(cfg: RunConfig, device: str | None = None) -> DinoEncoder:
+def run_encoder(cfg: RunConfig, device: str | None = None) -> DinoEncoder:
     """The run's encoder behind the run's one image pipeline (the same for every dataset)."""
     spec = cfg.encoder if device is None else replace(cfg.encoder, device=device)
     return load_encoder(spec, policy_of_run(cfg.images, cfg.layout.real_images))
@@ -42,16 +37,14 @@ def _plan(cfg: RunConfig, dataset: str, n_shards: int) -> list[tuple[int, int]]:
     The encoder is loaded on the CPU here only for the store's shape and fingerprint; each
     shard records where and in which dtype it ran, and the merge writes that into the store.
     """
-    encoder = _encoder(cfg, device="cpu")
+    encoder = run_encoder(cfg, device="cpu")
     manifest = read_manifest(cfg.layout.images(dataset))
     store = open_feature_store(encoder, manifest, cfg.layout.features(dataset))
     return store.shard_ranges(n_shards)
 
 
-def _encode_shard(
-    context: dg.OpExecutionContext, cfg: RunConfig, shard: Shard
-) -> dict[str, object]:
-    encoder = _encoder(cfg)
+def _encode_shard(context: dg.OpExecutionContext, cfg: RunConfig, shard: Shard) -> FeatureShards:
+    encoder = run_encoder(cfg)
     image_dir = cfg.layout.images(shard.dataset)
     summary = extract_features(
         encoder,
@@ -62,45 +55,43 @@ def _encode_shard(
         rows=shard.rows,
         finish=False,
     )
-    return {"lineage": encoder.lineage(), **asdict(summary)}
+    return FeatureShards.of(summary, encoder.lineage())
 
 
 def _merge(
-    context: dg.OpExecutionContext, cfg: RunConfig, dataset: str, shards: list[dict[str, object]]
-) -> dict[str, object]:
-    path = cfg.layout.features(dataset)
-    finish_sharded_store(path, shards[0]["lineage"])  # type: ignore[arg-type]
-    summary = merge_shard_summaries(shards)
-    summary["images_per_s"] = summary["n_computed"] / max(summary["seconds"], 1e-9)
-    return _feature_metadata(path, {**summary, "lineage": shards[0]["lineage"]})
+    context: dg.OpExecutionContext, cfg: RunConfig, dataset: str, shards: list[FeatureShards]
+) -> dict[str, Any]:
+    summary = FeatureShards.merge(shards)
+    finish_sharded_store(cfg.layout.features(dataset), summary.lineage)
+    return feature_metadata(cfg.layout.features(dataset), summary)
 
 
-def _feature_metadata(path: Path, summary: dict[str, object]) -> dict[str, object]:
-    store = RowStore.open(path)
-    tokens = store.array("tokens")
+def feature_metadata(path: str | Path, summary: FeatureShards) -> dict[str, Any]:
+    """The feature asset's metadata: the store's shape and dtype, counts, rate, lineage."""
+    tokens = RowStore.open(path).array("tokens")
     return {
         "path": dg.MetadataValue.path(str(path)),
         "shape": str(tuple(tokens.shape)),
         "dtype": str(tokens.dtype),
-        "n_valid": int(summary["n_valid"]),  # type: ignore[call-overload]
-        "n_computed": int(summary.get("n_computed", 0)),  # type: ignore[call-overload]
-        "n_invalid_by_status": dg.MetadataValue.json(summary["n_invalid_by_status"]),
-        "images_per_s": round(float(summary["images_per_s"]), 1),  # type: ignore[arg-type]
-        "seconds": round(float(summary["seconds"]), 2),  # type: ignore[arg-type]
-        "lineage": lineage_md(summary["lineage"]),  # type: ignore[arg-type]
+        "n_valid": summary.n_valid,
+        "n_computed": summary.n_computed,
+        "n_invalid_by_status": dg.MetadataValue.json(summary.n_invalid_by_status),
+        "images_per_s": round(summary.images_per_s, 1),
+        "seconds": round(summary.seconds, 2),
+        "lineage": lineage_md(summary.lineage),
     }
 
+
+FEATURES = Stage(plan=_plan, work=_encode_shard, merge=_merge)
 
 real_features = sharded_asset(
     name="real_features",
     upstream=[real_images],
     partitions_def=None,
-    plan=_plan,
-    work=_encode_shard,
-    merge=_merge,
+    stage=FEATURES,
     group_name="features",
     kinds={"pytorch", "zarr"},
-    code_version="1",
+    code_version=code_version("real_features", "encoders.dinov2", "encoders.images"),
     description="DINOv2-with-registers last_hidden_state of every real image: (N, T, d) float16 "
     "in Zarr, all tokens (CLS, registers, patches); bad images kept as invalid rows. Fans out "
     "over `scale.shards` GPU steps writing one store.",
@@ -111,38 +102,11 @@ gen_features = sharded_asset(
     upstream=[generated_images],
     partitions_def=model_partitions,
     backfill_policy=single_run,
-    plan=_plan,
-    work=_encode_shard,
-    merge=_merge,
+    stage=FEATURES,
     group_name="features",
     kinds={"pytorch", "zarr"},
-    code_version="1",
+    code_version=code_version("gen_features", "encoders.dinov2", "encoders.images"),
     description="DINOv2 token features of one model's generated images, same layout as "
     "real_features; row i pairs with the real image of the same image_id. Sharded like "
     "real_features.",
 )
-
-
-def check_feature_store(path: Path, expected_d: int | None = None) -> dg.AssetCheckResult:
-    store = RowStore.open(path)
-    tokens = store.array("tokens")
-    valid = store.valid()
-    nonfinite = 0
-    for start, stop in store.iter_row_blocks():
-        block = np.asarray(tokens[start:stop])[valid[start:stop]]
-        nonfinite += int((~np.isfinite(block)).any(axis=(1, 2)).sum())
-    shape_ok = len(tokens.shape) == 3 and (expected_d is None or tokens.shape[2] == expected_d)
-    return dg.AssetCheckResult(
-        passed=bool(store.is_complete() and nonfinite == 0 and shape_ok),
-        metadata={
-            "nonfinite_rows": nonfinite,
-            "shape": str(tuple(tokens.shape)),
-            "complete": store.is_complete(),
-            "n_valid": int(valid.sum()),
-        },
-    )
-
-
-@dg.asset_check(asset=real_features, description="Features finite, complete, (N, T, d).")
-def real_features_finite(run_config: RunConfigResource) -> dg.AssetCheckResult:
-    return check_feature_store(run_config.load().layout.features(REAL))

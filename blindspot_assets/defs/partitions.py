@@ -36,7 +36,7 @@ N_SHARDS = _loaded.scale.shards
 single_run = dg.BackfillPolicy.single_run()
 
 
-def model_keys(context: dg.AssetExecutionContext) -> list[str]:
+def model_keys(context: dg.OpExecutionContext | dg.AssetExecutionContext) -> list[str]:
     """The model partitions this run covers; an empty range is an error, never a silent no-op."""
     keys = list(context.partition_keys)
     if not keys:

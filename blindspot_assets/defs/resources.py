@@ -9,7 +9,7 @@ import dagster as dg
 from blindspot_assets.config import CONFIG_ENV, DEFAULT_CONFIG, RunConfig, load_config
 
 
-class RunConfigResource(dg.ConfigurableResource):  # type: ignore[misc]
+class RunConfigResource(dg.ConfigurableResource["RunConfigResource"]):
     """Points at a run config YAML (``$BLINDSPOT_CONFIG``, default: the embedded demo)."""
 
     config_path: str = str(DEFAULT_CONFIG)

@@ -19,51 +19,58 @@ partitions — so every executor runs it (dagster-dask cannot run dynamic output
 step key is known before a run (Kubernetes per-step config). A re-materialisation re-plans:
 finished shards find nothing pending and return at once, so an interrupted backfill resumes
 where each shard stopped. With ``scale.shards: 1`` (the demo) the graph has one shard op.
+
+Each shard returns a frozen summary (``blindspot_assets.shards``); the merge hands a dataset's
+summaries, in row order, to the asset's ``merge``, which adds them up with ``merge(parts)``.
 """
 
 import inspect
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import dagster as dg
 
 from blindspot_assets.config import RunConfig
 from blindspot_assets.defs.deployment import CPU_OP_TAGS, GPU_OP_TAGS
+from blindspot_assets.defs.metadata import lineage_md
 from blindspot_assets.defs.partitions import N_SHARDS, model_keys
 from blindspot_assets.defs.resources import RunConfigResource
+from blindspot_assets.shards import Shard
 from blindspot_assets.store.layout import REAL
+
+S = TypeVar("S")
 
 
 @dataclass(frozen=True)
-class Shard:
-    dataset: str  # REAL or a model key
-    start: int
-    stop: int
-    index: int
-    of: int
+class ShardDone(Generic[S]):
+    """What a shard op hands the merge for one of its shards."""
 
-    @property
-    def rows(self) -> tuple[int, int]:
-        return (self.start, self.stop)
+    shard: Shard
+    summary: S
 
 
-# plan(cfg, dataset, n_shards) -> row ranges; work(context, cfg, shard) -> summary of the shard;
-# merge(context, cfg, dataset, shard summaries) -> the dataset's metadata.
-PlanFn = Callable[[RunConfig, str, int], Sequence[tuple[int, int]]]
-WorkFn = Callable[[dg.OpExecutionContext, RunConfig, Shard], dict[str, Any]]
-MergeFn = Callable[[dg.OpExecutionContext, RunConfig, str, list[dict[str, Any]]], dict[str, Any]]
+@dataclass(frozen=True)
+class Stage(Generic[S]):
+    """The three functions of a sharded stage.
+
+    ``plan(cfg, dataset, n_shards)`` creates or resumes the dataset's store and returns its
+    shards' row ranges; ``work(context, cfg, shard)`` fills one shard and returns its summary;
+    ``merge(context, cfg, dataset, summaries)`` finishes the store and returns its metadata.
+    """
+
+    plan: Callable[[RunConfig, str, int], Sequence[tuple[int, int]]]
+    work: Callable[[dg.OpExecutionContext, RunConfig, Shard], S]
+    merge: Callable[[dg.OpExecutionContext, RunConfig, str, list[S]], dict[str, Any]]
 
 
 def _datasets(context: dg.OpExecutionContext, partitioned: bool) -> list[str]:
-    return model_keys(context) if partitioned else [REAL]  # type: ignore[arg-type]
+    return model_keys(context) if partitioned else [REAL]
 
 
 def combine_metadata(per_dataset: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """The first dataset's metadata, plus every dataset's under ``models`` when a run covers
     several model partitions (one materialisation per partition carries the run's metadata)."""
-    from blindspot_assets.defs.common import lineage_md
-
     first = next(iter(per_dataset))
     meta = dict(per_dataset[first])
     if len(per_dataset) > 1:
@@ -80,10 +87,8 @@ def sharded_asset(
     *,
     name: str,
     upstream: Sequence[dg.AssetsDefinition | dg.SourceAsset],
-    partitions_def: dg.PartitionsDefinition | None,
-    plan: PlanFn,
-    work: WorkFn,
-    merge: MergeFn,
+    partitions_def: dg.PartitionsDefinition[str] | None,
+    stage: Stage[Any],
     description: str,
     group_name: str,
     kinds: set[str],
@@ -92,11 +97,44 @@ def sharded_asset(
     gpu: bool = True,
     n_shards: int | None = None,
 ) -> dg.AssetsDefinition:
-    """A graph-backed asset that fans ``work`` out over ``n_shards`` (``scale.shards``) ops."""
+    """A graph-backed asset that fans ``stage.work`` out over ``n_shards`` (``scale.shards``)."""
     partitioned = partitions_def is not None
     n = n_shards or N_SHARDS
     upstream_keys = {f"after_{i}": u.key for i, u in enumerate(upstream)}
     shard_names = [f"shard_{i}" for i in range(n)]
+    plan_op = _plan_op(name, stage, upstream_keys, shard_names, partitioned)
+    shard_op = _shard_op(name, stage, gpu)
+    merge_op = _merge_op(name, stage, shard_names, partitioned)
+
+    def compose(**upstream_in: Any) -> Any:
+        planned = plan_op(**upstream_in)
+        handles = planned if n > 1 else (planned,)
+        done = [shard_op.alias(f"{name}_{s}")(h) for s, h in zip(shard_names, handles, strict=True)]
+        return merge_op(**dict(zip(shard_names, done, strict=True)))
+
+    compose.__name__ = name
+    # dg.graph_asset reads the compose function's parameters as the asset's inputs
+    compose.__dict__["__signature__"] = _signature(list(upstream_keys))
+    return dg.graph_asset(
+        name=name,
+        description=description,
+        ins={k: dg.AssetIn(key=key, dagster_type=dg.Nothing) for k, key in upstream_keys.items()},
+        group_name=group_name,
+        partitions_def=partitions_def,
+        backfill_policy=backfill_policy,
+        kinds=kinds,
+        code_version=code_version,
+    )(compose)
+
+
+def _plan_op(
+    name: str,
+    stage: Stage[Any],
+    upstream_keys: dict[str, dg.AssetKey],
+    shard_names: list[str],
+    partitioned: bool,
+) -> dg.OpDefinition:
+    n = len(shard_names)
 
     @dg.op(
         name=f"{name}_plan",
@@ -115,48 +153,54 @@ def sharded_asset(
             )
         per_op: list[list[Shard]] = [[] for _ in range(n)]
         for dataset in _datasets(context, partitioned):
-            ranges = list(plan(cfg, dataset, n))
+            ranges = list(stage.plan(cfg, dataset, n))
             context.log.info(f"{name} {dataset}: {len(ranges)} shard(s) {ranges}")
             for i, (a, b) in enumerate(ranges):
                 per_op[i].append(Shard(dataset, a, b, i, len(ranges)))
         for shard_name, shards in zip(shard_names, per_op, strict=True):
             yield dg.Output(shards, output_name=shard_name)
 
+    return plan_op
+
+
+def _shard_op(name: str, stage: Stage[Any], gpu: bool) -> dg.OpDefinition:
     @dg.op(
         name=f"{name}_shard",
+        out=dg.Out(list),
         tags=GPU_OP_TAGS if gpu else CPU_OP_TAGS,
         pool="gpu" if gpu else None,
     )
     def shard_op(
         context: dg.OpExecutionContext, run_config: RunConfigResource, shards: list[Shard]
-    ) -> list[dict[str, Any]]:
+    ) -> list[ShardDone[Any]]:
         cfg = run_config.load()
-        return [
-            {**work(context, cfg, s), "dataset": s.dataset, "shard_rows": list(s.rows)}
-            for s in shards
-        ]
+        return [ShardDone(s, stage.work(context, cfg, s)) for s in shards]
 
-    def merge_fn(context: dg.OpExecutionContext, **done: list[dict[str, Any]]) -> None:
-        cfg = context.resources.run_config.load()
-        flat = [s for shard_name in shard_names for s in done[shard_name]]
+    return shard_op
+
+
+def _merge_op(
+    name: str, stage: Stage[Any], shard_names: list[str], partitioned: bool
+) -> dg.OpDefinition:
+    def merge_fn(context: dg.OpExecutionContext, **done: list[ShardDone[Any]]) -> None:
+        cfg: RunConfig = context.resources.run_config.load()
+        flat = [d for shard_name in shard_names for d in done[shard_name]]
         per_dataset = {}
         for dataset in _datasets(context, partitioned):
-            mine = sorted(
-                (s for s in flat if s["dataset"] == dataset), key=lambda s: s["shard_rows"][0]
-            )
+            mine = [d for d in flat if d.shard.dataset == dataset]
+            mine.sort(key=lambda d: d.shard.start)
             if not mine:
-                got = [(s["dataset"], s["shard_rows"]) for s in flat]
+                got = [(d.shard.dataset, d.shard.rows) for d in flat]
                 raise RuntimeError(f"{name}: no shard reported on {dataset} (got {got})")
-            per_dataset[dataset] = merge(context, cfg, dataset, mine)
-            per_dataset[dataset]["n_shards"] = len(mine)
+            meta = stage.merge(context, cfg, dataset, [d.summary for d in mine])
+            per_dataset[dataset] = {**meta, "n_shards": len(mine)}
         context.add_output_metadata(combine_metadata(per_dataset))
 
     # One named input per shard rather than a fan-in list: dagster-dask runs each step on its
     # own and loads no fan-in inputs (the merge would see no shard at all).
-    merge_fn.__signature__ = _signature(  # type: ignore[attr-defined]
-        shard_names, first=inspect.Parameter("context", inspect.Parameter.POSITIONAL_OR_KEYWORD)
-    )
-    merge_op = dg.op(
+    first = inspect.Parameter("context", inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    merge_fn.__dict__["__signature__"] = _signature(shard_names, first=first)
+    return dg.op(
         name=f"{name}_merge",
         ins={s: dg.In(list) for s in shard_names},
         out=dg.Out(dg.Nothing),
@@ -164,70 +208,7 @@ def sharded_asset(
         required_resource_keys={"run_config"},
     )(merge_fn)
 
-    def compose(**upstream_in: Any) -> Any:
-        planned = plan_op(**upstream_in)
-        handles = planned if n > 1 else (planned,)
-        done = [shard_op.alias(f"{name}_{s}")(h) for s, h in zip(shard_names, handles, strict=True)]
-        return merge_op(**dict(zip(shard_names, done, strict=True)))
-
-    compose.__name__ = name
-    # dg.graph_asset reads the compose function's parameters as the asset's inputs
-    compose.__signature__ = _signature(list(upstream_keys))  # type: ignore[attr-defined]
-    return dg.graph_asset(
-        compose,
-        name=name,
-        description=description,
-        ins={k: dg.AssetIn(key=key, dagster_type=dg.Nothing) for k, key in upstream_keys.items()},
-        group_name=group_name,
-        partitions_def=partitions_def,
-        backfill_policy=backfill_policy,
-        kinds=kinds,
-        code_version=code_version,
-    )
-
 
 def _signature(params: list[str], first: inspect.Parameter | None = None) -> inspect.Signature:
     keyword = [inspect.Parameter(p, inspect.Parameter.KEYWORD_ONLY) for p in params]
     return inspect.Signature([first, *keyword] if first else keyword)
-
-
-def merge_shard_summaries(shards: list[dict[str, Any]]) -> dict[str, Any]:
-    """One dataset's summary from its shards': counts and count tables add up, ``seconds`` is
-    the compute time of all shards (GPU-seconds), text is the first shard's; other floats
-    (rates, means) are the caller's to recompute."""
-    out: dict[str, Any] = {}
-    for key in shards[0]:
-        values = [s[key] for s in shards if key in s]
-        first = values[0]
-        if key in ("dataset", "shard_rows", "lineage"):
-            continue
-        if key == "seconds":
-            out[key] = float(sum(values))
-        elif isinstance(first, int) and not isinstance(first, bool):
-            out[key] = int(sum(values))
-        elif isinstance(first, dict):
-            table: dict[str, int] = {}
-            for v in values:
-                for k, n in v.items():
-                    table[k] = table.get(k, 0) + int(n)
-            out[key] = table
-        elif isinstance(first, str):
-            out[key] = first
-    return out
-
-
-def finish_sharded_store(path: Any, lineage: dict[str, Any] | None = None) -> None:
-    """After every shard ran: the store must be complete; record who made it and finish it
-    (a staged rebuild replaces the previous store here, once)."""
-    import time
-
-    from blindspot_assets.store.rowstore import RowStore
-
-    store = RowStore.open_being_written(path)
-    if not store.is_complete():
-        pending = store.pending_blocks()
-        raise RuntimeError(
-            f"{path}: {sum(b - a for a, b in pending)} rows still pending after every shard ran "
-            f"(first {pending[:3]}); re-materialise to resume them"
-        )
-    store.finish(**(lineage or {}), completed_at=time.time())

@@ -23,11 +23,15 @@ from blindspot_assets.generators.base import (
 from blindspot_assets.store.images import (
     clear_manifest_parts,
     merge_manifest_parts,
+    model_version,
+    read_lineage,
     read_manifest,
     write_manifest,
     write_manifest_part,
 )
+from blindspot_assets.store.layout import DataLayout
 from blindspot_assets.store.rowstore import split_rows
+from blindspot_assets.store.versions import archive_if_replaced
 
 
 @dataclass(frozen=True)
@@ -176,3 +180,16 @@ def finish_image_set(out_dir: Path, real_manifest: pl.DataFrame) -> pl.DataFrame
 
 def load_generated_manifest(out_dir: Path) -> pl.DataFrame:
     return read_manifest(out_dir)
+
+
+def plan_generation(
+    layout: DataLayout, model_key: str, current_version: str, batch_size: int, n_shards: int
+) -> list[tuple[int, int]]:
+    """Before a (sharded) generation: a set made by another version of the model is archived,
+    never reused (``store/versions.py``); stale shard manifests are cleared; the shards' ranges."""
+    out_dir = layout.generated_images(model_key)
+    made_by = model_version(read_lineage(out_dir))
+    archive_if_replaced(layout, model_key, made_by, current_version)
+    ranges = generation_shards(read_manifest(layout.real_images), batch_size, n_shards)
+    clear_manifest_parts(out_dir, keep=ranges)  # stale plans
+    return ranges

@@ -17,11 +17,11 @@ from blindspot_assets.config_fields import flat_dict
 from blindspot_assets.store.images import MANIFEST, model_version, read_lineage
 from blindspot_assets.store.layout import REAL
 from blindspot_assets.store.rowstore import RowStore
+from blindspot_assets.store.schema import LINEAGE_COLUMNS
 from blindspot_assets.store.tables import read_table
 
 REQUIRED_TABLES = ("concept_stats", "blindspots", "concept_top_images")
 OPTIONAL_TABLES = ("concept_labels", "datapoint_deltas", "memorization_candidates")
-LINEAGE_COLUMNS = ("model_key", "model_version", "sae_version", "run_id")
 
 
 def load_table(tables_root: str | Path, name: str) -> pl.DataFrame | None:

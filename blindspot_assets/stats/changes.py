@@ -229,3 +229,13 @@ def status_counts(changes: pl.DataFrame) -> dict[str, int]:
             if n:
                 counts[f"{s}-{k}"] = n
     return counts
+
+
+def change_preview(frames: Sequence[pl.DataFrame]) -> pl.DataFrame:
+    """The changed concepts (status other than unchanged) of several comparisons, with the
+    columns a reader looks at first."""
+    cols = ["comparison", "concept", "status", "kind", "change", "change_ci_low"]
+    cols += ["change_ci_high", "change_q_value"]
+    if not frames:
+        return pl.DataFrame()
+    return pl.concat(frames).filter(pl.col("status") != "unchanged").select(cols)

@@ -5,11 +5,8 @@ import dagster as dg
 from dagster._core.definitions.observe import observe
 
 from blindspot_assets.config import load_config
-from blindspot_assets.defs.generation import (
-    generated_images,
-    generated_images_current_model,
-    model_checkpoints,
-)
+from blindspot_assets.defs.checks import generated_images_current_model
+from blindspot_assets.defs.generation import generated_images, model_checkpoints
 from blindspot_assets.defs.inputs import real_images
 from blindspot_assets.defs.resources import RunConfigResource
 from blindspot_assets.generators.registry import model_data_version

@@ -5,7 +5,6 @@ counted, never a crash."""
 from __future__ import annotations
 
 import multiprocessing as mp
-from dataclasses import asdict
 
 import numpy as np
 import polars as pl
@@ -87,8 +86,9 @@ def test_truncated_image_and_nan_row_mid_stream_are_recorded_and_skipped(demo_wo
     valid = store.valid()
     assert np.isfinite(np.asarray(store.array("tokens")[:])[valid]).all()
     # the asset's metadata counts them (the Dagster layer's own formatter)
-    from blindspot_assets.defs.features import _feature_metadata
+    from blindspot_assets.defs.features import feature_metadata
+    from blindspot_assets.shards import FeatureShards
 
-    meta = _feature_metadata(tmp_path / "f.zarr", {**asdict(summary), "lineage": {}})
+    meta = feature_metadata(tmp_path / "f.zarr", FeatureShards.of(summary, {}))
     assert meta["n_valid"] == 92
     assert meta["n_invalid_by_status"].value == by_status
