@@ -4,9 +4,9 @@ is recorded in the manifest with its reason."""
 
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import polars as pl
@@ -20,6 +20,7 @@ from blindspot_assets.generators.base import (
     ProgressFn,
     derive_seed,
 )
+from blindspot_assets.store.atomic import write_atomic
 from blindspot_assets.store.images import (
     clear_manifest_parts,
     merge_manifest_parts,
@@ -64,7 +65,7 @@ def _save_png(image: Image.Image, path: Path) -> None:
     for key, value in _prompts(image).items():
         if value is not None:
             text.add_text(key, value)
-    image.convert("RGB").save(path, pnginfo=text)
+    image.convert("RGB").save(path, format="PNG", pnginfo=text)
 
 
 def generate_image_set(
@@ -134,10 +135,7 @@ def generate_image_set(
                     path="", status="generation_error", detail=f"{type(result).__name__}: {result}"
                 )
                 continue
-            final = out_dir / f"{req.image_id}.png"
-            tmp = out_dir / f".{req.image_id}.{os.getpid()}.tmp.png"
-            _save_png(result, tmp)
-            os.replace(tmp, final)
+            write_atomic(out_dir / f"{req.image_id}.png", partial(_save_png, result))
             by_id[req.image_id].update(_prompts(result))
         done += len(batch)
         if progress:

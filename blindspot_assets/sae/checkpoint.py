@@ -21,6 +21,7 @@ from safetensors.torch import load_file, save_file
 
 from blindspot_assets.sae.config import RASAEConfig
 from blindspot_assets.sae.model import RelaxedArchetypalSAE
+from blindspot_assets.store.atomic import write_atomic, write_json_atomic
 
 SAE_SCHEMA = "blindspot.rasae/1"
 MODEL_FILE = "model.safetensors"
@@ -35,16 +36,9 @@ def library_versions() -> dict[str, str]:
     return {"blindspot_assets": ours, "torch": torch.__version__}
 
 
-def _write_json(path: Path, obj: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str))
-    os.replace(tmp, path)
-
-
 def _save_tensors(tensors: dict[str, torch.Tensor], path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp))
-    os.replace(tmp, path)
+    cpu = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+    write_atomic(path, lambda tmp: save_file(cpu, str(tmp)))
 
 
 def save_sae(model: RelaxedArchetypalSAE, out_dir: Path, header: dict[str, Any]) -> dict[str, Any]:
@@ -60,7 +54,7 @@ def save_sae(model: RelaxedArchetypalSAE, out_dir: Path, header: dict[str, Any])
         "library": library_versions(),
     }
     _save_tensors(dict(model.state_dict()), out_dir / MODEL_FILE)
-    _write_json(out_dir / HEADER_FILE, full)
+    write_json_atomic(out_dir / HEADER_FILE, full)
     return full
 
 
@@ -112,7 +106,7 @@ def save_train_checkpoint(
     shutil.rmtree(tmp, ignore_errors=True)
     save_sae(model, tmp, header)
     _save_tensors(tensors, tmp / TRAIN_STATE_TENSORS)
-    _write_json(tmp / TRAIN_STATE_JSON, state)
+    write_json_atomic(tmp / TRAIN_STATE_JSON, state)
     shutil.rmtree(old, ignore_errors=True)
     if final.exists():
         os.replace(final, old)

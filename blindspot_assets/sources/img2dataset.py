@@ -24,7 +24,6 @@ reason mapped from it in ``status`` (``sources/intake.reason_from_message``).
 from __future__ import annotations
 
 import json
-import os
 import tarfile
 from dataclasses import replace
 from pathlib import Path
@@ -44,6 +43,7 @@ from blindspot_assets.sources.intake import (
     reason_from_message,
     unknown_params,
 )
+from blindspot_assets.store.atomic import write_bytes_atomic
 from blindspot_assets.store.images import write_manifest
 
 PARAMS = {
@@ -180,9 +180,7 @@ def _unpack_tar(tar_path: Path, out_dir: Path) -> list[LocalImage]:
             elif ext in IMAGE_EXTENSIONS:
                 target = dest / f"{key}{ext}"
                 if not (target.is_file() and target.stat().st_size == member.size):
-                    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-                    tmp.write_bytes(_read_member(tar, member))
-                    os.replace(tmp, target)
+                    write_bytes_atomic(target, _read_member(tar, member))
                 images[key] = target
     return [
         LocalImage(path, captions.get(key), key, (("url", urls.get(key, "")),))

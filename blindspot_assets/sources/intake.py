@@ -21,9 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import io
-import os
 import re
-import threading
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +32,7 @@ from PIL import Image, UnidentifiedImageError
 from blindspot_assets.config import ConfigError, SourceSpec
 from blindspot_assets.encoders.images import downscale, to_rgb
 from blindspot_assets.lineage import MissingInput
+from blindspot_assets.store.atomic import write_atomic
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 ID_HEX = 16  # 64 bits of sha256: collisions stay unlikely far beyond LAION-size samples
@@ -144,10 +143,7 @@ def save_atomic(image: Image.Image, path: Path) -> None:
     file under the final name. Lossless, so a stored real image carries the artefacts of its own
     source and no second codec of ours: the encoder's image pipeline adds the one codec both
     sides share."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    image.save(tmp, format="PNG")
-    os.replace(tmp, path)
+    write_atomic(path, lambda tmp: image.save(tmp, format="PNG"))
 
 
 def stored_path(image_id: str) -> str:

@@ -11,10 +11,11 @@ Further columns are allowed (``attributes`` JSON for the demo world, ``seed`` fo
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import polars as pl
+
+from blindspot_assets.store.atomic import write_atomic, write_json_atomic
 
 MANIFEST = "manifest.parquet"
 REQUIRED_COLUMNS = ("image_id", "path", "caption", "status", "detail")
@@ -27,11 +28,7 @@ def write_manifest(set_dir: Path, df: pl.DataFrame) -> Path:
     if df["image_id"].is_duplicated().any():
         dupes = df.filter(pl.col("image_id").is_duplicated())["image_id"].unique().to_list()[:5]
         raise ValueError(f"manifest for {set_dir} has duplicate image ids, e.g. {dupes}")
-    set_dir.mkdir(parents=True, exist_ok=True)
-    tmp = set_dir / f".{MANIFEST}.{os.getpid()}.tmp"
-    df.write_parquet(tmp)
-    os.replace(tmp, set_dir / MANIFEST)
-    return set_dir / MANIFEST
+    return write_atomic(set_dir / MANIFEST, df.write_parquet)
 
 
 PARTS = "manifest.parts"  # one manifest file per shard while a sharded set is being made
@@ -43,13 +40,7 @@ def _part_name(rows: tuple[int, int]) -> str:
 
 def write_manifest_part(set_dir: Path, rows: tuple[int, int], df: pl.DataFrame) -> Path:
     """The manifest rows of one shard (rows ``start:stop`` of the set), written atomically."""
-    parts = set_dir / PARTS
-    parts.mkdir(parents=True, exist_ok=True)
-    final = parts / _part_name(rows)
-    tmp = parts / f".{final.name}.{os.getpid()}.tmp"
-    df.write_parquet(tmp)
-    os.replace(tmp, final)
-    return final
+    return write_atomic(set_dir / PARTS / _part_name(rows), df.write_parquet)
 
 
 def clear_manifest_parts(set_dir: Path, keep: list[tuple[int, int]] | None = None) -> None:
@@ -103,12 +94,7 @@ LINEAGE = "lineage.json"
 
 def write_lineage(set_dir: Path, lineage: dict[str, object]) -> None:
     """Record what produced an image set (generator settings, planted truth, versions)."""
-    import json
-
-    set_dir.mkdir(parents=True, exist_ok=True)
-    tmp = set_dir / f".{LINEAGE}.{os.getpid()}.tmp"
-    tmp.write_text(json.dumps(lineage, indent=2, sort_keys=True, default=str))
-    os.replace(tmp, set_dir / LINEAGE)
+    write_json_atomic(set_dir / LINEAGE, lineage)
 
 
 def read_lineage(set_dir: Path) -> dict[str, object]:

@@ -24,7 +24,6 @@ partition; the previous file of that partition is left as it was.
 from __future__ import annotations
 
 import fcntl
-import os
 import re
 import shutil
 import time
@@ -36,6 +35,7 @@ from typing import Any
 import duckdb
 import polars as pl
 
+from blindspot_assets.store.atomic import write_atomic
 from blindspot_assets.store.layout import check_key, check_store_key
 from blindspot_assets.store.rowstore import _write_error, is_url, join_location
 
@@ -63,13 +63,7 @@ def _write_parquet(df: pl.DataFrame, final: str | Path, what: str) -> None:
     """Write ``df`` to ``final`` all-or-nothing; the previous file stays on any failure."""
     try:
         if isinstance(final, Path):
-            final.parent.mkdir(parents=True, exist_ok=True)
-            tmp = final.with_name(f".{final.stem}.{os.getpid()}.tmp")
-            try:
-                df.write_parquet(tmp)
-                os.replace(tmp, final)
-            finally:
-                tmp.unlink(missing_ok=True)
+            write_atomic(final, df.write_parquet)
         else:
             fs = _fs(final)
             if final.startswith("file://"):
