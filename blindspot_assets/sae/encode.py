@@ -10,6 +10,8 @@ import hashlib
 import json
 import time
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +23,8 @@ from blindspot_assets.store.layout import code_arrays
 from blindspot_assets.store.rowstore import RowStore
 
 ProgressFn = Callable[[int, int], None]
-DENSE_BUDGET = 1 << 24  # floats of dense codes alive at once (64 MiB in float32)
+Entries = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # row-sorted rows, cols, vals
+DENSE_BUDGET = 1 << 25  # floats of dense pre-activations alive at once (128 MiB in float32)
 RECON_ARRAYS = ("recon_sse", "token_sq", "token_sum")
 
 
@@ -41,17 +44,39 @@ def model_fingerprint(model: RelaxedArchetypalSAE) -> str:
 
 @torch.no_grad()
 def reconstruction_block(
-    model: RelaxedArchetypalSAE, tokens_rtd: torch.Tensor, z_nc: torch.Tensor
+    model: RelaxedArchetypalSAE, tokens_rtd: torch.Tensor, entries: Entries
 ) -> dict[str, np.ndarray]:
-    """Per row: Σ_t ‖x − x̂‖², Σ_t ‖x‖² and Σ_t x, with x̂ the exact sparse decode of ``z``."""
+    """Per row: Σ_t ‖x − x̂‖², Σ_t ‖x‖² and Σ_t x, with x̂ the exact sparse decode of the
+    code ``entries`` (rows, cols, vals of the r·t tokens)."""
     r, t, d = tokens_rtd.shape
     x_rtd = tokens_rtd.float()
-    xhat_rtd = model.decode_sparse(z_nc).view(r, t, d).float()
+    rows, cols, vals = entries
+    xhat_rtd = model.decode_entries(vals, rows, cols, r * t).view(r, t, d).float()
     return {
         "recon_sse": (x_rtd - xhat_rtd).square().sum(dim=(1, 2)).cpu().numpy(),
         "token_sq": x_rtd.square().sum(dim=(1, 2)).cpu().numpy(),
         "token_sum": x_rtd.sum(dim=1).cpu().numpy(),
     }
+
+
+def _top_per_token(entries: Entries, n: int, k_max: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ``k_max`` largest codes of each token, descending: (idx (n, k_max), -1 where empty;
+    val (n, k_max), 0 where empty). A segmented sort of the entries, no dense n × c top-k."""
+    rows, cols, vals = entries
+    order = torch.argsort(vals, descending=True, stable=True)
+    order = order[torch.argsort(rows[order], stable=True)]
+    srt_rows = rows[order]
+    counts = torch.bincount(rows, minlength=n)
+    rank = (
+        torch.arange(rows.numel(), device=rows.device)
+        - (torch.cumsum(counts, 0) - counts)[srt_rows]
+    )
+    keep = rank < k_max
+    idx = torch.full((n, k_max), -1, dtype=torch.int64, device=rows.device)
+    val = torch.zeros((n, k_max), dtype=vals.dtype, device=rows.device)
+    idx[srt_rows[keep], rank[keep]] = cols[order][keep]
+    val[srt_rows[keep], rank[keep]] = vals[order][keep]
+    return idx, val
 
 
 @torch.no_grad()
@@ -60,30 +85,68 @@ def encode_block(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int, int, dict[str, np.ndarray]]:
     """Codes of whole rows: ξ (r, c), nfire (r, c), token idx / val (r, T, k_max), Σ L0, how
     many tokens had more than ``k_max`` active concepts (their token codes are cut), and the
-    rows' reconstruction sums (``reconstruction_block``)."""
+    rows' reconstruction sums (``reconstruction_block``).
+
+    Built from the non-zero entries of the codes (``model.encode_entries``): the only dense
+    r·T × c array is the encoder's output; sums, counts and the per-token top codes touch the
+    ~k entries per token."""
     r, t, d = tokens_rtd.shape
-    z_nc = model.encode(tokens_rtd.reshape(r * t, d))
-    recon = reconstruction_block(model, tokens_rtd, z_nc)
-    z_rtc = z_nc.view(r, t, -1)
-    xi = z_rtc.sum(dim=1, dtype=torch.float32)
-    active = z_rtc > 0
-    nfire = active.sum(dim=1)
-    l0_n = active.view(r * t, -1).sum(dim=1)
-    kk = min(k_max, z_nc.shape[1])
-    vals, idx = z_nc.topk(kk, dim=-1)
-    idx = torch.where(vals > 0, idx, torch.full_like(idx, -1))
-    if kk < k_max:  # fewer concepts than slots: pad
-        vals = torch.nn.functional.pad(vals, (0, k_max - kk))
-        idx = torch.nn.functional.pad(idx, (0, k_max - kk), value=-1)
+    c = model.n_concepts
+    entries = model.encode_entries(tokens_rtd.reshape(r * t, d))
+    rows, cols, vals = entries
+    recon = reconstruction_block(model, tokens_rtd, entries)
+    flat = torch.div(rows, t, rounding_mode="floor") * c + cols  # (image, concept)
+    xi = torch.zeros(r * c, dtype=torch.float32, device=rows.device)
+    xi.index_add_(0, flat, vals.float())
+    nfire = torch.bincount(flat, minlength=r * c)
+    l0_n = torch.bincount(rows, minlength=r * t)
+    idx, val = _top_per_token(entries, r * t, k_max)
     return (
-        xi.cpu().numpy(),
-        nfire.to(torch.int32).cpu().numpy().astype(np.uint16),
+        xi.view(r, c).cpu().numpy(),
+        nfire.view(r, c).to(torch.int32).cpu().numpy().astype(np.uint16),
         idx.view(r, t, k_max).to(torch.int32).cpu().numpy(),
-        vals.view(r, t, k_max).to(torch.float16).cpu().numpy(),
+        val.view(r, t, k_max).to(torch.float16).cpu().numpy(),
         int(l0_n.sum()),
         int((l0_n > k_max).sum()),
         recon,
     )
+
+
+@dataclass
+class _Tally:
+    done_rows: int = 0
+    tokens: int = 0
+    l0: int = 0
+    truncated: int = 0
+
+
+def _encode_rows(
+    model: RelaxedArchetypalSAE,
+    block: np.ndarray,
+    valid: np.ndarray,
+    specs: dict[str, tuple[tuple[int, ...], Any]],
+    rows_per_pass: int,
+    dev: torch.device,
+    tally: _Tally,
+) -> dict[str, np.ndarray]:
+    """The codes store arrays of one block of feature rows (invalid rows stay zero / -1)."""
+    r, t, _ = block.shape
+    k_max = specs["token_idx"][0][1]
+    data = {k: np.zeros((r, *shape), dtype) for k, (shape, dtype) in specs.items()}
+    data["token_idx"].fill(-1)
+    live = np.flatnonzero(valid)
+    for a in range(0, len(live), rows_per_pass):
+        sel = live[a : a + rows_per_pass]
+        x = torch.from_numpy(block[sel].astype(np.float32)).to(dev)
+        bx, bn, bi, bv, l0, cut, brecon = encode_block(model, x, k_max)
+        data["xi"][sel], data["nfire"][sel] = bx, bn
+        data["token_idx"][sel], data["token_val"][sel] = bi, bv
+        for key, values in brecon.items():
+            data[key][sel] = values
+        tally.l0 += l0
+        tally.truncated += cut
+        tally.tokens += len(sel) * t
+    return data
 
 
 def encode_features_to_codes(
@@ -107,6 +170,9 @@ def encode_features_to_codes(
     ``rows`` restricts the work to one shard (``RowStore.shard_ranges`` of the codes store), so
     several workers fill one store at once; the call with ``finish=True`` after every shard is
     done finishes it.
+
+    Reading (and decompressing) the next block and writing (compressing) the previous one run
+    in two threads beside the encoder, so storage overlaps the compute.
     """
     t0 = time.perf_counter()
     features = RowStore.open(features_path)
@@ -118,47 +184,40 @@ def encode_features_to_codes(
     dev = torch.device(device) if device is not None else next(model.parameters()).device
     model.eval()
     codes = open_codes_store(model, features_path, codes_path, k_max)
-    recon_specs = {k: v for k, v in code_arrays(t, c, k_max, d).items() if k in RECON_ARRAYS}
-    sae_fp = str(codes.attrs["sae_fingerprint"])
+    specs = {
+        k: (tuple(v.row_shape), v.dtype)
+        for k, v in code_arrays(t, c, k_max, d).items()
+        if k in ("xi", "nfire", "token_idx", "token_val", *RECON_ARRAYS)
+    }
     f_valid, f_status = features.valid(), features.status()
     pending = codes.pending_blocks(rows)
     total = sum(b - a for a, b in pending)
     rows_per_pass = max(1, dense_budget // (t * c))
-    done_rows = 0
-    tokens_encoded = 0
-    l0_sum = 0
-    truncated = 0
-    for start, stop in pending:
-        r = stop - start
-        xi = np.zeros((r, c), np.float32)
-        nfire = np.zeros((r, c), np.uint16)
-        t_idx = np.full((r, t, k_max), -1, np.int32)
-        t_val = np.zeros((r, t, k_max), np.float16)
-        recon = {k: np.zeros((r, *spec.row_shape), np.float32) for k, spec in recon_specs.items()}
-        valid = f_valid[start:stop].copy()
-        block = np.asarray(tokens[start:stop])  # the store dtype (float16 or float32)
-        live = np.flatnonzero(valid)
-        for a in range(0, len(live), rows_per_pass):
-            sel = live[a : a + rows_per_pass]
-            x = torch.from_numpy(block[sel].astype(np.float32)).to(dev)
-            bx, bn, bi, bv, l0, cut, brecon = encode_block(model, x, k_max)
-            xi[sel], nfire[sel], t_idx[sel], t_val[sel] = bx, bn, bi, bv
-            for key, values in brecon.items():
-                recon[key][sel] = values
-            l0_sum += l0
-            truncated += cut
-            tokens_encoded += len(sel) * t
-        data: dict[str, np.ndarray] = {
-            "xi": xi,
-            "nfire": nfire,
-            "token_idx": t_idx,
-            "token_val": t_val,
-            **recon,
-        }
-        codes.write_block(start, data, valid, f_status[start:stop])
-        done_rows += r
-        if progress:
-            progress(done_rows, total)
+    tally = _Tally()
+    with ThreadPoolExecutor(1) as reader, ThreadPoolExecutor(1) as writer:
+
+        def read(i: int) -> Future[np.ndarray] | None:
+            if i >= len(pending):
+                return None
+            a, b = pending[i]
+            return reader.submit(lambda: np.asarray(tokens[a:b]))  # zarr reads in the thread
+
+        next_read = read(0)
+        written: Future[None] | None = None
+        for i, (start, stop) in enumerate(pending):
+            assert next_read is not None
+            block = next_read.result()  # the store dtype (float16 or float32)
+            next_read = read(i + 1)
+            valid = f_valid[start:stop].copy()
+            data = _encode_rows(model, block, valid, specs, rows_per_pass, dev, tally)
+            if written is not None:
+                written.result()
+            written = writer.submit(codes.write_block, start, data, valid, f_status[start:stop])
+            tally.done_rows += stop - start
+            if progress:
+                progress(tally.done_rows, total)
+        if written is not None:
+            written.result()
     seconds = time.perf_counter() - t0
     if finish and codes.is_complete():
         codes.finish(completed_at=time.time())
@@ -166,14 +225,14 @@ def encode_features_to_codes(
     return {
         "rows": hi - lo,
         "valid_rows": int(codes.valid(rows).sum()),
-        "rows_computed": done_rows,
-        "tokens_encoded": tokens_encoded,
-        "l0_sum": l0_sum,
-        "mean_l0": l0_sum / tokens_encoded if tokens_encoded else float("nan"),
-        "tokens_over_k_max": truncated,
+        "rows_computed": tally.done_rows,
+        "tokens_encoded": tally.tokens,
+        "l0_sum": tally.l0,
+        "mean_l0": tally.l0 / tally.tokens if tally.tokens else float("nan"),
+        "tokens_over_k_max": tally.truncated,
         "seconds": seconds,
-        "tokens_per_s": tokens_encoded / seconds if seconds > 0 else 0.0,
-        "sae_fingerprint": sae_fp,
+        "tokens_per_s": tally.tokens / seconds if seconds > 0 else 0.0,
+        "sae_fingerprint": str(codes.attrs["sae_fingerprint"]),
     }
 
 

@@ -262,6 +262,25 @@ class RelaxedArchetypalSAE(nn.Module):
             return pre.masked_fill_(pre < theta, 0.0)
         return pre.relu_()
 
+    @torch.no_grad()
+    def encode_entries(self, x_nd: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """The non-zero codes of :meth:`encode` (inference) as row-sorted (rows, cols, vals).
+
+        Only the dense pre-activations are built; everything downstream (energies, fire
+        counts, per-token top codes, the reconstruction) works on the ~k entries per token.
+        """
+        pre = self.pre_activations(x_nd)
+        if self.cfg.sparsity == "topk":
+            vals, idx = pre.topk(self.cfg.k, dim=-1)
+            on = vals > 0
+            rows = torch.arange(pre.shape[0], device=pre.device)[:, None].expand_as(idx)
+            return rows[on], idx[on], vals[on]
+        if torch.isnan(self.threshold):
+            raise RuntimeError("BatchTopK threshold θ is not set: train the SAE first")
+        theta = float(self.threshold)
+        rows, cols = (pre >= theta if theta > 0 else pre > 0).nonzero(as_tuple=True)
+        return rows, cols, pre[rows, cols]
+
     def decode(self, z_nc: Tensor) -> Tensor:
         """x̂ = z·D as a dense matmul (small batches; see :meth:`decode_sparse` for training)."""
         return z_nc @ self.dictionary().to(z_nc.dtype)
