@@ -347,12 +347,10 @@ class DiffusersGenerator:
 
     def __init__(
         self,
+        pipe: Any,
         spec: ModelSpec,
         settings: DiffusionSettings,
         runtime: Runtime,
-        *,
-        pipeline_class: str,
-        scheduler: Any,
         call: PipelineCall,
         checkpoints: list[CheckpointVersion],
         steps: int,
@@ -360,6 +358,9 @@ class DiffusersGenerator:
         extra: dict[str, Any],
         prompts: PromptLog,
     ) -> None:
+        """``pipe``: the loaded pipeline (its class and scheduler are recorded); ``call``: how
+        a batch of prompts becomes images; ``extra``: the family's own lineage fields."""
+        scheduler = pipe.scheduler
         self.spec = spec
         self._prompts = prompts
         self.settings = settings
@@ -374,7 +375,7 @@ class DiffusersGenerator:
             "revision": settings.revision,
             "version": combined_data_version(checkpoints),
             "checkpoints": [c.as_dict() for c in checkpoints],
-            "pipeline_class": pipeline_class,
+            "pipeline_class": type(pipe).__name__,
             "scheduler_class": type(scheduler).__name__,
             "scheduler_config": jsonable(dict(scheduler.config)),
             "steps": steps,

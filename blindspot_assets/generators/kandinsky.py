@@ -28,23 +28,7 @@ import torch
 from PIL import Image
 
 from blindspot_assets.config import ModelSpec
-from blindspot_assets.generators.diffusers_pipeline import (
-    DiffusersGenerator,
-    DiffusionSettings,
-    PipelineCall,
-    PromptLog,
-    Runtime,
-    call_default,
-    check_params,
-    check_repo,
-    fail,
-    load_pipeline,
-    runtime_for,
-    sampling_kwargs,
-    settings_from,
-    steps_and_guidance,
-    swap_scheduler,
-)
+from blindspot_assets.generators import diffusers_pipeline as pipeline
 from blindspot_assets.lineage import CheckpointVersion, resolve_checkpoint
 
 FAMILY_PARAMS = {
@@ -63,32 +47,34 @@ def _prior(spec: ModelSpec) -> tuple[str, str] | None:
     repo = spec.params.get("prior_repo")
     if repo is None:
         return None
-    check_repo(spec, "prior_repo", repo, "model_index.json")
+    pipeline.check_repo(spec, "prior_repo", repo, "model_index.json")
     return str(repo), str(spec.params.get("prior_revision") or "main")
 
 
 def validate(spec: ModelSpec) -> None:
-    check_params(spec, FAMILY_PARAMS)
-    settings_from(spec)
+    pipeline.check_params(spec, FAMILY_PARAMS)
+    pipeline.settings_from(spec)
     if "prior_revision" in spec.params and "prior_repo" not in spec.params:
-        raise fail(spec, "prior_revision", "given without prior_repo", "add prior_repo or drop it")
+        raise pipeline.fail(
+            spec, "prior_revision", "given without prior_repo", "add prior_repo or drop it"
+        )
     _prior(spec)
     steps = spec.params.get("prior_steps")
     if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 1):
-        raise fail(
+        raise pipeline.fail(
             spec, "prior_steps", f"{steps!r} is not a positive integer", "set prior_steps: 25"
         )
     guidance = spec.params.get("prior_guidance")
     if guidance is not None and (
         isinstance(guidance, bool) or not isinstance(guidance, int | float)
     ):
-        raise fail(
+        raise pipeline.fail(
             spec, "prior_guidance", f"{guidance!r} is not a number", "set prior_guidance: 4.0"
         )
 
 
 def checkpoints(spec: ModelSpec) -> list[CheckpointVersion]:
-    settings = settings_from(spec)
+    settings = pipeline.settings_from(spec)
     found = [resolve_checkpoint(settings.repo, settings.revision)]
     prior = _prior(spec)
     if prior:
@@ -109,14 +95,18 @@ def _connected_prior(pipe: Any) -> CheckpointVersion | None:
 
 
 def _pick(explicit: float | int | None, pipe: Any, name: str) -> Any:
-    return explicit if explicit is not None else call_default(pipe, name)
+    return explicit if explicit is not None else pipeline.call_default(pipe, name)
 
 
 def _stage_info(
-    spec: ModelSpec, settings: DiffusionSettings, decoder: Any, prior: Any, prior_prefix: str
+    spec: ModelSpec,
+    settings: pipeline.DiffusionSettings,
+    decoder: Any,
+    prior: Any,
+    prior_prefix: str,
 ) -> dict[str, Any]:
     """Steps and guidance of both stages: the entry's, else each call's library default."""
-    steps, guidance = steps_and_guidance(settings, decoder)
+    steps, guidance = pipeline.steps_and_guidance(settings, decoder)
     return {
         "steps": steps,
         "guidance": guidance,
@@ -129,7 +119,7 @@ def _stage_info(
     }
 
 
-Built = tuple[Any, PipelineCall, dict[str, Any], PromptLog]
+Built = tuple[Any, pipeline.PipelineCall, dict[str, Any], pipeline.PromptLog]
 
 
 def _copy(generator: torch.Generator) -> torch.Generator:
@@ -138,31 +128,37 @@ def _copy(generator: torch.Generator) -> torch.Generator:
     return copy
 
 
-def _build_combined(spec: ModelSpec, settings: DiffusionSettings, runtime: Runtime) -> Built:
+def _build_combined(
+    spec: ModelSpec, settings: pipeline.DiffusionSettings, runtime: pipeline.Runtime
+) -> Built:
     from diffusers import AutoPipelineForText2Image
 
-    pipe = load_pipeline(
+    pipe = pipeline.load_pipeline(
         AutoPipelineForText2Image, settings.repo, settings.revision, settings.variant, runtime
     )
     name = type(pipe).__name__
     if name not in _COMBINED:
-        raise fail(
+        raise pipeline.fail(
             spec,
             "repo",
             f"loads as {name}, not a Kandinsky 2.1/2.2 pipeline",
             "point repo at a Kandinsky decoder (e.g. kandinsky-community/kandinsky-2-1)",
         )
     if settings.negative_prompt:
-        raise fail(
+        raise pipeline.fail(
             spec,
             "negative_prompt",
             "the combined Kandinsky pipeline doubles the prior's batch for a negative prompt, "
             "which per-image generators cannot follow",
             "give prior_repo (the prior and the decoder then run as two stages), or drop it",
         )
-    swap_scheduler(pipe, settings, spec)
-    info = _stage_info(spec, settings, pipe, pipe, "prior_")
-    log = PromptLog()
+    pipeline.swap_scheduler(pipe, settings, spec)
+    info = _stage_info(spec, settings, pipe, pipe, "prior_") | {
+        "version": _COMBINED[name],
+        "mode": "auto_pipeline",
+        "prior_scheduler_class": type(pipe.prior_scheduler).__name__,
+    }
+    log = pipeline.PromptLog()
 
     def call(prompts: list[str], generators: list[torch.Generator]) -> list[Image.Image]:
         out = log.call(
@@ -172,49 +168,52 @@ def _build_combined(spec: ModelSpec, settings: DiffusionSettings, runtime: Runti
             prior_guidance_scale=info["prior_guidance"],
             generator=generators,
             output_type="pil",
-            **sampling_kwargs(settings, info["steps"], info["guidance"], len(prompts)),
+            **pipeline.sampling_kwargs(settings, info["steps"], info["guidance"], len(prompts)),
         )
         return list(out.images)
 
-    info |= {
-        "version": _COMBINED[name],
-        "mode": "auto_pipeline",
-        "prior_scheduler_class": type(pipe.prior_scheduler).__name__,
-    }
     return pipe, call, info, log
 
 
 def _build_two_stage(
-    spec: ModelSpec, settings: DiffusionSettings, runtime: Runtime, prior_ref: tuple[str, str]
+    spec: ModelSpec,
+    settings: pipeline.DiffusionSettings,
+    runtime: pipeline.Runtime,
+    prior_ref: tuple[str, str],
 ) -> Built:
     from diffusers import DiffusionPipeline
 
-    decoder = load_pipeline(
+    decoder = pipeline.load_pipeline(
         DiffusionPipeline, settings.repo, settings.revision, settings.variant, runtime
     )
-    prior = load_pipeline(DiffusionPipeline, *prior_ref, settings.variant, runtime)
+    prior = pipeline.load_pipeline(DiffusionPipeline, *prior_ref, settings.variant, runtime)
     d_name, p_name = type(decoder).__name__, type(prior).__name__
     if d_name not in _DECODERS:
-        raise fail(
+        raise pipeline.fail(
             spec,
             "repo",
             f"loads as {d_name}, not a Kandinsky decoder",
             "use a kandinsky-2-1 or kandinsky-2-2-decoder checkpoint",
         )
     if _PRIORS.get(p_name) != _DECODERS[d_name]:
-        raise fail(
+        raise pipeline.fail(
             spec,
             "prior_repo",
             f"loads as {p_name}, which does not pair with {d_name}",
             f"use the Kandinsky {_DECODERS[d_name]} prior",
         )
-    swap_scheduler(decoder, settings, spec)
-    info = _stage_info(spec, settings, decoder, prior, "")
+    pipeline.swap_scheduler(decoder, settings, spec)
+    info = _stage_info(spec, settings, decoder, prior, "") | {
+        "version": _DECODERS[d_name],
+        "mode": "prior+decoder",
+        "prior_pipeline_class": p_name,
+        "prior_scheduler_class": type(prior.scheduler).__name__,
+    }
     takes_prompt = _DECODERS[d_name] == "2.1"  # the 2.1 decoder also reads the text (M-CLIP)
-    log = PromptLog()
+    log = pipeline.PromptLog()
 
     def call(prompts: list[str], generators: list[torch.Generator]) -> list[Image.Image]:
-        shared = sampling_kwargs(settings, info["steps"], info["guidance"], len(prompts))
+        shared = pipeline.sampling_kwargs(settings, info["steps"], info["guidance"], len(prompts))
         prior_generators = generators
         if shared["negative_prompt"] is not None:
             # the prior appends the negative prompts to its batch: each image's negative
@@ -242,19 +241,13 @@ def _build_two_stage(
         )
         return list(out.images)
 
-    info |= {
-        "version": _DECODERS[d_name],
-        "mode": "prior+decoder",
-        "prior_pipeline_class": p_name,
-        "prior_scheduler_class": type(prior.scheduler).__name__,
-    }
     return decoder, call, info, log
 
 
-def build(spec: ModelSpec, device: str | None = None) -> DiffusersGenerator:
+def build(spec: ModelSpec, device: str | None = None) -> pipeline.DiffusersGenerator:
     validate(spec)
-    settings = settings_from(spec)
-    runtime = runtime_for(settings, device)
+    settings = pipeline.settings_from(spec)
+    runtime = pipeline.runtime_for(settings, device)
     prior_ref = _prior(spec)
     if prior_ref is None:
         pipe, call, info, log = _build_combined(spec, settings, runtime)
@@ -265,16 +258,6 @@ def build(spec: ModelSpec, device: str | None = None) -> DiffusersGenerator:
         found.append(joined)
     renamed = {"version": "kandinsky_version", "mode": "kandinsky_mode"}
     extra = {renamed.get(k, k): v for k, v in info.items() if k not in ("steps", "guidance")}
-    return DiffusersGenerator(
-        spec,
-        settings,
-        runtime,
-        pipeline_class=type(pipe).__name__,
-        scheduler=pipe.scheduler,
-        call=call,
-        checkpoints=found,
-        steps=info["steps"],
-        guidance=info["guidance"],
-        extra=extra,
-        prompts=log,
+    return pipeline.DiffusersGenerator(
+        pipe, spec, settings, runtime, call, found, info["steps"], info["guidance"], extra, log
     )

@@ -20,19 +20,7 @@ import torch
 from PIL import Image
 
 from blindspot_assets.config import ModelSpec
-from blindspot_assets.generators.diffusers_pipeline import (
-    DiffusersGenerator,
-    DiffusionSettings,
-    PromptLog,
-    check_params,
-    fail,
-    load_pipeline,
-    runtime_for,
-    sampling_kwargs,
-    settings_from,
-    steps_and_guidance,
-    swap_scheduler,
-)
+from blindspot_assets.generators import diffusers_pipeline as pipeline
 from blindspot_assets.lineage import CheckpointVersion, resolve_checkpoint
 
 FAMILY_PARAMS = {
@@ -45,22 +33,26 @@ _BINNED_SAMPLE_SIZES = {128: 1024, 64: 512, 32: 256}
 
 
 def validate(spec: ModelSpec) -> None:
-    check_params(spec, FAMILY_PARAMS)
-    settings_from(spec)
+    pipeline.check_params(spec, FAMILY_PARAMS)
+    pipeline.settings_from(spec)
     for name in ("resolution_binning", "clean_caption"):
         if not isinstance(spec.params.get(name, True), bool):
-            raise fail(spec, name, "must be true or false", f"write {name}: false")
+            raise pipeline.fail(spec, name, "must be true or false", f"write {name}: false")
     length = spec.params.get("max_sequence_length", 120)
     if isinstance(length, bool) or not isinstance(length, int) or length < 1:
-        raise fail(spec, "max_sequence_length", f"{length!r}", "use a positive integer (120)")
+        raise pipeline.fail(
+            spec, "max_sequence_length", f"{length!r}", "use a positive integer (120)"
+        )
 
 
 def checkpoints(spec: ModelSpec) -> list[CheckpointVersion]:
-    settings = settings_from(spec)
+    settings = pipeline.settings_from(spec)
     return [resolve_checkpoint(settings.repo, settings.revision)]
 
 
-def _denoised_size(pipe: Any, settings: DiffusionSettings, binning: bool) -> tuple[int, int]:
+def _denoised_size(
+    pipe: Any, settings: pipeline.DiffusionSettings, binning: bool
+) -> tuple[int, int]:
     """The size the transformer really denoises (binning moves 512×512 to a trained bin)."""
     if not binning:
         return settings.height, settings.width
@@ -74,29 +66,29 @@ def _denoised_size(pipe: Any, settings: DiffusionSettings, binning: bool) -> tup
     return int(height), int(width)
 
 
-def build(spec: ModelSpec, device: str | None = None) -> DiffusersGenerator:
+def build(spec: ModelSpec, device: str | None = None) -> pipeline.DiffusersGenerator:
     from diffusers import PixArtAlphaPipeline
 
     validate(spec)
-    settings = settings_from(spec)
-    runtime = runtime_for(settings, device)
-    pipe = load_pipeline(
+    settings = pipeline.settings_from(spec)
+    runtime = pipeline.runtime_for(settings, device)
+    pipe = pipeline.load_pipeline(
         PixArtAlphaPipeline, settings.repo, settings.revision, settings.variant, runtime
     )
-    swap_scheduler(pipe, settings, spec)
+    pipeline.swap_scheduler(pipe, settings, spec)
     binning = bool(spec.params.get("resolution_binning", True))
     sample_size = int(pipe.transformer.config.sample_size)
     if binning and sample_size not in _BINNED_SAMPLE_SIZES:
-        raise fail(
+        raise pipeline.fail(
             spec,
             "resolution_binning",
             f"the transformer's sample_size {sample_size} has no aspect-ratio bins",
             "set resolution_binning: false",
         )
-    steps, guidance = steps_and_guidance(settings, pipe)
+    steps, guidance = pipeline.steps_and_guidance(settings, pipe)
     max_len = int(spec.params.get("max_sequence_length", 120))
     clean = bool(spec.params.get("clean_caption", False))
-    log = PromptLog()
+    log = pipeline.PromptLog()
 
     def call(prompts: list[str], generators: list[torch.Generator]) -> list[Image.Image]:
         out = log.call(
@@ -107,7 +99,7 @@ def build(spec: ModelSpec, device: str | None = None) -> DiffusersGenerator:
             max_sequence_length=max_len,
             clean_caption=clean,
             output_type="pil",
-            **sampling_kwargs(settings, steps, guidance, len(prompts), no_negative=""),
+            **pipeline.sampling_kwargs(settings, steps, guidance, len(prompts), no_negative=""),
         )
         return list(out.images)
 
@@ -117,16 +109,6 @@ def build(spec: ModelSpec, device: str | None = None) -> DiffusersGenerator:
         "max_sequence_length": max_len,
         "clean_caption": clean,
     }
-    return DiffusersGenerator(
-        spec,
-        settings,
-        runtime,
-        pipeline_class=type(pipe).__name__,
-        scheduler=pipe.scheduler,
-        call=call,
-        checkpoints=checkpoints(spec),
-        steps=steps,
-        guidance=guidance,
-        extra=extra,
-        prompts=log,
+    return pipeline.DiffusersGenerator(
+        pipe, spec, settings, runtime, call, checkpoints(spec), steps, guidance, extra, log
     )

@@ -17,22 +17,7 @@ import torch
 from PIL import Image
 
 from blindspot_assets.config import ModelSpec
-from blindspot_assets.generators.diffusers_pipeline import (
-    DiffusersGenerator,
-    DiffusionSettings,
-    PromptLog,
-    Runtime,
-    check_params,
-    check_repo,
-    fail,
-    hub_kwargs,
-    load_pipeline,
-    runtime_for,
-    sampling_kwargs,
-    settings_from,
-    steps_and_guidance,
-    swap_scheduler,
-)
+from blindspot_assets.generators import diffusers_pipeline as pipeline
 from blindspot_assets.lineage import CheckpointVersion, resolve_checkpoint
 
 FAMILY_PARAMS = {
@@ -49,29 +34,35 @@ def _unet_entry(spec: ModelSpec) -> dict[str, Any] | None:
     if isinstance(raw, str):
         raw = {"repo": raw}
     if not isinstance(raw, dict):
-        raise fail(
+        raise pipeline.fail(
             spec, "unet", "must be a mapping", "write unet: {repo: ORG/NAME, subfolder: unet}"
         )
     unknown = sorted(set(raw) - set(UNET_FIELDS))
     if unknown:
-        raise fail(spec, f"unet.{unknown[0]}", "unknown field", f"use only {list(UNET_FIELDS)}")
+        raise pipeline.fail(
+            spec, f"unet.{unknown[0]}", "unknown field", f"use only {list(UNET_FIELDS)}"
+        )
     entry = {"revision": "main", "subfolder": "unet", "variant": None, **raw}
     sub = entry["subfolder"]
-    check_repo(spec, "unet.repo", entry.get("repo"), f"{sub}/config.json" if sub else "config.json")
+    pipeline.check_repo(
+        spec, "unet.repo", entry.get("repo"), f"{sub}/config.json" if sub else "config.json"
+    )
     return entry
 
 
 def validate(spec: ModelSpec) -> None:
-    check_params(spec, FAMILY_PARAMS)
-    settings_from(spec)
+    pipeline.check_params(spec, FAMILY_PARAMS)
+    pipeline.settings_from(spec)
     _unet_entry(spec)
     if not isinstance(spec.params.get("safety_checker", True), bool):
-        raise fail(spec, "safety_checker", "must be true or false", "write safety_checker: false")
+        raise pipeline.fail(
+            spec, "safety_checker", "must be true or false", "write safety_checker: false"
+        )
 
 
 def checkpoints(spec: ModelSpec) -> list[CheckpointVersion]:
     """The checkpoints this entry is made of (the data version of ``model_checkpoints``)."""
-    settings = settings_from(spec)
+    settings = pipeline.settings_from(spec)
     found = [resolve_checkpoint(settings.repo, settings.revision)]
     unet = _unet_entry(spec)
     if unet:
@@ -81,13 +72,13 @@ def checkpoints(spec: ModelSpec) -> list[CheckpointVersion]:
     return found
 
 
-def _load(spec: ModelSpec, settings: DiffusionSettings, runtime: Runtime) -> Any:
+def _load(spec: ModelSpec, settings: pipeline.DiffusionSettings, runtime: pipeline.Runtime) -> Any:
     from diffusers import StableDiffusionPipeline, UNet2DConditionModel
 
     kwargs: dict[str, Any] = {}
     unet = _unet_entry(spec)
     if unet:
-        unet_kwargs = hub_kwargs(unet["repo"], unet["revision"], unet["variant"])
+        unet_kwargs = pipeline.hub_kwargs(unet["repo"], unet["revision"], unet["variant"])
         if unet["subfolder"]:
             unet_kwargs["subfolder"] = unet["subfolder"]
         kwargs["unet"] = UNet2DConditionModel.from_pretrained(
@@ -95,7 +86,7 @@ def _load(spec: ModelSpec, settings: DiffusionSettings, runtime: Runtime) -> Any
         )
     if spec.params.get("safety_checker") is False:
         kwargs.update(safety_checker=None, requires_safety_checker=False)
-    return load_pipeline(
+    return pipeline.load_pipeline(
         StableDiffusionPipeline,
         settings.repo,
         settings.revision,
@@ -105,17 +96,17 @@ def _load(spec: ModelSpec, settings: DiffusionSettings, runtime: Runtime) -> Any
     )
 
 
-def build(spec: ModelSpec, device: str | None = None) -> DiffusersGenerator:
+def build(spec: ModelSpec, device: str | None = None) -> pipeline.DiffusersGenerator:
     validate(spec)
-    settings = settings_from(spec)
-    runtime = runtime_for(settings, device)
+    settings = pipeline.settings_from(spec)
+    runtime = pipeline.runtime_for(settings, device)
     pipe = _load(spec, settings, runtime)
-    swap_scheduler(pipe, settings, spec)
-    steps, guidance = steps_and_guidance(settings, pipe)
-    log = PromptLog()
+    pipeline.swap_scheduler(pipe, settings, spec)
+    steps, guidance = pipeline.steps_and_guidance(settings, pipe)
+    log = pipeline.PromptLog()
 
     def call(prompts: list[str], generators: list[torch.Generator]) -> list[Image.Image]:
-        shared = sampling_kwargs(settings, steps, guidance, len(prompts))
+        shared = pipeline.sampling_kwargs(settings, steps, guidance, len(prompts))
         out = log.call(pipe, prompt=prompts, generator=generators, output_type="pil", **shared)
         return list(out.images)
 
@@ -124,16 +115,6 @@ def build(spec: ModelSpec, device: str | None = None) -> DiffusersGenerator:
         "safety_checker": pipe.safety_checker is not None,
         "prediction_type": pipe.scheduler.config.get("prediction_type"),
     }
-    return DiffusersGenerator(
-        spec,
-        settings,
-        runtime,
-        pipeline_class=type(pipe).__name__,
-        scheduler=pipe.scheduler,
-        call=call,
-        checkpoints=checkpoints(spec),
-        steps=steps,
-        guidance=guidance,
-        extra=extra,
-        prompts=log,
+    return pipeline.DiffusersGenerator(
+        pipe, spec, settings, runtime, call, checkpoints(spec), steps, guidance, extra, log
     )
