@@ -1,6 +1,7 @@
 """The repository as a whole: one copy of the Dagster instance settings, linked (never copied)
 into ``$DAGSTER_HOME`` by ``./run``; self-contained: no file points at a document outside it,
-and every ``docs/method.md §N`` a docstring cites exists. About 2 s."""
+and every ``docs/method.md §N`` a docstring cites exists; the README maps every asset to its
+``defs/`` module and library function. About 2 s, plus loading the Definitions once."""
 
 from __future__ import annotations
 
@@ -153,3 +154,49 @@ def test_every_cited_method_section_exists():
         or not re.search(rf"^## §{section}\b", (REPO / doc).read_text(), re.MULTILINE)
     ]
     assert missing == []
+
+
+def asset_table_rows() -> list[tuple[list[str], list[str], list[str]]]:
+    """The README's asset table: per row the asset keys, the ``defs/`` modules and the library
+    functions its "code" column names."""
+    text = (REPO / "README.md").read_text()
+    section = text[text.index("## The asset graph") :]
+    section = section[: section.index("\n## ", 1)]
+    lines = [line for line in section.splitlines() if line.startswith("|")]
+    header = [cell.strip() for cell in lines[0].strip("|").split("|")]
+    assert header[0] == "asset" and header[-1] == "code", header
+    rows = []
+    for line in lines[2:]:
+        cells = [cell.strip() for cell in line.strip("|").split("|")]
+        names = re.findall(r"`([^`]+)`", cells[-1])
+        rows.append(
+            (
+                re.findall(r"`(\w+)`", cells[0]),
+                [n for n in names if n.startswith("defs/")],
+                [n for n in names if re.fullmatch(r"[a-z_]+(\.\w+)+", n)],
+            )
+        )
+    return rows
+
+
+def test_readme_maps_every_asset_to_its_module_and_library_function():
+    """One step from an asset key to its code: the README's asset table lists every asset of
+    the graph, the ``defs/`` module that defines it and the library function it calls."""
+    import importlib
+
+    from blindspot_assets.definitions import defs
+
+    graph = defs.resolve_asset_graph()
+    keys = {key.to_user_string() for key in graph.get_all_asset_keys()}
+    rows = asset_table_rows()
+    assert {key for row_keys, _, _ in rows for key in row_keys} == keys
+    for row_keys, modules, functions in rows:
+        assert modules and functions, f"{row_keys}: name the defs/ module and library function"
+        sources = [(REPO / "blindspot_assets" / m).read_text() for m in modules]
+        for key in row_keys:
+            assert any(re.search(rf"\b{key}\b", s) for s in sources), f"{key} not in {modules}"
+        for dotted in functions:
+            module, _, name = dotted.rpartition(".")
+            target = importlib.import_module(f"blindspot_assets.{module}")
+            assert callable(getattr(target, name, None)), f"{dotted} is no library function"
+            assert not module.startswith("defs"), f"{dotted}: name the library, not defs/"
