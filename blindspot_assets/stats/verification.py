@@ -47,7 +47,7 @@ from __future__ import annotations
 import hashlib
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -62,6 +62,7 @@ from blindspot_assets.generators.runner import generate_image_set
 from blindspot_assets.sae.encode import encode_features_to_codes
 from blindspot_assets.sae.model import RelaxedArchetypalSAE
 from blindspot_assets.stats.labels import caption_terms
+from blindspot_assets.stats.params import BlindspotParams
 from blindspot_assets.stats.reading import read_rows
 from blindspot_assets.stats.scores import benjamini_hochberg
 from blindspot_assets.stats.significance import (
@@ -94,27 +95,23 @@ ProgressFn = Callable[[int, int], None]
 
 @dataclass(frozen=True)
 class VerificationParams:
-    """How much to verify (``stats.verify_*``) and the verdict's settings (those of
-    ``significant``: α, the two margins; bootstrap replicates and seed for the interval)."""
+    """How much to verify (``stats.verify_*``) and the verdict's settings."""
 
     top: int = 3
+    """The top significant concepts of each kind verified."""
     images: int = 4
+    """New images per caption."""
     captions: int = 8
-    alpha: float = 0.05
-    min_effect_size: float = 0.1
-    min_relative: float = 0.25
-    n_bootstrap: int = 1000
-    ci_level: float = 0.95
-    seed: int = 0
+    """Captions per concept."""
+    verdict: BlindspotParams = field(default_factory=BlindspotParams)
+    """Those of ``significant``: α and the two margins; bootstrap replicates, CI level and seed
+    of the interval."""
     min_captions: int = MIN_CAPTIONS
+    """Fewer usable captions than this: the concept is not tested."""
 
     @classmethod
     def from_spec(cls, spec: StatsSpec) -> VerificationParams:
-        return cls(
-            spec.verify_top, spec.verify_images, spec.verify_captions, spec.params.alpha,
-            spec.params.min_effect_size, spec.params.min_relative, spec.params.n_bootstrap,
-            seed=spec.params.seed,
-        )  # fmt: skip
+        return cls(spec.verify_top, spec.verify_images, spec.verify_captions, spec.params)
 
     @property
     def max_generations(self) -> int:
@@ -281,7 +278,8 @@ def verify_concepts(
     gen_mean = gen_energy.group_by("real_image_id", "concept").agg(
         pl.col("xi").mean().alias("xi_gen"), pl.len().alias("n_images")
     )
-    rho = (1.0 - params.min_relative) / (1.0 + params.min_relative)
+    verdict = params.verdict
+    rho = (1.0 - verdict.min_relative) / (1.0 + verdict.min_relative)
     out: list[dict[str, Any]] = []
     for (concept, kind, flag_rank, source), rows in plan.group_by(
         "concept", "kind", "flag_rank", "captions_from", maintain_order=True
@@ -307,15 +305,16 @@ def verify_concepts(
         d = g - r
         sd = float(d.std(ddof=1)) if d.size > 1 else float("nan")
         mean_d = float(d.mean()) if d.size else float("nan")
-        low, high = _bootstrap_ci(d, params.n_bootstrap, params.ci_level, params.seed)
+        low, high = _bootstrap_ci(d, verdict.n_bootstrap, verdict.ci_level, verdict.seed)
         moments = PairedMoments.zeros(1).add(r[:, None], g[:, None])
-        p = float(minimum_effect_p_values(moments, params.min_effect_size, params.min_relative)[0])
+        margins = (verdict.min_effect_size, verdict.min_relative)
+        p = float(minimum_effect_p_values(moments, *margins)[0])
         # refute "the flagged change is beyond the relative margin": suppressed, E_G ≤ ρ E_R
         # (reject when mean(ρR − G) < 0); exaggerated, E_R ≤ ρ E_G (mean(ρG − R) < 0)
         a, b = (-1.0, rho) if kind == "suppressed" else (rho, -1.0)
         refute = (
             float(_one_sided_below(*moments.combination(a, b), moments.n)[0])
-            if moments.n >= 2 and params.min_relative > 0
+            if moments.n >= 2 and verdict.min_relative > 0
             else 1.0
         )
         row.update(
@@ -346,7 +345,7 @@ def _verdicts(df: pl.DataFrame, params: VerificationParams) -> pl.DataFrame:
         q[testable] = benjamini_hochberg(df["p_value"].to_numpy()[testable])
         q_refute[testable] = benjamini_hochberg(df["p_value_refute"].to_numpy()[testable])
     statuses, reasons = [], []
-    alpha = params.alpha
+    alpha, margin = params.verdict.alpha, params.verdict.min_relative
     for i, row in enumerate(df.iter_rows(named=True)):
         sign = -1.0 if row["kind"] == "suppressed" else 1.0
         agrees = np.sign(row["delta_energy"]) == sign
@@ -359,7 +358,7 @@ def _verdicts(df: pl.DataFrame, params: VerificationParams) -> pl.DataFrame:
             status, reason = "not_confirmed", "a significant change of the other sign"
         elif q_refute[i] < alpha:
             status = "not_confirmed"
-            reason = f"energy ratio within the ±{params.min_relative} relative margin (q < {alpha})"
+            reason = f"energy ratio within the ±{margin} relative margin (q < {alpha})"
         else:
             status = "inconclusive"
             reason = f"neither confirmed nor refuted at α = {alpha} on {row['n_captions']} captions"
@@ -429,7 +428,7 @@ def run_verification(
     usable = {i for i, v in zip(real_store.image_ids(), real_store.valid(), strict=True) if v}
     plan = verification_plan(
         concepts, top_images, real_manifest, usable, model_key, params.captions, labels,
-        params.seed, params.min_captions,
+        params.verdict.seed, params.min_captions,
     )  # fmt: skip
     requests = replicate_manifest(plan, params.images)
     if requests.is_empty():

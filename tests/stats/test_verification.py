@@ -26,6 +26,7 @@ from blindspot_assets.stats import (
     label_concepts,
 )
 from blindspot_assets.stats import verification as v
+from blindspot_assets.stats.params import BlindspotParams
 from blindspot_assets.stats.top_images import top_images
 from blindspot_assets.store.images import read_manifest
 from blindspot_assets.store.layout import REAL
@@ -159,7 +160,7 @@ def test_false_confirmations_on_a_faithful_model_are_rare(world: World) -> None:
     when the captions came from the top real images, hence the term-based choice)."""
     concepts = list(range(world.sae.n_concepts))
     flagged = pl.concat([forced(concepts, "suppressed"), forced(concepts, "exaggerated")])
-    params = v.VerificationParams(top=len(concepts), n_bootstrap=100)
+    params = v.VerificationParams(top=len(concepts), verdict=BlindspotParams(n_bootstrap=100))
     table = verify(world, "faithful", flagged, params).table
     counts = dict(table.group_by("status").len().iter_rows())
     assert counts.get("confirmed", 0) <= 0.05 * table.height, counts
@@ -168,7 +169,7 @@ def test_false_confirmations_on_a_faithful_model_are_rare(world: World) -> None:
 
 def test_too_few_captions_is_inconclusive(world: World) -> None:
     params = v.VerificationParams.from_spec(world.cfg.stats)
-    small = v.VerificationParams(top=1, images=2, captions=2, n_bootstrap=50)
+    small = v.VerificationParams(1, 2, 2, BlindspotParams(n_bootstrap=50))
     table = verify(world, "demo-a", world.blindspots, small).table
     assert table["status"].to_list() == ["inconclusive"] * 2
     assert table["reason"].str.contains("fewer than 4").all()
