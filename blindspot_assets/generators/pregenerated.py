@@ -27,6 +27,7 @@ from blindspot_assets.config import ModelSpec
 from blindspot_assets.generators.base import GenerationRequest
 from blindspot_assets.generators.diffusers_pipeline import fail
 from blindspot_assets.lineage import CheckpointVersion, resolve_checkpoint
+from blindspot_assets.sources.intake import file_under
 
 PARAMS = {"path", "manifest", "model", "batch_size", "seed"}
 EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp")
@@ -49,12 +50,8 @@ def _folder(spec: ModelSpec) -> Path:
 
 
 def _manifest_path(spec: ModelSpec, folder: Path) -> Path | None:
-    raw = spec.params.get("manifest")
-    if raw is None:
-        return None
-    path = Path(str(raw)).expanduser()
-    path = path if path.is_absolute() else folder / path
-    if not path.is_file():
+    path = file_under(spec.params.get("manifest"), folder)
+    if path is not None and not path.is_file():
         raise fail(
             spec, "manifest", f"{path} does not exist", "give a CSV/parquet inside path", True
         )

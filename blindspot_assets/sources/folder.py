@@ -28,32 +28,23 @@ from blindspot_assets.generators.base import ProgressFn
 from blindspot_assets.lineage import MissingInput
 from blindspot_assets.sources.intake import (
     IMAGE_EXTENSIONS,
+    LOCAL_PARAMS,
     ImageChecks,
     LocalImage,
     existing_dir,
+    file_under,
     ingest_local,
     unknown_params,
 )
 from blindspot_assets.store.images import write_manifest
 
-PARAMS = {
-    "path",
-    "manifest",
-    "copy",
-    "min_side",
-    "max_pixels",
-    "max_bytes",
-    "max_short_side",
-    "workers",
-}
+PARAMS = {*LOCAL_PARAMS, "manifest"}
 
 
 def _manifest_file(spec: SourceSpec, folder: Path) -> Path | None:
-    raw = spec.params.get("manifest")
-    if raw is None:
+    path = file_under(spec.params.get("manifest"), folder)
+    if path is None:
         return None
-    path = Path(str(raw)).expanduser()
-    path = path if path.is_absolute() else folder / path
     if not path.is_file():
         raise MissingInput(
             f"real.manifest: {path} does not exist; fix: give a CSV or parquet "

@@ -35,6 +35,7 @@ from blindspot_assets.config import ConfigError, SourceSpec
 from blindspot_assets.generators.base import ProgressFn
 from blindspot_assets.sources.intake import (
     IMAGE_EXTENSIONS,
+    LOCAL_PARAMS,
     ImageChecks,
     LocalImage,
     existing_dir,
@@ -46,18 +47,16 @@ from blindspot_assets.sources.intake import (
 from blindspot_assets.store.atomic import write_bytes_atomic
 from blindspot_assets.store.images import write_manifest
 
-PARAMS = {
-    "path",
-    "layout",
-    "ids",
-    "copy",
-    "min_side",
-    "max_pixels",
-    "max_bytes",
-    "max_short_side",
-    "workers",
-}
+PARAMS = {*LOCAL_PARAMS, "layout", "ids"}
 LAYOUTS = ("auto", "files", "webdataset")
+
+
+def validate(spec: SourceSpec) -> None:
+    unknown_params(spec, PARAMS)
+    if spec.params.get("ids", "key") not in ("key", "content"):
+        raise ConfigError(f"real.ids: {spec.params['ids']!r}; fix: use key or content")
+    detect_layout(spec, existing_dir(spec, "path"))
+    ImageChecks.from_params(spec.params, "real")
 
 
 def detect_layout(spec: SourceSpec, folder: Path) -> str:
@@ -86,14 +85,6 @@ def detect_layout(spec: SourceSpec, folder: Path) -> str:
             "layout: webdataset, or auto"
         )
     return layout
-
-
-def validate(spec: SourceSpec) -> None:
-    unknown_params(spec, PARAMS)
-    if spec.params.get("ids", "key") not in ("key", "content"):
-        raise ConfigError(f"real.ids: {spec.params['ids']!r}; fix: use key or content")
-    detect_layout(spec, existing_dir(spec, "path"))
-    ImageChecks.from_params(spec.params, "real")
 
 
 def _shard_table(parquet: Path) -> pl.DataFrame | None:

@@ -23,7 +23,7 @@ import hashlib
 import io
 import re
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -69,7 +69,7 @@ class ImageChecks:
     @classmethod
     def from_params(cls, params: dict[str, Any], where: str) -> ImageChecks:
         values: dict[str, int | None] = {}
-        for name in ("min_side", "max_pixels", "max_bytes", "max_short_side"):
+        for name in CHECK_PARAMS:
             if name not in params:
                 continue
             value = params[name]
@@ -80,6 +80,12 @@ class ImageChecks:
                 raise ConfigError(f"{where}.{name}: {value!r} is not a non-negative integer")
             values[name] = value
         return cls(**values)  # type: ignore[arg-type]
+
+
+CHECK_PARAMS = tuple(f.name for f in fields(ImageChecks))
+"""The image checks' fields: parameters of every source that stores images."""
+LOCAL_PARAMS = {"path", "copy", "workers", *CHECK_PARAMS}
+"""The parameters every source of images on disk (folder, img2dataset) takes."""
 
 
 @dataclass(frozen=True)
@@ -203,6 +209,15 @@ def unknown_params(spec: SourceSpec, known: set[str]) -> None:
             f"real.{unknown[0]}: not a field of the {spec.kind!r} source; fix: remove it, or use "
             f"one of {sorted(known)}"
         )
+
+
+def file_under(raw: object, folder: Path) -> Path | None:
+    """A file parameter (a source's or a pregenerated model's ``manifest``): None when not
+    given, else its path with ``~`` expanded, relative to ``folder`` unless absolute."""
+    if raw is None:
+        return None
+    path = Path(str(raw)).expanduser()
+    return path if path.is_absolute() else folder / path
 
 
 def existing_dir(spec: SourceSpec, name: str) -> Path:

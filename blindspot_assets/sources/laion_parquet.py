@@ -50,6 +50,7 @@ from blindspot_assets.generators.base import ProgressFn
 from blindspot_assets.lineage import MissingInput
 from blindspot_assets.sources.download import DOWNLOADERS, DownloadSettings, Fetched, fetch_all
 from blindspot_assets.sources.intake import (
+    CHECK_PARAMS,
     ImageChecks,
     has_caption,
     manifest_row,
@@ -69,10 +70,7 @@ PARAMS = {
     "retry_transient",
     "user_agent",
     "downloader",
-    "min_side",
-    "max_pixels",
-    "max_bytes",
-    "max_short_side",
+    *CHECK_PARAMS,
 }
 LOG = "download_log.jsonl"
 CANDIDATES = "candidates.parquet"
