@@ -50,6 +50,10 @@ def _esc(text: object) -> str:
     return html.escape(str(text), quote=True)
 
 
+def _tick_label(x: str, y: str, anchor: str, label: str) -> str:
+    return f'<text x="{x}" y="{y}" class="tl" text-anchor="{anchor}">{_esc(label)}</text>'
+
+
 def nice_ticks(lo: float, hi: float, n: int = 5) -> list[float]:
     """About ``n`` round tick values covering [lo, hi]."""
     if not (math.isfinite(lo) and math.isfinite(hi)) or hi <= lo:
@@ -106,18 +110,14 @@ class Frame:
         y0, y1 = self.height - self.bottom, self.top
         xt = list(x_ticks) if x_ticks is not None else nice_ticks(self.x_lo, self.x_hi)
         yt = list(y_ticks) if y_ticks is not None else nice_ticks(self.y_lo, self.y_hi, 4)
-        for t in xt:
-            x = float(self.px(np.array([t]))[0])
-            out.append(f'<line x1="{x:.1f}" y1="{y0}" x2="{x:.1f}" y2="{y0 + 4}" class="tick"/>')
-            label = x_tick_label(t)
-            out.append(f'<text x="{x:.1f}" y="{y0 + 15}" class="tl" text-anchor="middle">')
-            out.append(f"{_esc(label)}</text>")
-        for t in yt:
+        for t in xt:  # a tick and its label below the axis
+            x = f"{float(self.px(np.array([t]))[0]):.1f}"
+            out.append(f'<line x1="{x}" y1="{y0}" x2="{x}" y2="{y0 + 4}" class="tick"/>')
+            out.append(_tick_label(x, f"{y0 + 15}", "middle", x_tick_label(t)))
+        for t in yt:  # a grid line and its label left of the axis
             y = float(self.py(np.array([t]))[0])
             out.append(f'<line x1="{x0}" y1="{y:.1f}" x2="{x1}" y2="{y:.1f}" class="grid"/>')
-            label = y_tick_label(t)
-            out.append(f'<text x="{x0 - 5}" y="{y + 3:.1f}" class="tl" text-anchor="end">')
-            out.append(f"{_esc(label)}</text>")
+            out.append(_tick_label(f"{x0 - 5}", f"{y + 3:.1f}", "end", y_tick_label(t)))
         out.append(f'<line x1="{x0}" y1="{y0}" x2="{x1}" y2="{y0}" class="axis"/>')
         out.append(f'<line x1="{x0}" y1="{y0}" x2="{x0}" y2="{y1}" class="axis"/>')
         out.append(
@@ -289,29 +289,8 @@ def scatter_svg(
     ya = np.asarray(y, dtype=np.float64).reshape(-1)
     hx = np.array([p.x for p in highlight], dtype=np.float64)
     hy = np.array([p.y for p in highlight], dtype=np.float64)
-
-    def floor_of(*arrays: F64) -> float:
-        pos = np.concatenate([a[np.isfinite(a) & (a > 0)] for a in arrays])
-        return float(pos.min()) / 2 if pos.size else 1e-6
-
-    fx = floor_of(xa, hx) if log_x else 0.0
-    fy = floor_of(ya, hy) if log_y else 0.0
-    if diagonal and log_x and log_y:
-        fx = fy = min(fx, fy)
-    tx = _log10(xa, fx) if log_x else xa
-    ty = _log10(ya, fy) if log_y else ya
-    thx = _log10(hx, fx) if log_x else hx
-    thy = _log10(hy, fy) if log_y else hy
-    both_x = np.concatenate([tx, thx])
-    both_y = np.concatenate([ty, thy])
-    ok_x, ok_y = both_x[np.isfinite(both_x)], both_y[np.isfinite(both_y)]
-    x_lo, x_hi = (float(ok_x.min()), float(ok_x.max())) if ok_x.size else (0.0, 1.0)
-    y_lo, y_hi = (float(ok_y.min()), float(ok_y.max())) if ok_y.size else (0.0, 1.0)
-    if diagonal:
-        x_lo = y_lo = min(x_lo, y_lo)
-        x_hi = y_hi = max(x_hi, y_hi)
-    pad_x, pad_y = (x_hi - x_lo) * 0.04 or 0.5, (y_hi - y_lo) * 0.04 or 0.5
-    frame = Frame(width, height, x_lo - pad_x, x_hi + pad_x, y_lo - pad_y, y_hi + pad_y)
+    tx, thx, ty, thy = _log_axes(xa, hx, ya, hy, log_x, log_y, shared_floor=diagonal)
+    frame = _scatter_frame(tx, thx, ty, thy, diagonal, width, height)
     x_ticks = _log_ticks(frame.x_lo, frame.x_hi) if log_x else None
     y_ticks = _log_ticks(frame.y_lo, frame.y_hi) if log_y else None
     body = frame.axes(
@@ -338,21 +317,71 @@ def scatter_svg(
         )
     else:
         body.extend(_density_cells(frame, px, py))
-    hpx, hpy = frame.px(thx), frame.py(thy)
+    body.extend(_highlight_points(highlight, frame.px(thx), frame.py(thy)))
+    body.extend(_scatter_legend(frame, legend or {}))
+    return _svg(width, height, body, title)
+
+
+def _log_axes(
+    xa: F64, hx: F64, ya: F64, hy: F64, log_x: bool, log_y: bool, shared_floor: bool
+) -> tuple[F64, F64, F64, F64]:
+    """The coordinates as drawn: log10 on a log axis, clamped at a floor below the smallest
+    positive value (one floor for both axes when ``shared_floor``)."""
+
+    def floor_of(*arrays: F64) -> float:
+        pos = np.concatenate([a[np.isfinite(a) & (a > 0)] for a in arrays])
+        return float(pos.min()) / 2 if pos.size else 1e-6
+
+    fx = floor_of(xa, hx) if log_x else 0.0
+    fy = floor_of(ya, hy) if log_y else 0.0
+    if shared_floor and log_x and log_y:
+        fx = fy = min(fx, fy)
+    if log_x:
+        xa, hx = _log10(xa, fx), _log10(hx, fx)
+    if log_y:
+        ya, hy = _log10(ya, fy), _log10(hy, fy)
+    return xa, hx, ya, hy
+
+
+def _scatter_frame(
+    tx: F64, thx: F64, ty: F64, thy: F64, diagonal: bool, width: int, height: int
+) -> Frame:
+    """The frame holding every finite point, padded by 4 % (the same range on both axes for
+    a diagonal)."""
+    both_x = np.concatenate([tx, thx])
+    both_y = np.concatenate([ty, thy])
+    ok_x, ok_y = both_x[np.isfinite(both_x)], both_y[np.isfinite(both_y)]
+    x_lo, x_hi = (float(ok_x.min()), float(ok_x.max())) if ok_x.size else (0.0, 1.0)
+    y_lo, y_hi = (float(ok_y.min()), float(ok_y.max())) if ok_y.size else (0.0, 1.0)
+    if diagonal:
+        x_lo = y_lo = min(x_lo, y_lo)
+        x_hi = y_hi = max(x_hi, y_hi)
+    pad_x, pad_y = (x_hi - x_lo) * 0.04 or 0.5, (y_hi - y_lo) * 0.04 or 0.5
+    return Frame(width, height, x_lo - pad_x, x_hi + pad_x, y_lo - pad_y, y_hi + pad_y)
+
+
+def _highlight_points(highlight: Sequence[ScatterPoint], hpx: F64, hpy: F64) -> list[str]:
+    out = []
     for p, a, b in zip(highlight, hpx, hpy, strict=True):
         if not (math.isfinite(a) and math.isfinite(b)):
             continue
         r, stroke = (3.6, ' stroke="#1a202c" stroke-width="0.8"') if p.emphasis else (2.6, "")
-        body.append(
+        out.append(
             f'<circle cx="{a:.1f}" cy="{b:.1f}" r="{r}" fill="{p.colour}"{stroke}>'
             f"<title>{_esc(p.tooltip)}</title></circle>"
         )
-    for i, (name, colour) in enumerate((legend or {}).items()):
+    return out
+
+
+def _scatter_legend(frame: Frame, legend: Mapping[str, str]) -> list[str]:
+    """The legend in the top left corner of the plot area: a dot and a name per line."""
+    out = []
+    for i, (name, colour) in enumerate(legend.items()):
         ly = frame.top + 10 + 14 * i
         lx = frame.left + 8
-        body.append(f'<circle cx="{lx + 4}" cy="{ly - 3}" r="4" fill="{colour}"/>')
-        body.append(f'<text x="{lx + 12}" y="{ly + 1}" class="ann">{_esc(name)}</text>')
-    return _svg(width, height, body, title)
+        out.append(f'<circle cx="{lx + 4}" cy="{ly - 3}" r="4" fill="{colour}"/>')
+        out.append(f'<text x="{lx + 12}" y="{ly + 1}" class="ann">{_esc(name)}</text>')
+    return out
 
 
 def _pow10(t: float) -> str:

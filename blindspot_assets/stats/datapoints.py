@@ -11,6 +11,14 @@ import torch
 from blindspot_assets.stats.reading import iter_paired_blocks, open_store, pair_rows
 from blindspot_assets.store.rowstore import RowStore
 
+# the columns of ``datapoint_deltas`` (see compute_datapoint_deltas)
+DATAPOINT_SCHEMA: dict[str, pl.DataType | type[pl.DataType]] = {
+    "image_id": pl.String, "l2": pl.Float64, "norm_real": pl.Float64, "norm_gen": pl.Float64,
+    "l2_relative": pl.Float64,
+    "missing_concepts": pl.List(pl.Int32), "missing_values": pl.List(pl.Float64),
+    "added_concepts": pl.List(pl.Int32), "added_values": pl.List(pl.Float64),
+}  # fmt: skip
+
 
 def _top_signed(
     d_mc: torch.Tensor, top_n: int, largest: bool
@@ -56,39 +64,16 @@ def compute_datapoint_deltas(
         total = norm_real + norm_gen
         missing_c, missing_v = _top_signed(d_mc, top_n, largest=False)
         added_c, added_v = _top_signed(d_mc, top_n, largest=True)
-        parts.append(
-            pl.DataFrame(
-                {
-                    "image_id": pairing.image_ids[start:stop],
-                    "l2": l2,
-                    "norm_real": norm_real,
-                    "norm_gen": norm_gen,
-                    "l2_relative": np.where(total > 0, l2 / np.where(total > 0, total, 1.0), 0.0),
-                    "missing_concepts": missing_c,
-                    "missing_values": missing_v,
-                    "added_concepts": added_c,
-                    "added_values": added_v,
-                },
-                schema_overrides={
-                    "missing_concepts": pl.List(pl.Int32),
-                    "missing_values": pl.List(pl.Float64),
-                    "added_concepts": pl.List(pl.Int32),
-                    "added_values": pl.List(pl.Float64),
-                },
-            )
-        )
-    if not parts:
-        return pl.DataFrame(
-            schema={
-                "image_id": pl.String,
-                "l2": pl.Float64,
-                "norm_real": pl.Float64,
-                "norm_gen": pl.Float64,
-                "l2_relative": pl.Float64,
-                "missing_concepts": pl.List(pl.Int32),
-                "missing_values": pl.List(pl.Float64),
-                "added_concepts": pl.List(pl.Int32),
-                "added_values": pl.List(pl.Float64),
-            }  # fmt: skip
-        )
-    return pl.concat(parts)
+        columns = {
+            "image_id": pairing.image_ids[start:stop],
+            "l2": l2,
+            "norm_real": norm_real,
+            "norm_gen": norm_gen,
+            "l2_relative": np.where(total > 0, l2 / np.where(total > 0, total, 1.0), 0.0),
+            "missing_concepts": missing_c,
+            "missing_values": missing_v,
+            "added_concepts": added_c,
+            "added_values": added_v,
+        }
+        parts.append(pl.DataFrame(columns, schema=DATAPOINT_SCHEMA))
+    return pl.concat(parts) if parts else pl.DataFrame(schema=DATAPOINT_SCHEMA)
