@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import re
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import polars as pl
@@ -65,6 +67,20 @@ def _term_matrix(
     return vocab, np.asarray(indptr, dtype=np.int64), np.asarray(indices, dtype=np.int64)
 
 
+LABEL_SCHEMA = {"concept": pl.Int32, "rank": pl.Int32, "term": pl.String, "score": pl.Float64,
+                "lift": pl.Float64, "n_images_term": pl.Int64}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class _Terms:
+    """The caption terms of the labelled images: vocabulary, CSR incidence, counts."""
+
+    vocab: list[str]
+    indptr: np.ndarray
+    indices: np.ndarray
+    n_with_t: np.ndarray  # images whose caption holds each term
+
+
 def label_concepts(
     real_codes: str | Path | RowStore,
     manifest_df: pl.DataFrame,
@@ -83,84 +99,100 @@ def label_concepts(
     ``rank`` (1 = best), ``term``, ``score`` (correlation, > 0), ``lift``, ``n_images_term``.
     """
     store = open_store(real_codes)
-    captions_by_id = dict(manifest_df.select("image_id", "caption").drop_nulls().iter_rows())
-    ids = store.image_ids()
-    valid = store.valid()
-    rows_n = np.asarray(
-        [r for r in np.flatnonzero(valid) if str(captions_by_id.get(ids[r], "")).strip()],
-        dtype=np.int64,
-    )
-    schema = {"concept": pl.Int32, "rank": pl.Int32, "term": pl.String, "score": pl.Float64,
-              "lift": pl.Float64, "n_images_term": pl.Int64}  # fmt: skip
-    n = int(rows_n.size)
-    if n == 0:
-        return pl.DataFrame(schema=schema)
-    vocab, indptr, indices = _term_matrix(
-        [str(captions_by_id[ids[r]]) for r in rows_n], min_count, max_doc_frac
-    )
-    n_terms = len(vocab)
-    if n_terms == 0:
-        return pl.DataFrame(schema=schema)
-    n_with_t = np.bincount(indices, minlength=n_terms).astype(np.float64)
-    p_t = n_with_t / n
-    sd_t = np.sqrt(p_t * (1.0 - p_t))
-    xi = store.array("xi")
+    rows_n, captions = _captioned_rows(store, manifest_df)
+    vocab, indptr, indices = _term_matrix(captions, min_count, max_doc_frac)
+    if not vocab:
+        return pl.DataFrame(schema=LABEL_SCHEMA)
+    terms = _Terms(vocab, indptr, indices, np.bincount(indices, minlength=len(vocab)))
     n_concepts = n_concepts_of(store)
     # keep the terms × concepts sums near 256 MB whatever the vocabulary
-    width = max(64, min(concept_block, (1 << 26) // n_terms))
+    width = max(64, min(concept_block, (1 << 26) // len(vocab)))
     parts = []
     for c0 in range(0, n_concepts, width):
-        c1 = min(c0 + width, n_concepts)
-        sums_tc = torch.zeros((n_terms, c1 - c0), dtype=torch.float32)
-        sum_c = np.zeros(c1 - c0)
-        sum_sq_c = np.zeros(c1 - c0)
-        fires_c = np.zeros(c1 - c0, dtype=np.int64)
-        for start, stop in iter_blocks(n, block_rows):
-            block = read_rows(xi, rows_n[start:stop], (slice(c0, c1),)).astype(np.float32)
-            sum_c += block.sum(0, dtype=np.float64)
-            sum_sq_c += np.square(block, dtype=np.float64).sum(0)
-            fires_c += np.count_nonzero(block > 0, axis=0)
-            lo, hi = indptr[start], indptr[stop]
-            image_of_nnz = np.repeat(np.arange(stop - start), np.diff(indptr[start : stop + 1]))
-            with warnings.catch_warnings():  # torch calls its sparse CSR support "beta"
-                warnings.simplefilter("ignore", UserWarning)
-                incidence_ti = torch.sparse_coo_tensor(
-                    torch.from_numpy(np.stack([indices[lo:hi], image_of_nnz])),
-                    torch.ones(hi - lo),
-                    (n_terms, stop - start),
-                    check_invariants=False,
-                ).to_sparse_csr()
-            sums_tc += incidence_ti @ torch.from_numpy(block)
-        mean_c = sum_c / n
-        sd_c = np.sqrt(np.maximum(sum_sq_c / n - mean_c**2, 0.0))
-        s_tc = sums_tc.numpy().astype(np.float64)
-        cov_tc = s_tc / n - p_t[:, None] * mean_c[None, :]
-        denom = sd_t[:, None] * sd_c[None, :]
-        with np.errstate(divide="ignore", invalid="ignore"):
-            r_tc = np.where(denom > 0, cov_tc / denom, 0.0)
-            lift_tc = (s_tc / n_with_t[:, None]) / mean_c[None, :]
-        r_tc[:, fires_c < min_images] = 0.0
-        k = min(top_terms, n_terms)
-        top_kc = np.argsort(-r_tc, axis=0, kind="stable")[:k]
-        score_kc = np.take_along_axis(r_tc, top_kc, axis=0)
-        lift_kc = np.take_along_axis(lift_tc, top_kc, axis=0)
-        keep = score_kc > 0
-        concept_kc = np.broadcast_to(np.arange(c0, c1)[None, :], top_kc.shape)
-        rank_kc = np.broadcast_to(np.arange(1, k + 1)[:, None], top_kc.shape)
-        parts.append(
-            pl.DataFrame(
-                {
-                    "concept": concept_kc[keep].astype(np.int32),
-                    "rank": rank_kc[keep].astype(np.int32),
-                    "term": [vocab[i] for i in top_kc[keep]],
-                    "score": score_kc[keep],
-                    "lift": lift_kc[keep],
-                    "n_images_term": n_with_t[top_kc[keep]].astype(np.int64),
-                },
-                schema=schema,
-            )
-        )
+        columns = slice(c0, min(c0 + width, n_concepts))
+        sums = _term_sums(store.array("xi"), rows_n, terms, columns, block_rows)
+        parts.append(_best_terms(terms, columns, *sums, top_terms, min_images))
     return pl.concat(parts).sort(["concept", "rank"])
+
+
+def _captioned_rows(store: RowStore, manifest_df: pl.DataFrame) -> tuple[np.ndarray, list[str]]:
+    """The valid code rows whose image has a non-empty caption, and those captions."""
+    captions_by_id = dict(manifest_df.select("image_id", "caption").drop_nulls().iter_rows())
+    ids = store.image_ids()
+    rows_n = np.asarray(
+        [r for r in np.flatnonzero(store.valid()) if str(captions_by_id.get(ids[r], "")).strip()],
+        dtype=np.int64,
+    )
+    return rows_n, [str(captions_by_id[ids[r]]) for r in rows_n]
+
+
+def _term_sums(
+    xi: Any, rows_n: np.ndarray, terms: _Terms, columns: slice, block_rows: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """For the concepts in ``columns``: Σ ξ over each term's images (terms × concepts), Σ ξ,
+    Σ ξ² and the count of images where each concept fires, streamed over row blocks."""
+    width = columns.stop - columns.start
+    sums_tc = torch.zeros((len(terms.vocab), width), dtype=torch.float32)
+    sum_c, sum_sq_c = np.zeros(width), np.zeros(width)
+    fires_c = np.zeros(width, dtype=np.int64)
+    indptr, indices = terms.indptr, terms.indices
+    for start, stop in iter_blocks(int(rows_n.size), block_rows):
+        block = read_rows(xi, rows_n[start:stop], (columns,)).astype(np.float32)
+        sum_c += block.sum(0, dtype=np.float64)
+        sum_sq_c += np.square(block, dtype=np.float64).sum(0)
+        fires_c += np.count_nonzero(block > 0, axis=0)
+        lo, hi = indptr[start], indptr[stop]
+        image_of_nnz = np.repeat(np.arange(stop - start), np.diff(indptr[start : stop + 1]))
+        with warnings.catch_warnings():  # torch calls its sparse CSR support "beta"
+            warnings.simplefilter("ignore", UserWarning)
+            incidence_ti = torch.sparse_coo_tensor(
+                torch.from_numpy(np.stack([indices[lo:hi], image_of_nnz])),
+                torch.ones(hi - lo),
+                (len(terms.vocab), stop - start),
+                check_invariants=False,
+            ).to_sparse_csr()
+        sums_tc += incidence_ti @ torch.from_numpy(block)
+    return sums_tc.numpy().astype(np.float64), sum_c, sum_sq_c, fires_c
+
+
+def _best_terms(
+    terms: _Terms,
+    columns: slice,
+    s_tc: np.ndarray,
+    sum_c: np.ndarray,
+    sum_sq_c: np.ndarray,
+    fires_c: np.ndarray,
+    top_terms: int,
+    min_images: int,
+) -> pl.DataFrame:
+    """The point-biserial correlation of every (term, concept) and each concept's best terms."""
+    n = int(terms.indptr.size - 1)
+    n_with_t = terms.n_with_t.astype(np.float64)
+    p_t = n_with_t / n
+    sd_t = np.sqrt(p_t * (1.0 - p_t))
+    mean_c = sum_c / n
+    sd_c = np.sqrt(np.maximum(sum_sq_c / n - mean_c**2, 0.0))
+    cov_tc = s_tc / n - p_t[:, None] * mean_c[None, :]
+    denom = sd_t[:, None] * sd_c[None, :]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        r_tc = np.where(denom > 0, cov_tc / denom, 0.0)
+        lift_tc = (s_tc / n_with_t[:, None]) / mean_c[None, :]
+    r_tc[:, fires_c < min_images] = 0.0
+    k = min(top_terms, len(terms.vocab))
+    top_kc = np.argsort(-r_tc, axis=0, kind="stable")[:k]
+    score_kc = np.take_along_axis(r_tc, top_kc, axis=0)
+    keep = score_kc > 0
+    concept_kc = np.broadcast_to(np.arange(columns.start, columns.stop)[None, :], top_kc.shape)
+    rank_kc = np.broadcast_to(np.arange(1, k + 1)[:, None], top_kc.shape)
+    columns_out = {
+        "concept": concept_kc[keep].astype(np.int32),
+        "rank": rank_kc[keep].astype(np.int32),
+        "term": [terms.vocab[i] for i in top_kc[keep]],
+        "score": score_kc[keep],
+        "lift": np.take_along_axis(lift_tc, top_kc, axis=0)[keep],
+        "n_images_term": n_with_t[top_kc[keep]].astype(np.int64),
+    }
+    return pl.DataFrame(columns_out, schema=LABEL_SCHEMA)
 
 
 def top_label(labels_df: pl.DataFrame) -> pl.DataFrame:

@@ -64,46 +64,57 @@ def score_planted(
     images_by_concept: dict[int, list[str]] = {}
     for concept, image_id in top.select("concept", "image_id").iter_rows():
         images_by_concept.setdefault(int(concept), []).append(str(image_id))
-
     rows = []
-    ranked = flagged_df.sort("rank")
-    for rank, concept, kind in ranked.select("rank", "concept", "kind").iter_rows():
+    flagged = flagged_df.sort("rank").select("rank", "concept", "kind")
+    for rank, concept, kind in flagged.iter_rows():
         images = images_by_concept.get(int(concept), [])
-        counts: dict[str, int] = {}
-        for image_id in images:
-            for value in values_by_id.get(image_id, set()):
-                counts[value] = counts.get(value, 0) + 1
-        purities = {v: c / len(images) for v, c in counts.items()} if images else {}
-        best = max(purities.items(), key=lambda kv: (kv[1], kv[0]), default=(None, 0.0))
-        match = None
-        if len(images) >= min_images:
-            candidates = [(purities.get(v, 0.0), v) for v in planted.get(kind, [])]
-            hits = [(p, v) for p, v in candidates if p >= purity]
-            match = max(hits)[1] if hits else None
         rows.append(
-            {
-                "rank": int(rank),
-                "concept": int(concept),
-                "kind": str(kind),
-                "n_top_images": len(images),
-                "best_attribute": best[0],
-                "best_purity": float(best[1]),
-                "planted_match": match,
-            }
-        )
-    per_concept = pl.DataFrame(
-        rows,
-        schema={"rank": pl.Int64, "concept": pl.Int64, "kind": pl.String,
-                "n_top_images": pl.Int64, "best_attribute": pl.String,
-                "best_purity": pl.Float64, "planted_match": pl.String},
-    )  # fmt: skip
+            {"rank": int(rank), "concept": int(concept), "kind": str(kind),
+             "n_top_images": len(images),
+             **_concept_match(images, values_by_id, planted.get(kind, []), purity, min_images)}
+        )  # fmt: skip
+    per_concept = pl.DataFrame(rows, schema=PER_CONCEPT_SCHEMA)
+    return _planted_summary(per_concept, planted, k_values), per_concept
+
+
+PER_CONCEPT_SCHEMA = {
+    "rank": pl.Int64, "concept": pl.Int64, "kind": pl.String, "n_top_images": pl.Int64,
+    "best_attribute": pl.String, "best_purity": pl.Float64, "planted_match": pl.String,
+}  # fmt: skip
+
+
+def _concept_match(
+    images: list[str],
+    values_by_id: Mapping[str, set[str]],
+    plants: Sequence[str],
+    purity: float,
+    min_images: int,
+) -> dict[str, Any]:
+    """The attribute most shared by a concept's top images, and the plant it matches (the
+    purest of its kind at ≥ ``purity``; none below ``min_images`` images)."""
+    counts: dict[str, int] = {}
+    for image_id in images:
+        for value in values_by_id.get(image_id, set()):
+            counts[value] = counts.get(value, 0) + 1
+    purities = {v: c / len(images) for v, c in counts.items()} if images else {}
+    best = max(purities.items(), key=lambda kv: (kv[1], kv[0]), default=(None, 0.0))
+    match = None
+    if len(images) >= min_images:
+        hits = [(purities.get(v, 0.0), v) for v in plants if purities.get(v, 0.0) >= purity]
+        match = max(hits)[1] if hits else None
+    return {"best_attribute": best[0], "best_purity": float(best[1]), "planted_match": match}
+
+
+def _planted_summary(
+    per_concept: pl.DataFrame, planted: Mapping[str, Sequence[str]], k_values: Sequence[int]
+) -> dict[str, Any]:
+    """Recall over the plants, each plant's first matching rank, precision@k."""
     plants = [(kind, str(v)) for kind in KINDS for v in planted.get(kind, [])]
     found: dict[str, bool] = {}
     first_rank: dict[str, int | None] = {}
     for kind, value in plants:
-        ranks = per_concept.filter((pl.col("kind") == kind) & (pl.col("planted_match") == value))[
-            "rank"
-        ].to_list()
+        matching = (pl.col("kind") == kind) & (pl.col("planted_match") == value)
+        ranks = per_concept.filter(matching)["rank"].to_list()
         found[f"{kind}:{value}"] = bool(ranks)
         first_rank[f"{kind}:{value}"] = min(ranks) if ranks else None
     precision_at = {}
@@ -113,7 +124,7 @@ def score_planted(
             float(head["planted_match"].is_not_null().mean()) if head.height else 0.0  # type: ignore[arg-type]
         )
     n_found = sum(found.values())
-    summary: dict[str, Any] = {
+    return {
         "n_plants": len(plants),
         "n_found": n_found,
         "recall": n_found / len(plants) if plants else float("nan"),
@@ -122,7 +133,6 @@ def score_planted(
         "precision_at": precision_at,
         "n_flagged": per_concept.height,
     }
-    return summary, per_concept
 
 
 def planted_summary_frame(summary: Mapping[str, Any], model: str = "") -> pl.DataFrame:
