@@ -184,6 +184,22 @@ def img2dataset_command() -> list[str] | None:
     return None
 
 
+def _img2dataset_args(urls: Path, out: Path, n: int, settings: DownloadSettings) -> list[str]:
+    """img2dataset's flags: files layout, the raw bytes kept (no resize, no re-encoding), the
+    candidate rank carried along as ``cand``, no retries (the waves retry)."""
+    flags = {
+        "url_list": str(urls), "input_format": "parquet", "url_col": "url",
+        "caption_col": "caption", "save_additional_columns": "['cand']",
+        "output_format": "files", "output_folder": str(out), "processes_count": "1",
+        "thread_count": str(settings.workers),
+        "timeout": str(max(1, math.ceil(settings.timeout_s))), "retries": "0",
+        "resize_mode": "no", "disable_all_reencoding": "True", "enable_wandb": "False",
+        "user_agent_token": "blindspot-assets", "number_sample_per_shard": str(max(1, n)),
+        "distributor": "multiprocessing",
+    }  # fmt: skip
+    return [arg for name, value in flags.items() for arg in (f"--{name}", value)]
+
+
 def _fetch_img2dataset(
     wave: list[dict[str, Any]], out_dir: Path, settings: DownloadSettings
 ) -> Iterator[tuple[dict[str, Any], Fetched]]:
@@ -203,42 +219,7 @@ def _fetch_img2dataset(
                 "cand": [str(c["rank"]) for c in wave],
             }
         ).write_parquet(work / "urls.parquet")
-        args = [
-            "--url_list",
-            str(work / "urls.parquet"),
-            "--input_format",
-            "parquet",
-            "--url_col",
-            "url",
-            "--caption_col",
-            "caption",
-            "--save_additional_columns",
-            "['cand']",
-            "--output_format",
-            "files",
-            "--output_folder",
-            str(work / "out"),
-            "--processes_count",
-            "1",
-            "--thread_count",
-            str(settings.workers),
-            "--timeout",
-            str(max(1, math.ceil(settings.timeout_s))),
-            "--retries",
-            "0",
-            "--resize_mode",
-            "no",
-            "--disable_all_reencoding",
-            "True",
-            "--enable_wandb",
-            "False",
-            "--user_agent_token",
-            "blindspot-assets",
-            "--number_sample_per_shard",
-            str(max(1, len(wave))),
-            "--distributor",
-            "multiprocessing",
-        ]
+        args = _img2dataset_args(work / "urls.parquet", work / "out", len(wave), settings)
         env = {**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1"}
         done = subprocess.run(
             [*command, *args],
@@ -251,22 +232,29 @@ def _fetch_img2dataset(
         tables = sorted((work / "out").glob("*.parquet"))
         if not tables:
             raise RuntimeError(f"img2dataset wrote no shard table: {done.stderr[-2000:]}")
-        by_rank = {str(c["rank"]): c for c in wave}
-        for table in tables:
-            for rec in pl.read_parquet(table).iter_rows(named=True):
-                cand = by_rank.get(str(rec.get("cand")))
-                if cand is None:
-                    continue
-                if rec.get("status") != "success":
-                    message = rec.get("error_message") or ""
-                    yield cand, Fetched(reason_from_message(message), message[:300])
-                    continue
-                files = list((work / "out" / table.stem).glob(f"{rec['key']}.*"))
-                image = next((f for f in files if f.suffix not in (".txt", ".json")), None)
-                if image is None:
-                    yield cand, Fetched("download_error", "img2dataset reported success, no file")
-                    continue
-                yield cand, store(image.read_bytes(), out_dir, settings.checks)
+        yield from _img2dataset_results(wave, tables, out_dir, settings)
+
+
+def _img2dataset_results(
+    wave: list[dict[str, Any]], tables: list[Path], out_dir: Path, settings: DownloadSettings
+) -> Iterator[tuple[dict[str, Any], Fetched]]:
+    """Each candidate img2dataset reported on, with its stored image or its failure reason."""
+    by_rank = {str(c["rank"]): c for c in wave}
+    for table in tables:
+        for rec in pl.read_parquet(table).iter_rows(named=True):
+            cand = by_rank.get(str(rec.get("cand")))
+            if cand is None:
+                continue
+            if rec.get("status") != "success":
+                message = rec.get("error_message") or ""
+                yield cand, Fetched(reason_from_message(message), message[:300])
+                continue
+            files = list((table.parent / table.stem).glob(f"{rec['key']}.*"))
+            image = next((f for f in files if f.suffix not in (".txt", ".json")), None)
+            if image is None:
+                yield cand, Fetched("download_error", "img2dataset reported success, no file")
+                continue
+            yield cand, store(image.read_bytes(), out_dir, settings.checks)
 
 
 def fetch_all(
