@@ -181,38 +181,27 @@ def _figures(
             if x_col in r and y_col in r
         ]
 
+    def scatter(x_col: str, y_col: str, **kwargs: Any) -> str:
+        x, y = numeric(stats, x_col), numeric(stats, y_col)
+        return svg.scatter_svg(x, y, highlight=points(x_col, y_col), **kwargs)
+
     legend = {"suppressed": svg.SUPPRESSED, "exaggerated": svg.EXAGGERATED, "other": svg.NEUTRAL}
     e_real, e_gen = pick(stats, "energy_real"), pick(stats, "energy_gen")
     if e_real and e_gen:
+        title = f"Energy per concept, real vs generated — {key}"
         figs.append(
-            svg.scatter_svg(
-                numeric(stats, e_real),
-                numeric(stats, e_gen),
-                title=f"Energy per concept, real vs generated — {key}",
-                xlabel="E(real)",
-                ylabel=f"E({key})",
-                highlight=points(e_real, e_gen),
-                log_x=True,
-                log_y=True,
-                diagonal=True,
-                legend=legend,
-            )
-        )
+            scatter(e_real, e_gen, title=title, xlabel="E(real)", ylabel=f"E({key})",
+                    log_x=True, log_y=True, diagonal=True, legend=legend)
+        )  # fmt: skip
     freq = pick(stats, "image_freq_real", "nb_fire_real")
     rel = pick(stats, "relative")
     if freq and rel:
+        xlabel = "fraction of real images where it fires"
+        if freq != "image_freq_real":
+            xlabel = "token codes firing (real)"
+        title = f"Concept frequency vs relative difference — {key}"
         figs.append(
-            svg.scatter_svg(
-                numeric(stats, freq),
-                numeric(stats, rel),
-                title=f"Concept frequency vs relative difference — {key}",
-                xlabel="fraction of real images where it fires"
-                if freq == "image_freq_real"
-                else "token codes firing (real)",
-                ylabel="relative difference",
-                highlight=points(freq, rel),
-                log_x=True,
-            )
+            scatter(freq, rel, title=title, xlabel=xlabel, ylabel="relative difference", log_x=True)
         )
     return figs
 
@@ -648,6 +637,82 @@ def _swap_in(out_dir: Path, staging: Path, page_tmp: Path, page: Path) -> None:
     shutil.rmtree(staging, ignore_errors=True)
 
 
+@dataclass(frozen=True)
+class _SectionInputs:
+    """What every model's section is drawn from besides its own statistics."""
+
+    cfg: RunConfig
+    tables: dict[str, pl.DataFrame | None]
+    labels: Labels
+    writer: ImageWriter
+    opts: ReportOptions
+    summary: pl.DataFrame | None
+
+
+def _model_section(
+    key: str,
+    stats: pl.DataFrame,
+    flagged: pl.DataFrame | None,
+    inputs: _SectionInputs,
+    controls: list[dict[str, Any]],
+) -> ModelSection:
+    """One model's section: counts, figures, concept cards, flagged table, datapoints and
+    memorisation candidates."""
+    cfg, tables, labels, writer, opts = (
+        inputs.cfg, inputs.tables, inputs.labels, inputs.writer, inputs.opts
+    )  # fmt: skip
+    flagged = flagged if flagged is not None else stats[:0]
+    top = tables["concept_top_images"]
+    section = ModelSection(key)
+    section.counts = _model_counts(cfg, stats, flagged, inputs.summary, controls)
+    section.figures = _figures(cfg, key, stats, flagged, labels)
+    section.cards = _cards(key, flagged, top, labels, writer, opts)
+    carded = {c.concept for cs in section.cards.values() for c in cs}
+    section.flagged_columns, section.flagged_rows = _flagged_table(
+        key, flagged, labels, carded, opts
+    )
+    section.n_flagged = flagged.height
+    section.datapoints, section.datapoint_columns = _datapoints(
+        key, tables["datapoint_deltas"], labels, writer, opts
+    )
+    section.memorization, section.memorization_total = _memorization(
+        key, tables["memorization_candidates"], writer, opts
+    )
+    if top is None:
+        section.notes.append("concept_top_images has not been materialised: no galleries.")
+    return section
+
+
+def _cross_figures(
+    root: str | Path, stats_all: pl.DataFrame | None, models: list[str],
+    distances: dict[str, np.ndarray],
+) -> list[tuple[str, str]]:  # fmt: skip
+    """The figures across models, each with its caption."""
+    cross: list[tuple[str, str]] = []
+    corr = _correlations(root, stats_all, models)
+    if corr is not None:
+        names, matrix, source = corr
+        cross.append(
+            (
+                svg.matrix_svg(names, matrix, title="Pearson r of relative differences"),
+                f"Correlation of per-concept relative differences between models ({source}).",
+            )
+        )
+    for figure in (_frequency_figure(root), analyses.token_frequency_figure(stats_all, models)):
+        if figure is not None:
+            cross.append(figure)
+    if distances:
+        title, xlabel = "‖ξ(x′) − ξ(x)‖ per datapoint", "‖ξ(x′) − ξ(x)‖"
+        cross.append(
+            (
+                svg.step_histograms_svg(distances, title=title, xlabel=xlabel),
+                "Per-datapoint distance between the concept vectors of a real image and the "
+                "image generated from its caption, per model.",
+            )
+        )
+    return cross
+
+
 def build_report(
     cfg: RunConfig,
     out_dir: Path,
@@ -675,71 +740,24 @@ def build_report(
     controls = control_flags(cfg, blind_all)
     sections: list[ModelSection] = []
     missing_models: list[str] = []
-    n_blind = 0
-    all_cards: list[ConceptCard] = []
     distances: dict[str, np.ndarray] = {}
     for key in cfg.models:
         stats = for_model(stats_all, key)
-        flagged = verification_view.with_status(for_model(blind_all, key), root, key)
         if stats is None or stats.is_empty():
             missing_models.append(key)
             continue
-        flagged = flagged if flagged is not None else stats[:0]
-        n_blind += flagged.height
-        section = ModelSection(key)
-        section_summary = for_model(summaries, key)
-        section.counts = _model_counts(cfg, stats, flagged, section_summary, controls)
-        section.figures = _figures(cfg, key, stats, flagged, labels)
-        section.cards = _cards(key, flagged, top, labels, writer, opts)
-        all_cards += [c for cs in section.cards.values() for c in cs]
-        carded = {c.concept for cs in section.cards.values() for c in cs}
-        section.flagged_columns, section.flagged_rows = _flagged_table(
-            key, flagged, labels, carded, opts
-        )
-        section.n_flagged = flagged.height
-        section.datapoints, section.datapoint_columns = _datapoints(
-            key, tables["datapoint_deltas"], labels, writer, opts
-        )
+        flagged = verification_view.with_status(for_model(blind_all, key), root, key)
+        context = _SectionInputs(cfg, tables, labels, writer, opts, for_model(summaries, key))
+        section = _model_section(key, stats, flagged, context, controls)
+        sections.append(section)
         dp = for_model(tables["datapoint_deltas"], key)
         dist_col = section.datapoint_columns.get("distance")
         if dp is not None and dist_col:
             distances[key] = numeric(dp, dist_col)
-        section.memorization, section.memorization_total = _memorization(
-            key, tables["memorization_candidates"], writer, opts
-        )
-        if top is None:
-            section.notes.append("concept_top_images has not been materialised: no galleries.")
-        sections.append(section)
+    all_cards = [c for s in sections for cs in s.cards.values() for c in cs]
+    n_blind = sum(s.n_flagged for s in sections)
     _fill_heat_maps(cfg, all_cards, writer, progress)
-
-    cross: list[tuple[str, str]] = []
-    corr = _correlations(root, stats_all, list(cfg.models))
-    if corr is not None:
-        names, matrix, source = corr
-        cross.append(
-            (
-                svg.matrix_svg(names, matrix, title="Pearson r of relative differences"),
-                f"Correlation of per-concept relative differences between models ({source}).",
-            )
-        )
-    freq_fig = _frequency_figure(root)
-    if freq_fig is not None:
-        cross.append(freq_fig)
-    token_freq_fig = analyses.token_frequency_figure(stats_all, list(cfg.models))
-    if token_freq_fig is not None:
-        cross.append(token_freq_fig)
-    if distances:
-        cross.append(
-            (
-                svg.step_histograms_svg(
-                    distances,
-                    title="‖ξ(x′) − ξ(x)‖ per datapoint",
-                    xlabel="‖ξ(x′) − ξ(x)‖",
-                ),
-                "Per-datapoint distance between the concept vectors of a real image and the "
-                "image generated from its caption, per model.",
-            )
-        )
+    cross = _cross_figures(root, stats_all, list(cfg.models), distances)
     lineage: Lineage = read_lineage_block(cfg, tables)
     extra = _analysis_sections(cfg, root, tables, labels)
     shown = {*REQUIRED_TABLES, *OPTIONAL_TABLES, *ANALYSIS_TABLES}
