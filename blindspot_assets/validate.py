@@ -23,8 +23,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from blindspot_assets.config import ConfigError, RunConfig, load_config
-from blindspot_assets.lineage import (
+from blindspot_assets.checkpoint_versions import (
     CheckpointVersion,
     MissingInput,
     cached_snapshot,
@@ -32,6 +31,7 @@ from blindspot_assets.lineage import (
     looks_local,
     resolve_checkpoint,
 )
+from blindspot_assets.config import ConfigError, RunConfig, load_config
 
 # What a model family's checkpoint must load as (model_index.json ``_class_name``).
 FAMILY_PIPELINES = {

@@ -4,6 +4,7 @@ from typing import Any
 
 import dagster as dg
 
+from blindspot_assets.checkpoint_versions import combined_data_version
 from blindspot_assets.config import RunConfig
 from blindspot_assets.defs.inputs import real_images
 from blindspot_assets.defs.metadata import lineage_md, progress_logger, thumbnails
@@ -23,7 +24,6 @@ from blindspot_assets.generators.runner import (
     generate_image_set,
     plan_generation,
 )
-from blindspot_assets.lineage import combined_data_version
 from blindspot_assets.shards import GenerationShards, Shard
 from blindspot_assets.store.images import read_manifest, write_lineage
 

@@ -25,12 +25,12 @@ import polars as pl
 import torch
 from PIL import Image
 
+from blindspot_assets.checkpoint_versions import resolve_checkpoint
 from blindspot_assets.config import EncoderSpec
 from blindspot_assets.devices import choose_device
 from blindspot_assets.encoders.images import ImagePolicy
 from blindspot_assets.generators.base import ProgressFn
 from blindspot_assets.generators.diffusers_pipeline import choose_dtype
-from blindspot_assets.lineage import resolve_checkpoint
 from blindspot_assets.store.layout import feature_arrays
 from blindspot_assets.store.rowstore import RowStore
 

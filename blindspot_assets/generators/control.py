@@ -19,9 +19,9 @@ from typing import Any
 
 from PIL import Image
 
+from blindspot_assets.checkpoint_versions import CheckpointVersion
 from blindspot_assets.config import ConfigError, ModelSpec
 from blindspot_assets.generators.base import GenerationRequest
-from blindspot_assets.lineage import CheckpointVersion
 from blindspot_assets.store.images import read_manifest
 
 PARAMS = {"real_images", "batch_size", "seed"}

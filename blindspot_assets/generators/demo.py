@@ -11,10 +11,10 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from blindspot_assets.checkpoint_versions import CheckpointVersion
 from blindspot_assets.config import ConfigError, ModelSpec
 from blindspot_assets.demo.world import IMAGE_SIZE, Plants, parse_caption, render
 from blindspot_assets.generators.base import GenerationRequest
-from blindspot_assets.lineage import CheckpointVersion
 
 PARAMS = {
     "suppress_colors",

@@ -32,10 +32,7 @@ from typing import Any
 import torch
 from PIL import Image
 
-from blindspot_assets.config import ConfigError, ModelSpec
-from blindspot_assets.devices import choose_device
-from blindspot_assets.generators.base import GenerationRequest
-from blindspot_assets.lineage import (
+from blindspot_assets.checkpoint_versions import (
     CheckpointVersion,
     MissingInput,
     combined_data_version,
@@ -43,6 +40,9 @@ from blindspot_assets.lineage import (
     library_versions,
     looks_local,
 )
+from blindspot_assets.config import ConfigError, ModelSpec
+from blindspot_assets.devices import choose_device
+from blindspot_assets.generators.base import GenerationRequest
 
 COMMON_PARAMS = frozenset(
     {

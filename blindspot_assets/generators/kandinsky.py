@@ -27,9 +27,9 @@ from typing import Any
 import torch
 from PIL import Image
 
+from blindspot_assets.checkpoint_versions import CheckpointVersion, resolve_checkpoint
 from blindspot_assets.config import ModelSpec
 from blindspot_assets.generators import diffusers_pipeline as pipeline
-from blindspot_assets.lineage import CheckpointVersion, resolve_checkpoint
 
 FAMILY_PARAMS = {
     "prior_repo": "the prior checkpoint; given, prior and decoder load apart",

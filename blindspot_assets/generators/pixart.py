@@ -19,9 +19,9 @@ from typing import Any
 import torch
 from PIL import Image
 
+from blindspot_assets.checkpoint_versions import CheckpointVersion, resolve_checkpoint
 from blindspot_assets.config import ModelSpec
 from blindspot_assets.generators import diffusers_pipeline as pipeline
-from blindspot_assets.lineage import CheckpointVersion, resolve_checkpoint
 
 FAMILY_PARAMS = {
     "resolution_binning": "denoise at the nearest trained aspect-ratio bin, resize (default true)",

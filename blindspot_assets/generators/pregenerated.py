@@ -23,10 +23,10 @@ from typing import Any
 import polars as pl
 from PIL import Image
 
+from blindspot_assets.checkpoint_versions import CheckpointVersion, resolve_checkpoint
 from blindspot_assets.config import ModelSpec
 from blindspot_assets.generators.base import GenerationRequest
 from blindspot_assets.generators.diffusers_pipeline import fail
-from blindspot_assets.lineage import CheckpointVersion, resolve_checkpoint
 from blindspot_assets.sources.intake import file_under
 
 PARAMS = {"path", "manifest", "model", "batch_size", "seed"}

@@ -8,9 +8,9 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Protocol, cast
 
+from blindspot_assets.checkpoint_versions import CheckpointVersion, combined_data_version
 from blindspot_assets.config import ConfigError, ModelSpec
 from blindspot_assets.generators.base import ImageGenerator
-from blindspot_assets.lineage import CheckpointVersion, combined_data_version
 
 FAMILY_MODULES = {
     "demo": "blindspot_assets.generators.demo",

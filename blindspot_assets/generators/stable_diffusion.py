@@ -16,9 +16,9 @@ from typing import Any
 import torch
 from PIL import Image
 
+from blindspot_assets.checkpoint_versions import CheckpointVersion, resolve_checkpoint
 from blindspot_assets.config import ModelSpec
 from blindspot_assets.generators import diffusers_pipeline as pipeline
-from blindspot_assets.lineage import CheckpointVersion, resolve_checkpoint
 
 FAMILY_PARAMS = {
     "unet": "a UNet to load in place of the pipeline's: {repo, revision, subfolder, variant}",

@@ -24,10 +24,10 @@ from typing import Any, Protocol
 import torch
 from PIL import Image
 
+from blindspot_assets.checkpoint_versions import MissingInput, resolve_checkpoint
 from blindspot_assets.config import LabelsSpec
 from blindspot_assets.devices import choose_device
 from blindspot_assets.generators.diffusers_pipeline import choose_dtype
-from blindspot_assets.lineage import MissingInput, resolve_checkpoint
 
 # A caption prefix for captioning models; an instruction for chat VLMs.
 CAPTION_PROMPT = "a picture of"
@@ -139,8 +139,9 @@ def strip_prompt(text: str, prompt: str) -> str:
 def load_captioner(spec: LabelsSpec) -> Captioner:
     """Load ``spec.model_id`` (hub id or local folder) at ``spec.revision``.
 
-    The version is ``lineage.resolve_checkpoint``'s: a local folder's content hash, else the
-    commit the revision resolves to (from the hub, or from the local cache when offline).
+    The version is ``checkpoint_versions.resolve_checkpoint``'s: a local folder's content hash,
+    else the commit the revision resolves to (from the hub, or from the local cache when
+    offline).
     """
     from transformers import AutoModelForImageTextToText, AutoProcessor
 

@@ -23,9 +23,9 @@ from typing import Any
 
 import polars as pl
 
+from blindspot_assets.checkpoint_versions import MissingInput
 from blindspot_assets.config import ConfigError, SourceSpec
 from blindspot_assets.generators.base import ProgressFn
-from blindspot_assets.lineage import MissingInput
 from blindspot_assets.sources.intake import (
     IMAGE_EXTENSIONS,
     LOCAL_PARAMS,

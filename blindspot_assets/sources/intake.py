@@ -29,9 +29,9 @@ from typing import Any
 
 from PIL import Image, UnidentifiedImageError
 
+from blindspot_assets.checkpoint_versions import MissingInput
 from blindspot_assets.config import ConfigError, SourceSpec
 from blindspot_assets.encoders.images import downscale, to_rgb
-from blindspot_assets.lineage import MissingInput
 from blindspot_assets.store.atomic import write_atomic
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")

@@ -45,9 +45,9 @@ from typing import Any
 import numpy as np
 import polars as pl
 
+from blindspot_assets.checkpoint_versions import MissingInput
 from blindspot_assets.config import ConfigError, SourceSpec
 from blindspot_assets.generators.base import ProgressFn
-from blindspot_assets.lineage import MissingInput
 from blindspot_assets.sources.download import DOWNLOADERS, DownloadSettings, Fetched, fetch_all
 from blindspot_assets.sources.intake import (
     CHECK_PARAMS,

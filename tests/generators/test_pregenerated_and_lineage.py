@@ -8,14 +8,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from blindspot_assets.config import ConfigError, ModelSpec
-from blindspot_assets.generators.base import GenerationRequest
-from blindspot_assets.generators.registry import build_generator, validate_model
-from blindspot_assets.lineage import (
+from blindspot_assets.checkpoint_versions import (
     combined_data_version,
     hash_directory,
     resolve_checkpoint,
 )
+from blindspot_assets.config import ConfigError, ModelSpec
+from blindspot_assets.generators.base import GenerationRequest
+from blindspot_assets.generators.registry import build_generator, validate_model
 
 
 def _image(path: Path, value: int) -> None:

@@ -14,6 +14,7 @@ import pytest
 import yaml
 from PIL import Image
 
+from blindspot_assets.checkpoint_versions import MissingInput, hash_directory
 from blindspot_assets.config import ConfigError, LabelsSpec, RunConfig, parse_config
 from blindspot_assets.labels.naming import (
     concepts_to_name,
@@ -22,7 +23,6 @@ from blindspot_assets.labels.naming import (
     name_run_concepts,
 )
 from blindspot_assets.labels.vlm import CAPTION_PROMPT, CHAT_PROMPT, load_captioner, strip_prompt
-from blindspot_assets.lineage import MissingInput, hash_directory
 from blindspot_assets.report.data import Labels
 from blindspot_assets.report.names import model_names
 from blindspot_assets.sae.checkpoint import HEADER_FILE, SAE_SCHEMA
