@@ -222,9 +222,15 @@ def encode_features_to_codes(
     if finish and codes.is_complete():
         codes.finish(completed_at=time.time())
     lo, hi = rows if rows is not None else (0, n)
+    return _summary(tally, hi - lo, int(codes.valid(rows).sum()), seconds, codes)
+
+
+def _summary(
+    tally: _Tally, n_rows: int, valid: int, seconds: float, codes: RowStore
+) -> dict[str, Any]:
     return {
-        "rows": hi - lo,
-        "valid_rows": int(codes.valid(rows).sum()),
+        "rows": n_rows,
+        "valid_rows": valid,
         "rows_computed": tally.done_rows,
         "tokens_encoded": tally.tokens,
         "l0_sum": tally.l0,

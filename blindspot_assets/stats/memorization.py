@@ -32,11 +32,14 @@ picture for many captions) has a small distance to a real image that is not its 
 Everything is blocked: generated images are read ``block_rows`` at a time and compared with the
 real descriptors (held in memory: per real image and zoom ``pool² · d`` and ``3 · thumb²``
 float32 values, ~40 kB for ViT-B at pool 4 with 3 zooms, so ~400 MB for 10,000 images); no
-N × N matrix is formed.
+N × N matrix is formed. The nearest real image is found through a ``ConeIndex`` (exact: the
+brute-force answer; lists of similar descriptors whose cone bound cannot beat a query's best so
+far are skipped, so structured data costs a few lists per query instead of all N).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -119,33 +122,134 @@ def pixel_channel(image_dir: Path, store: RowStore, side: int) -> Channel:
     return Channel("pixel", describe)
 
 
-def _ref_descriptors(
-    channel: Channel, rows: I64, scales: Sequence[float], block_rows: int
-) -> list[torch.Tensor]:
-    """The real side's descriptors, one (n, D) tensor per zoom."""
-    out = []
+class ConeIndex:
+    """Exact maximum-cosine search over unit vectors, pruned by cones around cluster centres.
+
+    The vectors are grouped by a spherical k-means (``n_lists`` ≈ √n lists); each list keeps
+    its unit centre ĉ and the half-angle α of the smallest cone around ĉ holding its members.
+    For a unit query q at angle β to ĉ no member is closer than angle max(0, β − α), so
+    cos(max(0, β − α)) bounds every similarity in the list. A query first scans its most
+    promising list, then every list whose bound beats its best so far: the answer is the
+    brute-force one (up to float rounding on exact ties); when the data has structure, each
+    query reads a few lists instead of all n vectors. Memory: the vectors (sorted by list),
+    their ids and the centres: O(n · D).
+    """
+
+    def __init__(
+        self, vectors: torch.Tensor, ids: I64, n_lists: int | None = None, seed: int = 0
+    ) -> None:
+        n = vectors.shape[0]
+        n_lists = max(1, min(n, n_lists or round(math.sqrt(n))))
+        centres = _spherical_kmeans(vectors, n_lists, seed)
+        assign = torch.cat([_argmax_sim(vectors[a:b], centres) for a, b in iter_blocks(n, 8192)])
+        order = torch.argsort(assign, stable=True)
+        self.vectors = vectors[order].contiguous()
+        self.ids = torch.from_numpy(np.asarray(ids, np.int64))[order]
+        counts = torch.bincount(assign, minlength=n_lists)
+        self.offsets = torch.cat([torch.zeros(1, dtype=torch.int64), torch.cumsum(counts, 0)])
+        sums = torch.zeros_like(centres).index_add_(0, assign[order], self.vectors)
+        self.centres = torch.nn.functional.normalize(sums, dim=1)
+        cos_min = torch.ones(n_lists)
+        for j in range(n_lists):
+            a, b = int(self.offsets[j]), int(self.offsets[j + 1])
+            if b > a:
+                cos_min[j] = (self.vectors[a:b] @ self.centres[j]).min()
+        self.half_angle = torch.arccos(cos_min.clamp(-1.0, 1.0))
+        self.lists_scanned = 0  # (query, list) pairs scanned by search, for the benchmarks
+
+    def _members(self, lists: torch.Tensor) -> torch.Tensor:
+        """Positions of the vectors of ``lists`` (sorted list ids), in one index tensor."""
+        lo, hi = self.offsets[lists], self.offsets[lists + 1]
+        sizes = hi - lo
+        starts = torch.repeat_interleave(lo - (torch.cumsum(sizes, 0) - sizes), sizes)
+        return starts + torch.arange(int(sizes.sum()))
+
+    def _scan(
+        self,
+        q: torch.Tensor,
+        lists: torch.Tensor,
+        exclude: torch.Tensor | None,
+        best: torch.Tensor,
+        arg: torch.Tensor,
+    ) -> None:
+        """Update ``best``/``arg`` of the queries ``q`` with every vector of ``lists``, in
+        column chunks of at most 2^24 similarities."""
+        members = self._members(lists)
+        step = max(1, (1 << 24) // max(1, q.shape[0]))
+        for a in range(0, members.numel(), step):
+            cols = members[a : a + step]
+            sim = q @ self.vectors[cols].T
+            if exclude is not None:
+                sim.masked_fill_(exclude[:, None] == self.ids[cols][None, :], -torch.inf)
+            value, idx = sim.max(dim=1)
+            better = value > best
+            best[better], arg[better] = value[better], self.ids[cols][idx[better]]
+        self.lists_scanned += q.shape[0] * lists.numel()
+
+    def search(
+        self, queries: torch.Tensor, exclude: I64 | None = None, block: int = 1024
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(best cosine, its id) per unit query; ``exclude`` (one id per query) is skipped.
+
+        Queries are grouped by their most promising list, ``block`` at a time: each group
+        scans the union of its first lists, then the union of the lists whose bound still
+        beats some query's best — two large matmuls per group, not one small one per list.
+        """
+        m = queries.shape[0]
+        ex = None if exclude is None else torch.from_numpy(np.asarray(exclude, np.int64))
+        beta = torch.arccos((queries @ self.centres.T).clamp(-1.0, 1.0))
+        bound = torch.cos((beta - self.half_angle).clamp(min=0.0)) + 1e-5  # rounding slack
+        bound[:, self.offsets[1:] == self.offsets[:-1]] = -torch.inf  # empty lists
+        first = bound.argmax(dim=1)
+        best = torch.full((m,), -torch.inf)
+        arg = torch.full((m,), -1, dtype=torch.int64)
+        for rows in torch.argsort(first, stable=True).split(block):
+            q, e = queries[rows], None if ex is None else ex[rows]
+            b_best, b_arg = best[rows], arg[rows]
+            seen = torch.zeros(len(self.centres), dtype=torch.bool)
+            seen[first[rows]] = True
+            self._scan(q, seen.nonzero().flatten(), e, b_best, b_arg)
+            need = (bound[rows] > b_best[:, None]).any(dim=0) & ~seen
+            if bool(need.any()):
+                self._scan(q, need.nonzero().flatten(), e, b_best, b_arg)
+            best[rows], arg[rows] = b_best, b_arg
+        return best, arg
+
+
+def _argmax_sim(x: torch.Tensor, centres: torch.Tensor) -> torch.Tensor:
+    return (x @ centres.T).argmax(dim=1)
+
+
+def _spherical_kmeans(x: torch.Tensor, k: int, seed: int, iters: int = 8) -> torch.Tensor:
+    """Unit centres of a spherical k-means on a seeded sample of at most 64·k rows."""
+    g = torch.Generator().manual_seed(seed)
+    sample = x[torch.randperm(x.shape[0], generator=g)[: min(x.shape[0], 64 * k)]]
+    centres = sample[torch.randperm(sample.shape[0], generator=g)[:k]].clone()
+    for _ in range(iters):
+        assign = _argmax_sim(sample, centres)
+        sums = torch.zeros_like(centres).index_add_(0, assign, sample)
+        counts = torch.bincount(assign, minlength=k)
+        centres = torch.where(
+            (counts > 0)[:, None], torch.nn.functional.normalize(sums, dim=1), centres
+        )
+    return centres
+
+
+def _ref_index(channel: Channel, rows: I64, scales: Sequence[float], block_rows: int) -> ConeIndex:
+    """The real side's descriptors at every zoom in one index; each vector's id is its row."""
+    parts, ids = [], []
     for zoom in scales:
-        parts = [channel.describe(rows[a:b], zoom) for a, b in iter_blocks(rows.size, block_rows)]
-        out.append(torch.cat(parts) if parts else torch.zeros(0, 1))
-    return out
+        for a, b in iter_blocks(rows.size, block_rows):
+            parts.append(channel.describe(rows[a:b], zoom))
+            ids.append(rows[a:b])
+    return ConeIndex(torch.cat(parts), np.concatenate(ids))
 
 
-def _nearest(
-    queries: torch.Tensor, refs: list[torch.Tensor], q_rows: I64 | None, ref_rows: I64
-) -> tuple[np.ndarray, I64]:
+def _nearest(queries: torch.Tensor, index: ConeIndex, q_rows: I64 | None) -> tuple[np.ndarray, I64]:
     """Distance to and row of the nearest reference (any zoom); ``q_rows`` excludes self."""
-    best = torch.full((queries.shape[0],), -torch.inf)
-    arg = torch.zeros(queries.shape[0], dtype=torch.int64)
-    for ref in refs:
-        sim = queries @ ref.T
-        if q_rows is not None:
-            same = torch.from_numpy(q_rows[:, None] == ref_rows[None, :])
-            sim.masked_fill_(same, -torch.inf)
-        value, idx = sim.max(dim=1)
-        better = value > best
-        best, arg = torch.where(better, value, best), torch.where(better, idx, arg)
+    best, arg = index.search(queries, q_rows)
     dist = (1.0 - best.clamp(-1.0, 1.0)).numpy().astype(np.float64)
-    return dist, ref_rows[arg.numpy()]
+    return dist, arg.numpy()
 
 
 def _token_mean(store: RowStore, rows: I64, block_rows: int) -> NDArray[np.float32]:
@@ -186,6 +290,51 @@ def _blocks(rows: I64, block_rows: int) -> Iterator[I64]:
         yield rows[a:b]
 
 
+def _concept_columns(
+    real_codes: str | Path | RowStore | None,
+    gen_codes: str | Path | RowStore | None,
+    gen_ids: list[str],
+    near_ids: list[str],
+) -> tuple[np.ndarray, np.ndarray]:
+    """``concept_distance`` (to the matched real image) and ``own_concept_distance``."""
+    if real_codes is None or gen_codes is None:
+        return np.full(len(gen_ids), np.nan), np.full(len(gen_ids), np.nan)
+    rc, gc = open_store(real_codes), open_store(gen_codes)
+    return _concept_distance(gc, rc, gen_ids, near_ids), _concept_distance(gc, rc, gen_ids, gen_ids)
+
+
+@dataclass(frozen=True)
+class _ChannelResult:
+    tau: float  # the channel's threshold
+    dist: np.ndarray  # per generated image: distance to its nearest real image
+    near: I64  # that real image's row
+    expected_false: float  # n · max(F̂(τ), level)
+
+
+def _search_channel(
+    real_ch: Channel,
+    gen_ch: Channel,
+    real_rows: I64,
+    calib: I64,
+    gen_rows: I64,
+    scales: Sequence[float],
+    block_rows: int,
+    level: float,
+) -> _ChannelResult:
+    """One channel: the real index, the real→real null (self excluded), τ, the generated side."""
+    index = _ref_index(real_ch, real_rows, scales, block_rows)
+    null = np.concatenate(
+        [_nearest(real_ch.describe(q, 1.0), index, q)[0] for q in _blocks(calib, block_rows)]
+    )
+    tau = float(np.quantile(null, level))
+    # F̂(τ) is the level when the sample resolves the quantile; never report less
+    expected_false = gen_rows.size * max(float(np.mean(null < tau)), level)
+    found = [_nearest(gen_ch.describe(q, 1.0), index, None) for q in _blocks(gen_rows, block_rows)]
+    dist = np.concatenate([d for d, _ in found]) if found else np.zeros(0)
+    near = np.concatenate([r for _, r in found]) if found else np.zeros(0, np.int64)
+    return _ChannelResult(tau, dist, near, expected_false)
+
+
 def find_memorization_candidates(
     real_features: str | Path | RowStore,
     gen_features: str | Path | RowStore,
@@ -219,41 +368,26 @@ def find_memorization_candidates(
     real_rows, gen_rows = select_rows(real, None), select_rows(gen, None)
     if real_rows.size < 2:
         raise ValueError("memorisation threshold needs at least two valid real images")
-    rng = np.random.default_rng(seed)
     calib = real_rows
     if calib.size > calibration_size:
+        rng = np.random.default_rng(seed)
         calib = np.sort(rng.choice(real_rows, calibration_size, replace=False))
     mean_d = _token_mean(real, calib[: min(calib.size, 2048)], block_rows)
     pairs = [(patch_channel(real, mean_d, pool), patch_channel(gen, mean_d, pool))]
     if real_images is not None and gen_images is not None:
-        pairs.append(
-            (pixel_channel(real_images, real, thumb), pixel_channel(gen_images, gen, thumb))
-        )
+        pairs += [(pixel_channel(real_images, real, thumb), pixel_channel(gen_images, gen, thumb))]
     level = calibration_quantile / len(pairs)
-    gen_dist: dict[str, np.ndarray] = {}
-    gen_near: dict[str, I64] = {}
-    thresholds: dict[str, float] = {}
-    expected_false = 0.0
-    for real_ch, gen_ch in pairs:
-        refs = _ref_descriptors(real_ch, real_rows, scales, block_rows)
-        null = np.concatenate(
-            [_nearest(real_ch.describe(q, 1.0), refs, q, real_rows)[0]
-             for q in _blocks(calib, block_rows)]
-        )  # fmt: skip
-        tau = float(np.quantile(null, level))
-        thresholds[real_ch.name] = tau
-        # F̂(τ) is the level when the sample resolves the quantile; never report less
-        expected_false += gen_rows.size * max(float(np.mean(null < tau)), level)
-        found = [_nearest(gen_ch.describe(q, 1.0), refs, None, real_rows)
-                 for q in _blocks(gen_rows, block_rows)]  # fmt: skip
-        gen_dist[real_ch.name] = np.concatenate([d for d, _ in found]) if found else np.zeros(0)
-        gen_near[real_ch.name] = (
-            np.concatenate([r for _, r in found]) if found else np.zeros(0, np.int64)
-        )
-    names = list(thresholds)
+    found = [
+        _search_channel(r_ch, g_ch, real_rows, calib, gen_rows, scales, block_rows, level)
+        for r_ch, g_ch in pairs
+    ]
+    names = [r_ch.name for r_ch, _ in pairs]
+    thresholds = {c: f.tau for c, f in zip(names, found, strict=True)}
+    gen_dist = {c: f.dist for c, f in zip(names, found, strict=True)}
+    expected_false = sum(f.expected_false for f in found)
     ratio = np.stack([gen_dist[c] / max(thresholds[c], 1e-12) for c in names])  # (C, n)
     best_c = ratio.argmin(axis=0) if gen_rows.size else np.zeros(0, np.int64)
-    near_rows = np.stack([gen_near[c] for c in names])[best_c, np.arange(gen_rows.size)]
+    near_rows = np.stack([f.near for f in found])[best_c, np.arange(gen_rows.size)]
     real_ids_all, gen_ids_all = real.image_ids(), gen.image_ids()
     gen_ids = [gen_ids_all[int(r)] for r in gen_rows]
     near_ids = [real_ids_all[int(r)] for r in near_rows]
@@ -269,13 +403,9 @@ def find_memorization_candidates(
     for c in names:
         columns[f"{c}_distance"] = gen_dist[c]
         columns[f"{c}_threshold"] = np.full(gen_rows.size, thresholds[c])
-    concept = own = np.full(gen_rows.size, np.nan)
-    if real_codes is not None and gen_codes is not None:
-        rc, gc = open_store(real_codes), open_store(gen_codes)
-        concept = _concept_distance(gc, rc, gen_ids, near_ids)
-        own = _concept_distance(gc, rc, gen_ids, gen_ids)
-    columns["concept_distance"] = concept
-    columns["own_concept_distance"] = own
+    columns["concept_distance"], columns["own_concept_distance"] = _concept_columns(
+        real_codes, gen_codes, gen_ids, near_ids
+    )
     columns["expected_false_candidates"] = np.full(gen_rows.size, expected_false)
     df = pl.DataFrame(columns).with_columns(
         is_own_pair=pl.col("gen_image_id") == pl.col("nearest_real_id"),

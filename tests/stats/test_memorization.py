@@ -15,12 +15,14 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 import pytest
+import torch
 from PIL import Image
 
 from blindspot_assets.config import EncoderSpec
 from blindspot_assets.demo.world import caption_of, parse_caption, render, sample_scene
 from blindspot_assets.encoders.dinov2 import load_encoder
 from blindspot_assets.stats import find_memorization_candidates
+from blindspot_assets.stats.memorization import ConeIndex
 from tests.stats.conftest import write_codes, write_features
 
 N = 400
@@ -157,3 +159,32 @@ def test_patch_evidence_alone_finds_re_encoded_copies(world: dict[str, object]) 
     assert score["exact"] == 1.0 and score["jpeg60"] >= 0.9, score
     assert score["false"] <= 0.01, score
     assert set(df["evidence"]) <= {"patch"}
+
+
+def _clustered_unit_vectors(n: int, dim: int, n_groups: int, seed: int) -> torch.Tensor:
+    centres = torch.randn(n_groups, dim, generator=torch.Generator().manual_seed(0))
+    g = torch.Generator().manual_seed(seed)
+    x = centres[torch.randint(n_groups, (n,), generator=g)] + 0.3 * torch.randn(n, dim, generator=g)
+    return torch.nn.functional.normalize(x, dim=1)
+
+
+def test_cone_index_returns_the_brute_force_neighbours() -> None:
+    """The pruned search answers exactly what the full similarity matrix answers, with and
+    without excluding each query's own row, while scanning a fraction of the lists."""
+    refs = _clustered_unit_vectors(3000, 32, 40, seed=1)
+    ids = np.arange(3000, dtype=np.int64) * 7 + 5  # ids are store rows, not positions
+    queries = _clustered_unit_vectors(500, 32, 40, seed=2)
+    queries[:50] = torch.nn.functional.normalize(refs[:50] + 0.01 * torch.randn(50, 32), dim=1)
+    index = ConeIndex(refs, ids)
+    best, arg = index.search(queries, block=32)
+    full = queries @ refs.T
+    np.testing.assert_array_equal(arg.numpy(), ids[full.argmax(dim=1).numpy()])
+    torch.testing.assert_close(best, full.max(dim=1).values)
+    assert (arg[:50].numpy() == ids[:50]).all()  # the planted near copies
+    assert index.lists_scanned < 0.25 * 500 * len(index.centres)  # blocks of 32: a few lists
+    # self excluded: queries are the references themselves
+    best_self, arg_self = index.search(refs[:400], exclude=ids[:400])
+    full_self = refs[:400] @ refs.T
+    full_self[torch.arange(400), torch.arange(400)] = -torch.inf
+    np.testing.assert_array_equal(arg_self.numpy(), ids[full_self.argmax(dim=1).numpy()])
+    torch.testing.assert_close(best_self, full_self.max(dim=1).values)
