@@ -90,6 +90,46 @@ def generate_image_set(
     real_ok = real_manifest.filter(pl.col("status") == "ok")
     if rows is not None:
         real_ok = real_ok.slice(rows[0], rows[1] - rows[0])
+    by_id, todo, reused = _plan(real_ok, model_key, base_seed, out_dir)
+    for start in range(0, len(todo), batch_size):
+        batch = todo[start : start + batch_size]
+        for req, result in zip(batch, _generate_batch(generator, batch), strict=True):
+            if isinstance(result, Exception):
+                by_id[req.image_id].update(
+                    path="", status="generation_error", detail=f"{type(result).__name__}: {result}"
+                )
+                continue
+            write_atomic(out_dir / f"{req.image_id}.png", partial(_save_png, result))
+            by_id[req.image_id].update(_prompts(result))
+        if progress:
+            progress(min(start + batch_size, len(todo)), len(todo))
+
+    df = pl.DataFrame(
+        list(by_id.values()),
+        schema_overrides={"seed": pl.Int64, "prompt": pl.Utf8, "negative_prompt": pl.Utf8},
+    )
+    if rows is None:
+        write_manifest(out_dir, df)
+        clear_manifest_parts(out_dir)
+    else:
+        write_manifest_part(out_dir, rows, df)
+    failed = df.filter(pl.col("status") != "ok")
+    summary = GenerationSummary(
+        n_requested=len(by_id),
+        n_generated=len(todo) - failed.filter(pl.col("status") == "generation_error").height,
+        n_reused=reused,
+        n_failed=failed.height,
+        seconds=time.perf_counter() - t0,
+        failures_by_reason=dict(failed.group_by("status").len().iter_rows()),
+    )
+    return df, summary
+
+
+def _plan(
+    real_ok: pl.DataFrame, model_key: str, base_seed: int, out_dir: Path
+) -> tuple[dict[str, dict[str, object]], list[GenerationRequest], int]:
+    """Each real image's manifest row, the requests still to make (an image already on disk
+    and readable is kept), and how many were kept."""
     by_id: dict[str, dict[str, object]] = {}
     todo: list[GenerationRequest] = []
     reused = 0
@@ -114,52 +154,27 @@ def generate_image_set(
             reused += 1
         else:
             todo.append(GenerationRequest(image_id, str(caption), seed))
+    return by_id, todo, reused
 
-    done = 0
-    for start in range(0, len(todo), batch_size):
-        batch = todo[start : start + batch_size]
-        try:
-            results: list[Image.Image | Exception] = list(generator.generate(batch))
-            if len(results) != len(batch):
-                raise RuntimeError(f"generator returned {len(results)} images for {len(batch)}")
-        except Exception:  # noqa: BLE001 - retry one by one so one bad prompt costs one image
-            results = []
-            for req in batch:
-                try:
-                    results.extend(generator.generate([req]))
-                except Exception as exc:  # noqa: BLE001 - recorded in the manifest
-                    results.append(exc)
-        for req, result in zip(batch, results, strict=True):
-            if isinstance(result, Exception):
-                by_id[req.image_id].update(
-                    path="", status="generation_error", detail=f"{type(result).__name__}: {result}"
-                )
-                continue
-            write_atomic(out_dir / f"{req.image_id}.png", partial(_save_png, result))
-            by_id[req.image_id].update(_prompts(result))
-        done += len(batch)
-        if progress:
-            progress(done, len(todo))
 
-    df = pl.DataFrame(
-        list(by_id.values()),
-        schema_overrides={"seed": pl.Int64, "prompt": pl.Utf8, "negative_prompt": pl.Utf8},
-    )
-    if rows is None:
-        write_manifest(out_dir, df)
-        clear_manifest_parts(out_dir)
-    else:
-        write_manifest_part(out_dir, rows, df)
-    failed = df.filter(pl.col("status") != "ok")
-    summary = GenerationSummary(
-        n_requested=len(by_id),
-        n_generated=len(todo) - failed.filter(pl.col("status") == "generation_error").height,
-        n_reused=reused,
-        n_failed=failed.height,
-        seconds=time.perf_counter() - t0,
-        failures_by_reason=dict(failed.group_by("status").len().iter_rows()),
-    )
-    return df, summary
+def _generate_batch(
+    generator: ImageGenerator, batch: list[GenerationRequest]
+) -> list[Image.Image | Exception]:
+    """The batch's images; when the batch fails, one by one, so one bad prompt costs one image
+    (its exception stands in its place)."""
+    try:
+        results: list[Image.Image | Exception] = list(generator.generate(batch))
+        if len(results) != len(batch):
+            raise RuntimeError(f"generator returned {len(results)} images for {len(batch)}")
+        return results
+    except Exception:  # noqa: BLE001 - retry one by one so one bad prompt costs one image
+        results = []
+        for req in batch:
+            try:
+                results.extend(generator.generate([req]))
+            except Exception as exc:  # noqa: BLE001 - recorded in the manifest
+                results.append(exc)
+        return results
 
 
 def generation_shards(
