@@ -434,6 +434,35 @@ def _resolve_threshold(
     return "batchtopk", float(theta), info
 
 
+def _fused_dictionary(dictionary: Placeholder, info: dict[str, Any]) -> tuple[Tensor, float]:
+    """The dictionary D (c × d) and its relaxation δ; where D came from goes into ``info``.
+
+    An archetypal dictionary is fused from W, C, Relax and the multiplier, unless the pickle
+    holds the fused copy its eval() uses (saved outside training); a plain one is taken as is.
+    """
+    dt = tensors_of(dictionary)
+    fused = attr(dictionary, "_fused_dictionary")
+    if {"W", "C", "Relax"} <= set(dt):
+        delta = float(attr(dictionary, "delta", 1.0))
+        mult = dt.get("multiplier", torch.zeros(()))
+        d_cd = fuse_archetypal_dictionary(dt["W"], dt["C"], dt["Relax"], mult, delta)
+        info.update(n_candidates=int(dt["C"].shape[0]), delta_relax=delta, multiplier=float(mult))
+        if isinstance(fused, Tensor):
+            info["stored_fused_max_abs_diff"] = float((fused.float() - d_cd).abs().max())
+        if isinstance(fused, Tensor) and not attr(dictionary, "training", False):
+            d_cd = fused.float().clone()
+            info["dictionary_source"] = "stored _fused_dictionary (what the original eval uses)"
+        elif isinstance(fused, Tensor):  # saved in training mode: eval() fuses anew
+            info["dictionary_source"] = "fused from W, C, Relax, multiplier (saved in training)"
+        else:
+            info["dictionary_source"] = "fused from W, C, Relax, multiplier"
+        return d_cd, delta
+    if isinstance(fused, Tensor):
+        info["dictionary_source"] = "stored _fused_dictionary"
+        return fused.float().clone(), 0.0
+    raise ValueError(f"unsupported dictionary {qualname(dictionary)}: no W/C/Relax or fused D")
+
+
 def convert_released(
     root: Any,
     threshold: float | None = None,
@@ -450,33 +479,13 @@ def convert_released(
     dictionary = children(sae).get("dictionary")
     if not isinstance(dictionary, Placeholder):
         raise ValueError(f"{qualname(sae)} has no dictionary module")
-    dt = tensors_of(dictionary)
     info: dict[str, Any] = {
         "source_class": qualname(sae),
         "wrapper": qualname(root) if root is not sae else None,
         "dictionary_class": qualname(dictionary),
         "encoder_layers": enc["layers"],
     }
-    fused = attr(dictionary, "_fused_dictionary")
-    if {"W", "C", "Relax"} <= set(dt):
-        delta = float(attr(dictionary, "delta", 1.0))
-        mult = dt.get("multiplier", torch.zeros(()))
-        d_cd = fuse_archetypal_dictionary(dt["W"], dt["C"], dt["Relax"], mult, delta)
-        info.update(n_candidates=int(dt["C"].shape[0]), delta_relax=delta, multiplier=float(mult))
-        if isinstance(fused, Tensor):
-            info["stored_fused_max_abs_diff"] = float((fused.float() - d_cd).abs().max())
-        if isinstance(fused, Tensor) and not attr(dictionary, "training", False):
-            d_cd = fused.float().clone()
-            info["dictionary_source"] = "stored _fused_dictionary (what the original eval uses)"
-        elif isinstance(fused, Tensor):  # saved in training mode: eval() fuses anew
-            info["dictionary_source"] = "fused from W, C, Relax, multiplier (saved in training)"
-        else:
-            info["dictionary_source"] = "fused from W, C, Relax, multiplier"
-    elif isinstance(fused, Tensor):
-        d_cd, delta = fused.float().clone(), 0.0
-        info["dictionary_source"] = "stored _fused_dictionary"
-    else:
-        raise ValueError(f"unsupported dictionary {qualname(dictionary)}: no W/C/Relax or fused D")
+    d_cd, delta = _fused_dictionary(dictionary, info)
     c, d = d_cd.shape
     if tuple(enc["weight"].shape) != (c, d):
         raise ValueError(f"encoder {tuple(enc['weight'].shape)} does not match dictionary {(c, d)}")
