@@ -300,20 +300,34 @@ class LabelsSpec:
 
 @dataclass(frozen=True)
 class RunConfig:
+    """One run: a YAML file's blocks, each its own frozen dataclass."""
+
     name: str
+    """The run's name (the report's title, the SAE header's ``run_config``)."""
     data_root: Path
+    """Images, the SAE, the DuckDB file and the report (relative to the config file)."""
     seed: int
+    """Base seed of every random choice of the run (sources, generation)."""
     real: SourceSpec
+    """Where the real images come from."""
     models: dict[str, ModelSpec]
+    """The model registry: one partition per key."""
     encoder: EncoderSpec
+    """The DINOv2 encoder."""
     sae: SAESpec
+    """The relaxed archetypal SAE: its model, its training run, or a released checkpoint."""
     stats: StatsSpec
+    """The statistics."""
     source_path: Path | None = None
+    """The file the config was read from (None: built in memory)."""
     scale: ScaleSpec = field(default_factory=ScaleSpec)
-    # Zarr stores and Parquet tables: under data_root unless a path or fsspec URL is given
+    """How the per-image stages fan out."""
     store_root: str | Path | None = None
+    """Zarr stores and Parquet tables: under data_root unless a path or fsspec URL is given."""
     images: ImagesSpec = field(default_factory=ImagesSpec)
+    """How every image reaches the encoder."""
     labels: LabelsSpec = field(default_factory=LabelsSpec)
+    """Concept names from a vision-language model (off by default)."""
 
     @property
     def controls(self) -> list[str]:

@@ -1,8 +1,11 @@
+import ast
+import inspect
 from dataclasses import fields
 
 import pytest
 import yaml
 
+from blindspot_assets import config
 from blindspot_assets.config import ConfigError, SAESpec, StatsSpec, load_config, parse_config
 from blindspot_assets.config_fields import build, flat_dict, yaml_fields
 from blindspot_assets.sae.config import RASAEConfig, TrainConfig
@@ -148,3 +151,21 @@ def test_library_configs_are_nested_not_copied(tmp_path):
     assert build(StatsSpec, flat_dict(cfg.stats), "stats") == cfg.stats
     assert cfg.sae.model.d == 0 and cfg.sae.model.sized(768).d == 768  # the encoder's width
     assert "d" not in yaml_fields(SAESpec)  # not the user's to write
+
+
+def test_every_config_field_has_a_docstring():
+    """Each field of the run config and of the library configs it nests is documented where it
+    is defined (a string right after it), so the config reference is the code."""
+    classes = [c for c in vars(config).values() if inspect.isclass(c) and c.__name__ in
+               {"SourceSpec", "ModelSpec", "EncoderSpec", "ImagesSpec", "SAESpec", "StatsSpec",
+                "ScaleSpec", "LabelsSpec", "RunConfig"}]  # fmt: skip
+    classes += [RASAEConfig, TrainConfig, BlindspotParams]
+    undocumented = []
+    for cls in classes:
+        body = ast.parse(inspect.getsource(cls)).body[0].body  # type: ignore[attr-defined]
+        for stmt, after in zip(body, [*body[1:], None], strict=True):
+            if isinstance(stmt, ast.AnnAssign):
+                documented = isinstance(after, ast.Expr) and isinstance(after.value, ast.Constant)
+                if not documented:
+                    undocumented.append(f"{cls.__name__}.{ast.unparse(stmt.target)}")
+    assert len(classes) == 12 and undocumented == []
