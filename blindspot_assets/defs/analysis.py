@@ -5,16 +5,19 @@ Each asset reads the run config, calls one library function (``stats/``, ``stats
 """
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 import dagster as dg
+import polars as pl
 
+from blindspot_assets.config import RunConfig
 from blindspot_assets.defs.concepts import concept_codes, real_concept_codes, sae
-from blindspot_assets.defs.deployment import CPU_OP_TAGS
+from blindspot_assets.defs.declare import stage_asset
 from blindspot_assets.defs.features import gen_features, real_features
 from blindspot_assets.defs.inputs import real_images
 from blindspot_assets.defs.metadata import lineage_md, progress_logger, table_md
-from blindspot_assets.defs.partitions import model_keys, model_partitions, single_run
+from blindspot_assets.defs.partitions import model_keys
 from blindspot_assets.defs.resources import RunConfigResource
 from blindspot_assets.defs.versions import code_version
 from blindspot_assets.report import build_report
@@ -42,24 +45,29 @@ from blindspot_assets.store.rowstore import store_exists
 
 MaterializeResult = dg.MaterializeResult[Any]
 
+STATS_MODULES: tuple[str, ...] = ("stats.concepts", "stats.energy", "stats.uncertainty")
+STATS_MODULES += ("stats.significance", "stats.scores", "stats.params", "stats.reading")
+COMPARISON_MODULES: tuple[str, ...] = ("stats.run_tables", "stats.summaries", "stats.planted")
+COMPARISON_MODULES += ("stats.reconstruction",)
 
-@dg.asset(
-    group_name="analysis",
-    op_tags=CPU_OP_TAGS,
-    partitions_def=model_partitions,
-    backfill_policy=single_run,
+
+def per_model_tables(
+    context: dg.AssetExecutionContext,
+    cfg: RunConfig,
+    table: str,
+    compute: Callable[[str], pl.DataFrame],
+    with_sae: bool = True,
+) -> dict[str, pl.DataFrame]:
+    """``table`` computed, stamped and written for each model partition of the run."""
+    return write_per_model(cfg, table, model_keys(context), context.run.run_id, compute, with_sae)
+
+
+@stage_asset(
+    group="analysis",
+    per_model=True,
     deps=[real_concept_codes, concept_codes],
     kinds={"duckdb", "polars"},
-    code_version=code_version(
-        "concept_stats",
-        "stats.concepts",
-        "stats.energy",
-        "stats.uncertainty",
-        "stats.significance",
-        "stats.scores",
-        "stats.params",
-        "stats.reading",
-    ),  # fmt: skip
+    code_version=code_version("concept_stats", *STATS_MODULES),
     description="Per concept and model: energies E_k of real and generated sets, nb_fire, ΔE, "
     "δ = sigmoid(ΔE/T), relative difference, paired uncertainty (table concept_stats).",
 )
@@ -68,11 +76,10 @@ def concept_stats(
 ) -> MaterializeResult:
     cfg = run_config.load()
     params = cfg.stats.params
-    written = write_per_model(
+    written = per_model_tables(
+        context,
         cfg,
         "concept_stats",
-        model_keys(context),
-        context.run.run_id,
         lambda m: compute_concept_stats(cfg.layout.codes(REAL), cfg.layout.codes(m), params),
     )
     significant = {m: int(df["significant"].sum()) for m, df in written.items()}
@@ -89,11 +96,9 @@ def concept_stats(
     )
 
 
-@dg.asset(
-    group_name="analysis",
-    op_tags=CPU_OP_TAGS,
-    partitions_def=model_partitions,
-    backfill_policy=single_run,
+@stage_asset(
+    group="analysis",
+    per_model=True,
     deps=[concept_stats, sae, real_features, gen_features],
     kinds={"duckdb", "polars"},
     code_version=code_version(
@@ -107,11 +112,10 @@ def blindspots(
 ) -> MaterializeResult:
     cfg = run_config.load()
     params = cfg.stats.params
-    written = write_per_model(
+    written = per_model_tables(
+        context,
         cfg,
         "blindspots",
-        model_keys(context),
-        context.run.run_id,
         lambda m: flagged_with_replication(cfg, m, params),
     )
     per_model: dict[str, Any] = {
@@ -132,9 +136,8 @@ def blindspots(
     )
 
 
-@dg.asset(
-    group_name="analysis",
-    op_tags=CPU_OP_TAGS,
+@stage_asset(
+    group="analysis",
     deps=[real_concept_codes, concept_codes],
     kinds={"duckdb", "polars"},
     code_version=code_version("concept_top_images", "stats.top_images"),
@@ -154,11 +157,9 @@ def concept_top_images(
     return dg.MaterializeResult(metadata={"rows_per_dataset": dg.MetadataValue.json(counts)})
 
 
-@dg.asset(
-    group_name="analysis",
-    op_tags=CPU_OP_TAGS,
-    partitions_def=model_partitions,
-    backfill_policy=single_run,
+@stage_asset(
+    group="analysis",
+    per_model=True,
     deps=[real_concept_codes, concept_codes],
     kinds={"duckdb", "polars"},
     code_version=code_version("datapoint_deltas", "stats.datapoints", "stats.reading"),
@@ -169,11 +170,10 @@ def datapoint_deltas(
     context: dg.AssetExecutionContext, run_config: RunConfigResource
 ) -> MaterializeResult:
     cfg = run_config.load()
-    written = write_per_model(
+    written = per_model_tables(
+        context,
         cfg,
         "datapoint_deltas",
-        model_keys(context),
-        context.run.run_id,
         lambda m: compute_datapoint_deltas(
             cfg.layout.codes(REAL), cfg.layout.codes(m), cfg.stats.top_datapoint_concepts
         ),
@@ -184,11 +184,9 @@ def datapoint_deltas(
     return dg.MaterializeResult(metadata={"per_model": dg.MetadataValue.json(per_model)})
 
 
-@dg.asset(
-    group_name="analysis",
-    op_tags=CPU_OP_TAGS,
-    partitions_def=model_partitions,
-    backfill_policy=single_run,
+@stage_asset(
+    group="analysis",
+    per_model=True,
     deps=[real_features, gen_features, real_concept_codes, concept_codes],
     kinds={"duckdb", "pytorch"},
     code_version=code_version("memorization_candidates", "stats.memorization"),
@@ -202,11 +200,10 @@ def memorization_candidates(
 ) -> MaterializeResult:
     cfg = run_config.load()
     codes = store_exists(cfg.layout.codes(REAL))
-    written = write_per_model(
+    written = per_model_tables(
+        context,
         cfg,
         "memorization_candidates",
-        model_keys(context),
-        context.run.run_id,
         lambda m: find_memorization_candidates(
             cfg.layout.features(REAL),
             cfg.layout.features(m),
@@ -233,9 +230,8 @@ def memorization_candidates(
     )
 
 
-@dg.asset(
-    group_name="analysis",
-    op_tags=CPU_OP_TAGS,
+@stage_asset(
+    group="analysis",
     deps=[real_concept_codes, real_images],
     kinds={"duckdb", "polars"},
     code_version=code_version("concept_labels", "stats.labels"),
@@ -254,9 +250,8 @@ def concept_labels(
     return dg.MaterializeResult(metadata={"n_rows": labels.height, "preview": table_md(labels, 10)})
 
 
-@dg.asset(
-    group_name="analysis",
-    op_tags=CPU_OP_TAGS,
+@stage_asset(
+    group="analysis",
     deps=[real_concept_codes],
     kinds={"duckdb", "polars"},
     code_version=code_version("concept_cooccurrence", "stats.cooccurrence"),
@@ -292,9 +287,8 @@ def concept_cooccurrence(
     )
 
 
-@dg.asset(
-    group_name="analysis",
-    op_tags=CPU_OP_TAGS,
+@stage_asset(
+    group="analysis",
     deps=[sae],
     kinds={"duckdb", "polars"},
     code_version=code_version("concept_map", "stats.concept_map"),
@@ -318,18 +312,11 @@ def concept_map(
     )
 
 
-@dg.asset(
-    group_name="analysis",
-    op_tags=CPU_OP_TAGS,
+@stage_asset(
+    group="analysis",
     deps=[concept_stats, datapoint_deltas, blindspots, concept_top_images],
     kinds={"duckdb", "polars"},
-    code_version=code_version(
-        "model_comparison",
-        "stats.run_tables",
-        "stats.summaries",
-        "stats.planted",
-        "stats.reconstruction",
-    ),  # fmt: skip
+    code_version=code_version("model_comparison", *COMPARISON_MODULES),
     description="Across models: δ skewness, frequency vs relative difference, Pearson "
     "correlation of relative differences, model-vs-variant comparisons, and — for worlds with "
     "planted truth — recall and precision@k of the planted blindspots.",
@@ -353,9 +340,8 @@ def model_comparison(
     )
 
 
-@dg.asset(
-    group_name="analysis",
-    op_tags=CPU_OP_TAGS,
+@stage_asset(
+    group="analysis",
     deps=[
         blindspots,
         concept_top_images,

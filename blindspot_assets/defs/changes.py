@@ -9,14 +9,12 @@ import dagster as dg
 
 from blindspot_assets.defs.analysis import concept_stats
 from blindspot_assets.defs.concepts import concept_codes, real_concept_codes
-from blindspot_assets.defs.deployment import CPU_OP_TAGS
+from blindspot_assets.defs.declare import stage_asset
 from blindspot_assets.defs.metadata import table_md
 from blindspot_assets.defs.partitions import (
     changes_mapping,
     comparison_key,
     model_keys,
-    model_partitions,
-    single_run,
 )
 from blindspot_assets.defs.resources import RunConfigResource
 from blindspot_assets.defs.versions import code_version
@@ -26,11 +24,9 @@ from blindspot_assets.stats.run_tables import comparison_changes, comparisons, w
 TABLE = "blindspot_changes"
 
 
-@dg.asset(
-    group_name="analysis",
-    op_tags=CPU_OP_TAGS,
-    partitions_def=model_partitions,
-    backfill_policy=single_run,
+@stage_asset(
+    group="analysis",
+    per_model=True,
     deps=[
         real_concept_codes,
         dg.AssetDep(concept_stats, partition_mapping=changes_mapping),

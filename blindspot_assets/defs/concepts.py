@@ -5,10 +5,9 @@ from typing import Any
 import dagster as dg
 
 from blindspot_assets.config import RunConfig
-from blindspot_assets.defs.deployment import GPU_OP_TAGS
+from blindspot_assets.defs.declare import stage_asset
 from blindspot_assets.defs.features import gen_features, real_features
 from blindspot_assets.defs.metadata import lineage_md, metadata_values, progress_logger
-from blindspot_assets.defs.partitions import model_partitions, single_run
 from blindspot_assets.defs.resources import RunConfigResource
 from blindspot_assets.defs.sharding import Stage, sharded_asset
 from blindspot_assets.defs.versions import code_version
@@ -22,13 +21,12 @@ SAE_MODULES = ("sae.build", "sae.train", "sae.model", "sae.config", "sae.data", 
 CODES_MODULES = ("sae.encode", "sae.model", "sae.checkpoint")
 
 
-@dg.asset(
-    group_name="concepts",
+@stage_asset(
+    group="concepts",
+    runs_on="gpu",
     deps=[real_features, gen_features],
     kinds={"pytorch", "safetensors"},
     code_version=code_version("sae", *SAE_MODULES, "sae.checkpoint"),
-    pool="gpu",
-    op_tags=GPU_OP_TAGS,
     description="Relaxed archetypal SAE (TopK/BatchTopK) trained on the real features (or real "
     "+ generated, as configured); safetensors weights with a JSON header.",
 )
@@ -98,26 +96,14 @@ def _merge_codes(
 CODES = Stage(plan=_plan_codes, work=_encode_shard, merge=_merge_codes)
 
 real_concept_codes = sharded_asset(
-    name="real_concept_codes",
-    upstream=[sae, real_features],
-    partitions_def=None,
-    stage=CODES,
-    group_name="concepts",
-    kinds={"pytorch", "zarr"},
-    code_version=code_version("real_concept_codes", *CODES_MODULES),
+    "real_concept_codes", [sae, real_features], CODES, group="concepts",
+    kinds={"pytorch", "zarr"}, code_version=code_version("real_concept_codes", *CODES_MODULES),
     description="Sparse concept codes of the real images: per-image energy ξ (N, c), firing "
     "counts, and the top active concepts of every token. Sharded like the features.",
-)
-
+)  # fmt: skip
 concept_codes = sharded_asset(
-    name="concept_codes",
-    upstream=[sae, gen_features],
-    partitions_def=model_partitions,
-    backfill_policy=single_run,
-    stage=CODES,
-    group_name="concepts",
-    kinds={"pytorch", "zarr"},
-    code_version=code_version("concept_codes", *CODES_MODULES),
+    "concept_codes", [sae, gen_features], CODES, group="concepts", kinds={"pytorch", "zarr"},
+    per_model=True, code_version=code_version("concept_codes", *CODES_MODULES),
     description="Sparse concept codes of one model's generated images (same layout as "
     "real_concept_codes).",
-)
+)  # fmt: skip

@@ -10,7 +10,6 @@ from blindspot_assets.config import RunConfig
 from blindspot_assets.defs.generation import generated_images
 from blindspot_assets.defs.inputs import real_images
 from blindspot_assets.defs.metadata import lineage_md, progress_logger
-from blindspot_assets.defs.partitions import model_partitions, single_run
 from blindspot_assets.defs.sharding import Stage, sharded_asset
 from blindspot_assets.defs.versions import code_version
 from blindspot_assets.encoders.dinov2 import (
@@ -84,29 +83,19 @@ def feature_metadata(path: str | Path, summary: FeatureShards) -> dict[str, Any]
 
 FEATURES = Stage(plan=_plan, work=_encode_shard, merge=_merge)
 
-real_features = sharded_asset(
-    name="real_features",
-    upstream=[real_images],
-    partitions_def=None,
-    stage=FEATURES,
-    group_name="features",
-    kinds={"pytorch", "zarr"},
-    code_version=code_version("real_features", "encoders.dinov2", "encoders.images"),
-    description="DINOv2-with-registers last_hidden_state of every real image: (N, T, d) float16 "
-    "in Zarr, all tokens (CLS, registers, patches); bad images kept as invalid rows. Fans out "
-    "over `scale.shards` GPU steps writing one store.",
-)
+ENCODER = ("encoders.dinov2", "encoders.images")
 
+real_features = sharded_asset(
+    "real_features", [real_images], FEATURES, group="features", kinds={"pytorch", "zarr"},
+    code_version=code_version("real_features", *ENCODER),
+    description="DINOv2-with-registers last_hidden_state of every real image: (N, T, d) "
+    "float16 in Zarr, all tokens (CLS, registers, patches); bad images kept as invalid rows. "
+    "Fans out over `scale.shards` GPU steps writing one store.",
+)  # fmt: skip
 gen_features = sharded_asset(
-    name="gen_features",
-    upstream=[generated_images],
-    partitions_def=model_partitions,
-    backfill_policy=single_run,
-    stage=FEATURES,
-    group_name="features",
-    kinds={"pytorch", "zarr"},
-    code_version=code_version("gen_features", "encoders.dinov2", "encoders.images"),
+    "gen_features", [generated_images], FEATURES, group="features", kinds={"pytorch", "zarr"},
+    per_model=True, code_version=code_version("gen_features", *ENCODER),
     description="DINOv2 token features of one model's generated images, same layout as "
     "real_features; row i pairs with the real image of the same image_id. Sharded like "
     "real_features.",
-)
+)  # fmt: skip

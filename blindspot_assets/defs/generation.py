@@ -8,7 +8,7 @@ from blindspot_assets.checkpoint_versions import combined_data_version
 from blindspot_assets.config import RunConfig
 from blindspot_assets.defs.inputs import real_images
 from blindspot_assets.defs.metadata import lineage_md, progress_logger, thumbnails
-from blindspot_assets.defs.partitions import model_partitions, single_run
+from blindspot_assets.defs.partitions import model_partitions
 from blindspot_assets.defs.resources import RunConfigResource
 from blindspot_assets.defs.sharding import Stage, sharded_asset
 from blindspot_assets.defs.versions import code_version
@@ -92,15 +92,10 @@ def _merge(
 
 
 generated_images = sharded_asset(
-    name="generated_images",
-    upstream=[real_images, model_checkpoints],
-    partitions_def=model_partitions,
-    backfill_policy=single_run,
-    stage=Stage(plan=_plan, work=_generate_shard, merge=_merge),
-    group_name="generation",
-    kinds={"pytorch", "diffusers"},
+    "generated_images", [real_images, model_checkpoints], Stage(_plan, _generate_shard, _merge),
+    group="generation", kinds={"pytorch", "diffusers"}, per_model=True,
     code_version=code_version("generated_images", "generators", "store.versions"),
     description="For every real caption, one image from the partition's model, with a seed "
     "derived from (model, image id); resumes where an interrupted run stopped. Fans out over "
     "`scale.shards` GPU steps (one manifest part each, joined at the end).",
-)
+)  # fmt: skip

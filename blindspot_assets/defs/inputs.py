@@ -5,6 +5,7 @@ from typing import Any
 
 import dagster as dg
 
+from blindspot_assets.defs.declare import stage_asset
 from blindspot_assets.defs.metadata import progress_logger, table_md, thumbnails
 from blindspot_assets.defs.resources import RunConfigResource
 from blindspot_assets.defs.versions import code_version
@@ -12,8 +13,9 @@ from blindspot_assets.quality import manifest_counts
 from blindspot_assets.sources.registry import source_module
 
 
-@dg.asset(
-    group_name="inputs",
+@stage_asset(
+    group="inputs",
+    runs_on="any",
     kinds={"python", "parquet"},
     code_version=code_version("real_images", "sources", "demo.world"),
     description="Real image–caption pairs (demo world, LAION parquet, img2dataset output or a "

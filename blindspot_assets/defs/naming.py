@@ -9,20 +9,19 @@ from typing import Any
 import dagster as dg
 
 from blindspot_assets.defs.analysis import blindspots, concept_top_images
-from blindspot_assets.defs.deployment import GPU_OP_TAGS
+from blindspot_assets.defs.declare import stage_asset
 from blindspot_assets.defs.metadata import lineage_md, progress_logger, table_md
 from blindspot_assets.defs.resources import RunConfigResource
 from blindspot_assets.defs.versions import code_version
 from blindspot_assets.labels.run_names import SKIPPED, name_concepts_of_run
 
 
-@dg.asset(
-    group_name="analysis",
+@stage_asset(
+    group="analysis",
+    runs_on="gpu",
     deps=[concept_top_images, blindspots],
     kinds={"pytorch", "duckdb"},
     code_version=code_version("concept_names", "labels"),
-    pool="gpu",
-    op_tags=GPU_OP_TAGS,
     description="Concept names from a vision-language / captioning model (`labels.model_id`, "
     "off by default): each concept's top real images, cropped to where it fires, captioned "
     "and reduced to a short name (table concept_names).",

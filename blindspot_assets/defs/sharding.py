@@ -34,7 +34,7 @@ import dagster as dg
 from blindspot_assets.config import RunConfig
 from blindspot_assets.defs.deployment import CPU_OP_TAGS, GPU_OP_TAGS
 from blindspot_assets.defs.metadata import lineage_md
-from blindspot_assets.defs.partitions import N_SHARDS, model_keys
+from blindspot_assets.defs.partitions import N_SHARDS, model_keys, model_partitions, single_run
 from blindspot_assets.defs.resources import RunConfigResource
 from blindspot_assets.shards import Shard
 from blindspot_assets.store.layout import REAL
@@ -84,21 +84,21 @@ def combine_metadata(per_dataset: dict[str, dict[str, Any]]) -> dict[str, Any]:
 
 
 def sharded_asset(
-    *,
     name: str,
     upstream: Sequence[dg.AssetsDefinition | dg.SourceAsset],
-    partitions_def: dg.PartitionsDefinition[str] | None,
     stage: Stage[Any],
-    description: str,
-    group_name: str,
+    *,
+    group: str,
     kinds: set[str],
     code_version: str,
-    backfill_policy: dg.BackfillPolicy | None = None,
+    description: str,
+    per_model: bool = False,
     gpu: bool = True,
     n_shards: int | None = None,
 ) -> dg.AssetsDefinition:
-    """A graph-backed asset that fans ``stage.work`` out over ``n_shards`` (``scale.shards``)."""
-    partitioned = partitions_def is not None
+    """A graph-backed asset that fans ``stage.work`` out over ``n_shards`` (``scale.shards``);
+    ``per_model``: partitioned by model, one run covering a range of them."""
+    partitioned = per_model
     n = n_shards or N_SHARDS
     upstream_keys = {f"after_{i}": u.key for i, u in enumerate(upstream)}
     shard_names = [f"shard_{i}" for i in range(n)]
@@ -119,9 +119,9 @@ def sharded_asset(
         name=name,
         description=description,
         ins={k: dg.AssetIn(key=key, dagster_type=dg.Nothing) for k, key in upstream_keys.items()},
-        group_name=group_name,
-        partitions_def=partitions_def,
-        backfill_policy=backfill_policy,
+        group_name=group,
+        partitions_def=model_partitions if per_model else None,
+        backfill_policy=single_run if per_model else None,
         kinds=kinds,
         code_version=code_version,
     )(compose)

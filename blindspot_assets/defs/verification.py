@@ -7,16 +7,21 @@ import dagster as dg
 import polars as pl
 
 from blindspot_assets.config import RunConfig
-from blindspot_assets.defs.analysis import blindspots, concept_labels, concept_top_images
+from blindspot_assets.defs.analysis import (
+    blindspots,
+    concept_labels,
+    concept_top_images,
+    per_model_tables,
+)
 from blindspot_assets.defs.concepts import sae
-from blindspot_assets.defs.deployment import GPU_OP_TAGS
+from blindspot_assets.defs.declare import stage_asset
 from blindspot_assets.defs.features import run_encoder
 from blindspot_assets.defs.generation import generated_images
 from blindspot_assets.defs.metadata import progress_logger, table_md
-from blindspot_assets.defs.partitions import model_keys, model_partitions, single_run
+from blindspot_assets.defs.partitions import model_keys
 from blindspot_assets.defs.resources import RunConfigResource
 from blindspot_assets.defs.versions import code_version
-from blindspot_assets.stats.run_tables import verify_model, write_per_model
+from blindspot_assets.stats.run_tables import verify_model
 from blindspot_assets.stats.verification import VerificationParams
 
 
@@ -28,15 +33,13 @@ def _verify(
     return table
 
 
-@dg.asset(
-    group_name="analysis",
-    partitions_def=model_partitions,
-    backfill_policy=single_run,
+@stage_asset(
+    group="analysis",
+    per_model=True,
+    runs_on="gpu",
     deps=[blindspots, concept_top_images, concept_labels, sae, generated_images],
     kinds={"pytorch", "duckdb"},
     code_version=code_version("blindspot_verification", "stats.verification"),
-    pool="gpu",
-    op_tags=GPU_OP_TAGS,
     description="Confirm flagged blindspots: the top `stats.verify_top` significant concepts of "
     "each kind, `stats.verify_images` new images for each of `stats.verify_captions` captions "
     "(new seeds, same generator and image pipeline), tested against the real images: "
@@ -49,12 +52,8 @@ def blindspot_verification(
     cfg = run_config.load()
     meta: dict[str, Any] = {}
     keys = model_keys(context)
-    written = write_per_model(
-        cfg,
-        "blindspot_verification",
-        keys,
-        context.run.run_id,
-        lambda m: _verify(context, cfg, m, meta),
+    written = per_model_tables(
+        context, cfg, "blindspot_verification", lambda m: _verify(context, cfg, m, meta)
     )
     first = written[keys[0]]
     return dg.MaterializeResult(
