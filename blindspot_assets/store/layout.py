@@ -34,6 +34,16 @@ def check_store_key(key: str) -> str:
     return key
 
 
+class _UnderRoot:
+    """A fixed path under a layout's ``root``, read as an attribute (``layout.sae``)."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __get__(self, layout: DataLayout, owner: type | None = None) -> Path:
+        return layout.root / self.name
+
+
 @dataclass(frozen=True)
 class DataLayout:
     """``root``: images, the SAE, the DuckDB file of views, the report (a local or shared
@@ -43,6 +53,12 @@ class DataLayout:
 
     root: Path
     store_root: str | Path | None = None
+
+    sae = _UnderRoot("sae")
+    sae_replicate = _UnderRoot("sae_replicate")
+    """A second SAE trained with another seed, for the stability of blindspots."""
+    duckdb = _UnderRoot("blindspots.duckdb")
+    report = _UnderRoot("report")
 
     def _store(self, *parts: str) -> str | Path:
         return join_location(self.store_root if self.store_root is not None else self.root, *parts)
@@ -72,25 +88,8 @@ class DataLayout:
         return self._store("codes", f"{check_store_key(dataset)}.zarr")
 
     @property
-    def sae(self) -> Path:
-        return self.root / "sae"
-
-    @property
-    def sae_replicate(self) -> Path:
-        """A second SAE trained with another seed, for the stability of blindspots."""
-        return self.root / "sae_replicate"
-
-    @property
     def tables(self) -> str | Path:
         return self._store("tables")
-
-    @property
-    def duckdb(self) -> Path:
-        return self.root / "blindspots.duckdb"
-
-    @property
-    def report(self) -> Path:
-        return self.root / "report"
 
 
 def feature_arrays(n_tokens: int, d: int, dtype: str = "float16") -> dict[str, ArraySpec]:

@@ -189,6 +189,31 @@ def _compressor() -> zarr.codecs.BloscCodec:
     return zarr.codecs.BloscCodec(cname="zstd", clevel=3, shuffle=zarr.codecs.BloscShuffle.shuffle)
 
 
+def _create_arrays(
+    group: zarr.Group, image_ids: Sequence[str], arrays: Mapping[str, ArraySpec], chunk_rows: int
+) -> None:
+    """A new store's arrays in ``group``: the image ids, the done/valid/status flags (chunked
+    by ``flag_chunk_rows``) and each data array, ``chunk_rows`` rows a chunk, zero-filled."""
+    n = len(image_ids)
+    flag_chunks = (flag_chunk_rows(n, chunk_rows),)
+    ids = group.create_array("image_id", shape=(n,), dtype=str, chunks=flag_chunks)
+    if n:
+        ids[:] = np.asarray(list(image_ids), dtype=str)
+    for flag in ("done", "valid"):
+        group.create_array(flag, shape=(n,), dtype="bool", chunks=flag_chunks, fill_value=False)
+    group.create_array("status", shape=(n,), dtype=str, chunks=flag_chunks)
+    for name, spec in arrays.items():
+        trailing = spec.trailing_chunks or spec.row_shape
+        group.create_array(
+            name,
+            shape=(n, *spec.row_shape),
+            dtype=spec.dtype,
+            chunks=(chunk_rows, *trailing),
+            compressors=_compressor(),
+            fill_value=0,
+        )
+
+
 class RowStore:
     """A Zarr group of per-image arrays with resumable, chunk-aligned writes."""
 
@@ -252,11 +277,17 @@ class RowStore:
                 return cls(_open_group(loc, "r+", None), final=loc)
             _remove(staging, storage_options)
         try:
-            return cls._create(
-                target, image_ids, arrays, attrs, chunk_rows, fingerprint, storage_options, loc
-            )
+            group = _open_group(target, "w", storage_options)
+            _create_arrays(group, image_ids, arrays, chunk_rows)
+            resume = {
+                "schema": ROWSTORE_SCHEMA,
+                "chunk_rows": chunk_rows,
+                "_resume_key": fingerprint,
+            }
+            group.attrs.update({**dict(attrs), **resume})
         except OSError as exc:
             raise _write_error(f"creating row store {target}", exc) from exc
+        return cls(group, final=loc, storage_options=storage_options)
 
     @classmethod
     def _resumable(
@@ -280,47 +311,6 @@ class RowStore:
             return RowStore(_open_group(loc, "r", None)).is_complete()
         except Exception:  # noqa: BLE001 - an unreadable store is nothing worth keeping
             return False
-
-    @classmethod
-    def _create(
-        cls,
-        loc: str | Path,
-        image_ids: Sequence[str],
-        arrays: Mapping[str, ArraySpec],
-        attrs: Mapping[str, Any],
-        chunk_rows: int,
-        fingerprint: str,
-        storage_options: Mapping[str, Any] | None,
-        final: str | Path,
-    ) -> RowStore:
-        group = _open_group(loc, "w", storage_options)
-        n = len(image_ids)
-        flag_chunks = (flag_chunk_rows(n, chunk_rows),)
-        ids = group.create_array("image_id", shape=(n,), dtype=str, chunks=flag_chunks)
-        if n:
-            ids[:] = np.asarray(list(image_ids), dtype=str)
-        for flag in ("done", "valid"):
-            group.create_array(flag, shape=(n,), dtype="bool", chunks=flag_chunks, fill_value=False)
-        group.create_array("status", shape=(n,), dtype=str, chunks=flag_chunks)
-        for name, spec in arrays.items():
-            trailing = spec.trailing_chunks or spec.row_shape
-            group.create_array(
-                name,
-                shape=(n, *spec.row_shape),
-                dtype=spec.dtype,
-                chunks=(chunk_rows, *trailing),
-                compressors=_compressor(),
-                fill_value=0,
-            )
-        group.attrs.update(
-            {
-                **dict(attrs),
-                "schema": ROWSTORE_SCHEMA,
-                "chunk_rows": chunk_rows,
-                "_resume_key": fingerprint,
-            }
-        )
-        return cls(group, final=final, storage_options=storage_options)
 
     @classmethod
     def open(
