@@ -120,9 +120,6 @@ class ImagesSpec:
         check_fields(self)
 
 
-IMAGE_CODECS = ("jpeg", "png", "as_stored")
-
-
 def _sae_model() -> RASAEConfig:
     # imported when used: the sae package imports torch and modules that import this one
     from blindspot_assets.sae.config import RASAEConfig

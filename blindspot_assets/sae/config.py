@@ -11,7 +11,6 @@ from typing import Any, Literal
 from blindspot_assets.config_fields import SET_BY_RUN, ConfigError, check_fields
 
 Sparsity = Literal["topk", "batchtopk"]
-SPARSITIES: tuple[Sparsity, ...] = ("topk", "batchtopk")
 
 
 @dataclass(frozen=True)
