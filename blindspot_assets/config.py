@@ -105,6 +105,7 @@ class ImagesSpec:
     """Resampling filter of that downscale."""
 
     def __post_init__(self) -> None:
+        check_fields(self)
         if self.quality != "match_real" and not (
             isinstance(self.quality, int) and 1 <= self.quality <= 95
         ):
@@ -117,7 +118,6 @@ class ImagesSpec:
             raise ConfigError(
                 f"max_short_side must be an integer ≥ 16 or null, got {self.max_short_side!r}"
             )
-        check_fields(self)
 
 
 def _sae_model() -> RASAEConfig:
@@ -253,6 +253,7 @@ class ScaleSpec:
     out over: one Dagster step per shard, all writing one store."""
 
     def __post_init__(self) -> None:
+        check_fields(self)
         check_ints(self, 1, "shards")
 
 
@@ -286,9 +287,9 @@ class LabelsSpec:
     """Weights' dtype (auto: float16 on CUDA, float32 on CPU)."""
 
     def __post_init__(self) -> None:
+        check_fields(self)
         counts = ("max_new_tokens", "images_per_concept", "concepts", "image_px", "name_words")
         check_ints(self, 1, *counts, "batch_size")
-        check_fields(self)
 
     @property
     def enabled(self) -> bool:

@@ -5,8 +5,9 @@
   ``FLAT`` holds a nested library config whose fields are written in the same YAML block (the
   ``sae`` block holds the fields of ``RASAEConfig`` and ``TrainConfig``); a field marked
   ``SET_BY_RUN`` is not the user's to write (the SAE's width is the encoder's).
-- ``check_fields(obj)``: what a ``__post_init__`` calls. A ``Literal[...]`` field must hold
-  one of its values; every error is a ``ConfigError`` that names the field and the fix.
+- ``check_fields(obj)``: what a ``__post_init__`` calls first. A ``Literal[...]`` field must
+  hold one of its values, an ``int``/``float``/``str``/``bool`` field a value of its type;
+  every error is a ``ConfigError`` that names the field and the fix.
 
 No dependency beyond the standard library, so every config module may import it.
 """
@@ -16,9 +17,11 @@ from __future__ import annotations
 import difflib
 import functools
 import math
+import numbers
 import sys
+import types
 import typing
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import MISSING, Field, fields, is_dataclass
 from typing import Any, TypeVar
 
@@ -122,36 +125,64 @@ def _placed(message: str, where: str, names: Iterable[str]) -> str:
 
 
 @functools.cache
-def _literal_choices(cls: type, name: str) -> tuple[Any, ...] | None:
-    """The values of the field's ``Literal[...]`` (or ``Literal[...] | None``) annotation, an
-    alias of one included, else None."""
+def _annotation(cls: type, name: str) -> Any:
+    """The field's annotation as a type (an alias resolved), or None when it names something
+    imported for type checking only."""
     annotation: Any = {f.name: f.type for f in fields(cls)}[name]
     if isinstance(annotation, str):  # ``from __future__ import annotations``
         namespace = {**vars(sys.modules[cls.__module__]), "typing": typing}
         try:
-            annotation = eval(annotation, namespace)  # the module's own annotation
-        except (NameError, TypeError):  # a name imported for type checking only: no choice
+            return eval(annotation, namespace)  # the module's own annotation
+        except (NameError, TypeError):
             return None
-    if typing.get_origin(annotation) is typing.Literal:
-        return typing.get_args(annotation)
-    args = typing.get_args(annotation)  # Literal[...] | None: the choices or null
-    literals = [a for a in args if typing.get_origin(a) is typing.Literal]
-    if len(literals) == 1 and len(args) == 2 and type(None) in args:
-        return (*typing.get_args(literals[0]), None)
-    return None
+    return annotation
+
+
+def _optional(annotation: Any) -> tuple[Any, bool]:
+    """``X | None`` → (X, True); anything else → (itself, False)."""
+    args = typing.get_args(annotation)
+    if typing.get_origin(annotation) in (types.UnionType, typing.Union) and type(None) in args:
+        rest = [a for a in args if a is not type(None)]
+        return (rest[0] if len(rest) == 1 else None), True
+    return annotation, False
+
+
+# the plain types a field may be checked against: what a value must be, and its name in words
+_PLAIN: dict[Any, tuple[Callable[[object], bool], str]] = {
+    int: (lambda v: isinstance(v, numbers.Integral) and not isinstance(v, bool), "an integer"),
+    float: (lambda v: isinstance(v, numbers.Real) and not isinstance(v, bool), "a number"),
+    str: (lambda v: isinstance(v, str), "a string"),
+    bool: (lambda v: isinstance(v, bool), "true or false"),
+}
+
+
+def _check_field(name: str, annotation: Any, value: object) -> None:
+    kind, optional = _optional(annotation)
+    if value is None and optional:
+        return
+    null = " or null" if optional else ""
+    if typing.get_origin(kind) is typing.Literal:
+        choices = typing.get_args(kind)
+        if value not in choices:
+            near = nearest(str(value), [str(c) for c in choices])
+            hint = f" (did you mean {near!r}?)" if near else ""
+            raise ConfigError(f"{name} must be one of {list(choices)}{null}, got {value!r}{hint}")
+    elif kind in _PLAIN:
+        accepts, words = _PLAIN[kind]
+        if not accepts(value):
+            raise ConfigError(f"{name} must be {words}{null}, got {value!r}")
 
 
 def check_fields(obj: object) -> None:
-    """Check every ``Literal`` field of the dataclass ``obj`` holds one of its values."""
+    """Check each field of the dataclass ``obj`` against its annotation: a ``Literal`` field
+    holds one of its values (the nearest is suggested), an int, float, str or bool field holds
+    one (an int is a number; a bool is not), ``| None`` allows null. Other types are the
+    ``__post_init__``'s own to check."""
     assert is_dataclass(obj)
     for f in fields(obj):
-        choices = _literal_choices(obj.__class__, f.name)
-        value = getattr(obj, f.name)
-        if choices is not None and value not in choices:
-            near = nearest(str(value), [str(c) for c in choices if c is not None])
-            hint = f" (did you mean {near!r}?)" if near else ""
-            shown = ["null" if c is None else c for c in choices]
-            raise ConfigError(f"{f.name} must be one of {shown}, got {value!r}{hint}")
+        annotation = _annotation(obj.__class__, f.name)
+        if annotation is not None:
+            _check_field(f.name, annotation, getattr(obj, f.name))
 
 
 def check_ints(obj: object, least: int, *names: str) -> None:

@@ -169,3 +169,36 @@ def test_every_config_field_has_a_docstring():
                 if not documented:
                     undocumented.append(f"{cls.__name__}.{ast.unparse(stmt.target)}")
     assert len(classes) == 12 and undocumented == []
+
+
+@pytest.mark.parametrize(
+    ("block", "values", "message"),
+    [
+        ("sae", {"k": "many"}, r"sae\.k must be an integer, got 'many'"),
+        ("sae", {"lr": "fast"}, r"sae\.lr must be a number, got 'fast'"),
+        (
+            "sae",
+            {"max_tokens": 1.5e6},
+            r"sae\.max_tokens must be an integer or null, got 1500000\.0",
+        ),
+        ("stats", {"alpha": True}, r"stats\.alpha must be a number, got True"),
+        ("encoder", {"device": 0}, r"encoder\.device must be a string, got 0"),
+        ("labels", {"crop": "yes"}, r"labels\.crop must be true or false, got 'yes'"),
+    ],
+)
+def test_a_value_of_the_wrong_type_names_the_field(tmp_path, block, values, message):
+    raw = demo_config_dict(tmp_path)
+    raw.setdefault(block, {}).update(values)
+    with pytest.raises(ConfigError, match=message):
+        parse_config(raw)
+
+
+def test_an_integer_is_a_number_and_null_is_allowed_where_optional(tmp_path):
+    raw = demo_config_dict(tmp_path)
+    raw["sae"].update({"lr": 1, "max_tokens": None, "aux_k": None})
+    raw["stats"].update({"alpha": 0})
+    with pytest.raises(ConfigError, match=r"stats\.alpha must be in \(0, 1\), got 0"):
+        parse_config(raw)  # the type passes; the range is the field's own check
+    raw["stats"].update({"alpha": 0.05})
+    cfg = parse_config(raw)
+    assert cfg.sae.train.lr == 1 and cfg.sae.train.max_tokens is None

@@ -175,8 +175,10 @@ def test_sae_threshold_in_the_run_config(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="set sae.pretrained"):
         parse_config({**raw, "sae": {**raw["sae"], "threshold": 0.5}}, tmp_path / "x.yaml")
     bad = {**raw["sae"], "pretrained": str(NO_THRESHOLD), "threshold": "high"}
-    with pytest.raises(ConfigError, match="finite number"):
+    with pytest.raises(ConfigError, match=r"sae\.threshold must be a number or null"):
         parse_config({**raw, "sae": bad}, tmp_path / "x.yaml")
+    with pytest.raises(ConfigError, match=r"sae\.threshold must be a finite number"):
+        parse_config({**raw, "sae": {**bad, "threshold": float("nan")}}, tmp_path / "x.yaml")
 
 
 def test_a_checkpoint_that_runs_code_on_load_is_refused(
