@@ -155,6 +155,27 @@ def run_zarr(n: int, c: int, per_image: int, params: BlindspotParams) -> dict[st
     return out
 
 
+def resampling_gflops(c: int, params: BlindspotParams, repeats: int = 3) -> float:
+    """Best measured rate of the statistics' dominant op, on its own shape: the (B + P) × m
+    resampling weights times an m × c block of paired differences (``addmm_``)."""
+    import torch
+
+    r, m = params.n_bootstrap + params.n_permutations, params.block_rows
+    acc, w, d = torch.zeros(r, c), torch.rand(r, m), torch.rand(m, c)
+    acc.addmm_(w, d)
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        acc.addmm_(w, d)
+        best = min(best, time.perf_counter() - t0)
+    return 2.0 * r * m * c / best / 1e9
+
+
+def flop_estimate_s(n: int, c: int, params: BlindspotParams, gflops: float) -> float:
+    """Seconds the resampling matmuls of ``n`` pairs take at ``gflops``: 2·(B + P)·n·c."""
+    return 2.0 * (params.n_bootstrap + params.n_permutations) * n * c / (gflops * 1e9)
+
+
 def _result(mode: str, n: int, c: int, compute_s: float, other_s: float, stats: Any,
             flagged: Any) -> dict[str, Any]:  # fmt: skip
     by_concept = {r["concept"]: r for r in flagged.iter_rows(named=True)}
@@ -193,7 +214,8 @@ def main() -> None:
     print(f"concepts={args.concepts} concepts/image={args.concepts_per_image} "
           f"B={args.bootstrap} P={args.permutations} block_rows={args.block_rows}")  # fmt: skip
     header = f"{'mode':6} {'images':>9} {'compute s':>10} {'s/1k img':>9} {'peak RSS MB':>12} " \
-             f"{'flagged':>8} {'signif':>7} planted"  # fmt: skip
+             f"{'flagged':>8} {'signif':>7} {'planted':>7} {'FLOP est s':>10} " \
+             f"{'ratio':>7}"  # fmt: skip
     print(header)
     for mode in args.modes:
         for n in args.sizes:
@@ -203,10 +225,15 @@ def main() -> None:
                    "--block-rows", str(args.block_rows)]  # fmt: skip
             out = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True)
                              .stdout.strip().splitlines()[-1])  # fmt: skip
+            gflops = resampling_gflops(args.concepts, params)  # same run, right after
+            out["resampling_gflops"] = gflops
+            out["flop_estimate_s"] = flop_estimate_s(n, args.concepts, params, gflops)
             planted = "yes" if out["planted_gone_found"] and out["planted_doubled_found"] else "NO"
             line = (f"{mode:6} {n:>9} {out['compute_s']:>10.1f} "
                     f"{1000 * out['compute_s'] / n:>9.2f} {out['peak_rss_mb']:>12.0f} "
-                    f"{out['n_flagged']:>8} {out['n_significant']:>7} {planted}")  # fmt: skip
+                    f"{out['n_flagged']:>8} {out['n_significant']:>7} {planted:>7} "
+                    f"{out['flop_estimate_s']:>10.1f} "
+                    f"{out['compute_s'] / out['flop_estimate_s']:>6.2f}×")  # fmt: skip
             print(line, flush=True)
             print("   ", json.dumps(out), flush=True)
 
