@@ -1,15 +1,17 @@
 #!/usr/bin/env bash
 # Side virtual environment with `overcomplete` for the RA-SAE benchmark (benchmarks/bench_sae.py).
-# overcomplete pulls torchvision, scikit-learn, opencv, matplotlib: they must never enter the
-# project's .venv (torchvision from PyPI does not import beside the CPU torch 2.13.0 build,
-# "operator torchvision::nms does not exist", and once installed it breaks the transformers and
-# diffusers model classes too), so it lives in its own venv, outside the repository. torch stays
-# the same CPU 2.13.0 build as ours.
+# overcomplete must never enter the project's .venv (its dependencies pull torchvision, which
+# breaks transformers/diffusers there). The side venv installs only overcomplete 0.3.0 and einops
+# (all that `overcomplete.sae` imports beyond torch/numpy), without dependencies, and sees the
+# project's own torch and numpy through a .pth file: both sides run the very same torch build,
+# and nothing is downloaded but two small wheels.
 set -euo pipefail
 VENV="${1:-/tmp/oc-venv}"
+HERE="$(cd "$(dirname "$0")" && pwd)"
+PROJECT_PY="${PROJECT_PY:-$HERE/../../.venv/bin/python}"
 python3 -m venv "$VENV"
-"$VENV/bin/pip" install -q --upgrade pip
-constraints="$(mktemp)"
-echo "torch==2.13.0" > "$constraints"
-"$VENV/bin/pip" install -q -c "$constraints" "torch==2.13.0" "overcomplete==0.3.0"
+site="$("$PROJECT_PY" -c 'import site; print(site.getsitepackages()[0])')"
+side="$("$VENV/bin/python" -c 'import site; print(site.getsitepackages()[0])')"
+echo "$site" > "$side/zz_project_site.pth"  # after the venv's own packages
+"$VENV/bin/pip" install -q --no-deps "overcomplete==0.3.0" einops
 echo "overcomplete venv ready at $VENV"
