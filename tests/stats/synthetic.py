@@ -15,7 +15,7 @@ class PlantedCodes:
     xi_gen_nc: np.ndarray
     gone: int  # big concept absent from every generation: δ far below 0.1
     doubled: int  # concept with twice the energy in generations: δ far above 0.9
-    small_gone: int  # rare, weak concept absent from generations: δ ≈ 0.5 (docs/method.md §6, caution)
+    small_gone: int  # rare, weak concept gone from generations: δ ≈ 0.5 (docs/method.md §6)
     unchanged: list[int]
 
 
