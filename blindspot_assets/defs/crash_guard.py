@@ -71,7 +71,7 @@ class _Wait:
 def _guarded_context(log: Any, run: dg.DagsterRun, interruptible: bool) -> type:
     timeout = pool_timeout(run)
 
-    class GuardedConcurrencyContext(InstanceConcurrencyContext):  # type: ignore[misc]
+    class GuardedConcurrencyContext(InstanceConcurrencyContext):
         def __init__(self, instance: dg.DagsterInstance, dagster_run: dg.DagsterRun) -> None:
             super().__init__(instance, dagster_run)
             self._waits: dict[str, _Wait] = {}
@@ -160,12 +160,12 @@ def _watch_pool_waits(log: Any, run: dg.DagsterRun, in_process: bool) -> Iterato
     saved = [m.InstanceConcurrencyContext for m in modules]
     guarded = _guarded_context(log, run, interruptible=in_process)
     for m in modules:
-        m.InstanceConcurrencyContext = guarded  # type: ignore[attr-defined]
+        vars(m)["InstanceConcurrencyContext"] = guarded
     try:
         yield
     finally:
         for m, original in zip(modules, saved, strict=True):
-            m.InstanceConcurrencyContext = original  # type: ignore[attr-defined]
+            vars(m)["InstanceConcurrencyContext"] = original
 
 
 @contextmanager
@@ -185,7 +185,7 @@ def _heartbeat(instance: dg.DagsterInstance, run_id: str) -> Iterator[None]:
         stop.set()
 
 
-class CrashSafeExecutor(dg.Executor):  # type: ignore[misc]
+class CrashSafeExecutor(dg.Executor):
     """Delegates to ``inner`` after recording the worker and releasing stale runs."""
 
     def __init__(self, inner: dg.Executor) -> None:

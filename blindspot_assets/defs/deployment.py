@@ -217,7 +217,7 @@ def dask_pool_safe_executor() -> dg.ExecutorDefinition:
     """
     from dagster_dask.executor import DaskExecutor, dask_executor
 
-    class PoolSafeDaskExecutor(DaskExecutor):  # type: ignore[misc]
+    class PoolSafeDaskExecutor(DaskExecutor):
         def execute(self, plan_context: Any, execution_plan: Any) -> Any:
             run = plan_context.dagster_run
             if getattr(run, "run_op_concurrency", None) is not None:
