@@ -18,6 +18,7 @@ proves the rule: changing a covered module changes that asset's version and no o
 from __future__ import annotations
 
 import ast
+import functools
 import hashlib
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -63,11 +64,20 @@ def code_fingerprint(source: str) -> str:
     return ast.dump(_without_docstrings(ast.parse(source)), include_attributes=False)
 
 
+@functools.cache
+def _module_fingerprint(module: str) -> str:
+    return code_fingerprint(read_source(module))  # once per module while the location loads
+
+
 def version_of(names: Iterable[str], source_of: SourceOf = read_source) -> str:
     """The code version of the modules ``names`` stand for."""
     digest = hashlib.sha256()
     for module in sorted({m for name in names for m in module_files(name)}):
-        digest.update(module.encode() + b"\0" + code_fingerprint(source_of(module)).encode())
+        if source_of is read_source:
+            code = _module_fingerprint(module)
+        else:
+            code = code_fingerprint(source_of(module))
+        digest.update(module.encode() + b"\0" + code.encode())
     return digest.hexdigest()[:12]
 
 
