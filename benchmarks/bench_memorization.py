@@ -4,7 +4,8 @@
 
 Synthetic unit descriptors shaped like the check's (one per real image, one per generated
 image): a mixture of ``--groups`` content clusters with spread, the generated side drawn from
-the same mixture, 1 % planted near copies of real images. Each size runs in its own process
+the same mixture (``--groups``: fixed, or 0 for √N / 2 clusters, as many as the index has lists
+over two), 1 % planted near copies of real images. Each size runs in its own process
 (peak RSS per size). Reported: index build and search seconds, seconds per 1k queries, the
 fraction of (query, list) pairs scanned, brute-force seconds (measured up to
 ``--brute-max``, extrapolated as N² beyond), and agreement with brute force on a sample.
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import resource
 import subprocess
@@ -54,9 +56,10 @@ def brute(
 
 def one_size(n: int, args: argparse.Namespace) -> dict[str, Any]:
     g = torch.Generator().manual_seed(0)
-    centres = torch.randn(args.groups, args.dim, generator=g)
-    refs = descriptors(n, args.dim, args.groups, 1, centres)
-    queries = descriptors(n, args.dim, args.groups, 2, centres)
+    groups = args.groups or max(1, round(math.sqrt(n) / 2))
+    centres = torch.randn(groups, args.dim, generator=g)
+    refs = descriptors(n, args.dim, groups, 1, centres)
+    queries = descriptors(n, args.dim, groups, 2, centres)
     n_copy = n // 100
     queries[:n_copy] = torch.nn.functional.normalize(
         refs[:n_copy] + 0.02 * torch.randn(n_copy, args.dim, generator=g), dim=1
@@ -78,6 +81,7 @@ def one_size(n: int, args: argparse.Namespace) -> dict[str, Any]:
     out: dict[str, Any] = {
         "n": n,
         "dim": args.dim,
+        "groups": groups,
         "lists": len(index.centres),
         "build_s": build,
         "search_s": search,
@@ -98,7 +102,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000])
     ap.add_argument("--dim", type=int, default=128)
-    ap.add_argument("--groups", type=int, default=2000)
+    ap.add_argument("--groups", type=int, default=0, help="content clusters; 0: √N / 2")
     ap.add_argument("--query-block", type=int, default=2048)
     ap.add_argument("--brute-max", type=int, default=100_000)
     ap.add_argument("--one", type=int, default=None, help=argparse.SUPPRESS)
@@ -108,7 +112,8 @@ def main() -> None:
         print(json.dumps(one_size(args.one, args)))
         return
     print(
-        f"torch {torch.__version__}, {torch.get_num_threads()} threads, load {os.getloadavg()[0]:.1f}"
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
+        f"load {os.getloadavg()[0]:.1f}"
     )
     rows = []
     for n in args.sizes:

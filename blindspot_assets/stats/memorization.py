@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -150,10 +151,11 @@ class ConeIndex:
         sums = torch.zeros_like(centres).index_add_(0, assign[order], self.vectors)
         self.centres = torch.nn.functional.normalize(sums, dim=1)
         cos_min = torch.ones(n_lists)
-        for j in range(n_lists):
-            a, b = int(self.offsets[j]), int(self.offsets[j + 1])
-            if b > a:
-                cos_min[j] = (self.vectors[a:b] @ self.centres[j]).min()
+        with _one_thread():
+            for j in range(n_lists):
+                a, b = int(self.offsets[j]), int(self.offsets[j + 1])
+                if b > a:
+                    cos_min[j] = (self.vectors[a:b] @ self.centres[j]).min()
         self.half_angle = torch.arccos(cos_min.clamp(-1.0, 1.0))
         self.lists_scanned = 0  # (query, list) pairs scanned by search, for the benchmarks
 
@@ -187,13 +189,15 @@ class ConeIndex:
         self.lists_scanned += q.shape[0] * lists.numel()
 
     def search(
-        self, queries: torch.Tensor, exclude: I64 | None = None, block: int = 1024
+        self, queries: torch.Tensor, exclude: I64 | None = None, block: int = 256
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """(best cosine, its id) per unit query; ``exclude`` (one id per query) is skipped.
 
         Queries are grouped by their most promising list, ``block`` at a time: each group
         scans the union of its first lists, then the union of the lists whose bound still
-        beats some query's best — two large matmuls per group, not one small one per list.
+        beats some query's best — two matmuls per group, not one small one per list. The
+        groups run on one thread: their ops are small, and waking a thread pool costs more
+        than they do.
         """
         m = queries.shape[0]
         ex = None if exclude is None else torch.from_numpy(np.asarray(exclude, np.int64))
@@ -203,17 +207,41 @@ class ConeIndex:
         first = bound.argmax(dim=1)
         best = torch.full((m,), -torch.inf)
         arg = torch.full((m,), -1, dtype=torch.int64)
-        for rows in torch.argsort(first, stable=True).split(block):
-            q, e = queries[rows], None if ex is None else ex[rows]
-            b_best, b_arg = best[rows], arg[rows]
-            seen = torch.zeros(len(self.centres), dtype=torch.bool)
-            seen[first[rows]] = True
-            self._scan(q, seen.nonzero().flatten(), e, b_best, b_arg)
-            need = (bound[rows] > b_best[:, None]).any(dim=0) & ~seen
-            if bool(need.any()):
-                self._scan(q, need.nonzero().flatten(), e, b_best, b_arg)
-            best[rows], arg[rows] = b_best, b_arg
+        with _one_thread():
+            for rows in torch.argsort(first, stable=True).split(block):
+                self._search_group(queries[rows], rows, first, bound, ex, best, arg)
         return best, arg
+
+    def _search_group(
+        self,
+        q: torch.Tensor,
+        rows: torch.Tensor,
+        first: torch.Tensor,
+        bound: torch.Tensor,
+        ex: torch.Tensor | None,
+        best: torch.Tensor,
+        arg: torch.Tensor,
+    ) -> None:
+        """One group of queries: their first lists, then every list a bound leaves open."""
+        e = None if ex is None else ex[rows]
+        b_best, b_arg = best[rows], arg[rows]
+        seen = torch.zeros(len(self.centres), dtype=torch.bool)
+        seen[first[rows]] = True
+        self._scan(q, seen.nonzero().flatten(), e, b_best, b_arg)
+        need = (bound[rows] > b_best[:, None]).any(dim=0) & ~seen
+        if bool(need.any()):
+            self._scan(q, need.nonzero().flatten(), e, b_best, b_arg)
+        best[rows], arg[rows] = b_best, b_arg
+
+
+@contextmanager
+def _one_thread() -> Iterator[None]:
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def _argmax_sim(x: torch.Tensor, centres: torch.Tensor) -> torch.Tensor:
