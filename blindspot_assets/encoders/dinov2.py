@@ -28,6 +28,7 @@ from PIL import Image
 from blindspot_assets.checkpoint_versions import resolve_checkpoint
 from blindspot_assets.config import EncoderSpec
 from blindspot_assets.devices import choose_device
+from blindspot_assets.encoders.geometry import CROP_FRACTION, processor_crop_fraction
 from blindspot_assets.encoders.images import ImagePolicy
 from blindspot_assets.generators.base import ProgressFn
 from blindspot_assets.generators.diffusers_pipeline import choose_dtype
@@ -58,6 +59,8 @@ class DinoEncoder:
             "dim": self.dim,
             "dtype": str(self.dtype).removeprefix("torch."),
             "device": self.device,
+            # the part of each image the encoder sees (heat maps are drawn over it)
+            CROP_FRACTION: processor_crop_fraction(self.processor.to_dict()),
             **self.images.lineage(),
         }
 

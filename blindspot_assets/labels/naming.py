@@ -28,6 +28,7 @@ import polars as pl
 from PIL import Image
 
 from blindspot_assets.config import RunConfig
+from blindspot_assets.encoders.geometry import encoder_crop_fraction
 from blindspot_assets.encoders.images import ImagePolicy, policy_of_run
 from blindspot_assets.labels.vlm import Labeller
 from blindspot_assets.report.images import concept_maps, encoder_view
@@ -264,7 +265,7 @@ def name_run_concepts(
             attrs = dict(RowStore.open(cfg.layout.features(REAL)).attrs)
         n_tokens = int(RowStore.open(codes).array("token_idx").shape[1])
         heat = concept_maps(codes, wanted, TokenLayout.infer(n_tokens, attrs))
-    crop_fraction = cfg.encoder.image_size / round(cfg.encoder.image_size * 256 / 224)
+    crop_fraction = encoder_crop_fraction(cfg.layout, cfg.encoder)
     items, unreadable = gather_images(
         top,
         concepts,

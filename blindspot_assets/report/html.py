@@ -29,6 +29,7 @@ import numpy as np
 import polars as pl
 
 from blindspot_assets.config import RunConfig
+from blindspot_assets.encoders.geometry import encoder_crop_fraction
 from blindspot_assets.report import analyses, preview, svg
 from blindspot_assets.report import verification as verification_view
 from blindspot_assets.report.changes import changes_sections
@@ -734,7 +735,7 @@ def build_report(
     labels = Labels.from_table(tables["concept_labels"])
     labels.names = model_names(load_table(root, "concept_names"))
     summaries = _summary_table(root)
-    crop = cfg.encoder.image_size / round(cfg.encoder.image_size * 256 / 224)
+    crop = encoder_crop_fraction(cfg.layout, cfg.encoder)  # what the encoder saw
     writer = ImageWriter(cfg.layout, out_dir, opts.thumb_px, crop, write_root=staging)
 
     controls = control_flags(cfg, blind_all)

@@ -3,8 +3,9 @@
 A concept's token activation comes from the codes row store (``token_idx`` / ``token_val``, the
 top ``k_max`` active concepts of every token). Tokens are laid out as the encoder emits them:
 [CLS, registers…, grid × grid patches]; only the patches have a place in the image. The encoder
-looks at a centre crop (resize the short side to ``S = round(s·256/224)``, crop ``s``), so heat
-maps are drawn over that same crop and line up with the patches.
+looks at a centre crop (its processor resizes the short side, then crops: ``crop_fraction`` of
+the short side, recorded with the features, ``encoders/geometry.py``), so heat maps are drawn
+over that same crop and line up with the patches.
 """
 
 from __future__ import annotations
