@@ -157,12 +157,52 @@ def _report_load(index: Path) -> dict[str, Any]:
     }
 
 
+def _stage(step: str) -> str:
+    """A step's stage: the asset it belongs to (shards and merges together), or its check."""
+    return step.split(".", 1)[0]
+
+
+def markdown(result: dict[str, Any]) -> str:
+    """The per-stage table (wall time summed over its steps, peak RSS) and the size table."""
+    stages: dict[str, list[float]] = {}
+    for row in result["steps"]:
+        acc = stages.setdefault(_stage(row["step"]), [0.0, 0.0, 0])
+        acc[0] += row["seconds"]
+        acc[1] = max(acc[1], row["peak_rss_mb"] or 0)
+        acc[2] += 1
+    total = sum(a[0] for a in stages.values())
+    lines = [
+        "| stage | steps | seconds | share | peak RSS MB |",
+        "| --- | ---: | ---: | ---: | ---: |",
+    ]
+    for name, (sec, rss, n) in sorted(stages.items(), key=lambda kv: -kv[1][0]):
+        if sec >= 1 or rss >= 0:
+            lines.append(f"| {name} | {n} | {sec:,.1f} | {100 * sec / total:.1f}% | {rss:,.0f} |")
+    lines += ["", "| store / file | MB |", "| --- | ---: |"]
+    for name, size in result["sizes"].items():
+        lines.append(f"| {name} | {size / 1e6:,.1f} |")
+    lines += ["", "| table | files | rows | MB | columns |", "| --- | ---: | ---: | ---: | ---: |"]
+    for name, t in result["tables"].items():
+        if t.get("files"):
+            lines.append(
+                f"| {name} | {t['files']} | {t['rows']:,} | {t['bytes'] / 1e6:,.2f} "
+                f"| {len(t['schema'])} |"
+            )
+        else:
+            lines.append(f"| {name} | 0 | 0 | 0 | – |")
+    return "\n".join(lines)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("config")
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--skip-run", action="store_true", help="only measure a finished run")
+    ap.add_argument("--markdown", action="store_true", help="print --out's tables as Markdown")
     args = ap.parse_args()
+    if args.markdown:
+        print(markdown(json.loads(args.out.read_text())))
+        return 0
     cfg = load_config(args.config)
     root = cfg.layout.root
     home = root / "dagster_home"
