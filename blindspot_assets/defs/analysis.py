@@ -30,9 +30,11 @@ from blindspot_assets.stats.labels import label_concepts
 from blindspot_assets.stats.memorization import find_memorization_candidates
 from blindspot_assets.stats.run_tables import (
     column_mean,
+    flag_counts,
     flagged_with_replication,
     model_comparison_tables,
     strongest_partners,
+    top_flags,
     top_images_by_dataset,
     with_sae_version,
     write_per_model,
@@ -118,16 +120,10 @@ def blindspots(
         "blindspots",
         lambda m: flagged_with_replication(cfg, m, params),
     )
-    per_model: dict[str, Any] = {
-        m: {
-            "n_flagged": df.height,
-            "control": cfg.model(m).control,
-            **dict(df.group_by("kind").len().iter_rows()),
-        }
-        for m, df in written.items()
+    per_model = {
+        m: {**flag_counts(df), "control": cfg.model(m).control} for m, df in written.items()
     }
-    first = next(iter(written.values()))
-    preview = first.sort("rank").select("concept", "kind", "delta", "delta_energy", "q_value")
+    preview = top_flags(next(iter(written.values())))
     return dg.MaterializeResult(
         metadata={
             "per_model": dg.MetadataValue.json(per_model),

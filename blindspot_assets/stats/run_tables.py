@@ -319,3 +319,13 @@ def column_mean(df: pl.DataFrame, column: str) -> float:
 def strongest_partners(cooccurrence: pl.DataFrame) -> pl.DataFrame:
     """Each concept's first partner in a ``concept_cooccurrence`` table, strongest first."""
     return cooccurrence.filter(pl.col("rank") == 1).sort("cosine", descending=True)
+
+
+def flag_counts(flagged: pl.DataFrame) -> dict[str, int]:
+    """How many concepts a ``blindspots`` partition flags, in all and per kind."""
+    return {"n_flagged": flagged.height, **dict(flagged.group_by("kind").len().iter_rows())}
+
+
+def top_flags(flagged: pl.DataFrame) -> pl.DataFrame:
+    """A ``blindspots`` partition's flags in rank order, with the columns read first."""
+    return flagged.sort("rank").select("concept", "kind", "delta", "delta_energy", "q_value")
