@@ -27,6 +27,7 @@ from blindspot_assets.report.data import Labels
 from blindspot_assets.report.names import model_names
 from blindspot_assets.sae.checkpoint import HEADER_FILE, SAE_SCHEMA
 from blindspot_assets.store.tables import query, read_table, write_table_partition
+from tests.conftest import REPO
 from tests.labels.tiny_captioner import save_tiny_blip, save_tiny_llava
 from tests.report.synthetic_run import SUPPRESSED, build_run
 
@@ -70,8 +71,13 @@ def test_flagged_concepts_come_first() -> None:
 def test_labels_config() -> None:
     assert not LabelsSpec().enabled
     assert LabelsSpec(model_id="Salesforce/blip-image-captioning-large").enabled
-    with pytest.raises(ConfigError, match="labels.images_per_concept"):
+    with pytest.raises(ConfigError, match="images_per_concept must be an integer"):
         LabelsSpec(images_per_concept=0)
+    # from a run config file, the error names the block too
+    raw = yaml.safe_load((REPO / "configs" / "demo.yaml").read_text())
+    raw["labels"] = {"images_per_concept": 0}
+    with pytest.raises(ConfigError, match=r"labels\.images_per_concept"):
+        parse_config(raw, None)
 
 
 def _with_labels(cfg: RunConfig, tmp_path: Path, **labels: object) -> Path:
