@@ -12,13 +12,16 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any, Protocol, Self
+from typing import TYPE_CHECKING, Any, Protocol, Self, TypeVar
 
 from blindspot_assets.encoders.dinov2 import ExtractionSummary
 from blindspot_assets.generators.runner import GenerationSummary
 from blindspot_assets.store.rowstore import RowStore
+
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
 
 
 @dataclass(frozen=True)
@@ -52,10 +55,24 @@ def add_counts(tables: Sequence[Mapping[str, int]]) -> dict[str, int]:
     return out
 
 
-def _first(parts: Sequence[Any]) -> Any:
+_S = TypeVar("_S", bound="DataclassInstance")
+
+
+def _merge(cls: type[_S], parts: Sequence[_S], shared: tuple[str, ...]) -> _S:
+    """Shard summaries added up: numbers summed, count tables added key by key, the ``shared``
+    fields (the same on every shard) taken from the first."""
     if not parts:
         raise ValueError("no shard summary to merge")
-    return parts[0]
+    values: dict[str, Any] = {}
+    for f in fields(cls):
+        got = [getattr(p, f.name) for p in parts]
+        if f.name in shared:
+            values[f.name] = got[0]
+        elif isinstance(got[0], Mapping):
+            values[f.name] = add_counts(got)
+        else:
+            values[f.name] = type(got[0])(sum(got))
+    return cls(**values)
 
 
 @dataclass(frozen=True)
@@ -76,14 +93,7 @@ class FeatureShards:
 
     @classmethod
     def merge(cls, parts: Sequence[FeatureShards]) -> FeatureShards:
-        return cls(
-            n_rows=sum(p.n_rows for p in parts),
-            n_valid=sum(p.n_valid for p in parts),
-            n_computed=sum(p.n_computed for p in parts),
-            n_invalid_by_status=add_counts([p.n_invalid_by_status for p in parts]),
-            seconds=float(sum(p.seconds for p in parts)),
-            lineage=_first(parts).lineage,
-        )
+        return _merge(cls, parts, shared=("lineage",))
 
     @property
     def images_per_s(self) -> float:
@@ -120,18 +130,7 @@ class CodeShards:
 
     @classmethod
     def merge(cls, parts: Sequence[CodeShards]) -> CodeShards:
-        first = _first(parts)
-        return cls(
-            rows=sum(p.rows for p in parts),
-            valid_rows=sum(p.valid_rows for p in parts),
-            rows_computed=sum(p.rows_computed for p in parts),
-            tokens_encoded=sum(p.tokens_encoded for p in parts),
-            l0_sum=sum(p.l0_sum for p in parts),
-            tokens_over_k_max=sum(p.tokens_over_k_max for p in parts),
-            seconds=float(sum(p.seconds for p in parts)),
-            sae_fingerprint=first.sae_fingerprint,
-            sae_data_version=first.sae_data_version,
-        )
+        return _merge(cls, parts, shared=("sae_fingerprint", "sae_data_version"))
 
     @property
     def mean_l0(self) -> float:
@@ -171,15 +170,7 @@ class GenerationShards:
 
     @classmethod
     def merge(cls, parts: Sequence[GenerationShards]) -> GenerationShards:
-        return cls(
-            n_images=sum(p.n_images for p in parts),
-            n_generated=sum(p.n_generated for p in parts),
-            n_reused=sum(p.n_reused for p in parts),
-            n_failed=sum(p.n_failed for p in parts),
-            failures_by_reason=add_counts([p.failures_by_reason for p in parts]),
-            seconds=float(sum(p.seconds for p in parts)),
-            lineage=_first(parts).lineage,
-        )
+        return _merge(cls, parts, shared=("lineage",))
 
     def counts(self) -> dict[str, int]:
         return {

@@ -13,7 +13,7 @@ import polars as pl
 
 from blindspot_assets.config import RunConfig
 from blindspot_assets.defs.concepts import concept_codes, real_concept_codes, sae
-from blindspot_assets.defs.declare import stage_asset
+from blindspot_assets.defs.declare import stage_asset, table_asset
 from blindspot_assets.defs.features import gen_features, real_features
 from blindspot_assets.defs.inputs import real_images
 from blindspot_assets.defs.metadata import lineage_md, progress_logger, table_md
@@ -64,11 +64,9 @@ def per_model_tables(
     return write_per_model(cfg, table, model_keys(context), context.run.run_id, compute, with_sae)
 
 
-@stage_asset(
-    group="analysis",
+@table_asset(
     per_model=True,
     deps=[real_concept_codes, concept_codes],
-    kinds={"duckdb", "polars"},
     code_version=code_version("concept_stats", *STATS_MODULES),
     description="Per concept and model: energies E_k of real and generated sets, nb_fire, ΔE, "
     "δ = sigmoid(ΔE/T), relative difference, paired uncertainty (table concept_stats).",
@@ -98,11 +96,9 @@ def concept_stats(
     )
 
 
-@stage_asset(
-    group="analysis",
+@table_asset(
     per_model=True,
     deps=[concept_stats, sae, real_features, gen_features],
-    kinds={"duckdb", "polars"},
     code_version=code_version(
         "blindspots", "stats.concepts", "stats.replication", "stats.params", "stats.run_tables"
     ),
@@ -132,10 +128,8 @@ def blindspots(
     )
 
 
-@stage_asset(
-    group="analysis",
+@table_asset(
     deps=[real_concept_codes, concept_codes],
-    kinds={"duckdb", "polars"},
     code_version=code_version("concept_top_images", "stats.top_images"),
     description="For every concept, its top-activating images in the real set and in each "
     "model's generated set, ranked by `stats.top_images_by` (table concept_top_images).",
@@ -153,11 +147,9 @@ def concept_top_images(
     return dg.MaterializeResult(metadata={"rows_per_dataset": dg.MetadataValue.json(counts)})
 
 
-@stage_asset(
-    group="analysis",
+@table_asset(
     per_model=True,
     deps=[real_concept_codes, concept_codes],
-    kinds={"duckdb", "polars"},
     code_version=code_version("datapoint_deltas", "stats.datapoints", "stats.reading"),
     description="Per real/generated pair: ‖ξ(x')−ξ(x)‖ and the concepts most missing and most "
     "added (table datapoint_deltas).",
@@ -226,10 +218,8 @@ def memorization_candidates(
     )
 
 
-@stage_asset(
-    group="analysis",
+@table_asset(
     deps=[real_concept_codes, real_images],
-    kinds={"duckdb", "polars"},
     code_version=code_version("concept_labels", "stats.labels"),
     description="Automatic concept names: the caption terms most associated with each "
     "concept's activation over the real images (table concept_labels).",
@@ -246,10 +236,8 @@ def concept_labels(
     return dg.MaterializeResult(metadata={"n_rows": labels.height, "preview": table_md(labels, 10)})
 
 
-@stage_asset(
-    group="analysis",
+@table_asset(
     deps=[real_concept_codes],
-    kinds={"duckdb", "polars"},
     code_version=code_version("concept_cooccurrence", "stats.cooccurrence"),
     description="Concept co-occurrence over the real set: ZᵀZ of the token codes (or of the "
     "per-image energies ξ), streamed a block of concepts at a time; each concept's top "
@@ -283,10 +271,8 @@ def concept_cooccurrence(
     )
 
 
-@stage_asset(
-    group="analysis",
+@table_asset(
     deps=[sae],
-    kinds={"duckdb", "polars"},
     code_version=code_version("concept_map", "stats.concept_map"),
     description="A 2-D map of the concepts: t-SNE (openTSNE) of the SAE dictionary rows under "
     "cosine distance, for the report's concept map (table concept_map).",
@@ -308,10 +294,8 @@ def concept_map(
     )
 
 
-@stage_asset(
-    group="analysis",
+@table_asset(
     deps=[concept_stats, datapoint_deltas, blindspots, concept_top_images],
-    kinds={"duckdb", "polars"},
     code_version=code_version("model_comparison", *COMPARISON_MODULES),
     description="Across models: δ skewness, frequency vs relative difference, Pearson "
     "correlation of relative differences, model-vs-variant comparisons, and — for worlds with "

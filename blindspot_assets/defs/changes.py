@@ -9,7 +9,7 @@ import dagster as dg
 
 from blindspot_assets.defs.analysis import concept_stats
 from blindspot_assets.defs.concepts import concept_codes, real_concept_codes
-from blindspot_assets.defs.declare import stage_asset
+from blindspot_assets.defs.declare import table_asset
 from blindspot_assets.defs.metadata import table_md
 from blindspot_assets.defs.partitions import (
     changes_mapping,
@@ -24,15 +24,13 @@ from blindspot_assets.stats.run_tables import comparison_changes, comparisons, w
 TABLE = "blindspot_changes"
 
 
-@stage_asset(
-    group="analysis",
+@table_asset(
     per_model=True,
     deps=[
         real_concept_codes,
         dg.AssetDep(concept_stats, partition_mapping=changes_mapping),
         dg.AssetDep(concept_codes, partition_mapping=changes_mapping),
     ],
-    kinds={"duckdb", "polars"},
     code_version=code_version(
         "blindspot_changes", "stats.changes", "stats.run_tables", "store.versions"
     ),

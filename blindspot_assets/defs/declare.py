@@ -38,3 +38,20 @@ def stage_asset(
         pool="gpu" if gpu else None,
         op_tags={"cpu": CPU_OP_TAGS, "gpu": GPU_OP_TAGS, "any": None}[runs_on],
     )
+
+
+TABLE_KINDS = {"duckdb", "polars"}
+
+
+def table_asset(
+    *, deps: Sequence[Dep], code_version: str, description: str, per_model: bool = False
+) -> AssetDecorator:
+    """An analysis asset that writes result tables (Parquet partitions + DuckDB views)."""
+    return stage_asset(
+        group="analysis",
+        deps=deps,
+        kinds=TABLE_KINDS,
+        code_version=code_version,
+        description=description,
+        per_model=per_model,
+    )
