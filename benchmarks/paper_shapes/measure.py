@@ -147,7 +147,7 @@ def _report_load(index: Path) -> dict[str, Any]:
             "performance.timing.navigationStart, imgs: document.images.length, "
             "nodes: document.getElementsByTagName('*').length})"
         )
-        problems = browser.report().problems()
+        problems = browser.report().problems
     return {
         "open_s": round(loaded, 2),
         "all_images_s": round(images, 2),
@@ -234,6 +234,9 @@ def main() -> int:
                       load_avg=os.getloadavg())  # fmt: skip
         (root / "rss_samples.json").write_text(json.dumps(sampler.samples))
     samples = json.loads((root / "rss_samples.json").read_text())
+    if args.skip_run:  # the whole job's span and peak, from the samples it left
+        result.update(wall_s=round(samples[-1][0] - samples[0][0], 1),
+                      peak_rss_mb=round(max(r for _, r in samples), 0))  # fmt: skip
     result["run_status"], result["steps"] = _steps(home, samples)
     result["sizes"] = {
         str(p.relative_to(root)): _du(p)
