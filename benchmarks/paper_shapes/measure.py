@@ -216,7 +216,9 @@ def main() -> int:
     cmd = [str(REPO / ".venv/bin/dagster"), "job", "execute", "-m", "blindspot_assets.definitions",
            "-j", "blindspot_job", "-c", str(REPO / "configs/in_process.yaml"),
            "--tags", json.dumps(tags)]  # fmt: skip
-    result: dict[str, Any] = {"config": args.config, "command": " ".join(cmd)}
+    # paths relative to the repository: the record is committed
+    shown = " ".join(cmd).replace(f"{REPO}/", "")
+    result: dict[str, Any] = {"config": args.config, "command": shown}
     if not args.skip_run:
         commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO,
                                 capture_output=True, text=True).stdout.strip()  # fmt: skip
