@@ -35,7 +35,8 @@ class RASAEConfig:
     delta_relax: float = 0.01
     """δ: how far an atom may leave the convex hull of the candidates."""
     encoder_layernorm: bool = True
-    """LayerNorm the tokens before the encoder."""
+    """LayerNorm the concept pre-activations x·Eᵀ + b (over the c concepts), as the released
+    checkpoint does; before the sparsity."""
     layernorm_eps: float = 1e-5
     """ε of that LayerNorm."""
     use_multiplier: bool = True
