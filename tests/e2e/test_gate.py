@@ -3,19 +3,14 @@
 blindspot between two versions of a demo model, 0 on two identical generated sets, 2 when it
 cannot decide."""
 
-import subprocess
-import sys
-
-import dagster as dg
 import polars as pl
 import pytest
 
 from blindspot_assets.config import ConfigError, load_config
-from blindspot_assets.definitions import _modules
-from blindspot_assets.defs.resources import RunConfigResource
 from blindspot_assets.gate import main as gate_main
 from blindspot_assets.store.tables import query
-from tests.conftest import REPO, demo_config_dict, write_config
+from tests.conftest import demo_config_dict, write_config
+from tests.e2e.gate_runs import gate, materialize_with_checks
 
 ASSETS = [
     "real_images", "real_features", "sae", "real_concept_codes", "generated_images",
@@ -26,16 +21,6 @@ RANGE = {
     "dagster/asset_partition_range_start": "demo-a",
     "dagster/asset_partition_range_end": "control-copy",
 }
-
-
-def gate(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "blindspot_assets.gate", *args],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
 
 
 @pytest.fixture(scope="module")
@@ -53,19 +38,7 @@ def run_db(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped
     }
     raw["stats"]["compare"] = [["demo-a", "demo-a-v2"], ["demo-b", "control-copy"]]  # type: ignore[index]
     path = write_config(tmp, raw)
-    result = dg.materialize(
-        [*dg.load_assets_from_modules(_modules), *dg.load_asset_checks_from_modules(_modules)],
-        selection=ASSETS,
-        instance=dg.DagsterInstance.ephemeral(),
-        tags=RANGE,
-        resources={"run_config": RunConfigResource(config_path=str(path))},
-    )
-    assert result.success
-    checks = {
-        e.asset_check_evaluation_data.check_name: e.asset_check_evaluation_data.passed
-        for e in result.all_events
-        if e.event_type_value == "ASSET_CHECK_EVALUATION"
-    }
+    checks = materialize_with_checks(path, ASSETS, RANGE)
     return path, load_config(path), checks
 
 

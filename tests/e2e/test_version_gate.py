@@ -5,20 +5,16 @@ the new version with it (paired per caption), and ``python -m blindspot_assets.g
 demo-a@previous demo-a`` exits 0 on a version that draws the same (the control) and 1 on a
 version that lost a colour (the planted regression)."""
 
-import subprocess
-import sys
 from pathlib import Path
 
-import dagster as dg
 import polars as pl
 import pytest
 
 from blindspot_assets.config import load_config
-from blindspot_assets.definitions import _modules
-from blindspot_assets.defs.resources import RunConfigResource
 from blindspot_assets.store import versions
 from blindspot_assets.store.tables import query, read_table
-from tests.conftest import REPO, demo_config_dict, write_config
+from tests.conftest import demo_config_dict, write_config
+from tests.e2e.gate_runs import gate, materialize_with_checks
 
 REAL_SIDE = ["real_images", "real_features", "sae", "real_concept_codes"]
 MODEL_SIDE = [
@@ -32,37 +28,11 @@ ONE_MODEL = {
 pytestmark = pytest.mark.slow
 
 
-def _materialize(path: Path, selection: list[str]) -> dict[str, bool]:
-    result = dg.materialize(
-        [*dg.load_assets_from_modules(_modules), *dg.load_asset_checks_from_modules(_modules)],
-        selection=selection,
-        instance=dg.DagsterInstance.ephemeral(),
-        tags=ONE_MODEL,
-        resources={"run_config": RunConfigResource(config_path=str(path))},
-    )
-    assert result.success
-    return {
-        e.asset_check_evaluation_data.check_name: e.asset_check_evaluation_data.passed
-        for e in result.all_events
-        if e.event_type_value == "ASSET_CHECK_EVALUATION"
-    }
-
-
-def _gate(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "blindspot_assets.gate", *args],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-
-
 def test_a_model_is_gated_against_the_version_it_replaced(tmp_path: Path) -> None:
     raw = demo_config_dict(tmp_path, n_images=160)
     raw["models"] = {"demo-a": raw["models"]["demo-a"]}  # type: ignore[index]
     path = write_config(tmp_path, raw)
-    _materialize(path, REAL_SIDE + MODEL_SIDE)
+    materialize_with_checks(path, REAL_SIDE + MODEL_SIDE, ONE_MODEL)
     cfg = load_config(path)
     first_image = sorted(cfg.layout.generated_images("demo-a").glob("*.png"))[0].read_bytes()
     assert versions.archived_versions(cfg.layout, "demo-a") == []  # nothing replaced yet
@@ -70,13 +40,13 @@ def test_a_model_is_gated_against_the_version_it_replaced(tmp_path: Path) -> Non
     # v2, the control: a new version that draws exactly as before (only its label moved)
     raw["models"]["demo-a"] = {**raw["models"]["demo-a"], "version": "2"}  # type: ignore[index]
     write_config(tmp_path, raw)
-    checks = _materialize(path, MODEL_SIDE)
+    checks = materialize_with_checks(path, MODEL_SIDE, ONE_MODEL)
     (v1,) = versions.archived_versions(cfg.layout, "demo-a")
     assert v1.status == "complete" and {"images", "features", "codes"} <= set(v1.moved)
     archived = versions.locate(cfg.layout, v1.key).generated_images(v1.key)
     assert sorted(archived.glob("*.png"))[0].read_bytes() == first_image
     assert checks["blindspot_changes_gate"] is True
-    out = _gate("demo-a@previous", "demo-a", "--config", str(path))
+    out = gate("demo-a@previous", "demo-a", "--config", str(path))
     assert out.returncode == 0, out.stdout + out.stderr
     assert "PASS" in out.stdout
     control = read_table(cfg.layout.tables, "blindspot_changes", f"{v1.key}..demo-a")
@@ -89,7 +59,7 @@ def test_a_model_is_gated_against_the_version_it_replaced(tmp_path: Path) -> Non
         "suppress_colors": [*raw["models"]["demo-a"]["suppress_colors"], "blue"],  # type: ignore[index]
     }
     write_config(tmp_path, raw)
-    checks = _materialize(path, MODEL_SIDE)
+    checks = materialize_with_checks(path, MODEL_SIDE, ONE_MODEL)
     v1_again, v2 = versions.archived_versions(cfg.layout, "demo-a")
     assert v1_again.key == v1.key and v2.key != v1.key
     assert checks["blindspot_changes_gate"] is False
@@ -98,9 +68,9 @@ def test_a_model_is_gated_against_the_version_it_replaced(tmp_path: Path) -> Non
     assert set(changes["comparison"]) == {f"{v2.key}..demo-a"}
     new = changes.filter(pl.col("status") == "new")
     assert "suppressed" in new["kind"].to_list()
-    out = _gate("demo-a@previous", "demo-a", "--config", str(path))
+    out = gate("demo-a@previous", "demo-a", "--config", str(path))
     assert out.returncode == 1, out.stdout + out.stderr
     assert "FAIL" in out.stdout and v2.key in out.stdout
     # an older version is still there to look at, but its comparison is not current
-    stale = _gate(v1.key, "demo-a", "--config", str(path))
+    stale = gate(v1.key, "demo-a", "--config", str(path))
     assert stale.returncode == 2 and "not computed" in stale.stderr
