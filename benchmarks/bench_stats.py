@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from blindspot_assets.stats import (
     BlindspotParams,
@@ -40,8 +41,9 @@ from blindspot_assets.stats import (
     flag_blindspots,
     top_images_per_concept,
 )
-from blindspot_assets.stats.concepts import TopKAccumulator, concept_stats_frame
+from blindspot_assets.stats.concepts import concept_stats_frame, update_paired
 from blindspot_assets.stats.energy import EnergyAccumulator
+from blindspot_assets.stats.top_images import TopKAccumulator
 from blindspot_assets.stats.uncertainty import PairedDiffAccumulator
 
 GONE, DOUBLED = 7, 11  # planted: concept 7 never generated, concept 11 doubled
@@ -107,11 +109,16 @@ def run_stream(n: int, c: int, per_image: int, params: BlindspotParams) -> dict[
         if block is None:
             break
         xi_real, nfire_real, xi_gen, nfire_gen = block
-        real.update(xi_real, nfire_real)
-        gen.update(xi_gen, nfire_gen)
-        diff.update(xi_real, xi_gen)
+        update_paired(
+            real,
+            gen,
+            diff,
+            {"xi": xi_real, "nfire": nfire_real},
+            {"xi": xi_gen, "nfire": nfire_gen},
+        )
         top.update(xi_real, np.arange(start, start + xi_real.shape[0]))
-        np.linalg.norm(xi_gen - xi_real, axis=1)  # the datapoint distances
+        # the datapoint distances, as compute_datapoint_deltas takes them
+        torch.linalg.vector_norm(torch.from_numpy(xi_gen) - torch.from_numpy(xi_real), dim=1)
         start += xi_real.shape[0]
     stats = concept_stats_frame(real, gen, diff.finish(params.ci_level), params)
     flagged = flag_blindspots(stats, params)
@@ -158,8 +165,6 @@ def run_zarr(n: int, c: int, per_image: int, params: BlindspotParams) -> dict[st
 def resampling_gflops(c: int, params: BlindspotParams, repeats: int = 3) -> float:
     """Best measured rate of the statistics' dominant op, on its own shape: the (B + P) × m
     resampling weights times an m × c block of paired differences (``addmm_``)."""
-    import torch
-
     r, m = params.n_bootstrap + params.n_permutations, params.block_rows
     acc, w, d = torch.zeros(r, c), torch.rand(r, m), torch.rand(m, c)
     acc.addmm_(w, d)

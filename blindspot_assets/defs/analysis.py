@@ -49,6 +49,7 @@ MaterializeResult = dg.MaterializeResult[Any]
 
 STATS_MODULES: tuple[str, ...] = ("stats.concepts", "stats.energy", "stats.uncertainty")
 STATS_MODULES += ("stats.significance", "stats.scores", "stats.params", "stats.reading")
+STATS_MODULES += ("stats.sparse_sums",)
 COMPARISON_MODULES: tuple[str, ...] = ("stats.run_tables", "stats.summaries", "stats.planted")
 COMPARISON_MODULES += ("stats.reconstruction",)
 

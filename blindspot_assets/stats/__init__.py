@@ -4,11 +4,7 @@ A plain library (no Dagster): every function reads row stores / frames and retur
 polars frames, streaming over row blocks so nothing holds all codes or features.
 """
 
-from blindspot_assets.stats.concepts import (
-    compute_concept_stats,
-    flag_blindspots,
-    top_images_per_concept,
-)
+from blindspot_assets.stats.concepts import compute_concept_stats, flag_blindspots
 from blindspot_assets.stats.datapoints import compute_datapoint_deltas
 from blindspot_assets.stats.energy import concept_energy
 from blindspot_assets.stats.labels import label_concepts, top_label
@@ -28,6 +24,7 @@ from blindspot_assets.stats.summaries import (
     model_summaries,
     relative_correlations,
 )
+from blindspot_assets.stats.top_images import top_images_per_concept
 
 __all__ = [
     "BlindspotParams",

@@ -6,21 +6,18 @@ from pathlib import Path
 
 import numpy as np
 import polars as pl
-import torch
 
 from blindspot_assets.stats.energy import EnergyAccumulator
 from blindspot_assets.stats.params import BlindspotParams
 from blindspot_assets.stats.reading import (
-    iter_blocks,
     iter_paired_blocks,
     n_concepts_of,
     open_store,
     pair_rows,
-    read_rows,
-    select_rows,
 )
 from blindspot_assets.stats.scores import benjamini_hochberg, blindspot_scores
 from blindspot_assets.stats.significance import minimum_effect_p_values
+from blindspot_assets.stats.sparse_sums import Entries
 from blindspot_assets.stats.uncertainty import PairedDiffAccumulator, PairedDiffResult
 from blindspot_assets.store.rowstore import RowStore
 
@@ -71,11 +68,23 @@ def compute_concept_stats(
     )
     blocks = iter_paired_blocks(real, gen, pairing, ("xi", "nfire"), params.block_rows)
     for _, _, real_block, gen_block in blocks:
-        real_acc.update(real_block["xi"], real_block["nfire"])
-        gen_acc.update(gen_block["xi"], gen_block["nfire"])
-        diff_acc.update(real_block["xi"], gen_block["xi"])
+        update_paired(real_acc, gen_acc, diff_acc, real_block, gen_block)
     diff = diff_acc.finish(params.ci_level)
     return concept_stats_frame(real_acc, gen_acc, diff, params)
+
+
+def update_paired(
+    real_acc: EnergyAccumulator,
+    gen_acc: EnergyAccumulator,
+    diff_acc: PairedDiffAccumulator,
+    real_block: dict[str, np.ndarray],
+    gen_block: dict[str, np.ndarray],
+) -> None:
+    """One block of pairs into the three accumulators, each side's non-zeros found once."""
+    entries = (Entries.of(real_block["xi"]), Entries.of(gen_block["xi"]))
+    real_acc.update(real_block["xi"], real_block["nfire"], entries[0])
+    gen_acc.update(gen_block["xi"], gen_block["nfire"], entries[1])
+    diff_acc.update(real_block["xi"], gen_block["xi"], entries)
 
 
 def concept_stats_frame(
@@ -150,63 +159,3 @@ def flag_blindspots(stats_df: pl.DataFrame, params: BlindspotParams) -> pl.DataF
         "significant", "energy_real", "energy_gen", "image_freq_real", "n_pairs",
     ]  # fmt: skip
     return flagged.select([c for c in columns if c in flagged.columns])
-
-
-class TopKAccumulator:
-    """Keeps, per concept, the k largest scores seen so far and the row they came from."""
-
-    def __init__(self, n_concepts: int, k: int) -> None:
-        self.k = k
-        self.values_kc = torch.full((0, n_concepts), -torch.inf, dtype=torch.float32)
-        self.rows_kc = torch.zeros((0, n_concepts), dtype=torch.int64)
-
-    def update(self, scores_nc: np.ndarray, rows_n: np.ndarray) -> None:
-        scores = torch.from_numpy(np.asarray(scores_nc, dtype=np.float32))
-        # the block's own top k first, so the merge is 2k × c whatever the block size
-        block_values, block_idx = torch.topk(scores, min(self.k, scores.shape[0]), dim=0)
-        block_rows = torch.from_numpy(np.asarray(rows_n, dtype=np.int64))[block_idx]
-        values = torch.cat([self.values_kc, block_values])
-        all_rows = torch.cat([self.rows_kc, block_rows])
-        self.values_kc, idx = torch.topk(values, min(self.k, values.shape[0]), dim=0)
-        self.rows_kc = torch.gather(all_rows, 0, idx)
-
-
-def top_images_per_concept(
-    codes_path: str | Path | RowStore,
-    k: int,
-    concepts: list[int] | np.ndarray | None = None,
-    block_rows: int = 512,
-) -> pl.DataFrame:
-    """The k images with the largest ξ_k per concept (valid rows only, scores > 0).
-
-    Columns: ``concept``, ``image_id``, ``rank`` (1 = highest ξ_k), ``score`` (ξ_k). Streams
-    ``block_rows`` rows at a time; ``concepts`` restricts the concepts (default: all).
-    """
-    store = open_store(codes_path)
-    n_concepts = n_concepts_of(store)
-    concept_c = (
-        np.arange(n_concepts, dtype=np.int64)
-        if concepts is None
-        else np.asarray(concepts, dtype=np.int64).reshape(-1)
-    )
-    rows_n = select_rows(store, None)
-    xi = store.array("xi")
-    acc = TopKAccumulator(concept_c.size, k)
-    whole = concepts is None
-    for start, stop in iter_blocks(rows_n.size, block_rows):
-        block = read_rows(xi, rows_n[start:stop])
-        acc.update(block if whole else block[:, concept_c], rows_n[start:stop])
-    ids = np.asarray(store.image_ids(), dtype=object)
-    values_kc, rows_kc = acc.values_kc.numpy(), acc.rows_kc.numpy()
-    rank_kc = np.broadcast_to(np.arange(1, values_kc.shape[0] + 1)[:, None], values_kc.shape)
-    keep = values_kc > 0
-    concept_kc = np.broadcast_to(concept_c[None, :], values_kc.shape)
-    df = pl.DataFrame(
-        {
-            "concept": concept_kc[keep].astype(np.int32),
-            "image_id": pl.Series(ids[rows_kc[keep]].tolist(), dtype=pl.String),
-            "rank": rank_kc[keep].astype(np.int32),
-            "score": values_kc[keep].astype(np.float64),
-        }
-    )
-    return df.sort(["concept", "rank"])

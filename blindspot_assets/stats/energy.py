@@ -8,6 +8,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from blindspot_assets.stats.reading import iter_blocks, open_store, read_rows, select_rows
+from blindspot_assets.stats.sparse_sums import Entries
 from blindspot_assets.store.rowstore import RowStore
 
 F64 = NDArray[np.float64]
@@ -28,12 +29,16 @@ class EnergyAccumulator:
         self.nb_fire_k: I64 = np.zeros(n_concepts, dtype=np.int64)
         self.n_images_firing_k: I64 = np.zeros(n_concepts, dtype=np.int64)
 
-    def update(self, xi_nc: np.ndarray, nfire_nc: np.ndarray | None = None) -> None:
+    def update(
+        self, xi_nc: np.ndarray, nfire_nc: np.ndarray | None = None, xi: Entries | None = None
+    ) -> None:
+        """Add a block; ``xi``: its non-zero entries, when the caller has them."""
         if xi_nc.ndim != 2 or xi_nc.shape[1] != self.n_concepts:
             raise ValueError(f"xi block has shape {xi_nc.shape}, expected (n, {self.n_concepts})")
         self.n_images += int(xi_nc.shape[0])
-        self.xi_sum_k += xi_nc.sum(axis=0, dtype=np.float64)
-        self.n_images_firing_k += np.count_nonzero(xi_nc > 0, axis=0)
+        xi = Entries.of(xi_nc) if xi is None else xi  # a few percent of the block
+        self.xi_sum_k += xi.sum()
+        self.n_images_firing_k += xi.count(xi.value > 0)
         if nfire_nc is not None:
             self.nb_fire_k += nfire_nc.sum(axis=0, dtype=np.int64)
 

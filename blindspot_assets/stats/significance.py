@@ -33,10 +33,9 @@ import numpy as np
 import torch
 from numpy.typing import NDArray
 
+from blindspot_assets.stats.sparse_sums import Entries
+
 F64 = NDArray[np.float64]
-
-
-_COLUMN_CHUNK = 1024  # concepts per pass: float64 temporaries stay block_rows × 1,024 (4 MB)
 
 
 @dataclass(frozen=True)
@@ -59,21 +58,27 @@ class PairedMoments:
     def zeros(cls, n_concepts: int) -> PairedMoments:
         return cls(0, *(np.zeros(n_concepts, dtype=np.float64) for _ in range(8)))
 
-    def add(self, real_mc: NDArray[np.floating], gen_mc: NDArray[np.floating]) -> PairedMoments:
-        """These sums plus those of a block of pairs (m × c), read in column chunks."""
-        real = torch.from_numpy(np.asarray(real_mc, dtype=np.float32))
-        gen = torch.from_numpy(np.asarray(gen_mc, dtype=np.float32))
-        out = [np.empty_like(self.sum_real_k) for _ in range(8)]
-        for c0 in range(0, real.shape[1], _COLUMN_CHUNK):
-            cols = slice(c0, c0 + _COLUMN_CHUNK)
-            r, g = real[:, cols].double(), gen[:, cols].double()
-            d = gen[:, cols] - real[:, cols]  # float32, as the paired bootstrap sees it
-            block = (r, g, r.square(), g.square(), r * g)
-            for i, values in enumerate(block):
-                out[i][cols] = values.sum(0).numpy()
-            out[5][cols] = d.sum(0, dtype=torch.float64).numpy()
-            out[6][cols] = d.square().sum(0, dtype=torch.float64).numpy()
-            out[7][cols] = d.abs().sum(0, dtype=torch.float64).numpy()
+    def add(
+        self,
+        real_mc: NDArray[np.floating],
+        gen_mc: NDArray[np.floating],
+        entries: tuple[Entries, Entries] | None = None,
+    ) -> PairedMoments:
+        """These sums plus those of a block of pairs (m × c), from the non-zero entries of R
+        and G (``entries``, when the caller has them): d_i = G_i − R_i is exact in float64 at
+        R's entries and is G_i where only G is non-zero."""
+        real = np.ascontiguousarray(real_mc, dtype=np.float32)
+        gen = np.ascontiguousarray(gen_mc, dtype=np.float32)
+        r, g = entries if entries is not None else (Entries.of(real), Entries.of(gen))
+        gen_at_r = r.gather(gen)
+        d_at_r = gen_at_r - r.value
+        g_only = np.where(g.gather(real) == 0, g.value, 0.0)  # G where R is zero
+        out = (
+            r.sum(), g.sum(), r.sum(r.value**2), g.sum(g.value**2), r.sum(r.value * gen_at_r),
+            r.sum(d_at_r) + g.sum(g_only),
+            r.sum(d_at_r**2) + g.sum(g_only**2),
+            r.sum(np.abs(d_at_r)) + g.sum(np.abs(g_only)),
+        )  # fmt: skip
         current = (
             self.sum_real_k, self.sum_gen_k, self.sum_real2_k, self.sum_gen2_k, self.sum_cross_k,
             self.sum_diff_k, self.sum_diff2_k, self.sum_abs_diff_k,

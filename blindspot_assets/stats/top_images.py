@@ -17,7 +17,6 @@ import numpy as np
 import polars as pl
 import torch
 
-from blindspot_assets.stats.concepts import TopKAccumulator, top_images_per_concept
 from blindspot_assets.stats.reading import (
     iter_blocks,
     n_concepts_of,
@@ -83,3 +82,79 @@ def top_images(codes_path: str | Path | RowStore, k: int, by: str = "token_sum")
     if by == "patch_mean":
         return top_images_by_patch_mean(codes_path, k)
     raise ValueError(f"top_images_by must be one of {list(RANKINGS)}, got {by!r}")
+
+
+class TopKAccumulator:
+    """Keeps, per concept, the k largest scores seen so far and the row they came from."""
+
+    def __init__(self, n_concepts: int, k: int) -> None:
+        self.k = k
+        self.values_kc = torch.full((0, n_concepts), -torch.inf, dtype=torch.float32)
+        self.rows_kc = torch.zeros((0, n_concepts), dtype=torch.int64)
+
+    def update(self, scores_nc: np.ndarray, rows_n: np.ndarray) -> None:
+        scores = np.asarray(scores_nc, dtype=np.float32)
+        rows = torch.from_numpy(np.asarray(rows_n, dtype=np.int64))
+        if self.values_kc.shape[0] < self.k:
+            self._merge(torch.from_numpy(scores), rows, slice(None))
+            return
+        # Only concepts where the block beats the k-th best so far can change; once many
+        # rows are seen that is a shrinking share of them (~k·m / rows seen).
+        floor_c = self.values_kc[-1].numpy()
+        cols = np.flatnonzero((scores > floor_c[None, :]).any(axis=0))
+        if cols.size:
+            self._merge(torch.from_numpy(scores[:, cols]), rows, torch.from_numpy(cols))
+
+    def _merge(self, scores: torch.Tensor, rows: torch.Tensor, cols: slice | torch.Tensor) -> None:
+        """The k best of the kept values and the block's, for the concepts ``cols``."""
+        # the block's own top k first, so the merge is 2k × c whatever the block size
+        block_values, block_idx = torch.topk(scores, min(self.k, scores.shape[0]), dim=0)
+        values = torch.cat([self.values_kc[:, cols], block_values])
+        all_rows = torch.cat([self.rows_kc[:, cols], rows[block_idx]])
+        top_values, idx = torch.topk(values, min(self.k, values.shape[0]), dim=0)
+        if isinstance(cols, slice):
+            self.values_kc, self.rows_kc = top_values, torch.gather(all_rows, 0, idx)
+        else:
+            self.values_kc[:, cols] = top_values
+            self.rows_kc[:, cols] = torch.gather(all_rows, 0, idx)
+
+
+def top_images_per_concept(
+    codes_path: str | Path | RowStore,
+    k: int,
+    concepts: list[int] | np.ndarray | None = None,
+    block_rows: int = 512,
+) -> pl.DataFrame:
+    """The k images with the largest ξ_k per concept (valid rows only, scores > 0).
+
+    Columns: ``concept``, ``image_id``, ``rank`` (1 = highest ξ_k), ``score`` (ξ_k). Streams
+    ``block_rows`` rows at a time; ``concepts`` restricts the concepts (default: all).
+    """
+    store = open_store(codes_path)
+    n_concepts = n_concepts_of(store)
+    concept_c = (
+        np.arange(n_concepts, dtype=np.int64)
+        if concepts is None
+        else np.asarray(concepts, dtype=np.int64).reshape(-1)
+    )
+    rows_n = select_rows(store, None)
+    xi = store.array("xi")
+    acc = TopKAccumulator(concept_c.size, k)
+    whole = concepts is None
+    for start, stop in iter_blocks(rows_n.size, block_rows):
+        block = read_rows(xi, rows_n[start:stop])
+        acc.update(block if whole else block[:, concept_c], rows_n[start:stop])
+    ids = np.asarray(store.image_ids(), dtype=object)
+    values_kc, rows_kc = acc.values_kc.numpy(), acc.rows_kc.numpy()
+    rank_kc = np.broadcast_to(np.arange(1, values_kc.shape[0] + 1)[:, None], values_kc.shape)
+    keep = values_kc > 0
+    concept_kc = np.broadcast_to(concept_c[None, :], values_kc.shape)
+    df = pl.DataFrame(
+        {
+            "concept": concept_kc[keep].astype(np.int32),
+            "image_id": pl.Series(ids[rows_kc[keep]].tolist(), dtype=pl.String),
+            "rank": rank_kc[keep].astype(np.int32),
+            "score": values_kc[keep].astype(np.float64),
+        }
+    )
+    return df.sort(["concept", "rank"])

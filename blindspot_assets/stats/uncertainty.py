@@ -31,6 +31,7 @@ import torch
 from numpy.typing import NDArray
 
 from blindspot_assets.stats.significance import PairedMoments
+from blindspot_assets.stats.sparse_sums import Entries
 
 F64 = NDArray[np.float64]
 I64 = NDArray[np.int64]
@@ -75,7 +76,13 @@ class PairedDiffAccumulator:
         n_resamples = n_bootstrap + n_permutations
         self.resampled_rc = torch.zeros((n_resamples, n_concepts), dtype=torch.float32)
 
-    def update(self, xi_real_mc: np.ndarray, xi_gen_mc: np.ndarray) -> None:
+    def update(
+        self,
+        xi_real_mc: np.ndarray,
+        xi_gen_mc: np.ndarray,
+        entries: tuple[Entries, Entries] | None = None,
+    ) -> None:
+        """Add a block of pairs; ``entries``: both sides' non-zero entries, when known."""
         if xi_real_mc.shape != xi_gen_mc.shape or xi_real_mc.shape[1:] != (self.n_concepts,):
             raise ValueError(f"paired blocks have shapes {xi_real_mc.shape}, {xi_gen_mc.shape}")
         m = int(xi_real_mc.shape[0])
@@ -83,10 +90,9 @@ class PairedDiffAccumulator:
             return
         if self.seen + m > self.n_pairs:
             raise ValueError(f"more than the announced {self.n_pairs} pairs were streamed")
-        d_mc = torch.from_numpy(np.asarray(xi_gen_mc, dtype=np.float32)) - torch.from_numpy(
-            np.asarray(xi_real_mc, dtype=np.float32)
-        )
-        self.moments = self.moments.add(xi_real_mc, xi_gen_mc)  # Σd, Σd², Σ|d| among them
+        diff = np.asarray(xi_gen_mc, dtype=np.float32) - np.asarray(xi_real_mc, dtype=np.float32)
+        self.moments = self.moments.add(xi_real_mc, xi_gen_mc, entries)  # Σd, Σd², Σ|d|…
+        d_mc = torch.from_numpy(diff)
         weights = [self._bootstrap_counts(m)] if self.n_bootstrap else []
         if self.n_permutations:
             signs_pm = self.rng.integers(0, 2, size=(self.n_permutations, m), dtype=np.int8)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from blindspot_assets.stats import concept_energy, top_images_per_concept
+from blindspot_assets.stats.top_images import TopKAccumulator
 
 
 def test_concept_energy_is_the_formula(codes_writer) -> None:  # type: ignore[no-untyped-def]
@@ -33,3 +34,17 @@ def test_top_images_rank_by_xi_and_skip_zeros_and_invalid(codes_writer) -> None:
     assert top.filter(concept=1)["image_id"].to_list() == ["d"]  # only scores > 0
     only1 = top_images_per_concept(path, k=2, concepts=[1])
     assert only1["concept"].to_list() == [1] and only1["image_id"].to_list() == ["d"]
+
+
+def test_streamed_top_k_equals_the_full_sort() -> None:
+    """Over many blocks (after the first, only concepts the block can improve are merged) the
+    kept top k per concept is the top k of all rows, rows included."""
+    rng = np.random.default_rng(3)
+    scores = rng.random((900, 40)).astype(np.float32) * (rng.random((900, 40)) < 0.3)
+    scores[600:, 5] += 2.0  # a concept whose best rows all come late
+    acc = TopKAccumulator(40, 7)
+    for a in range(0, 900, 64):
+        acc.update(scores[a : a + 64], np.arange(a, min(a + 64, 900)))
+    want_rows = np.argsort(-scores, axis=0, kind="stable")[:7]
+    assert np.array_equal(acc.values_kc.numpy(), np.take_along_axis(scores, want_rows, 0))
+    assert np.array_equal(acc.rows_kc.numpy(), want_rows)
