@@ -21,6 +21,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from blindspot_assets.sae.config import RASAEConfig
+from blindspot_assets.sae.fast_encode import folded_encoder
 
 _EPS = 1e-8
 # pre (n × c, no autograd) → (rows, cols) of the entries a training step keeps
@@ -266,20 +267,20 @@ class RelaxedArchetypalSAE(nn.Module):
     def encode_entries(self, x_nd: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """The non-zero codes of :meth:`encode` (inference) as row-sorted (rows, cols, vals).
 
-        Only the dense pre-activations are built; everything downstream (energies, fire
-        counts, per-token top codes, the reconstruction) works on the ~k entries per token.
+        Only the dense pre-activations are built, by the folded-LayerNorm encoder
+        (``sae/fast_encode.py``) a chunk of tokens at a time; everything downstream (energies,
+        fire counts, per-token top codes, the reconstruction) works on the ~k entries per token.
         """
-        pre = self.pre_activations(x_nd)
+        folded = folded_encoder(self.encoder, self.norm, self.cfg.layernorm_eps)
         if self.cfg.sparsity == "topk":
+            pre = folded.pre_activations(x_nd)
             vals, idx = pre.topk(self.cfg.k, dim=-1)
             on = vals > 0
             rows = torch.arange(pre.shape[0], device=pre.device)[:, None].expand_as(idx)
             return rows[on], idx[on], vals[on]
         if torch.isnan(self.threshold):
             raise RuntimeError("BatchTopK threshold θ is not set: train the SAE first")
-        theta = float(self.threshold)
-        rows, cols = (pre >= theta if theta > 0 else pre > 0).nonzero(as_tuple=True)
-        return rows, cols, pre[rows, cols]
+        return folded.entries_above(x_nd, float(self.threshold))
 
     def decode(self, z_nc: Tensor) -> Tensor:
         """x̂ = z·D as a dense matmul (small batches; see :meth:`decode_sparse` for training)."""
