@@ -18,7 +18,7 @@ from blindspot_assets.shards import CodeShards, Shard, finish_sharded_store
 from blindspot_assets.store.rowstore import RowStore
 
 SAE_MODULES = ("sae.build", "sae.train", "sae.model", "sae.config", "sae.data", "sae.released")
-CODES_MODULES = ("sae.encode", "sae.model", "sae.checkpoint")
+CODES_MODULES = ("sae.encode", "sae.fast_encode", "sae.model", "sae.checkpoint")
 
 
 @stage_asset(
