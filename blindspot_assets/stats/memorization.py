@@ -31,10 +31,13 @@ picture for many captions) has a small distance to a real image that is not its 
 
 Everything is blocked: generated images are read ``block_rows`` at a time and compared with the
 real descriptors (held in memory: per real image and zoom ``pool² · d`` and ``3 · thumb²``
-float32 values, ~40 kB for ViT-B at pool 4 with 3 zooms, so ~400 MB for 10,000 images); no
-N × N matrix is formed. The nearest real image is found through a ``ConeIndex`` (exact: the
-brute-force answer; lists of similar descriptors whose cone bound cannot beat a query's best so
-far are skipped, so structured data costs a few lists per query instead of all N).
+float32 values, ~40 kB for ViT-B at pool 4 with 3 zooms, so ~400 MB for 10,000 images; the
+queries' descriptors, one per image, are held too, to be searched in one call); no N × N
+matrix is formed. The nearest real image is found through a ``ConeIndex`` (exact: the
+brute-force answer): a k-means tree of cones over the real descriptors with leaves of at most a
+few hundred, in which a subtree whose cone bound cannot beat a query's best so far is skipped
+whole; with structure at every scale a query reads a few leaves and compares a few hundred
+centres however many real images there are.
 """
 
 from __future__ import annotations
@@ -123,115 +126,290 @@ def pixel_channel(image_dir: Path, store: RowStore, side: int) -> Channel:
     return Channel("pixel", describe)
 
 
-class ConeIndex:
-    """Exact maximum-cosine search over unit vectors, pruned by cones around cluster centres.
+@dataclass(frozen=True)
+class _Level:
+    """One level of a cone tree: its nodes' unit centres and cone half-angles (over every vector
+    below the node), and where each node's children start in the next level."""
 
-    The vectors are grouped by a spherical k-means (``n_lists`` ≈ √n lists); each list keeps
-    its unit centre ĉ and the half-angle α of the smallest cone around ĉ holding its members.
-    For a unit query q at angle β to ĉ no member is closer than angle max(0, β − α), so
-    cos(max(0, β − α)) bounds every similarity in the list. A query first scans its most
-    promising list, then every list whose bound beats its best so far: the answer is the
-    brute-force one (up to float rounding on exact ties); when the data has structure, each
-    query reads a few lists instead of all n vectors. Memory: the vectors (sorted by list),
-    their ids and the centres: O(n · D).
+    centres: torch.Tensor  # (k, D)
+    half_angle: torch.Tensor  # (k,)
+    children: torch.Tensor  # (k + 1,): node j's children are children[j]:children[j + 1]
+
+
+class ConeIndex:
+    """Exact maximum-cosine search over unit vectors, pruned by a tree of cones.
+
+    A top-down spherical k-means tree: a node of more than ``fanout · leaf_size`` vectors is
+    split into ``fanout`` children; a smaller one straight into leaves (lists) of at most
+    ``leaf_size``, and a leaf further in two while that makes both cones much tighter (a leaf
+    k-means filled with fragments of far-apart clusters would be opened by every query). So the
+    number of lists grows ∝ n and the depth as log n. Every node keeps its unit centre ĉ and
+    the half-angle α of the smallest cone around ĉ holding *all the vectors below it*. For a
+    unit query q at angle β to ĉ no vector below the node is closer than max(0, β − α), so
+    cos(max(0, β − α)) bounds them all, and a node whose bound cannot beat the query's best so
+    far is skipped with its whole subtree. A query first scans the leaf reached by walking down
+    to the nearest centre at each level, then walks the tree from the root opening only the
+    nodes whose bound beats its best, and scans the leaves left open: the answer is the
+    brute-force one (up to float rounding on exact ties). With structure at every scale the
+    work per query (centres compared, lists read) does not grow with n. Top-level groups that
+    share nothing (random directions) cannot be skipped together: their number is what the
+    centres compared per query grow with. Without any structure every bound stays open and the
+    search costs about brute force, still exact. Memory: the vectors (sorted by leaf), their
+    ids and the nodes: O(n · D).
     """
 
     def __init__(
-        self, vectors: torch.Tensor, ids: I64, n_lists: int | None = None, seed: int = 0
+        self,
+        vectors: torch.Tensor,
+        ids: I64,
+        leaf_size: int = 256,
+        fanout: int = 16,
+        seed: int = 0,
     ) -> None:
-        n = vectors.shape[0]
-        n_lists = max(1, min(n, n_lists or round(math.sqrt(n))))
-        centres = _spherical_kmeans(vectors, n_lists, seed)
-        assign = torch.cat([_argmax_sim(vectors[a:b], centres) for a, b in iter_blocks(n, 8192)])
-        order = torch.argsort(assign, stable=True)
+        with _one_thread():  # many small ops: a thread pool costs more than it gives
+            order, bounds = _cone_tree(vectors, max(1, leaf_size), max(2, fanout), seed)
         self.vectors = vectors[order].contiguous()
         self.ids = torch.from_numpy(np.asarray(ids, np.int64))[order]
-        counts = torch.bincount(assign, minlength=n_lists)
-        self.offsets = torch.cat([torch.zeros(1, dtype=torch.int64), torch.cumsum(counts, 0)])
-        sums = torch.zeros_like(centres).index_add_(0, assign[order], self.vectors)
-        self.centres = torch.nn.functional.normalize(sums, dim=1)
-        cos_min = torch.ones(n_lists)
-        with _one_thread():
-            for j in range(n_lists):
-                a, b = int(self.offsets[j]), int(self.offsets[j + 1])
-                if b > a:
-                    cos_min[j] = (self.vectors[a:b] @ self.centres[j]).min()
-        self.half_angle = torch.arccos(cos_min.clamp(-1.0, 1.0))
-        self.lists_scanned = 0  # (query, list) pairs scanned by search, for the benchmarks
-
-    def _members(self, lists: torch.Tensor) -> torch.Tensor:
-        """Positions of the vectors of ``lists`` (sorted list ids), in one index tensor."""
-        lo, hi = self.offsets[lists], self.offsets[lists + 1]
-        sizes = hi - lo
-        starts = torch.repeat_interleave(lo - (torch.cumsum(sizes, 0) - sizes), sizes)
-        return starts + torch.arange(int(sizes.sum()))
+        self.levels: list[_Level] = []
+        for d, starts in enumerate(bounds):
+            below = bounds[d + 1] if d + 1 < len(bounds) else torch.arange(len(order) + 1)
+            centres, half_angle = _cones(self.vectors, starts)
+            children = torch.searchsorted(below, starts)
+            self.levels.append(_Level(centres, half_angle, children))
+        leaves = self.levels[-1]
+        self.centres, self.half_angle, self.offsets = leaves.centres, leaves.half_angle, bounds[-1]
+        self.lists_scanned = 0  # (query, leaf) pairs scanned by search, for the benchmarks
+        self.centres_compared = 0  # (query, node) bounds computed by search, for the benchmarks
 
     def _scan(
         self,
-        q: torch.Tensor,
-        lists: torch.Tensor,
+        queries: torch.Tensor,
+        q_idx: torch.Tensor,
+        leaf: torch.Tensor,
         exclude: torch.Tensor | None,
         best: torch.Tensor,
         arg: torch.Tensor,
     ) -> None:
-        """Update ``best``/``arg`` of the queries ``q`` with every vector of ``lists``, in
-        column chunks of at most 2^24 similarities."""
-        members = self._members(lists)
-        step = max(1, (1 << 24) // max(1, q.shape[0]))
-        for a in range(0, members.numel(), step):
-            cols = members[a : a + step]
-            sim = q @ self.vectors[cols].T
-            if exclude is not None:
-                sim.masked_fill_(exclude[:, None] == self.ids[cols][None, :], -torch.inf)
-            value, idx = sim.max(dim=1)
-            better = value > best
-            best[better], arg[better] = value[better], self.ids[cols][idx[better]]
-        self.lists_scanned += q.shape[0] * lists.numel()
+        """Update ``best``/``arg`` with every (query, leaf) pair given, leaf by leaf: each leaf
+        is read once against all its queries, in chunks of at most 2^22 similarities."""
+        order = torch.argsort(leaf, stable=True)
+        q_idx = q_idx[order]
+        lists, counts = torch.unique_consecutive(leaf[order], return_counts=True)
+        offsets = self.offsets.tolist()
+        stop = 0
+        for j, count in zip(lists.tolist(), counts.tolist(), strict=True):
+            lo, hi = offsets[j], offsets[j + 1]
+            step = max(1, (1 << 22) // max(1, hi - lo))
+            for a in range(stop, stop + count, step):
+                rows = q_idx[a : min(a + step, stop + count)]
+                sim = queries[rows] @ self.vectors[lo:hi].T
+                if exclude is not None:
+                    sim.masked_fill_(exclude[rows][:, None] == self.ids[lo:hi][None, :], -torch.inf)
+                value, idx = sim.max(dim=1)
+                better = value > best[rows]
+                best[rows[better]], arg[rows[better]] = value[better], self.ids[lo + idx[better]]
+            stop += count
+        self.lists_scanned += int(q_idx.numel())
 
     def search(
         self, queries: torch.Tensor, exclude: I64 | None = None, block: int = 256
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """(best cosine, its id) per unit query; ``exclude`` (one id per query) is skipped.
 
-        Queries are grouped by their most promising list, ``block`` at a time: each group
-        scans the union of its first lists, then the union of the lists whose bound still
-        beats some query's best — two matmuls per group, not one small one per list. The
-        groups run on one thread: their ops are small, and waking a thread pool costs more
-        than they do.
+        Three passes over all the queries at once: each query scans the leaf it walks down to;
+        then queries grouped by that leaf, ``block`` at a time, walk the tree together (a node
+        stays open while its bound beats some query's best; at the leaves, each query keeps
+        only those whose bound beats its own best); then every leaf left open is read once,
+        against all the queries that need it. It runs on one thread: the ops are small, and
+        waking a thread pool costs more than they do. Search many queries per call: the fewer
+        queries per leaf, the smaller the matmuls.
         """
         m = queries.shape[0]
+        if m == 0:
+            return torch.zeros(0), torch.zeros(0, dtype=torch.int64)
         ex = None if exclude is None else torch.from_numpy(np.asarray(exclude, np.int64))
-        beta = torch.arccos((queries @ self.centres.T).clamp(-1.0, 1.0))
-        bound = torch.cos((beta - self.half_angle).clamp(min=0.0)) + 1e-5  # rounding slack
-        bound[:, self.offsets[1:] == self.offsets[:-1]] = -torch.inf  # empty lists
-        first = bound.argmax(dim=1)
         best = torch.full((m,), -torch.inf)
         arg = torch.full((m,), -1, dtype=torch.int64)
         with _one_thread():
-            for rows in torch.argsort(first, stable=True).split(block):
-                self._search_group(queries[rows], rows, first, bound, ex, best, arg)
+            first = self._descend(queries)
+            self._scan(queries, torch.arange(m), first, ex, best, arg)
+            pairs = [
+                self._open_leaves(queries[rows], rows, best[rows], first[rows])
+                for rows in torch.argsort(first, stable=True).split(block)
+            ]
+            q_idx = torch.cat([p[0] for p in pairs])
+            self._scan(queries, q_idx, torch.cat([p[1] for p in pairs]), ex, best, arg)
         return best, arg
 
-    def _search_group(
-        self,
-        q: torch.Tensor,
-        rows: torch.Tensor,
-        first: torch.Tensor,
-        bound: torch.Tensor,
-        ex: torch.Tensor | None,
-        best: torch.Tensor,
-        arg: torch.Tensor,
-    ) -> None:
-        """One group of queries: their first lists, then every list a bound leaves open."""
-        e = None if ex is None else ex[rows]
-        b_best, b_arg = best[rows], arg[rows]
-        seen = torch.zeros(len(self.centres), dtype=torch.bool)
-        seen[first[rows]] = True
-        self._scan(q, seen.nonzero().flatten(), e, b_best, b_arg)
-        need = (bound[rows] > b_best[:, None]).any(dim=0) & ~seen
-        if bool(need.any()):
-            self._scan(q, need.nonzero().flatten(), e, b_best, b_arg)
-        best[rows], arg[rows] = b_best, b_arg
+    def _descend(self, q: torch.Tensor) -> torch.Tensor:
+        """The leaf each query reaches by stepping, level by level, to the child whose centre
+        is the most similar (queries grouped by node: one matmul per node with children)."""
+        node = torch.zeros(q.shape[0], dtype=torch.int64)
+        for parent, level in zip(self.levels[:-1], self.levels[1:], strict=True):
+            lo, width = parent.children[:-1], parent.children.diff()
+            step = lo[node]  # nodes with one child: that child
+            order = torch.argsort(node, stable=True)
+            nodes, counts = torch.unique_consecutive(node[order], return_counts=True)
+            for j, rows in zip(nodes.tolist(), order.split(counts.tolist()), strict=True):
+                if int(width[j]) > 1:
+                    first = int(lo[j])
+                    sim = q[rows] @ level.centres[first : first + int(width[j])].T
+                    step[rows] = first + sim.argmax(dim=1)
+            node = step
+        return node
+
+    def _open_leaves(
+        self, q: torch.Tensor, rows: torch.Tensor, best: torch.Tensor, first: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(query row, leaf) pairs left to read for one group of queries: the tree is walked
+        for the group at once, keeping a node open while its bound beats some query's best;
+        each query then keeps the leaves whose bound beats its own best, but its first."""
+        nodes = torch.zeros(1, dtype=torch.int64)  # the root
+        open_ = torch.zeros(len(rows), 1, dtype=torch.bool)  # a one-leaf tree: nothing left
+        for parent, level in zip(self.levels[:-1], self.levels[1:], strict=True):
+            nodes = _ranges(parent.children, nodes)
+            bound = _cone_bound(q @ level.centres[nodes].T, level.half_angle[nodes])
+            open_ = bound > best[:, None]
+            self.centres_compared += bound.numel()
+            if level is not self.levels[-1]:
+                nodes = nodes[open_.any(dim=0)]
+        open_ &= first[:, None] != nodes[None, :]
+        q_at, leaf_at = open_.nonzero(as_tuple=True)
+        return rows[q_at], nodes[leaf_at]
+
+
+def _cone_bound(cos_beta: torch.Tensor, half_angle: torch.Tensor) -> torch.Tensor:
+    """cos(max(0, β − α)) for cos β (queries × nodes) and α (nodes), without arccos: 1 inside
+    the cone, else cos β cos α + sin β sin α; plus 1e-5 of slack for float rounding."""
+    cos_beta = cos_beta.clamp(-1.0, 1.0)
+    sin_beta = (1.0 - cos_beta * cos_beta).clamp(min=0.0).sqrt()
+    cos_a, sin_a = torch.cos(half_angle), torch.sin(half_angle)
+    outside = cos_beta * cos_a + sin_beta * sin_a
+    return torch.where(cos_beta >= cos_a, 1.0, outside) + 1e-5
+
+
+def _ranges(offsets: torch.Tensor, nodes: torch.Tensor) -> torch.Tensor:
+    """offsets[j]:offsets[j + 1] for every j in ``nodes`` (sorted), concatenated."""
+    lo, hi = offsets[nodes], offsets[nodes + 1]
+    sizes = hi - lo
+    starts = torch.repeat_interleave(lo - (torch.cumsum(sizes, 0) - sizes), sizes)
+    return starts + torch.arange(int(sizes.sum()))
+
+
+def _cone_tree(
+    vectors: torch.Tensor, leaf_size: int, fanout: int, seed: int
+) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """An order of the vectors and, per level of the tree (root first), where its nodes start
+    in that order (plus the end). A node of more than ``fanout · leaf_size`` vectors is split
+    by a spherical k-means into ``fanout`` children; a smaller one into its leaves at once
+    (``_leaf_pieces``), which stay leaves down to the last level."""
+    order = torch.arange(vectors.shape[0])
+    bounds = [torch.tensor([0, vectors.shape[0]])]
+    leaves: set[int] = set()  # starts of the nodes that are leaves
+    while True:
+        starts = bounds[-1].tolist()
+        cuts = set(starts)
+        for j, (a, b) in enumerate(zip(starts[:-1], starts[1:], strict=True)):
+            if a in leaves:
+                continue
+            node_seed = seed + len(bounds) * 1_000_003 + j
+            if b - a > fanout * leaf_size:
+                counts = _split(vectors, order[a:b], fanout, node_seed)
+            else:
+                counts = _leaf_pieces(vectors, order[a:b], leaf_size, node_seed)
+                leaves.update((a + torch.cumsum(counts, 0) - counts).tolist())
+            cuts.update((a + torch.cumsum(counts, 0)[:-1]).tolist())
+        if len(cuts) == len(starts):
+            return order, bounds
+        bounds.append(torch.tensor(sorted(cuts)))
+
+
+def _leaf_pieces(
+    vectors: torch.Tensor, members: torch.Tensor, leaf_size: int, seed: int
+) -> torch.Tensor:
+    """Split a node into leaves of at most ``leaf_size`` (k-means, again on any piece still too
+    big), each then into tight pieces (``_tight_pieces``); reorder ``members`` (a view into the
+    tree's order) by leaf and return the leaf sizes."""
+    if len(members) <= leaf_size:
+        return _tight_pieces(vectors, members)
+    counts = _split(vectors, members, -(-len(members) // leaf_size), seed).tolist()
+    ends = np.cumsum(counts).tolist()
+    return torch.cat(
+        [
+            _leaf_pieces(vectors, members[end - c : end], leaf_size, seed + 7919 * (i + 1))
+            for i, (c, end) in enumerate(zip(counts, ends, strict=True))
+            if c > 0
+        ]
+    )
+
+
+def _split(vectors: torch.Tensor, members: torch.Tensor, k: int, seed: int) -> torch.Tensor:
+    """Reorder ``members`` (a view into the tree's order) by their k-means cluster; the cluster
+    sizes. Where k-means puts everything in one cluster (identical vectors), the members are cut
+    into k equal runs instead: any split keeps the search exact, and the tree must get deeper."""
+    x = vectors[members]
+    centres = _spherical_kmeans(x, k, seed)
+    assign = torch.cat([_argmax_sim(x[a:b], centres) for a, b in iter_blocks(len(x), 65536)])
+    counts = torch.bincount(assign, minlength=k)
+    if int(counts.max()) == len(x):
+        assign = torch.arange(len(x)) * k // len(x)
+        counts = torch.bincount(assign, minlength=k)
+    members[:] = members[torch.argsort(assign, stable=True)]
+    return counts
+
+
+def _split_if_tighter(vectors: torch.Tensor, members: torch.Tensor) -> torch.Tensor | None:
+    """Split a small node in two (2-means seeded with its mean and its farthest member) when
+    both halves' cones are under 0.8 of its own; reorder ``members`` and return the two sizes,
+    or None. A leaf that k-means filled with fragments of far-apart clusters has a wide cone,
+    which every query would open; its fragments alone are tight and get skipped."""
+    x = vectors[members]
+    mean = torch.nn.functional.normalize(x.sum(0), dim=0)
+    centres = torch.stack([mean, x[(x @ mean).argmin()]])
+    for _ in range(4):
+        assign = _argmax_sim(x, centres)
+        one_hot = torch.nn.functional.one_hot(assign, 2).to(x.dtype)
+        centres = torch.nn.functional.normalize(one_hot.T @ x, dim=1)
+    counts = torch.bincount(assign, minlength=2)
+    if int(counts.min()) == 0:
+        return None
+    halves = max(_half_angle(x[assign == 0]), _half_angle(x[assign == 1]))
+    if halves >= 0.8 * _half_angle(x):
+        return None
+    members[:] = members[torch.argsort(assign, stable=True)]
+    return counts
+
+
+def _tight_pieces(vectors: torch.Tensor, members: torch.Tensor) -> torch.Tensor:
+    """Split a small node in two while ``_split_if_tighter`` finds it worth it, then each half
+    the same way (in one level of the tree: a shallow tree costs less to walk); reorder
+    ``members`` by piece and return the piece sizes."""
+    halves = _split_if_tighter(vectors, members) if len(members) >= 8 else None
+    if halves is None:
+        return torch.tensor([len(members)])
+    cut = int(halves[0])
+    return torch.cat([_tight_pieces(vectors, members[:cut]), _tight_pieces(vectors, members[cut:])])
+
+
+def _half_angle(x: torch.Tensor) -> float:
+    """Half-angle of the cone around the normalised mean of the unit rows ``x``."""
+    mean = torch.nn.functional.normalize(x.sum(0), dim=0)
+    return math.acos(min(1.0, max(-1.0, float((x @ mean).min()))))
+
+
+def _cones(vectors: torch.Tensor, starts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Unit centre and half-angle of the cone holding vectors[starts[j]:starts[j + 1]], per j."""
+    k = len(starts) - 1
+    node = torch.repeat_interleave(torch.arange(k), starts.diff())
+    if len(node) == 0:
+        return torch.zeros(k, vectors.shape[1]), torch.zeros(k)
+    sums = np.add.reduceat(vectors.numpy(), starts[:-1].numpy(), axis=0)  # nodes are runs
+    centres = torch.nn.functional.normalize(torch.from_numpy(sums), dim=1)
+    cos_min = torch.ones(k)
+    for a, b in iter_blocks(len(node), 65536):
+        cos = (vectors[a:b] * centres[node[a:b]]).sum(dim=1)
+        cos_min.scatter_reduce_(0, node[a:b], cos, reduce="amin")
+    return centres, torch.arccos(cos_min.clamp(-1.0, 1.0))
 
 
 @contextmanager
@@ -255,7 +433,8 @@ def _spherical_kmeans(x: torch.Tensor, k: int, seed: int, iters: int = 8) -> tor
     centres = sample[torch.randperm(sample.shape[0], generator=g)[:k]].clone()
     for _ in range(iters):
         assign = _argmax_sim(sample, centres)
-        sums = torch.zeros_like(centres).index_add_(0, assign, sample)
+        one_hot = torch.nn.functional.one_hot(assign, k).to(sample.dtype)
+        sums = one_hot.T @ sample  # a matmul: index_add_ is slow on CPU
         counts = torch.bincount(assign, minlength=k)
         centres = torch.where(
             (counts > 0)[:, None], torch.nn.functional.normalize(sums, dim=1), centres
@@ -351,16 +530,19 @@ def _search_channel(
 ) -> _ChannelResult:
     """One channel: the real index, the real→real null (self excluded), τ, the generated side."""
     index = _ref_index(real_ch, real_rows, scales, block_rows)
-    null = np.concatenate(
-        [_nearest(real_ch.describe(q, 1.0), index, q)[0] for q in _blocks(calib, block_rows)]
-    )
+    null = _nearest(_describe(real_ch, calib, block_rows), index, calib)[0]
     tau = float(np.quantile(null, level))
     # F̂(τ) is the level when the sample resolves the quantile; never report less
     expected_false = gen_rows.size * max(float(np.mean(null < tau)), level)
-    found = [_nearest(gen_ch.describe(q, 1.0), index, None) for q in _blocks(gen_rows, block_rows)]
-    dist = np.concatenate([d for d, _ in found]) if found else np.zeros(0)
-    near = np.concatenate([r for _, r in found]) if found else np.zeros(0, np.int64)
+    dist, near = _nearest(_describe(gen_ch, gen_rows, block_rows), index, None)
     return _ChannelResult(tau, dist, near, expected_false)
+
+
+def _describe(channel: Channel, rows: I64, block_rows: int) -> torch.Tensor:
+    """Descriptors of ``rows`` (no zoom), read in blocks: all the queries are searched in one
+    call, so that the index groups them by leaf over the whole set."""
+    parts = [channel.describe(q, 1.0) for q in _blocks(rows, block_rows)]
+    return torch.cat(parts) if parts else torch.zeros(0, 0)
 
 
 def find_memorization_candidates(

@@ -10,6 +10,7 @@ the pipeline's image policy does.
 from __future__ import annotations
 
 import io
+import math
 from pathlib import Path
 
 import numpy as np
@@ -188,3 +189,100 @@ def test_cone_index_returns_the_brute_force_neighbours() -> None:
     full_self[torch.arange(400), torch.arange(400)] = -torch.inf
     np.testing.assert_array_equal(arg_self.numpy(), ids[full_self.argmax(dim=1).numpy()])
     torch.testing.assert_close(best_self, full_self.max(dim=1).values)
+
+
+def _hierarchical_unit_vectors(n: int, dim: int, per_content: int, seed: int) -> torch.Tensor:
+    """n / per_content contents at the leaves of a tree that branches 4 ways, each node a
+    Gaussian step from its parent (spread 0.45 to the contents, 0.7 above, 1.1 higher up);
+    the variants, Gaussian steps of 0.25 around a random content, drawn with ``seed``."""
+    g = torch.Generator().manual_seed(0)
+    k = n // per_content
+    depth = math.ceil(math.log(k, 4))
+    nodes = torch.randn(1, dim, generator=g)
+    for level in range(depth):
+        spread = (0.45, 0.7, 1.1)[min(2, depth - 1 - level)]
+        nodes = nodes.repeat_interleave(4, dim=0)
+        nodes = nodes + spread * torch.randn(nodes.shape, generator=g)
+    g = torch.Generator().manual_seed(seed)
+    x = nodes[torch.randint(k, (n,), generator=g)]
+    return torch.nn.functional.normalize(x + 0.25 * torch.randn(x.shape, generator=g), dim=1)
+
+
+def _brute(queries: torch.Tensor, refs: torch.Tensor, ids: np.ndarray, exclude: object = None):
+    full = queries @ refs.T
+    if exclude is not None:
+        full[
+            torch.from_numpy(np.asarray(exclude))[:, None] == torch.from_numpy(ids)[None, :]
+        ] = -torch.inf
+    best, at = full.max(dim=1)
+    return best, ids[at.numpy()]
+
+
+def test_cone_tree_is_exact_with_and_without_exclude_and_reads_few_lists() -> None:
+    """A tree several levels deep answers what the full similarity matrix answers — with each
+    image's descriptors at two zooms sharing its id, and with that id excluded — while reading
+    a small fraction of the leaves and comparing a fraction of the node centres."""
+    images = _hierarchical_unit_vectors(2000, 32, 25, seed=1)
+    zoomed = torch.nn.functional.normalize(images + 0.05 * torch.randn(images.shape), dim=1)
+    refs = torch.cat([images, zoomed])
+    ids = np.tile(np.arange(2000, dtype=np.int64) * 3 + 1, 2)
+    index = ConeIndex(refs, ids, leaf_size=32, fanout=4)
+    assert len(index.levels) >= 4  # root, two levels of 4-way splits, leaves
+    assert int(index.offsets.diff().max()) <= 32
+    n_nodes = sum(len(level.centres) for level in index.levels[1:])
+    queries = _hierarchical_unit_vectors(2000, 32, 25, seed=2)[:600]
+    queries[:60] = torch.nn.functional.normalize(images[:60] + 0.01 * torch.randn(60, 32), dim=1)
+    best, arg = index.search(queries, block=64)
+    ref_best, ref_arg = _brute(queries, refs, ids)
+    np.testing.assert_array_equal(arg.numpy(), ref_arg)
+    torch.testing.assert_close(best, ref_best)
+    assert (arg[:60].numpy() == ids[:60]).all()  # the planted near copies
+    assert index.lists_scanned < 0.1 * 600 * len(index.centres)
+    assert index.centres_compared < 0.5 * 600 * n_nodes
+    # self excluded: both zooms of each query's own image are skipped
+    best_self, arg_self = index.search(images[:500], exclude=ids[:500])
+    ref_best, ref_arg = _brute(images[:500], refs, ids, ids[:500])
+    np.testing.assert_array_equal(arg_self.numpy(), ref_arg)
+    torch.testing.assert_close(best_self, ref_best)
+    assert (arg_self.numpy() != ids[:500]).all()
+
+
+def test_cone_tree_cones_hold_every_vector_below_them() -> None:
+    """Each node's cone (centre, half-angle) holds every vector of its subtree: the bound the
+    search prunes with is never below a similarity it skips."""
+    refs = _hierarchical_unit_vectors(3000, 16, 20, seed=3)
+    index = ConeIndex(refs, np.arange(3000), leaf_size=16, fanout=4)
+    for depth, level in enumerate(index.levels):
+        starts = torch.arange(len(level.centres) + 1)
+        for deeper in index.levels[depth:]:  # down to the leaves' vector offsets
+            starts = deeper.children[starts]
+        for j in range(len(level.centres)):
+            a, b = int(starts[j]), int(starts[j + 1])
+            angles = torch.arccos((index.vectors[a:b] @ level.centres[j]).clamp(-1.0, 1.0))
+            assert float(angles.max()) <= float(level.half_angle[j]) + 1e-3
+
+
+def test_cone_tree_stays_exact_without_structure() -> None:
+    """Uniform directions: no cone can be skipped, the answer is still the brute-force one."""
+    refs = torch.nn.functional.normalize(torch.randn(1500, 8), dim=1)
+    queries = torch.nn.functional.normalize(torch.randn(300, 8), dim=1)
+    ids = np.arange(1500, dtype=np.int64)
+    best, arg = ConeIndex(refs, ids, leaf_size=16, fanout=4).search(queries)
+    ref_best, ref_arg = _brute(queries, refs, ids)
+    np.testing.assert_array_equal(arg.numpy(), ref_arg)
+    torch.testing.assert_close(best, ref_best)
+
+
+def test_cone_tree_work_per_query_does_not_grow_with_new_content() -> None:
+    """Four times the images, four times the contents (each as big): a query reads about as
+    many leaves, and compares far fewer than four times as many centres."""
+    per_query = []
+    for n in (2000, 8000):
+        refs = _hierarchical_unit_vectors(n, 32, 25, seed=1)
+        queries = _hierarchical_unit_vectors(n, 32, 25, seed=2)
+        index = ConeIndex(refs, np.arange(n), leaf_size=32, fanout=4)
+        index.search(queries)
+        per_query.append((index.lists_scanned / n, index.centres_compared / n))
+    (lists_small, centres_small), (lists_big, centres_big) = per_query
+    assert lists_big < 1.5 * lists_small, per_query
+    assert centres_big < 2 * centres_small, per_query
