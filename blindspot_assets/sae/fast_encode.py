@@ -24,7 +24,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
-ROWS_PER_CHUNK = 1024  # tokens per matmul at most (a 1,024 × 32,000 block is 128 MB)
+ROWS_PER_CHUNK = 1024  # tokens per matmul at most
+COLS_PER_BLOCK = 1024  # concepts per matmul: a 1,024 × 1,024 block (4 MB) stays in cache
 _CACHE: weakref.WeakKeyDictionary[nn.Module, tuple[tuple[float, ...], FoldedEncoder]] = (
     weakref.WeakKeyDictionary()
 )
@@ -32,14 +33,14 @@ _CACHE: weakref.WeakKeyDictionary[nn.Module, tuple[tuple[float, ...], FoldedEnco
 
 @dataclass(frozen=True)
 class FoldedEncoder:
-    """The folded weights of one model state (rebuild when the weights change)."""
+    """The folded weights of one model state (``folded_encoder`` rebuilds them on change)."""
 
-    weight_t: Tensor  # (d+1, c): (γ ⊙ [E_c, b_c])ᵀ, or [E, b]ᵀ without LayerNorm
-    beta: Tensor  # (c,): the LayerNorm bias (zeros without LayerNorm)
+    weights: tuple[Tensor, ...]  # (d+1, ≤ COLS_PER_BLOCK) blocks of (γ ⊙ [E_c, b_c])ᵀ
+    betas: tuple[Tensor, ...]  # the LayerNorm bias, in the same blocks (zeros without it)
     chol: Tensor | None  # (d+1, d+1): lower L with L·Lᵀ = [E_c, b_c]ᵀ[E_c, b_c] / c
     eps: float
-    # the chunk's pre-activations and mask, reused: a fresh 32 MB tensor is mapped anew on
-    # every allocation, and its page faults cost about as much as a pass over it
+    # a block's pre-activations and mask, reused: fresh tensors are mapped anew on every
+    # allocation, and their page faults cost about as much as a pass over them
     scratch: dict[str, Tensor] = field(default_factory=dict, compare=False, repr=False)
 
     @classmethod
@@ -47,57 +48,74 @@ class FoldedEncoder:
     def from_layers(cls, encoder: nn.Linear, norm: nn.Module, eps: float) -> FoldedEncoder:
         e_cd = torch.cat([encoder.weight, encoder.bias[:, None]], dim=1).double()
         c = e_cd.shape[0]
-        if not isinstance(norm, nn.LayerNorm):
-            zeros = torch.zeros(c, device=e_cd.device)
-            return cls(e_cd.t().float().contiguous(), zeros, None, eps)
-        e_cd = e_cd - e_cd.mean(dim=0, keepdim=True)
-        gram = e_cd.t() @ e_cd / c
-        # a tiny ridge keeps the factor defined when the weights span fewer than d+1 dims
-        ridge = 1e-12 * float(gram.diagonal().mean()) * torch.eye(gram.shape[0], dtype=gram.dtype)
-        chol = torch.linalg.cholesky(gram + ridge)  # lower L: gram = L·Lᵀ, ‖Lᵀx̃‖² = x̃ᵀ gram x̃
-        gamma = norm.weight.double()[:, None]
+        chol = None
+        beta = torch.zeros(c, device=e_cd.device)
+        if isinstance(norm, nn.LayerNorm):
+            e_cd = e_cd - e_cd.mean(dim=0, keepdim=True)
+            gram = e_cd.t() @ e_cd / c
+            # a tiny ridge keeps the factor defined when the weights span fewer than d+1 dims
+            ridge = 1e-12 * float(gram.diagonal().mean())
+            eye = torch.eye(gram.shape[0], dtype=gram.dtype, device=gram.device)
+            chol = torch.linalg.cholesky(gram + ridge * eye).float()  # ‖Lᵀx̃‖² = x̃ᵀ·gram·x̃
+            e_cd = norm.weight.double()[:, None] * e_cd
+            beta = norm.bias.detach().float()
+        w_t = e_cd.t().float()
+        blocks = range(0, c, COLS_PER_BLOCK)
         return cls(
-            (gamma * e_cd).t().float().contiguous(),
-            norm.bias.detach().float().clone(),
-            chol.float().contiguous(),
+            tuple(w_t[:, a : a + COLS_PER_BLOCK].contiguous() for a in blocks),
+            tuple(beta[a : a + COLS_PER_BLOCK].clone() for a in blocks),
+            chol,
             eps,
         )
 
-    def pre_activations(self, x_nd: Tensor, out: Tensor | None = None) -> Tensor:
-        """``LayerNorm(x·Eᵀ + b)`` (n × c) in one matmul on scaled rows (into ``out``)."""
+    def _scaled_rows(self, x_nd: Tensor) -> Tensor:
+        """Rows r_n·[x_n, 1] (or [x_n, 1] without LayerNorm)."""
         x1 = torch.cat([x_nd.float(), torch.ones(x_nd.shape[0], 1, device=x_nd.device)], dim=1)
         if self.chol is not None:
             var = (x1 @ self.chol).square_().sum(dim=1, keepdim=True)
             x1.mul_(torch.rsqrt(var.clamp_(min=0.0).add_(self.eps)))
-        if out is None:
-            return torch.addmm(self.beta, x1, self.weight_t)
-        return torch.addmm(self.beta, x1, self.weight_t, out=out)
+        return x1
 
-    def _buffer(self, name: str, rows: int, dtype: torch.dtype) -> Tensor:
-        c = self.weight_t.shape[1]
+    def pre_activations(self, x_nd: Tensor) -> Tensor:
+        """``LayerNorm(x·Eᵀ + b)`` (n × c), dense."""
+        x1 = self._scaled_rows(x_nd)
+        return torch.cat(
+            [torch.addmm(b, x1, w) for w, b in zip(self.weights, self.betas, strict=True)], 1
+        )
+
+    def _buffer(self, name: str, rows: int, cols: int, dtype: torch.dtype) -> Tensor:
         buf = self.scratch.get(name)
-        if buf is None or buf.shape[0] < rows or buf.dtype != dtype:
-            buf = torch.empty((rows, c), dtype=dtype, device=self.weight_t.device)
+        if buf is None or buf.shape[0] < rows or buf.shape[1] < cols or buf.dtype != dtype:
+            buf = torch.empty((rows, cols), dtype=dtype, device=self.weights[0].device)
             self.scratch[name] = buf
-        return buf[:rows]
+        return buf[:rows, :cols]
 
     def entries_above(
         self, x_nd: Tensor, theta: float, rows_per_chunk: int = ROWS_PER_CHUNK
     ) -> tuple[Tensor, Tensor, Tensor]:
-        """Row-sorted (rows, cols, vals) of the pre-activations ≥ θ (> 0 when θ ≤ 0)."""
-        found_r, found_c, found_v = [], [], []
-        n = x_nd.shape[0]
+        """Row-sorted (rows, cols, vals) of the pre-activations ≥ θ (> 0 when θ ≤ 0).
+
+        A chunk of tokens at a time, and within it a block of concepts at a time, so the
+        compare and ``nonzero`` read a block the matmul has just left in cache."""
+        n, c = x_nd.shape[0], sum(w.shape[1] for w in self.weights)
         step = -(-n // -(-n // rows_per_chunk)) if n else 1  # equal chunks, none tiny
+        found: list[Tensor] = []
         for a in range(0, n, step):
-            chunk = x_nd[a : a + step]
-            pre = self.pre_activations(chunk, self._buffer("pre", chunk.shape[0], torch.float32))
-            mask = self._buffer("mask", chunk.shape[0], torch.bool)
-            torch.ge(pre, theta, out=mask) if theta > 0 else torch.gt(pre, 0.0, out=mask)
-            rows, cols = mask.nonzero(as_tuple=True)
-            found_r.append(rows + a)
-            found_c.append(cols)
-            found_v.append(pre[rows, cols])
-        return torch.cat(found_r), torch.cat(found_c), torch.cat(found_v)
+            x1 = self._scaled_rows(x_nd[a : a + step])
+            m, col0 = x1.shape[0], 0
+            for w, b in zip(self.weights, self.betas, strict=True):
+                pre = torch.addmm(b, x1, w, out=self._buffer("pre", m, w.shape[1], x1.dtype))
+                mask = self._buffer("mask", m, w.shape[1], torch.bool)
+                torch.ge(pre, theta, out=mask) if theta > 0 else torch.gt(pre, 0.0, out=mask)
+                rows, cols = mask.nonzero(as_tuple=True)
+                found += [(rows + a) * c + (cols + col0), pre[rows, cols]]
+                col0 += w.shape[1]
+        if not found:
+            empty = torch.zeros(0, dtype=torch.int64, device=x_nd.device)
+            return empty, empty.clone(), torch.zeros(0, device=x_nd.device)
+        keys, order = torch.sort(torch.cat(found[0::2]))
+        vals = torch.cat(found[1::2])[order]
+        return torch.div(keys, c, rounding_mode="floor"), keys % c, vals
 
 
 def folded_encoder(encoder: nn.Linear, norm: nn.Module, eps: float) -> FoldedEncoder:

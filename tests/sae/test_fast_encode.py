@@ -10,7 +10,8 @@ from blindspot_assets.sae.fast_encode import FoldedEncoder, folded_encoder
 from blindspot_assets.sae.model import RelaxedArchetypalSAE
 
 
-def _model(layernorm: bool, c: int = 300, d: int = 40) -> RelaxedArchetypalSAE:
+def _model(layernorm: bool, c: int = 2100, d: int = 40) -> RelaxedArchetypalSAE:
+    """c = 2,100: three blocks of concepts (1,024, 1,024, 52) in the folded encoder."""
     cfg = RASAEConfig(
         d=d, n_concepts=c, sparsity="batchtopk", k=8, n_candidates=0, encoder_layernorm=layernorm
     )
