@@ -13,8 +13,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from torch import Tensor, nn
@@ -24,8 +23,37 @@ from blindspot_assets.sae.config import RASAEConfig
 from blindspot_assets.sae.fast_encode import folded_encoder
 
 _EPS = 1e-8
-# pre (n × c, no autograd) → (rows, cols) of the entries a training step keeps
-Selector = Callable[[Tensor], tuple[Tensor, Tensor]]
+# rows of an n × c buffer per LayerNorm-and-select block (4 MB: stays in cache)
+_BLOCK_FLOATS = 1 << 20
+
+
+class Selector(Protocol):
+    """Picks the entries a training step keeps from pre-activations (no autograd), as groups
+    of (rows, cols) (e.g. TopK's, then AuxK's); ``row_local``: a row's choice depends on that
+    row alone, so it may be given blocks of rows (rows relative to the block)."""
+
+    row_local: bool
+
+    def __call__(self, pre_nc: Tensor) -> list[tuple[Tensor, Tensor]]: ...
+
+
+Scratch = dict[str, Tensor]
+
+
+def scratch_buffer(
+    scratch: Scratch | None, name: str, shape: tuple[int, ...], like: Tensor
+) -> Tensor:
+    """A buffer reused across training steps (``scratch`` None: a fresh one).
+
+    A fresh n × c float tensor is mapped anew by the allocator on every step, and its page
+    faults cost about as much as a pass over it; reusing one buffer pays them once.
+    """
+    buf = None if scratch is None else scratch.get(name)
+    if buf is None or buf.shape != shape or buf.dtype != like.dtype or buf.device != like.device:
+        buf = torch.empty(shape, dtype=like.dtype, device=like.device)
+        if scratch is not None:
+            scratch[name] = buf
+    return buf
 
 
 class _SparseEncoder(torch.autograd.Function):
@@ -51,20 +79,21 @@ class _SparseEncoder(torch.autograd.Function):
         beta: Tensor | None,
         select: Selector,
         eps: float,
+        scratch: Scratch | None,
     ) -> tuple[Tensor, Tensor, Tensor]:
         dev = x.device.type
         dt = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else x.dtype
+        n, c = x.shape[0], weight.shape[0]
         with torch.autocast(dev, enabled=False):
-            h = torch.addmm(bias.to(dt), x.to(dt), weight.t().to(dt)).float()
-            if gamma is None:
-                rows, cols = select(h)
-                vals = hhat = h[rows, cols]
-                rstd = None
+            if dt == x.dtype == weight.dtype == torch.float32:  # + b comes block by block
+                h = torch.mm(x, weight.t(), out=scratch_buffer(scratch, "h", (n, c), x))
+                with_bias = False
             else:
-                pre, mean, rstd = torch.native_layer_norm(h, [h.shape[1]], gamma, beta, eps)
-                rows, cols = select(pre)
-                vals = pre[rows, cols]
-                hhat = (h[rows, cols] - mean[rows, 0]) * rstd[rows, 0]
+                h = torch.addmm(bias.to(dt), x.to(dt), weight.t().to(dt)).float()
+                with_bias = True
+            vals, rows, cols, hhat, rstd = _select_entries(
+                h, None if with_bias else bias, gamma, beta, eps, select
+            )
         ctx.mark_non_differentiable(rows, cols)
         ctx.save_for_backward(x, weight, bias, gamma, rows, cols, hhat, rstd)
         return vals, rows, cols
@@ -74,38 +103,176 @@ class _SparseEncoder(torch.autograd.Function):
         ctx: Any, g: Tensor, *_: Tensor
     ) -> tuple[Tensor | None, ...]:
         x, weight, bias, gamma, rows, cols, hhat, rstd = ctx.saved_tensors
-        n, c = x.shape[0], weight.shape[0]
         with torch.autocast(x.device.type, enabled=False):
             x, g = x.float(), g.float()
-            d_gamma = d_beta = None
-            gh = g
-            if gamma is not None:
-                gg = g * gamma[cols]
-                d_gamma = torch.zeros_like(gamma).index_add_(0, cols, g * hhat)
-                d_beta = torch.zeros_like(gamma).index_add_(0, cols, g)
-                a = torch.zeros(n, device=x.device).index_add_(0, rows, gg) / c
-                b = torch.zeros(n, device=x.device).index_add_(0, rows, gg * hhat) / c
-                r = rstd[:, 0]
-                u, w = r * a, r * r * b
-                gh = r[rows] * gg
-            order = torch.argsort(cols, stable=True)
-            crow = torch.zeros(c + 1, dtype=torch.int64, device=x.device)
-            crow[1:] = torch.cumsum(torch.bincount(cols, minlength=c), 0)
-            with warnings.catch_warnings():  # "CSR support is in beta": used for one matmul
-                warnings.simplefilter("ignore", UserWarning)
-                z_cn = torch.sparse_csr_tensor(
-                    crow, rows[order], gh[order], (c, n), check_invariants=False
-                )
-            d_weight = z_cn @ x
-            d_bias = torch.zeros_like(bias).index_add_(0, cols, gh)
-            if gamma is not None:
-                e_c = weight - weight.mean(dim=0, keepdim=True)
-                b_c = bias - bias.mean()
-                xw = x * w[:, None]
-                sw = xw.sum(dim=0)
-                d_weight -= (u @ x)[None, :] + e_c @ (xw.t() @ x) + b_c[:, None] * sw[None, :]
-                d_bias -= u.sum() + e_c @ sw + b_c * w.sum()
-        return None, d_weight, d_bias, d_gamma, d_beta, None, None
+            if gamma is None:
+                d_weight, d_bias = _sparse_weight_grad(x, weight, bias, rows, cols, g)
+                return None, d_weight, d_bias, None, None, None, None, None
+            n, c = x.shape[0], weight.shape[0]
+            gg = g * gamma[cols]
+            d_gamma = torch.zeros_like(gamma).index_add_(0, cols, g * hhat)
+            d_beta = torch.zeros_like(gamma).index_add_(0, cols, g)
+            a = x.new_zeros(n).index_add_(0, rows, gg).div_(c)
+            b = x.new_zeros(n).index_add_(0, rows, gg * hhat).div_(c)
+            r = rstd.view(-1)
+            u, w = r * a, r * r * b
+            d_weight, d_bias = _sparse_weight_grad(x, weight, bias, rows, cols, r[rows] * gg)
+            _subtract_layernorm_rank_terms(d_weight, d_bias, x, weight, bias, u, w)
+        return None, d_weight, d_bias, d_gamma, d_beta, None, None, None
+
+
+def _select_entries(
+    h: Tensor,
+    bias: Tensor | None,
+    gamma: Tensor | None,
+    beta: Tensor | None,
+    eps: float,
+    select: Selector,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor | None]:
+    """h += bias (in place, if given), LayerNorm it (if ``gamma``) and keep the entries
+    ``select`` picks, group after group: (values, rows, cols, ĥ = (h − μ)·r there, r per row).
+    A row-local selector sees blocks of rows, so no n × c LayerNorm output is written and each
+    block is read from cache after the bias is added."""
+    n, c = h.shape
+    step = max(1, _BLOCK_FLOATS // c) if select.row_local else n
+    groups: list[list[tuple[Tensor, Tensor, Tensor, Tensor]]] = []
+    rstd_parts: list[Tensor] = []
+    for a in range(0, n, step):
+        h_b = h[a : a + step]
+        if bias is not None:
+            h_b += bias
+        if gamma is not None:
+            pre_b, mean_b, rstd_b = torch.native_layer_norm(h_b, [c], gamma, beta, eps)
+            mean_b, rstd_b = mean_b.view(-1), rstd_b.view(-1)
+            rstd_parts.append(rstd_b)
+        for g, (rows, cols) in enumerate(select(pre_b if gamma is not None else h_b)):
+            flat = rows * c + cols
+            h_e = h_b.reshape(-1).take(flat)
+            if gamma is None:
+                vals = hhat = h_e
+            else:
+                vals = pre_b.reshape(-1).take(flat)
+                hhat = (h_e - mean_b[rows]) * rstd_b[rows]
+            if g == len(groups):
+                groups.append([])
+            groups[g].append((vals, rows + a, cols, hhat))
+    out = [torch.cat([part[i] for group in groups for part in group]) for i in range(4)]
+    rstd = torch.cat(rstd_parts)[:, None] if rstd_parts else None
+    return out[0], out[1], out[2], out[3], rstd
+
+
+def _sparse_weight_grad(
+    x: Tensor, weight: Tensor, bias: Tensor, rows: Tensor, cols: Tensor, gh: Tensor
+) -> tuple[Tensor, Tensor]:
+    """(Zᵀ·X, Zᵀ·1) for the sparse n × c matrix Z with entries ``gh`` at (rows, cols)."""
+    d_weight = concept_major(rows, cols, gh, weight.shape[0], x.shape[0]) @ x
+    d_bias = torch.zeros_like(bias).index_add_(0, cols, gh)
+    return d_weight, d_bias
+
+
+def _subtract_layernorm_rank_terms(
+    d_weight: Tensor, d_bias: Tensor, x: Tensor, weight: Tensor, bias: Tensor, u: Tensor, w: Tensor
+) -> None:
+    """d_weight −= 1·(Σu_n x_n)ᵀ + E_c·(Σ w_n x_n x_nᵀ) + b_c·(Σ w_n x_n)ᵀ, in place (d_bias
+    likewise): one c × d² matmul and one rank-2 update, no c × d temporaries but E_c."""
+    e_c = weight - weight.mean(dim=0, keepdim=True)
+    b_c = bias - bias.mean()
+    xw = x * w[:, None]
+    sw = xw.sum(dim=0)
+    d_weight.addmm_(e_c, torch.mm(xw.t(), x), alpha=-1.0)
+    left = torch.stack([torch.ones_like(b_c), b_c], dim=1)  # c × 2
+    d_weight.addmm_(left, torch.stack([u @ x, sw]), alpha=-1.0)
+    d_bias -= u.sum() + e_c @ sw + b_c * w.sum()
+
+
+def concept_major(rows: Tensor, cols: Tensor, vals: Tensor, c: int, n: int) -> Tensor:
+    """The sparse n × c matrix with ``vals`` at (rows, cols), transposed, as CSR (c × n)."""
+    order = torch.argsort(cols, stable=True)
+    crow = cols.new_zeros(c + 1)
+    torch.cumsum(torch.bincount(cols, minlength=c), 0, out=crow[1:])
+    with warnings.catch_warnings():  # "CSR support is in beta": used for one matmul
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.sparse_csr_tensor(
+            crow, rows[order], vals[order], (c, n), check_invariants=False
+        )
+
+
+class _ArchetypeAtoms(torch.autograd.Function):
+    """P = Λ + W·C (one matmul-add). W's gradient Gₚ·Cᵀ (c × m: a step's largest tensor) is
+    written into ``buffers["W.grad"]`` when the trainer left last step's there: a fresh one is
+    mapped (page-faulted) anew on every step."""
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: Any,
+        weights_cm: Tensor,
+        relax_cd: Tensor,
+        candidates_md: Tensor,
+        buffers: Scratch | None,
+    ) -> Tensor:
+        ctx.save_for_backward(candidates_md)
+        ctx.buffers = buffers
+        return torch.addmm(relax_cd, weights_cm, candidates_md)
+
+    @staticmethod
+    def backward(  # type: ignore[override]
+        ctx: Any, g: Tensor
+    ) -> tuple[Tensor | None, ...]:
+        (candidates_md,) = ctx.saved_tensors
+        d_weights = None
+        if ctx.needs_input_grad[0]:
+            buf = None if ctx.buffers is None else ctx.buffers.pop("W.grad", None)
+            shape = (g.shape[0], candidates_md.shape[0])
+            if buf is None or buf.shape != shape or buf.dtype != g.dtype:
+                d_weights = g @ candidates_md.t()
+            else:
+                d_weights = torch.mm(g, candidates_md.t(), out=buf)
+        return d_weights, g if ctx.needs_input_grad[1] else None, None, None
+
+
+class _SparseDecode(torch.autograd.Function):
+    """x̂_n = exp(m)·Σ_e v_e·P_{col_e} over row n's entries (D = exp(m)·P), without dense
+    gradients: ∂v_e = exp(m)·⟨g_n, P_{col_e}⟩ (a gather-dot), ∂P = Zᵀ·G with Z the codes times
+    exp(m) (one CSR matmul), ∂m = ⟨G, x̂⟩ (x̂ is linear in exp(m)). The scale multiplies the
+    k codes per token, not the c × d dictionary."""
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: Any,
+        vals: Tensor,
+        atoms_cd: Tensor,
+        log_scale: Tensor | None,
+        rows: Tensor,
+        cols: Tensor,
+        offsets: Tensor,
+    ) -> Tensor:
+        with torch.autocast(vals.device.type, enabled=False):
+            scale = None if log_scale is None else torch.exp(log_scale.float())
+            weights = vals if scale is None else vals * scale
+            out, offset2bag, _, _ = torch.ops.aten._embedding_bag(
+                atoms_cd, cols, offsets, False, 0, False, weights, False, -1
+            )
+        ctx.save_for_backward(atoms_cd, scale, rows, cols, offsets, offset2bag, weights, out)
+        return out  # type: ignore[no-any-return]
+
+    @staticmethod
+    def backward(  # type: ignore[override]
+        ctx: Any, g: Tensor
+    ) -> tuple[Tensor | None, ...]:
+        atoms_cd, scale, rows, cols, offsets, offset2bag, weights, out = ctx.saved_tensors
+        g = g.float().contiguous()
+        g_vals = g_atoms = g_log_scale = None
+        if ctx.needs_input_grad[0]:
+            g_vals = torch.ops.aten._embedding_bag_per_sample_weights_backward(
+                g, atoms_cd, cols, offsets, offset2bag, 0, -1
+            )
+            if scale is not None:
+                g_vals = g_vals * scale
+        if ctx.needs_input_grad[1]:
+            g_atoms = concept_major(rows, cols, weights, atoms_cd.shape[0], g.shape[0]) @ g
+        if ctx.needs_input_grad[2]:
+            g_log_scale = torch.dot(g.view(-1), out.view(-1)).view(scale.shape)
+        return g_vals, g_atoms, g_log_scale, None, None, None
 
 
 class RelaxedArchetypalSAE(nn.Module):
@@ -166,6 +333,38 @@ class RelaxedArchetypalSAE(nn.Module):
             self._fused_cd = torch.exp(self.log_scale) * (self.W @ self.C + self.relax)
         return self._fused_cd
 
+    def dictionary_factors(
+        self, grad_buffers: Scratch | None = None
+    ) -> tuple[Tensor, Tensor | None]:
+        """(P, m) with D = exp(m)·P, P = W·C + Λ as one matmul-add: training decodes through
+        :meth:`decode_train`, which applies exp(m) to the codes instead of to D.
+        ``grad_buffers``: see :class:`_ArchetypeAtoms`."""
+        if self.cfg.fused:
+            return self.D, None
+        dev = self.W.device.type
+        if torch.is_autocast_enabled(dev):  # Λ is added in float32, as in :meth:`dictionary`
+            return (self.W @ self.C).float() + self.relax, self.log_scale
+        atoms: Tensor = _ArchetypeAtoms.apply(self.W, self.relax, self.C, grad_buffers)
+        return atoms, self.log_scale
+
+    def decode_train(
+        self,
+        factors: tuple[Tensor, Tensor | None],
+        vals: Tensor,
+        rows: Tensor,
+        cols: Tensor,
+        n: int,
+    ) -> Tensor:
+        """x̂ (n × d, float32) from row-sorted entries and :meth:`dictionary_factors`: equal to
+        :meth:`decode_entries` with gradients that stay sparse (see :class:`_SparseDecode`)."""
+        atoms_cd, log_scale = factors
+        counts = torch.bincount(rows, minlength=n)
+        offsets = torch.cumsum(counts, 0) - counts
+        out: Tensor = _SparseDecode.apply(
+            vals.float(), atoms_cd.float(), log_scale, rows, cols, offsets
+        )
+        return out
+
     def train(self, mode: bool = True) -> RelaxedArchetypalSAE:
         self._fused_cd = None
         return super().train(mode)
@@ -181,12 +380,13 @@ class RelaxedArchetypalSAE(nn.Module):
         return out
 
     def sparse_pre_activations(
-        self, x_nd: Tensor, select: Selector
+        self, x_nd: Tensor, select: Selector, scratch: Scratch | None = None
     ) -> tuple[Tensor, Tensor, Tensor]:
         """Pre-activations at the entries ``select`` keeps, as (values, rows, cols).
 
         Equal to ``pre_activations(x)[rows, cols]`` with the same gradients (to float rounding),
         at a fraction of the backward cost: see :class:`_SparseEncoder`. ``x`` takes no gradient.
+        ``scratch`` keeps the n × c buffers between calls (a trainer's).
         """
         if x_nd.requires_grad:
             raise ValueError("sparse_pre_activations does not differentiate with respect to x")
@@ -201,6 +401,7 @@ class RelaxedArchetypalSAE(nn.Module):
             beta,
             select,
             self.cfg.layernorm_eps,
+            scratch,
         )
         return out
 

@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 from torch import Tensor
+from torch.nn import functional as F
 
 from blindspot_assets.devices import choose_device
 from blindspot_assets.sae.checkpoint import (
@@ -58,25 +59,42 @@ def lr_at(step: int, total_steps: int, cfg: TrainConfig) -> float:
 
 
 def auxk_loss(
-    model: RelaxedArchetypalSAE, vals_nk: Tensor, idx_nk: Tensor, residual_nd: Tensor
+    model: RelaxedArchetypalSAE,
+    vals_nk: Tensor,
+    idx_nk: Tensor,
+    residual_nd: Tensor,
+    factors: tuple[Tensor, Tensor | None] | None = None,
 ) -> Tensor:
     """AuxK (Gao et al. 2024): the top ``aux_k`` dead concepts must explain the residual.
 
     ``vals_nk`` are the dead concepts' pre-activations *before* ReLU (the largest ``k_aux`` per
     token among the dead): a concept whose pre-activation is negative on every token (truly
     dead) still gets a gradient that moves it toward the data. Normalised by the residual's
-    energy, so its weight does not depend on the data's scale.
+    energy, so its weight does not depend on the data's scale. ``factors``: the step's
+    :meth:`~RelaxedArchetypalSAE.dictionary_factors`, shared with its reconstruction.
     """
     target = residual_nd.detach().float()
-    e_hat = model.decode_topk(vals_nk, idx_nk).float()
-    err = ((e_hat - target) ** 2).sum(dim=-1).mean()
+    if factors is None:
+        e_hat = model.decode_topk(vals_nk, idx_nk).float()
+    else:
+        n, k_aux = idx_nk.shape
+        rows = torch.arange(n, device=idx_nk.device)[:, None].expand(n, k_aux).reshape(-1)
+        e_hat = model.decode_train(factors, vals_nk.reshape(-1), rows, idx_nk.reshape(-1), n)
+    n_tokens = target.shape[0]
+    err = F.mse_loss(e_hat, target, reduction="sum") / n_tokens
     return err / ((target**2).sum(dim=-1).mean() + 1e-8)
 
 
+def _repeat_rows(n: int, k: int, device: torch.device) -> Tensor:
+    """0, …, 0, 1, …, 1, …: each row index k times (``repeat_interleave`` without its scan)."""
+    return torch.arange(n, device=device)[:, None].expand(n, k).reshape(-1)
+
+
 class _Selection:
-    """What a training step keeps of the dense pre-activations (called once, without autograd):
-    TopK per token or BatchTopK over the batch (updating θ), then AuxK's top ``k_aux`` dead
-    concepts per token. ``n_main`` entries come first, in row order; the AuxK ones follow."""
+    """What a training step keeps of the pre-activations (called without autograd): TopK per
+    token or BatchTopK over the batch (updating θ), then AuxK's top ``k_aux`` dead concepts per
+    token, as two groups. TopK and AuxK are row-local: the encoder may pass blocks of rows.
+    ``n_main`` counts the first group's entries (the encoder puts them first, in row order)."""
 
     def __init__(self, model: RelaxedArchetypalSAE, dead_c: Tensor | None) -> None:
         self.model = model
@@ -84,23 +102,24 @@ class _Selection:
         self.k_aux = (
             0 if self.dead_idx is None else min(model.cfg.effective_aux_k, self.dead_idx.numel())
         )
+        self.row_local = model.cfg.sparsity == "topk"
         self.n_main = 0
 
-    def __call__(self, pre_nc: Tensor) -> tuple[Tensor, Tensor]:
+    def __call__(self, pre_nc: Tensor) -> list[tuple[Tensor, Tensor]]:
         n, cfg = pre_nc.shape[0], self.model.cfg
         if cfg.sparsity == "topk":
             cols = pre_nc.topk(cfg.k, dim=-1).indices.flatten()
-            rows = torch.arange(n, device=pre_nc.device).repeat_interleave(cfg.k)
+            rows = _repeat_rows(n, cfg.k, pre_nc.device)
         else:
             rows, cols = self.model.batchtopk_entries(pre_nc)
-        self.n_main = rows.numel()
+        self.n_main += rows.numel()
+        groups = [(rows, cols)]
         if self.k_aux > 0 and self.dead_idx is not None:
             top = pre_nc[:, self.dead_idx].topk(self.k_aux, dim=-1).indices
-            rows = torch.cat(
-                [rows, torch.arange(n, device=rows.device).repeat_interleave(self.k_aux)]
+            groups.append(
+                (_repeat_rows(n, self.k_aux, pre_nc.device), self.dead_idx[top].flatten())
             )
-            cols = torch.cat([cols, self.dead_idx[top].flatten()])
-        return rows, cols
+        return groups
 
 
 class Trainer:
@@ -123,6 +142,7 @@ class Trainer:
         # tokens since each concept last fired: ≥ dead_after_tokens means dead (AuxK)
         self.silent_c = torch.zeros(model.n_concepts, dtype=torch.long, device=device)
         self.last_grad_norm = 0.0
+        self.scratch: dict[str, Tensor] = {}  # the encoder's n × c buffers, kept between steps
 
     def dead_c(self) -> Tensor:
         return self.silent_c >= self.cfg.dead_after_tokens
@@ -132,18 +152,20 @@ class Trainer:
         model, cfg, n = self.model, self.cfg, x_nd.shape[0]
         any_dead = cfg.aux_weight > 0 and bool(dead_c.any())
         select = _Selection(model, dead_c if any_dead else None)
-        vals, rows, cols = model.sparse_pre_activations(x_nd, select)
+        vals, rows, cols = model.sparse_pre_activations(x_nd, select, self.scratch)
         m = select.n_main
-        z, z_rows, z_cols = torch.relu(vals[:m]), rows[:m], cols[:m]
-        if model.cfg.sparsity == "topk":
-            x_hat = model.decode_topk(z.view(n, -1), z_cols.view(n, -1)).float()
+        if select.k_aux > 0:
+            z, z_rows, z_cols = torch.relu(vals[:m]), rows[:m], cols[:m]
         else:
-            x_hat = model.decode_entries(z, z_rows, z_cols, n).float()
-        mse = ((x_hat - x_nd) ** 2).mean()
+            z, z_rows, z_cols = torch.relu(vals), rows, cols
+        factors = model.dictionary_factors(self.scratch)
+        x_hat = model.decode_train(factors, z, z_rows, z_cols, n)
+        mse = F.mse_loss(x_hat, x_nd.float())
         aux = mse * 0
         if select.k_aux > 0:
             k_aux = select.k_aux
-            aux = auxk_loss(model, vals[m:].view(n, k_aux), cols[m:].view(n, k_aux), x_nd - x_hat)
+            aux_vals, aux_cols = vals[m:].view(n, k_aux), cols[m:].view(n, k_aux)
+            aux = auxk_loss(model, aux_vals, aux_cols, x_nd - x_hat, factors)
         fired = z.detach() > 0
         return {"mse": mse, "aux": aux, "x_hat": x_hat, "on": fired, "cols": z_cols}
 
@@ -160,13 +182,15 @@ class Trainer:
         with autocast:
             out = self._losses(x_nd, dead_c)
             loss = out["mse"] + cfg.aux_weight * out["aux"]
+        if not model.cfg.fused and model.W.grad is not None:  # its memory takes the new one
+            self.scratch["W.grad"] = model.W.grad
         self.opt.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()  # type: ignore[no-untyped-call]
         self.scaler.unscale_(self.opt)
         if cfg.grad_clip > 0:
-            norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            self.last_grad_norm = float(norm)
+            self._clip_gradients(cfg.grad_clip)
         self.scaler.step(self.opt)
+        self.opt.grad_scale = None  # type: ignore[attr-defined]
         self.scaler.update()
         model.project_()
         with torch.no_grad():
@@ -182,6 +206,21 @@ class Trainer:
             "l0": out["on"].sum().float() / x_nd.shape[0],
             "dead": dead_c,
         }
+
+    def _clip_gradients(self, max_norm: float) -> None:
+        """``clip_grad_norm_``'s clipping (global L2 norm, coefficient max/(norm + 1e-6)), with
+        the multiply folded into fused AdamW's ``grad_scale`` (it divides each gradient as it
+        reads it) instead of a separate pass over every gradient; none when the norm is below."""
+        grads = [p.grad for p in self.model.parameters() if p.grad is not None]
+        norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
+        self.last_grad_norm = float(norm)
+        denom = norm + 1e-6
+        if float(denom) <= max_norm:
+            return
+        if self.scaler.is_enabled():  # the scaler steps on its own: clip in place
+            torch._foreach_mul_(grads, max_norm / denom)
+        else:
+            self.opt.grad_scale = (denom / max_norm).reshape(1)  # type: ignore[attr-defined]
 
     # -- exact resume -------------------------------------------------------------------------
     def state_tensors(self) -> dict[str, Tensor]:

@@ -3,6 +3,7 @@ exact resume."""
 
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import replace
 from pathlib import Path
@@ -11,6 +12,7 @@ import pytest
 import torch
 
 from blindspot_assets.sae import RASAEConfig, TrainConfig, train_sae
+from blindspot_assets.sae import model as model_module
 from blindspot_assets.sae.model import RelaxedArchetypalSAE
 from blindspot_assets.sae.train import Trainer, lr_at
 from tests.sae.planted import planted_atoms, write_planted_store
@@ -248,3 +250,120 @@ def test_sparse_step_gradients_equal_dense_autograd(
         scale = float(g_ref.abs().max())
         assert scale > 0, name
         assert float((g - g_ref).abs().max()) <= 1e-5 * scale, name
+
+
+def _generic_model(x: torch.Tensor, sparsity: str, layernorm: bool = True) -> RelaxedArchetypalSAE:
+    """Generic weights (not the symmetric initialisation), a scale m ≠ 0 and Λ ≠ 0: every
+    factor of D = exp(m)·(W·C + Λ) shows in the gradients."""
+    model = _model(x, sparsity=sparsity, encoder_layernorm=layernorm)
+    with torch.no_grad():
+        model.encoder.weight.normal_()
+        model.encoder.bias.normal_()
+        if layernorm:
+            model.norm.weight.uniform_(0.5, 1.5)
+            model.norm.bias.normal_(0.0, 0.1)
+        model.W.uniform_(0.0, 1.0)
+        model.relax.normal_(0.0, 0.02)
+        model.log_scale.fill_(0.3)
+    model.project_()
+    return model
+
+
+def _assert_grads_close(
+    model: RelaxedArchetypalSAE, got: list[torch.Tensor], want: list[torch.Tensor]
+) -> None:
+    names = [n for n, p in model.named_parameters() if p.requires_grad]
+    for name, g, g_ref in zip(names, got, want, strict=True):
+        scale = float(g_ref.abs().max())
+        assert scale > 0, name
+        assert float((g - g_ref).abs().max()) <= 1e-5 * scale, name
+
+
+@pytest.mark.parametrize("sparsity", ["topk", "batchtopk"])
+@pytest.mark.parametrize("aux_weight", [0.0, 0.5])
+def test_blocked_selection_with_scale_gives_dense_gradients(
+    sparsity: str, aux_weight: float, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """TopK and AuxK pick entries in blocks of 5 rows (LayerNorm and selection block by block),
+    with exp(m) applied to the codes and the atoms P = Λ + W·C decoded by ``_SparseDecode``:
+    the loss and every gradient equal plain dense autograd's."""
+    monkeypatch.setattr(model_module, "_BLOCK_FLOATS", 5 * 24)
+    torch.manual_seed(1)
+    x = _planted_tokens(96) * 3.0 + 0.5
+    model = _generic_model(x, sparsity)
+    trainer = Trainer(model, TrainConfig(aux_weight=aux_weight, dead_after_tokens=1), CPU)
+    trainer.silent_c[1::3] = 1  # dead
+    out = trainer._losses(x, trainer.dead_c())
+    loss = out["mse"] + aux_weight * out["aux"]
+    reference = _dense_reference_loss(model, x, trainer.dead_c(), aux_weight)
+    assert float(loss) == pytest.approx(float(reference), rel=1e-5)
+    params = [p for p in model.parameters() if p.requires_grad]
+    _assert_grads_close(
+        model,
+        list(torch.autograd.grad(loss, params, retain_graph=True)),
+        list(torch.autograd.grad(reference, params)),
+    )
+
+
+def test_sparse_decode_equals_dense_codes_times_dictionary() -> None:
+    """Ragged rows (some empty), negative codes, exp(m) ≠ 1: x̂ and the gradients of the codes,
+    the atoms and m equal autograd through z·(exp(m)·P)."""
+    g = torch.Generator().manual_seed(5)
+    n, c, d = 40, 30, 8
+    dense = torch.randn(n, c, generator=g) * (torch.rand(n, c, generator=g) < 0.15)
+    dense[7] = 0.0
+    rows, cols = dense.nonzero(as_tuple=True)
+    vals = dense[rows, cols].clone().requires_grad_(True)
+    atoms = torch.randn(c, d, generator=g, requires_grad=True)
+    log_scale = torch.tensor(-0.4, requires_grad=True)
+    model = _model(_planted_tokens(64, d=d), n_concepts=c, k=2)
+    x_hat = model.decode_train((atoms, log_scale), vals, rows, cols, n)
+    z = torch.zeros(n, c).index_put((rows, cols), vals)
+    reference = z @ (torch.exp(log_scale) * atoms)
+    torch.testing.assert_close(x_hat, reference, rtol=1e-5, atol=1e-6)
+    upstream = torch.randn(n, d, generator=g)
+    got = torch.autograd.grad(x_hat, [vals, atoms, log_scale], upstream)
+    want = torch.autograd.grad(reference, [vals, atoms, log_scale], upstream)
+    for a, b in zip(got, want, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+class _NoGradRecycling(dict[str, torch.Tensor]):
+    def __setitem__(self, key: str, value: torch.Tensor) -> None:
+        if key != "W.grad":
+            super().__setitem__(key, value)
+
+
+def test_step_clips_like_clip_grad_norm_and_recycles_w_grad(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A step's gradients (after clipping folded into AdamW's grad_scale) equal dense autograd
+    clipped by ``clip_grad_norm_``; the second step writes W's gradient into the first one's
+    memory; and three steps leave the same weights, bit for bit, as without that recycling."""
+    monkeypatch.setattr(model_module, "_BLOCK_FLOATS", 7 * 24)
+    x = _planted_tokens(128) * 20.0
+    model = _generic_model(x, "topk")
+    reference_model = copy.deepcopy(model)
+    cfg = TrainConfig(grad_clip=0.05, aux_weight=0.0)
+    trainer = Trainer(model, cfg, CPU)
+    trainer.step(x, lr=0.0)  # lr 0: the step leaves the clipped gradients to compare
+    params = [p for p in reference_model.parameters() if p.requires_grad]
+    ref_loss = _dense_reference_loss(reference_model, x, torch.zeros(24, dtype=torch.bool), 0.0)
+    ref_grads = torch.autograd.grad(ref_loss, params)
+    ref_norm = torch.linalg.vector_norm(torch.stack([g.norm() for g in ref_grads]))
+    assert float(ref_norm) > 0.05
+    assert trainer.last_grad_norm == pytest.approx(float(ref_norm), rel=1e-5)
+    clipped = [g * (0.05 / (ref_norm + 1e-6)) for g in ref_grads]
+    _assert_grads_close(model, [p.grad for p in model.parameters() if p.requires_grad], clipped)
+
+    first_w_grad = model.W.grad.data_ptr()  # type: ignore[union-attr]
+    trainer.step(x, lr=1e-3)
+    assert model.W.grad.data_ptr() == first_w_grad  # type: ignore[union-attr]
+    trainer.step(x * 0.5, lr=1e-3)
+    plain = Trainer(reference_model, cfg, CPU)
+    plain.scratch = _NoGradRecycling()
+    for batch, lr in ((x, 0.0), (x, 1e-3), (x * 0.5, 1e-3)):
+        plain.step(batch, lr=lr)
+    named = zip(model.named_parameters(), reference_model.parameters(), strict=True)
+    for (name, p), p_plain in named:
+        assert torch.equal(p, p_plain), name
