@@ -301,7 +301,9 @@ def _cone_tree(
 ) -> tuple[torch.Tensor, list[torch.Tensor]]:
     """An order of the vectors and, per level of the tree (root first), where its nodes start
     in that order (plus the end). A node of more than ``fanout · leaf_size`` vectors is split
-    by a spherical k-means into ``fanout`` children; a smaller one into its leaves at once
+    by a spherical k-means into ``fanout`` children, each then into tight pieces
+    (``_tight_pieces``: k-means with fewer centres than far-apart groups in a node mixes
+    fragments of them in one child); a smaller node into its leaves at once
     (``_leaf_pieces``), which stay leaves down to the last level."""
     order = torch.arange(vectors.shape[0])
     bounds = [torch.tensor([0, vectors.shape[0]])]
@@ -315,6 +317,7 @@ def _cone_tree(
             node_seed = seed + len(bounds) * 1_000_003 + j
             if b - a > fanout * leaf_size:
                 counts = _split(vectors, order[a:b], fanout, node_seed)
+                counts = _pieces_of(vectors, order[a:b], counts, _tight_pieces)
             else:
                 counts = _leaf_pieces(vectors, order[a:b], leaf_size, node_seed)
                 leaves.update((a + torch.cumsum(counts, 0) - counts).tolist())
@@ -332,12 +335,25 @@ def _leaf_pieces(
     tree's order) by leaf and return the leaf sizes."""
     if len(members) <= leaf_size:
         return _tight_pieces(vectors, members)
-    counts = _split(vectors, members, -(-len(members) // leaf_size), seed).tolist()
-    ends = np.cumsum(counts).tolist()
+    counts = _split(vectors, members, -(-len(members) // leaf_size), seed)
+    return _pieces_of(
+        vectors, members, counts, lambda v, m: _leaf_pieces(v, m, leaf_size, seed + len(m))
+    )
+
+
+def _pieces_of(
+    vectors: torch.Tensor,
+    members: torch.Tensor,
+    counts: torch.Tensor,
+    pieces: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+) -> torch.Tensor:
+    """``pieces`` applied to each run of ``counts`` members (empty runs dropped); the sizes of
+    all the pieces, in order."""
+    ends = torch.cumsum(counts, 0).tolist()
     return torch.cat(
         [
-            _leaf_pieces(vectors, members[end - c : end], leaf_size, seed + 7919 * (i + 1))
-            for i, (c, end) in enumerate(zip(counts, ends, strict=True))
+            pieces(vectors, members[end - c : end])
+            for c, end in zip(counts.tolist(), ends, strict=True)
             if c > 0
         ]
     )
