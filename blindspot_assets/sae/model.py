@@ -80,6 +80,7 @@ class _SparseEncoder(torch.autograd.Function):
         select: Selector,
         eps: float,
         scratch: Scratch | None,
+        order: ConceptOrder | None,
     ) -> tuple[Tensor, Tensor, Tensor]:
         dev = x.device.type
         dt = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else x.dtype
@@ -96,6 +97,7 @@ class _SparseEncoder(torch.autograd.Function):
             )
         ctx.mark_non_differentiable(rows, cols)
         ctx.save_for_backward(x, weight, bias, gamma, rows, cols, hhat, rstd)
+        ctx.order = (order or ConceptOrder()).bind(rows, cols)
         return vals, rows, cols
 
     @staticmethod
@@ -106,8 +108,8 @@ class _SparseEncoder(torch.autograd.Function):
         with torch.autocast(x.device.type, enabled=False):
             x, g = x.float(), g.float()
             if gamma is None:
-                d_weight, d_bias = _sparse_weight_grad(x, weight, bias, rows, cols, g)
-                return None, d_weight, d_bias, None, None, None, None, None
+                d_weight, d_bias = _sparse_weight_grad(x, weight, bias, ctx.order, cols, g)
+                return None, d_weight, d_bias, None, None, None, None, None, None
             n, c = x.shape[0], weight.shape[0]
             gg = g * gamma[cols]
             d_gamma = torch.zeros_like(gamma).index_add_(0, cols, g * hhat)
@@ -116,9 +118,9 @@ class _SparseEncoder(torch.autograd.Function):
             b = x.new_zeros(n).index_add_(0, rows, gg * hhat).div_(c)
             r = rstd.view(-1)
             u, w = r * a, r * r * b
-            d_weight, d_bias = _sparse_weight_grad(x, weight, bias, rows, cols, r[rows] * gg)
+            d_weight, d_bias = _sparse_weight_grad(x, weight, bias, ctx.order, cols, r[rows] * gg)
             _subtract_layernorm_rank_terms(d_weight, d_bias, x, weight, bias, u, w)
-        return None, d_weight, d_bias, d_gamma, d_beta, None, None, None
+        return None, d_weight, d_bias, d_gamma, d_beta, None, None, None, None
 
 
 def _select_entries(
@@ -135,37 +137,35 @@ def _select_entries(
     block is read from cache after the bias is added."""
     n, c = h.shape
     step = max(1, _BLOCK_FLOATS // c) if select.row_local else n
-    groups: list[list[tuple[Tensor, Tensor, Tensor, Tensor]]] = []
-    rstd_parts: list[Tensor] = []
+    groups: list[list[tuple[Tensor, Tensor, Tensor]]] = []
+    stats: list[tuple[Tensor, Tensor]] = []
     for a in range(0, n, step):
         h_b = h[a : a + step]
         if bias is not None:
             h_b += bias
+        pre_b = h_b
         if gamma is not None:
             pre_b, mean_b, rstd_b = torch.native_layer_norm(h_b, [c], gamma, beta, eps)
-            mean_b, rstd_b = mean_b.view(-1), rstd_b.view(-1)
-            rstd_parts.append(rstd_b)
-        for g, (rows, cols) in enumerate(select(pre_b if gamma is not None else h_b)):
-            flat = rows * c + cols
-            h_e = h_b.reshape(-1).take(flat)
-            if gamma is None:
-                vals = hhat = h_e
-            else:
-                vals = pre_b.reshape(-1).take(flat)
-                hhat = (h_e - mean_b[rows]) * rstd_b[rows]
+            stats.append((mean_b, rstd_b))
+        for g, (rows, cols) in enumerate(select(pre_b)):
             if g == len(groups):
                 groups.append([])
-            groups[g].append((vals, rows + a, cols, hhat))
-    out = [torch.cat([part[i] for group in groups for part in group]) for i in range(4)]
-    rstd = torch.cat(rstd_parts)[:, None] if rstd_parts else None
-    return out[0], out[1], out[2], out[3], rstd
+            groups[g].append((pre_b.view(-1).take(rows * c + cols), rows + a, cols))
+    vals, rows, cols = (
+        torch.cat([part[i] for group in groups for part in group]) for i in range(3)
+    )
+    if gamma is None:
+        return vals, rows, cols, vals, None
+    mean, rstd = (torch.cat([s[i] for s in stats]) for i in range(2))
+    hhat = (h.view(-1).take(rows * c + cols) - mean.view(-1)[rows]) * rstd.view(-1)[rows]
+    return vals, rows, cols, hhat, rstd
 
 
 def _sparse_weight_grad(
-    x: Tensor, weight: Tensor, bias: Tensor, rows: Tensor, cols: Tensor, gh: Tensor
+    x: Tensor, weight: Tensor, bias: Tensor, order: ConceptOrder, cols: Tensor, gh: Tensor
 ) -> tuple[Tensor, Tensor]:
-    """(Zᵀ·X, Zᵀ·1) for the sparse n × c matrix Z with entries ``gh`` at (rows, cols)."""
-    d_weight = concept_major(rows, cols, gh, weight.shape[0], x.shape[0]) @ x
+    """(Zᵀ·X, Zᵀ·1) for the sparse n × c matrix Z with entries ``gh`` at ``order``'s."""
+    d_weight = order.transposed(gh, weight.shape[0], x.shape[0]) @ x
     d_bias = torch.zeros_like(bias).index_add_(0, cols, gh)
     return d_weight, d_bias
 
@@ -185,16 +185,38 @@ def _subtract_layernorm_rank_terms(
     d_bias -= u.sum() + e_c @ sw + b_c * w.sum()
 
 
-def concept_major(rows: Tensor, cols: Tensor, vals: Tensor, c: int, n: int) -> Tensor:
-    """The sparse n × c matrix with ``vals`` at (rows, cols), transposed, as CSR (c × n)."""
-    order = torch.argsort(cols, stable=True)
-    crow = cols.new_zeros(c + 1)
-    torch.cumsum(torch.bincount(cols, minlength=c), 0, out=crow[1:])
-    with warnings.catch_warnings():  # "CSR support is in beta": used for one matmul
-        warnings.simplefilter("ignore", UserWarning)
-        return torch.sparse_csr_tensor(
-            crow, rows[order], vals[order], (c, n), check_invariants=False
-        )
+class ConceptOrder:
+    """A step's entries (rows, cols) sorted by concept once, for every CSR product of its
+    backward: the encoder's (all entries) and the decoder's (the first m: TopK's before AuxK's).
+    The encoder's forward binds the entries."""
+
+    def __init__(self) -> None:
+        self.rows: Tensor | None = None
+        self.cols: Tensor | None = None
+        self._order: Tensor | None = None
+        self._layouts: dict[int, tuple[Tensor, Tensor, Tensor]] = {}
+
+    def bind(self, rows: Tensor, cols: Tensor) -> ConceptOrder:
+        self.rows, self.cols, self._order, self._layouts = rows, cols, None, {}
+        return self
+
+    def transposed(self, vals: Tensor, c: int, n: int) -> Tensor:
+        """The n × c matrix with ``vals`` at the first len(vals) entries, transposed: CSR c × n."""
+        assert self.rows is not None and self.cols is not None, "no entries bound"
+        m = vals.numel()
+        if m not in self._layouts:
+            if self._order is None:
+                self._order = torch.argsort(self.cols, stable=True)
+            order = self._order if m == self.cols.numel() else self._order[self._order < m]
+            crow = self.cols.new_zeros(c + 1)
+            torch.cumsum(torch.bincount(self.cols[:m], minlength=c), 0, out=crow[1:])
+            self._layouts[m] = (crow, self.rows[order], order)
+        crow, rows_sorted, order = self._layouts[m]
+        with warnings.catch_warnings():  # "CSR support is in beta": used for one matmul
+            warnings.simplefilter("ignore", UserWarning)
+            return torch.sparse_csr_tensor(
+                crow, rows_sorted, vals[order], (c, n), check_invariants=False
+            )
 
 
 class _ArchetypeAtoms(torch.autograd.Function):
@@ -245,6 +267,7 @@ class _SparseDecode(torch.autograd.Function):
         rows: Tensor,
         cols: Tensor,
         offsets: Tensor,
+        order: ConceptOrder | None,
     ) -> Tensor:
         with torch.autocast(vals.device.type, enabled=False):
             scale = None if log_scale is None else torch.exp(log_scale.float())
@@ -253,6 +276,7 @@ class _SparseDecode(torch.autograd.Function):
                 atoms_cd, cols, offsets, False, 0, False, weights, False, -1
             )
         ctx.save_for_backward(atoms_cd, scale, rows, cols, offsets, offset2bag, weights, out)
+        ctx.order = order
         return out  # type: ignore[no-any-return]
 
     @staticmethod
@@ -269,10 +293,11 @@ class _SparseDecode(torch.autograd.Function):
             if scale is not None:
                 g_vals = g_vals * scale
         if ctx.needs_input_grad[1]:
-            g_atoms = concept_major(rows, cols, weights, atoms_cd.shape[0], g.shape[0]) @ g
+            order = ctx.order or ConceptOrder().bind(rows, cols)
+            g_atoms = order.transposed(weights, atoms_cd.shape[0], g.shape[0]) @ g
         if ctx.needs_input_grad[2]:
             g_log_scale = torch.dot(g.view(-1), out.view(-1)).view(scale.shape)
-        return g_vals, g_atoms, g_log_scale, None, None, None
+        return g_vals, g_atoms, g_log_scale, None, None, None, None
 
 
 class RelaxedArchetypalSAE(nn.Module):
@@ -354,14 +379,16 @@ class RelaxedArchetypalSAE(nn.Module):
         rows: Tensor,
         cols: Tensor,
         n: int,
+        order: ConceptOrder | None = None,
     ) -> Tensor:
         """x̂ (n × d, float32) from row-sorted entries and :meth:`dictionary_factors`: equal to
-        :meth:`decode_entries` with gradients that stay sparse (see :class:`_SparseDecode`)."""
+        :meth:`decode_entries` with gradients that stay sparse (see :class:`_SparseDecode`).
+        ``order``: the step's entries sorted by concept, of which these are the first."""
         atoms_cd, log_scale = factors
         counts = torch.bincount(rows, minlength=n)
         offsets = torch.cumsum(counts, 0) - counts
         out: Tensor = _SparseDecode.apply(
-            vals.float(), atoms_cd.float(), log_scale, rows, cols, offsets
+            vals.float(), atoms_cd.float(), log_scale, rows, cols, offsets, order
         )
         return out
 
@@ -380,13 +407,18 @@ class RelaxedArchetypalSAE(nn.Module):
         return out
 
     def sparse_pre_activations(
-        self, x_nd: Tensor, select: Selector, scratch: Scratch | None = None
+        self,
+        x_nd: Tensor,
+        select: Selector,
+        scratch: Scratch | None = None,
+        order: ConceptOrder | None = None,
     ) -> tuple[Tensor, Tensor, Tensor]:
         """Pre-activations at the entries ``select`` keeps, as (values, rows, cols).
 
         Equal to ``pre_activations(x)[rows, cols]`` with the same gradients (to float rounding),
         at a fraction of the backward cost: see :class:`_SparseEncoder`. ``x`` takes no gradient.
-        ``scratch`` keeps the n × c buffers between calls (a trainer's).
+        ``scratch`` keeps the n × c buffers between calls (a trainer's); ``order`` gets the
+        entries bound (for :meth:`decode_train` to share their sort).
         """
         if x_nd.requires_grad:
             raise ValueError("sparse_pre_activations does not differentiate with respect to x")
@@ -402,6 +434,7 @@ class RelaxedArchetypalSAE(nn.Module):
             select,
             self.cfg.layernorm_eps,
             scratch,
+            order,
         )
         return out
 

@@ -24,7 +24,7 @@ from blindspot_assets.sae.checkpoint import (
 from blindspot_assets.sae.config import RASAEConfig, TrainConfig
 from blindspot_assets.sae.data import TokenLoader
 from blindspot_assets.sae.kmeans import minibatch_kmeans
-from blindspot_assets.sae.model import RelaxedArchetypalSAE, explained_variance
+from blindspot_assets.sae.model import ConceptOrder, RelaxedArchetypalSAE, explained_variance
 
 LogFn = Callable[[dict[str, Any]], None]
 _RUN_CONTROL = {"checkpoint_every", "log_every", "max_steps", "eval_tokens", "device"}
@@ -152,14 +152,15 @@ class Trainer:
         model, cfg, n = self.model, self.cfg, x_nd.shape[0]
         any_dead = cfg.aux_weight > 0 and bool(dead_c.any())
         select = _Selection(model, dead_c if any_dead else None)
-        vals, rows, cols = model.sparse_pre_activations(x_nd, select, self.scratch)
+        order = ConceptOrder()  # one sort by concept for the encoder's and decoder's backward
+        vals, rows, cols = model.sparse_pre_activations(x_nd, select, self.scratch, order)
         m = select.n_main
         if select.k_aux > 0:
             z, z_rows, z_cols = torch.relu(vals[:m]), rows[:m], cols[:m]
         else:
             z, z_rows, z_cols = torch.relu(vals), rows, cols
         factors = model.dictionary_factors(self.scratch)
-        x_hat = model.decode_train(factors, z, z_rows, z_cols, n)
+        x_hat = model.decode_train(factors, z, z_rows, z_cols, n, order)
         mse = F.mse_loss(x_hat, x_nd.float())
         aux = mse * 0
         if select.k_aux > 0:
