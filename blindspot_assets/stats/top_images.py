@@ -24,6 +24,7 @@ from blindspot_assets.stats.reading import (
     read_rows,
     select_rows,
 )
+from blindspot_assets.stats.sparse_sums import scratch
 from blindspot_assets.store.layout import TokenLayout
 from blindspot_assets.store.rowstore import RowStore
 
@@ -101,7 +102,8 @@ class TopKAccumulator:
         # Only concepts where the block beats the k-th best so far can change; once many
         # rows are seen that is a shrinking share of them (~k·m / rows seen).
         floor_c = self.values_kc[-1].numpy()
-        cols = np.flatnonzero((scores > floor_c[None, :]).any(axis=0))
+        beats = np.greater(scores, floor_c[None, :], out=scratch("top_k", scores.shape, bool))
+        cols = np.flatnonzero(beats.any(axis=0))
         if cols.size:
             self._merge(torch.from_numpy(scores[:, cols]), rows, torch.from_numpy(cols))
 

@@ -31,7 +31,7 @@ import torch
 from numpy.typing import NDArray
 
 from blindspot_assets.stats.significance import PairedMoments
-from blindspot_assets.stats.sparse_sums import Entries
+from blindspot_assets.stats.sparse_sums import Entries, scratch
 
 F64 = NDArray[np.float64]
 I64 = NDArray[np.int64]
@@ -90,7 +90,8 @@ class PairedDiffAccumulator:
             return
         if self.seen + m > self.n_pairs:
             raise ValueError(f"more than the announced {self.n_pairs} pairs were streamed")
-        diff = np.asarray(xi_gen_mc, dtype=np.float32) - np.asarray(xi_real_mc, dtype=np.float32)
+        gen, real = np.asarray(xi_gen_mc, np.float32), np.asarray(xi_real_mc, np.float32)
+        diff = np.subtract(gen, real, out=scratch("paired_diff", gen.shape, np.float32))
         self.moments = self.moments.add(xi_real_mc, xi_gen_mc, entries)  # Σd, Σd², Σ|d|…
         d_mc = torch.from_numpy(diff)
         weights = [self._bootstrap_counts(m)] if self.n_bootstrap else []
