@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
-ROWS_PER_CHUNK = 1024  # tokens per matmul at most
+ROWS_PER_CHUNK = 2048  # tokens per matmul at most (a codes pass holds ~1,000)
 COLS_PER_BLOCK = 1024  # concepts per matmul: a 1,024 × 1,024 block (4 MB) stays in cache
 _CACHE: weakref.WeakKeyDictionary[nn.Module, tuple[tuple[float, ...], FoldedEncoder]] = (
     weakref.WeakKeyDictionary()
@@ -89,6 +89,28 @@ class FoldedEncoder:
             buf = torch.empty((rows, cols), dtype=dtype, device=self.weights[0].device)
             self.scratch[name] = buf
         return buf[:rows, :cols]
+
+    def top_k(
+        self, x_nd: Tensor, k: int, rows_per_chunk: int = ROWS_PER_CHUNK
+    ) -> tuple[Tensor, Tensor]:
+        """The k largest pre-activations of each token, descending: (values, concepts), each
+        n × k; per block of concepts first, then over the blocks' winners (no n × c array)."""
+        values, concepts = [], []
+        for a in range(0, x_nd.shape[0], rows_per_chunk):
+            x1 = self._scaled_rows(x_nd[a : a + rows_per_chunk])
+            cand_v, cand_i, col0 = [], [], 0
+            for w, b in zip(self.weights, self.betas, strict=True):
+                pre = torch.addmm(
+                    b, x1, w, out=self._buffer("pre", x1.shape[0], w.shape[1], x1.dtype)
+                )
+                v, i = pre.topk(min(k, w.shape[1]), dim=1)
+                cand_v.append(v)
+                cand_i.append(i + col0)
+                col0 += w.shape[1]
+            v, pick = torch.cat(cand_v, dim=1).topk(k, dim=1)
+            values.append(v)
+            concepts.append(torch.cat(cand_i, dim=1).gather(1, pick))
+        return torch.cat(values), torch.cat(concepts)
 
     def entries_above(
         self, x_nd: Tensor, theta: float, rows_per_chunk: int = ROWS_PER_CHUNK

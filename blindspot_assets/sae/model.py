@@ -507,10 +507,9 @@ class RelaxedArchetypalSAE(nn.Module):
         """
         folded = folded_encoder(self.encoder, self.norm, self.cfg.layernorm_eps)
         if self.cfg.sparsity == "topk":
-            pre = folded.pre_activations(x_nd)
-            vals, idx = pre.topk(self.cfg.k, dim=-1)
+            vals, idx = folded.top_k(x_nd, self.cfg.k)
             on = vals > 0
-            rows = torch.arange(pre.shape[0], device=pre.device)[:, None].expand_as(idx)
+            rows = torch.arange(x_nd.shape[0], device=x_nd.device)[:, None].expand_as(idx)
             return rows[on], idx[on], vals[on]
         if torch.isnan(self.threshold):
             raise RuntimeError("BatchTopK threshold θ is not set: train the SAE first")

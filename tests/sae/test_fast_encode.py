@@ -81,3 +81,21 @@ def test_folded_weights_follow_in_place_updates() -> None:
         assert again is not first
         want = model.pre_activations(x)
         assert torch.allclose(again.pre_activations(x), want, rtol=0, atol=1e-4)
+
+
+def test_topk_entries_are_the_dense_top_k() -> None:
+    """TopK codes from per-block winners equal the dense top k of each token (three concept
+    blocks, several token chunks)."""
+    model = _model(True)
+    model.cfg = RASAEConfig(**{**model.cfg.to_dict(), "sparsity": "topk"})
+    x = _tokens(300, model.cfg.d)
+    with torch.no_grad():
+        folded = FoldedEncoder.from_layers(model.encoder, model.norm, model.cfg.layernorm_eps)
+        vals, idx = folded.top_k(x, 8, rows_per_chunk=64)
+        want_vals, want_idx = model.pre_activations(x).topk(8, dim=1)
+        rows, cols, kept = model.encode_entries(x)
+    assert torch.equal(idx, want_idx)
+    assert torch.allclose(vals, want_vals, rtol=0, atol=1e-4)
+    on = want_vals > 0
+    assert torch.equal(cols, want_idx[on]) and torch.equal(rows, on.nonzero()[:, 0])
+    assert torch.allclose(kept, want_vals[on], rtol=0, atol=1e-4)
