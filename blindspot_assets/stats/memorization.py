@@ -216,13 +216,14 @@ class ConeIndex:
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """(best cosine, its id) per unit query; ``exclude`` (one id per query) is skipped.
 
-        Three passes over all the queries at once: each query scans the leaf it walks down to;
-        then queries grouped by that leaf, ``block`` at a time, walk the tree together (a node
-        stays open while its bound beats some query's best; at the leaves, each query keeps
-        only those whose bound beats its own best); then every leaf left open is read once,
-        against all the queries that need it. It runs on one thread: the ops are small, and
-        waking a thread pool costs more than they do. Search many queries per call: the fewer
-        queries per leaf, the smaller the matmuls.
+        Three passes over all the queries at once: each query reads two leaves found by
+        walking down the tree (``_first_leaves``); then queries grouped by the first, ``block``
+        at a time, walk the tree together (a node stays open while its bound beats some
+        query's best; at the leaves, each query keeps only those whose bound beats its own
+        best); then every leaf left open is read once, against all the queries that need it
+        (a few million pairs at a time). It runs on one thread: the ops are small, and waking a
+        thread pool costs more than they do. Search many queries per call: the fewer queries
+        per leaf, the smaller the matmuls.
         """
         m = queries.shape[0]
         if m == 0:
@@ -231,21 +232,52 @@ class ConeIndex:
         best = torch.full((m,), -torch.inf)
         arg = torch.full((m,), -1, dtype=torch.int64)
         with _one_thread():
-            first = self._descend(queries)
-            self._scan(queries, torch.arange(m), first, ex, best, arg)
-            pairs = [
-                self._open_leaves(queries[rows], rows, best[rows], first[rows])
-                for rows in torch.argsort(first, stable=True).split(block)
-            ]
-            q_idx = torch.cat([p[0] for p in pairs])
-            self._scan(queries, q_idx, torch.cat([p[1] for p in pairs]), ex, best, arg)
+            first = self._first_leaves(queries)  # (m, 1 or 2)
+            q_idx = torch.arange(m)[:, None].expand_as(first)
+            again = torch.zeros_like(first, dtype=torch.bool)
+            again[:, 1:] = first[:, 1:] == first[:, :1]
+            self._scan(queries, q_idx[~again], first[~again], ex, best, arg)
+            pairs: list[tuple[torch.Tensor, torch.Tensor]] = []
+            for rows in torch.argsort(first[:, 0], stable=True).split(block):
+                pairs.append(self._open_leaves(queries[rows], rows, best[rows], first[rows]))
+                if sum(len(p[0]) for p in pairs) > 1 << 22:  # bounded memory: read them now
+                    self._scan_pairs(queries, pairs, ex, best, arg)
+            self._scan_pairs(queries, pairs, ex, best, arg)
         return best, arg
 
-    def _descend(self, q: torch.Tensor) -> torch.Tensor:
-        """The leaf each query reaches by stepping, level by level, to the child whose centre
-        is the most similar (queries grouped by node: one matmul per node with children)."""
-        node = torch.zeros(q.shape[0], dtype=torch.int64)
-        for parent, level in zip(self.levels[:-1], self.levels[1:], strict=True):
+    def _scan_pairs(
+        self,
+        queries: torch.Tensor,
+        pairs: list[tuple[torch.Tensor, torch.Tensor]],
+        exclude: torch.Tensor | None,
+        best: torch.Tensor,
+        arg: torch.Tensor,
+    ) -> None:
+        """``_scan`` the (query rows, leaves) collected in ``pairs``, and empty it."""
+        if pairs:
+            q_idx, leaf = torch.cat([p[0] for p in pairs]), torch.cat([p[1] for p in pairs])
+            self._scan(queries, q_idx, leaf, exclude, best, arg)
+        pairs.clear()
+
+    def _first_leaves(self, q: torch.Tensor) -> torch.Tensor:
+        """Two leaves per query to read first (one where the tree has a single path): from the
+        two most similar centres of the deepest level of at most 512 nodes (all compared, in
+        blocks: upper levels mix far-apart groups, and a greedy step there can go astray), the
+        walk down to the most similar child at each level below."""
+        entry = max(d for d, level in enumerate(self.levels) if len(level.centres) <= 512)
+        k = min(2, len(self.levels[entry].centres))
+        starts = torch.cat(
+            [
+                (q[a:b] @ self.levels[entry].centres.T).topk(k, dim=1).indices
+                for a, b in iter_blocks(q.shape[0], 8192)
+            ]
+        )
+        return torch.stack([self._descend(q, starts[:, i], entry) for i in range(k)], dim=1)
+
+    def _descend(self, q: torch.Tensor, node: torch.Tensor, depth: int) -> torch.Tensor:
+        """The leaf each query reaches from its ``node`` at level ``depth`` by stepping, level
+        by level, to the most similar child (queries grouped by node: one matmul per node)."""
+        for parent, level in zip(self.levels[depth:-1], self.levels[depth + 1 :], strict=True):
             lo, width = parent.children[:-1], parent.children.diff()
             step = lo[node]  # nodes with one child: that child
             order = torch.argsort(node, stable=True)
@@ -263,7 +295,7 @@ class ConeIndex:
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """(query row, leaf) pairs left to read for one group of queries: the tree is walked
         for the group at once, keeping a node open while its bound beats some query's best;
-        each query then keeps the leaves whose bound beats its own best, but its first."""
+        each query then keeps the leaves whose bound beats its own best, but its first ones."""
         nodes = torch.zeros(1, dtype=torch.int64)  # the root
         open_ = torch.zeros(len(rows), 1, dtype=torch.bool)  # a one-leaf tree: nothing left
         for parent, level in zip(self.levels[:-1], self.levels[1:], strict=True):
@@ -273,7 +305,7 @@ class ConeIndex:
             self.centres_compared += bound.numel()
             if level is not self.levels[-1]:
                 nodes = nodes[open_.any(dim=0)]
-        open_ &= first[:, None] != nodes[None, :]
+        open_ &= (first[:, :, None] != nodes[None, None, :]).all(dim=1)
         q_at, leaf_at = open_.nonzero(as_tuple=True)
         return rows[q_at], nodes[leaf_at]
 
@@ -375,10 +407,11 @@ def _split(vectors: torch.Tensor, members: torch.Tensor, k: int, seed: int) -> t
 
 
 def _split_if_tighter(vectors: torch.Tensor, members: torch.Tensor) -> torch.Tensor | None:
-    """Split a small node in two (2-means seeded with its mean and its farthest member) when
-    both halves' cones are under 0.8 of its own; reorder ``members`` and return the two sizes,
-    or None. A leaf that k-means filled with fragments of far-apart clusters has a wide cone,
-    which every query would open; its fragments alone are tight and get skipped."""
+    """Split a node in two (2-means seeded with its mean and its farthest member) when both
+    halves' cones are under 0.8 of its own, or one half of two or more members is under half
+    of it (a fragment peeled off a mixture of several); reorder ``members`` and return the two
+    sizes, or None. A node that k-means filled with fragments of far-apart clusters has a wide
+    cone, which every query would open; its fragments alone are tight and get skipped."""
     x = vectors[members]
     mean = torch.nn.functional.normalize(x.sum(0), dim=0)
     centres = torch.stack([mean, x[(x @ mean).argmin()]])
@@ -389,8 +422,10 @@ def _split_if_tighter(vectors: torch.Tensor, members: torch.Tensor) -> torch.Ten
     counts = torch.bincount(assign, minlength=2)
     if int(counts.min()) == 0:
         return None
-    halves = max(_half_angle(x[assign == 0]), _half_angle(x[assign == 1]))
-    if halves >= 0.8 * _half_angle(x):
+    whole, halves = _half_angle(x), [_half_angle(x[assign == 0]), _half_angle(x[assign == 1])]
+    tight = int(torch.tensor(halves).argmin())
+    peel = int(counts[tight]) >= 2 and halves[tight] < 0.5 * whole  # a fragment of a mixture
+    if max(halves) >= 0.8 * whole and not peel:
         return None
     members[:] = members[torch.argsort(assign, stable=True)]
     return counts
