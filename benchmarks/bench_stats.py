@@ -28,6 +28,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -102,6 +103,7 @@ def run_stream(n: int, c: int, per_image: int, params: BlindspotParams) -> dict[
     gen_s = 0.0
     blocks = synthetic_blocks(n, c, per_image, params.block_rows, params.seed)
     start = 0
+    pool = ThreadPoolExecutor(1)
     while True:
         g0 = time.perf_counter()
         block = next(blocks, None)
@@ -109,13 +111,11 @@ def run_stream(n: int, c: int, per_image: int, params: BlindspotParams) -> dict[
         if block is None:
             break
         xi_real, nfire_real, xi_gen, nfire_gen = block
-        update_paired(
-            real,
-            gen,
-            diff,
+        real_block, gen_block = (
             {"xi": xi_real, "nfire": nfire_real},
             {"xi": xi_gen, "nfire": nfire_gen},
         )
+        update_paired(real, gen, diff, real_block, gen_block, pool)  # as compute_concept_stats
         top.update(xi_real, np.arange(start, start + xi_real.shape[0]))
         # the datapoint distances, as compute_datapoint_deltas takes them
         torch.linalg.vector_norm(torch.from_numpy(xi_gen) - torch.from_numpy(xi_real), dim=1)

@@ -24,6 +24,7 @@ whatever the number of pairs.
 
 from __future__ import annotations
 
+from concurrent.futures import Executor
 from dataclasses import dataclass
 
 import numpy as np
@@ -81,8 +82,12 @@ class PairedDiffAccumulator:
         xi_real_mc: np.ndarray,
         xi_gen_mc: np.ndarray,
         entries: tuple[Entries, Entries] | None = None,
+        pool: Executor | None = None,
     ) -> None:
-        """Add a block of pairs; ``entries``: both sides' non-zero entries, when known."""
+        """Add a block of pairs; ``entries``: both sides' non-zero entries, when known.
+
+        With a ``pool`` the block's resampling weights are drawn there while the moments are
+        summed here (the random stream is the same: one draw per block, in block order)."""
         if xi_real_mc.shape != xi_gen_mc.shape or xi_real_mc.shape[1:] != (self.n_concepts,):
             raise ValueError(f"paired blocks have shapes {xi_real_mc.shape}, {xi_gen_mc.shape}")
         m = int(xi_real_mc.shape[0])
@@ -90,18 +95,24 @@ class PairedDiffAccumulator:
             return
         if self.seen + m > self.n_pairs:
             raise ValueError(f"more than the announced {self.n_pairs} pairs were streamed")
+        drawn = None if pool is None else pool.submit(self._weights, m)
         gen, real = np.asarray(xi_gen_mc, np.float32), np.asarray(xi_real_mc, np.float32)
         diff = np.subtract(gen, real, out=scratch("paired_diff", gen.shape, np.float32))
         self.moments = self.moments.add(xi_real_mc, xi_gen_mc, entries)  # Σd, Σd², Σ|d|…
-        d_mc = torch.from_numpy(diff)
+        weights_rm = self._weights(m) if drawn is None else drawn.result()
+        if weights_rm is not None:
+            self.resampled_rc.addmm_(weights_rm, torch.from_numpy(diff))
+        self.seen += m
+
+    def _weights(self, m: int) -> torch.Tensor | None:
+        """The (B + P) × m resampling weights of the next block: bootstrap counts, signs."""
         weights = [self._bootstrap_counts(m)] if self.n_bootstrap else []
         if self.n_permutations:
             signs_pm = self.rng.integers(0, 2, size=(self.n_permutations, m), dtype=np.int8)
             weights.append(signs_pm.astype(np.float32) * 2.0 - 1.0)
-        if weights:
-            weights_rm = torch.from_numpy(np.concatenate(weights, axis=0).astype(np.float32))
-            self.resampled_rc.addmm_(weights_rm, d_mc)
-        self.seen += m
+        if not weights:
+            return None
+        return torch.from_numpy(np.concatenate(weights, axis=0).astype(np.float32))
 
     def _bootstrap_counts(self, m: int) -> np.ndarray:
         pairs_left = self.n_pairs - self.seen

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
+import torch
 
 from blindspot_assets.stats.uncertainty import PairedDiffAccumulator
 
@@ -87,3 +90,22 @@ def test_p_values_go_below_the_monte_carlo_floor_for_clear_effects() -> None:
     res = _stream(real, gen, [300], n_bootstrap=0, n_permutations=100).finish()
     assert res.p_value_mc_k[0] == 1 / 101
     assert res.p_value_k[0] < 1e-20
+
+
+def test_pooled_update_equals_the_serial_one() -> None:
+    """Drawing the resampling weights in a pool thread beside the moments changes nothing:
+    same random stream, same resampled sums, same moments, bit for bit."""
+    rng = np.random.default_rng(5)
+    blocks = [
+        (rng.random((64, 30)) * (rng.random((64, 30)) < 0.3)).astype(np.float32) for _ in range(6)
+    ]
+    serial = PairedDiffAccumulator(30, 192, 50, 40, seed=1)
+    pooled = PairedDiffAccumulator(30, 192, 50, 40, seed=1)
+    with ThreadPoolExecutor(1) as pool:
+        for real, gen in zip(blocks[:3], blocks[3:], strict=True):
+            serial.update(real, gen)
+            pooled.update(real, gen, pool=pool)
+    assert torch.equal(serial.resampled_rc, pooled.resampled_rc)
+    assert np.array_equal(serial.moments.sum_cross_k, pooled.moments.sum_cross_k)
+    a, b = serial.finish(), pooled.finish()
+    assert np.array_equal(a.ci_low_k, b.ci_low_k) and np.array_equal(a.p_value_k, b.p_value_k)
