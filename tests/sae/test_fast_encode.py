@@ -11,7 +11,7 @@ from blindspot_assets.sae.model import RelaxedArchetypalSAE
 
 
 def _model(layernorm: bool, c: int = 2100, d: int = 40) -> RelaxedArchetypalSAE:
-    """c = 2,100: three blocks of concepts (1,024, 1,024, 52) in the folded encoder."""
+    """c = 2,100: three blocks of concepts (1,024, 1,024, 52) with ``cols_per_block=1024``."""
     cfg = RASAEConfig(
         d=d, n_concepts=c, sparsity="batchtopk", k=8, n_candidates=0, encoder_layernorm=layernorm
     )
@@ -39,7 +39,7 @@ def test_folded_pre_activations_equal_the_layers(layernorm: bool) -> None:
     x = _tokens(500, model.cfg.d)
     with torch.no_grad():
         dense = model.pre_activations(x)
-        folded = FoldedEncoder.from_layers(model.encoder, model.norm, model.cfg.layernorm_eps)
+        folded = FoldedEncoder.from_layers(model.encoder, model.norm, model.cfg.layernorm_eps, 1024)
         got = folded.pre_activations(x)
     scale = float(dense.abs().max())
     assert float((got - dense).abs().max()) <= 2e-5 * scale
@@ -57,7 +57,9 @@ def test_encode_entries_match_the_dense_codes_away_from_theta(rows_per_chunk: in
         if rows_per_chunk is None:
             rows, cols, vals = model.encode_entries(x)
         else:  # 8 chunks of 88 rows: the rows must come back offset and in order
-            folded = FoldedEncoder.from_layers(model.encoder, model.norm, model.cfg.layernorm_eps)
+            folded = FoldedEncoder.from_layers(
+                model.encoder, model.norm, model.cfg.layernorm_eps, 1024
+            )
             rows, cols, vals = folded.entries_above(x, 1.2, rows_per_chunk)
     assert torch.all(rows[1:] >= rows[:-1])  # row-sorted
     got = torch.zeros_like(dense)
@@ -90,7 +92,7 @@ def test_topk_entries_are_the_dense_top_k() -> None:
     model.cfg = RASAEConfig(**{**model.cfg.to_dict(), "sparsity": "topk"})
     x = _tokens(300, model.cfg.d)
     with torch.no_grad():
-        folded = FoldedEncoder.from_layers(model.encoder, model.norm, model.cfg.layernorm_eps)
+        folded = FoldedEncoder.from_layers(model.encoder, model.norm, model.cfg.layernorm_eps, 1024)
         vals, idx = folded.top_k(x, 8, rows_per_chunk=64)
         want_vals, want_idx = model.pre_activations(x).topk(8, dim=1)
         rows, cols, kept = model.encode_entries(x)
