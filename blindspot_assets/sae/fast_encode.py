@@ -24,6 +24,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
+from blindspot_assets.sae.scratch import Scratch, scratch_buffer
+
 ROWS_PER_CHUNK = 2048  # tokens per matmul at most (a codes pass holds ~1,000)
 COLS_PER_BLOCK = 4096  # concepts per matmul: best on 1 and 2 threads (measured 1,024 to 32,000)
 _CACHE: weakref.WeakKeyDictionary[nn.Module, tuple[tuple[float, ...], FoldedEncoder]] = (
@@ -41,7 +43,7 @@ class FoldedEncoder:
     eps: float
     # a block's pre-activations and mask, reused: fresh tensors are mapped anew on every
     # allocation, and their page faults cost about as much as a pass over them
-    scratch: dict[str, Tensor] = field(default_factory=dict, compare=False, repr=False)
+    scratch: Scratch = field(default_factory=dict, compare=False, repr=False)
 
     @classmethod
     @torch.no_grad()
@@ -70,6 +72,9 @@ class FoldedEncoder:
             eps,
         )
 
+    def _scratch(self, name: str, shape: tuple[int, int], dtype: torch.dtype) -> Tensor:
+        return scratch_buffer(self.scratch, name, shape, dtype, self.weights[0].device)
+
     def _scaled_rows(self, x_nd: Tensor) -> Tensor:
         """Rows r_n·[x_n, 1] (or [x_n, 1] without LayerNorm)."""
         x1 = torch.cat([x_nd.float(), torch.ones(x_nd.shape[0], 1, device=x_nd.device)], dim=1)
@@ -85,13 +90,6 @@ class FoldedEncoder:
             [torch.addmm(b, x1, w) for w, b in zip(self.weights, self.betas, strict=True)], 1
         )
 
-    def _buffer(self, name: str, rows: int, cols: int, dtype: torch.dtype) -> Tensor:
-        buf = self.scratch.get(name)
-        if buf is None or buf.shape[0] < rows or buf.shape[1] < cols or buf.dtype != dtype:
-            buf = torch.empty((rows, cols), dtype=dtype, device=self.weights[0].device)
-            self.scratch[name] = buf
-        return buf[:rows, :cols]
-
     def top_k(
         self, x_nd: Tensor, k: int, rows_per_chunk: int = ROWS_PER_CHUNK
     ) -> tuple[Tensor, Tensor]:
@@ -103,7 +101,7 @@ class FoldedEncoder:
             cand_v, cand_i, col0 = [], [], 0
             for w, b in zip(self.weights, self.betas, strict=True):
                 pre = torch.addmm(
-                    b, x1, w, out=self._buffer("pre", x1.shape[0], w.shape[1], x1.dtype)
+                    b, x1, w, out=self._scratch("pre", (x1.shape[0], w.shape[1]), x1.dtype)
                 )
                 v, i = pre.topk(min(k, w.shape[1]), dim=1)
                 cand_v.append(v)
@@ -128,8 +126,8 @@ class FoldedEncoder:
             x1 = self._scaled_rows(x_nd[a : a + step])
             m, col0 = x1.shape[0], 0
             for w, b in zip(self.weights, self.betas, strict=True):
-                pre = torch.addmm(b, x1, w, out=self._buffer("pre", m, w.shape[1], x1.dtype))
-                mask = self._buffer("mask", m, w.shape[1], torch.bool)
+                pre = torch.addmm(b, x1, w, out=self._scratch("pre", (m, w.shape[1]), x1.dtype))
+                mask = self._scratch("mask", (m, w.shape[1]), torch.bool)
                 torch.ge(pre, theta, out=mask) if theta > 0 else torch.gt(pre, 0.0, out=mask)
                 rows, cols = mask.nonzero(as_tuple=True)
                 found += [(rows + a) * c + (cols + col0), pre[rows, cols]]

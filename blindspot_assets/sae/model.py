@@ -21,6 +21,7 @@ from torch.nn import functional as F
 
 from blindspot_assets.sae.config import RASAEConfig
 from blindspot_assets.sae.fast_encode import folded_encoder
+from blindspot_assets.sae.scratch import Scratch, scratch_buffer
 
 _EPS = 1e-8
 # floats of an n × c buffer per LayerNorm-and-select block (16 MB): what matters is that no
@@ -36,25 +37,6 @@ class Selector(Protocol):
     row_local: bool
 
     def __call__(self, pre_nc: Tensor) -> list[tuple[Tensor, Tensor]]: ...
-
-
-Scratch = dict[str, Tensor]
-
-
-def scratch_buffer(
-    scratch: Scratch | None, name: str, shape: tuple[int, ...], like: Tensor
-) -> Tensor:
-    """A buffer reused across training steps (``scratch`` None: a fresh one).
-
-    A fresh n × c float tensor is mapped anew by the allocator on every step, and its page
-    faults cost about as much as a pass over it; reusing one buffer pays them once.
-    """
-    buf = None if scratch is None else scratch.get(name)
-    if buf is None or buf.shape != shape or buf.dtype != like.dtype or buf.device != like.device:
-        buf = torch.empty(shape, dtype=like.dtype, device=like.device)
-        if scratch is not None:
-            scratch[name] = buf
-    return buf
 
 
 class _SparseEncoder(torch.autograd.Function):
@@ -88,7 +70,9 @@ class _SparseEncoder(torch.autograd.Function):
         n, c = x.shape[0], weight.shape[0]
         with torch.autocast(dev, enabled=False):
             if dt == x.dtype == weight.dtype == torch.float32:  # + b comes block by block
-                h = torch.mm(x, weight.t(), out=scratch_buffer(scratch, "h", (n, c), x))
+                h = torch.mm(
+                    x, weight.t(), out=scratch_buffer(scratch, "h", (n, c), x.dtype, x.device)
+                )
                 with_bias = False
             else:
                 h = torch.addmm(bias.to(dt), x.to(dt), weight.t().to(dt)).float()

@@ -78,7 +78,7 @@ def auxk_loss(
         e_hat = model.decode_topk(vals_nk, idx_nk).float()
     else:
         n, k_aux = idx_nk.shape
-        rows = torch.arange(n, device=idx_nk.device)[:, None].expand(n, k_aux).reshape(-1)
+        rows = _repeat_rows(n, k_aux, idx_nk.device)
         e_hat = model.decode_train(factors, vals_nk.reshape(-1), rows, idx_nk.reshape(-1), n)
     n_tokens = target.shape[0]
     err = F.mse_loss(e_hat, target, reduction="sum") / n_tokens

@@ -1,0 +1,33 @@
+"""Reused buffers for the large temporaries of a training step or an encode pass."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+Scratch = dict[str, Tensor]
+
+
+def scratch_buffer(
+    scratch: Scratch | None,
+    name: str,
+    shape: tuple[int, ...],
+    dtype: torch.dtype,
+    device: torch.device,
+) -> Tensor:
+    """A contiguous ``shape`` tensor over memory kept in ``scratch`` under ``name`` (grown
+    when too small); ``scratch`` None: a fresh one.
+
+    A fresh n × c tensor is mapped anew by the allocator on every call, and its page faults
+    cost about as much as a pass over it; reusing the memory pays them once. Only for
+    temporaries that are dead before the next call with the same name.
+    """
+    numel = math.prod(shape)
+    buf = None if scratch is None else scratch.get(name)
+    if buf is None or buf.numel() < numel or buf.dtype != dtype or buf.device != device:
+        buf = torch.empty(numel, dtype=dtype, device=device)
+        if scratch is not None:
+            scratch[name] = buf
+    return buf[:numel].view(shape)
