@@ -17,8 +17,16 @@ from blindspot_assets.sae.build import build_sae
 from blindspot_assets.shards import CodeShards, Shard, finish_sharded_store
 from blindspot_assets.store.rowstore import RowStore
 
-SAE_MODULES = ("sae.build", "sae.train", "sae.model", "sae.config", "sae.data", "sae.released")
-CODES_MODULES = ("sae.encode", "sae.fast_encode", "sae.model", "sae.checkpoint")
+SAE_MODULES: tuple[str, ...] = (
+    "sae.build",
+    "sae.train",
+    "sae.model",
+    "sae.scratch",
+    "sae.config",
+    "sae.data",
+)
+SAE_MODULES += ("sae.released",)
+CODES_MODULES = ("sae.encode", "sae.fast_encode", "sae.scratch", "sae.model", "sae.checkpoint")
 
 
 @stage_asset(
