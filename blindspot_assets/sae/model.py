@@ -21,7 +21,7 @@ from torch.nn import functional as F
 
 from blindspot_assets.sae.config import RASAEConfig
 from blindspot_assets.sae.fast_encode import folded_encoder
-from blindspot_assets.sae.scratch import Scratch, scratch_buffer
+from blindspot_assets.sae.scratch import Scratch, recycled, scratch_buffer
 
 _EPS = 1e-8
 # floats of an n × c buffer per LayerNorm-and-select block (16 MB): what matters is that no
@@ -83,6 +83,7 @@ class _SparseEncoder(torch.autograd.Function):
         ctx.mark_non_differentiable(rows, cols)
         ctx.save_for_backward(x, weight, bias, gamma, rows, cols, hhat, rstd)
         ctx.order = (order or ConceptOrder()).bind(rows, cols)
+        ctx.scratch = scratch
         return vals, rows, cols
 
     @staticmethod
@@ -93,7 +94,7 @@ class _SparseEncoder(torch.autograd.Function):
         with torch.autocast(x.device.type, enabled=False):
             x, g = x.float(), g.float()
             if gamma is None:
-                d_weight, d_bias = _sparse_weight_grad(x, weight, bias, ctx.order, cols, g)
+                d_weight, d_bias = _sparse_weight_grad(x, bias, ctx.order, cols, g, ctx.scratch)
                 return None, d_weight, d_bias, None, None, None, None, None, None
             n, c = x.shape[0], weight.shape[0]
             gg = g * gamma[cols]
@@ -103,8 +104,9 @@ class _SparseEncoder(torch.autograd.Function):
             b = x.new_zeros(n).index_add_(0, rows, gg * hhat).div_(c)
             r = rstd.view(-1)
             u, w = r * a, r * r * b
-            d_weight, d_bias = _sparse_weight_grad(x, weight, bias, ctx.order, cols, r[rows] * gg)
-            _subtract_layernorm_rank_terms(d_weight, d_bias, x, weight, bias, u, w)
+            gh = r[rows] * gg
+            d_weight, d_bias = _sparse_weight_grad(x, bias, ctx.order, cols, gh, ctx.scratch)
+            _subtract_layernorm_rank_terms(d_weight, d_bias, x, weight, bias, u, w, ctx.scratch)
         return None, d_weight, d_bias, d_gamma, d_beta, None, None, None, None
 
 
@@ -146,22 +148,40 @@ def _select_entries(
 
 
 def _sparse_weight_grad(
-    x: Tensor, weight: Tensor, bias: Tensor, order: ConceptOrder, cols: Tensor, gh: Tensor
+    x: Tensor, bias: Tensor, order: ConceptOrder, cols: Tensor, gh: Tensor, scratch: Scratch | None
 ) -> tuple[Tensor, Tensor]:
-    """(Zᵀ·X, Zᵀ·1) for the sparse n × c matrix Z with entries ``gh`` at ``order``'s."""
-    d_weight = order.transposed(gh, weight.shape[0], x.shape[0]) @ x
+    """(Zᵀ·X, Zᵀ·1) for the sparse n × c matrix Z with entries ``gh`` at ``order``'s; Zᵀ·X is
+    written over last step's encoder gradient when the trainer left it in ``scratch``."""
+    csr = order.transposed(gh, bias.shape[0], x.shape[0])
+    shape = (bias.shape[0], x.shape[1])
+    buf = recycled(scratch, "encoder.weight.grad", shape, x.dtype, x.device)
+    d_weight = csr @ x if buf is None else torch.addmm(buf, csr, x, beta=0.0, out=buf)
     d_bias = torch.zeros_like(bias).index_add_(0, cols, gh)
     return d_weight, d_bias
 
 
 def _subtract_layernorm_rank_terms(
-    d_weight: Tensor, d_bias: Tensor, x: Tensor, weight: Tensor, bias: Tensor, u: Tensor, w: Tensor
+    d_weight: Tensor,
+    d_bias: Tensor,
+    x: Tensor,
+    weight: Tensor,
+    bias: Tensor,
+    u: Tensor,
+    w: Tensor,
+    scratch: Scratch | None = None,
 ) -> None:
     """d_weight −= 1·(Σu_n x_n)ᵀ + E_c·(Σ w_n x_n x_nᵀ) + b_c·(Σ w_n x_n)ᵀ, in place (d_bias
-    likewise): one c × d² matmul and one rank-2 update, no c × d temporaries but E_c."""
-    e_c = weight - weight.mean(dim=0, keepdim=True)
+    likewise): one c × d² matmul and one rank-2 update; E_c and the scaled tokens are written
+    into ``scratch``'s buffers."""
+    e_c = torch.sub(
+        weight,
+        weight.mean(dim=0, keepdim=True),
+        out=scratch_buffer(scratch, "E_c", tuple(weight.shape), weight.dtype, weight.device),
+    )
     b_c = bias - bias.mean()
-    xw = x * w[:, None]
+    xw = torch.mul(
+        x, w[:, None], out=scratch_buffer(scratch, "xw", tuple(x.shape), x.dtype, x.device)
+    )
     sw = xw.sum(dim=0)
     d_weight.addmm_(e_c, torch.mm(xw.t(), x), alpha=-1.0)
     left = torch.stack([torch.ones_like(b_c), b_c], dim=1)  # c × 2
@@ -206,7 +226,8 @@ class ConceptOrder:
 class _ArchetypeAtoms(torch.autograd.Function):
     """P = Λ + W·C (one matmul-add). W's gradient Gₚ·Cᵀ (c × m: a step's largest tensor) is
     written into ``buffers["W.grad"]`` when the trainer left last step's there: a fresh one is
-    mapped (page-faulted) anew on every step."""
+    mapped (page-faulted) anew on every step. P goes into ``buffers["atoms"]`` (dead by the
+    next step's forward)."""
 
     @staticmethod
     def forward(  # type: ignore[override]
@@ -218,7 +239,11 @@ class _ArchetypeAtoms(torch.autograd.Function):
     ) -> Tensor:
         ctx.save_for_backward(candidates_md)
         ctx.buffers = buffers
-        return torch.addmm(relax_cd, weights_cm, candidates_md)
+        if buffers is None:
+            return torch.addmm(relax_cd, weights_cm, candidates_md)
+        shape = (weights_cm.shape[0], candidates_md.shape[1])
+        out = scratch_buffer(buffers, "atoms", shape, relax_cd.dtype, relax_cd.device)
+        return torch.addmm(relax_cd, weights_cm, candidates_md, out=out)
 
     @staticmethod
     def backward(  # type: ignore[override]
@@ -227,9 +252,9 @@ class _ArchetypeAtoms(torch.autograd.Function):
         (candidates_md,) = ctx.saved_tensors
         d_weights = None
         if ctx.needs_input_grad[0]:
-            buf = None if ctx.buffers is None else ctx.buffers.pop("W.grad", None)
             shape = (g.shape[0], candidates_md.shape[0])
-            if buf is None or buf.shape != shape or buf.dtype != g.dtype:
+            buf = recycled(ctx.buffers, "W.grad", shape, g.dtype, g.device)
+            if buf is None:
                 d_weights = g @ candidates_md.t()
             else:
                 d_weights = torch.mm(g, candidates_md.t(), out=buf)
@@ -240,7 +265,8 @@ class _SparseDecode(torch.autograd.Function):
     """x̂_n = exp(m)·Σ_e v_e·P_{col_e} over row n's entries (D = exp(m)·P), without dense
     gradients: ∂v_e = exp(m)·⟨g_n, P_{col_e}⟩ (a gather-dot), ∂P = Zᵀ·G with Z the codes times
     exp(m) (one CSR matmul), ∂m = ⟨G, x̂⟩ (x̂ is linear in exp(m)). The scale multiplies the
-    k codes per token, not the c × d dictionary."""
+    k codes per token, not the c × d dictionary. ∂P is written over ``buffers["relax.grad"]``
+    when the trainer left last step's there (∂P is Λ's gradient)."""
 
     @staticmethod
     def forward(  # type: ignore[override]
@@ -252,6 +278,7 @@ class _SparseDecode(torch.autograd.Function):
         cols: Tensor,
         offsets: Tensor,
         order: ConceptOrder | None,
+        buffers: Scratch | None,
     ) -> Tensor:
         with torch.autocast(vals.device.type, enabled=False):
             scale = None if log_scale is None else torch.exp(log_scale.float())
@@ -261,6 +288,7 @@ class _SparseDecode(torch.autograd.Function):
             )
         ctx.save_for_backward(atoms_cd, scale, rows, cols, offsets, offset2bag, weights, out)
         ctx.order = order
+        ctx.buffers = buffers
         return out  # type: ignore[no-any-return]
 
     @staticmethod
@@ -278,10 +306,12 @@ class _SparseDecode(torch.autograd.Function):
                 g_vals = g_vals * scale
         if ctx.needs_input_grad[1]:
             order = ctx.order or ConceptOrder().bind(rows, cols)
-            g_atoms = order.transposed(weights, atoms_cd.shape[0], g.shape[0]) @ g
+            csr = order.transposed(weights, atoms_cd.shape[0], g.shape[0])
+            buf = recycled(ctx.buffers, "relax.grad", tuple(atoms_cd.shape), g.dtype, g.device)
+            g_atoms = csr @ g if buf is None else torch.addmm(buf, csr, g, beta=0.0, out=buf)
         if ctx.needs_input_grad[2]:
             g_log_scale = torch.dot(g.view(-1), out.view(-1)).view(scale.shape)
-        return g_vals, g_atoms, g_log_scale, None, None, None, None
+        return g_vals, g_atoms, g_log_scale, None, None, None, None, None
 
 
 class RelaxedArchetypalSAE(nn.Module):
@@ -364,15 +394,17 @@ class RelaxedArchetypalSAE(nn.Module):
         cols: Tensor,
         n: int,
         order: ConceptOrder | None = None,
+        grad_buffers: Scratch | None = None,
     ) -> Tensor:
         """x̂ (n × d, float32) from row-sorted entries and :meth:`dictionary_factors`: equal to
         :meth:`decode_entries` with gradients that stay sparse (see :class:`_SparseDecode`).
-        ``order``: the step's entries sorted by concept, of which these are the first."""
+        ``order``: the step's entries sorted by concept, of which these are the first;
+        ``grad_buffers``: see :class:`_SparseDecode`."""
         atoms_cd, log_scale = factors
         counts = torch.bincount(rows, minlength=n)
         offsets = torch.cumsum(counts, 0) - counts
         out: Tensor = _SparseDecode.apply(
-            vals.float(), atoms_cd.float(), log_scale, rows, cols, offsets, order
+            vals.float(), atoms_cd.float(), log_scale, rows, cols, offsets, order, grad_buffers
         )
         return out
 

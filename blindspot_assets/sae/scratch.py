@@ -31,3 +31,18 @@ def scratch_buffer(
         if scratch is not None:
             scratch[name] = buf
     return buf[:numel].view(shape)
+
+
+def recycled(
+    scratch: Scratch | None,
+    name: str,
+    shape: tuple[int, ...],
+    dtype: torch.dtype,
+    device: torch.device,
+) -> Tensor | None:
+    """The tensor a trainer left in ``scratch`` under ``name`` (last step's gradient, dead
+    now), taken out so one output reuses it, or None when there is none of that shape."""
+    buf = None if scratch is None else scratch.pop(name, None)
+    if buf is None or tuple(buf.shape) != shape or buf.dtype != dtype or buf.device != device:
+        return None
+    return buf

@@ -122,6 +122,10 @@ class _Selection:
         return groups
 
 
+# the c × m and c × d gradients, written over last step's (fresh ones page-fault every step)
+_RECYCLED_GRADS = ("W", "relax", "encoder.weight")
+
+
 class Trainer:
     """One optimisation step at a time: loss, backward, clipping, AdamW, projection, tracking.
 
@@ -160,7 +164,7 @@ class Trainer:
         else:
             z, z_rows, z_cols = torch.relu(vals), rows, cols
         factors = model.dictionary_factors(self.scratch)
-        x_hat = model.decode_train(factors, z, z_rows, z_cols, n, order)
+        x_hat = model.decode_train(factors, z, z_rows, z_cols, n, order, self.scratch)
         mse = F.mse_loss(x_hat, x_nd.float())
         aux = mse * 0
         if select.k_aux > 0:
@@ -183,8 +187,9 @@ class Trainer:
         with autocast:
             out = self._losses(x_nd, dead_c)
             loss = out["mse"] + cfg.aux_weight * out["aux"]
-        if not model.cfg.fused and model.W.grad is not None:  # its memory takes the new one
-            self.scratch["W.grad"] = model.W.grad
+        for name, param in model.named_parameters():  # their memory takes the new ones
+            if name in _RECYCLED_GRADS and param.grad is not None:
+                self.scratch[f"{name}.grad"] = param.grad
         self.opt.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()  # type: ignore[no-untyped-call]
         self.scaler.unscale_(self.opt)

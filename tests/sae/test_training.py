@@ -330,7 +330,7 @@ def test_sparse_decode_equals_dense_codes_times_dictionary() -> None:
 
 class _NoGradRecycling(dict[str, torch.Tensor]):
     def __setitem__(self, key: str, value: torch.Tensor) -> None:
-        if key != "W.grad":
+        if not key.endswith(".grad"):
             super().__setitem__(key, value)
 
 
@@ -338,8 +338,9 @@ def test_step_clips_like_clip_grad_norm_and_recycles_w_grad(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """A step's gradients (after clipping folded into AdamW's grad_scale) equal dense autograd
-    clipped by ``clip_grad_norm_``; the second step writes W's gradient into the first one's
-    memory; and three steps leave the same weights, bit for bit, as without that recycling."""
+    clipped by ``clip_grad_norm_``; the second step writes the gradients of W, Λ and the
+    encoder into the first one's memory; and three steps leave the same weights, bit for bit,
+    as without that recycling."""
     monkeypatch.setattr(model_module, "_BLOCK_FLOATS", 7 * 24)
     x = _planted_tokens(128) * 20.0
     model = _generic_model(x, "topk")
@@ -356,9 +357,10 @@ def test_step_clips_like_clip_grad_norm_and_recycles_w_grad(
     clipped = [g * (0.05 / (ref_norm + 1e-6)) for g in ref_grads]
     _assert_grads_close(model, [p.grad for p in model.parameters() if p.requires_grad], clipped)
 
-    first_w_grad = model.W.grad.data_ptr()  # type: ignore[union-attr]
+    recycled = [model.W, model.relax, model.encoder.weight]
+    first_ptrs = [p.grad.data_ptr() for p in recycled]  # type: ignore[union-attr]
     trainer.step(x, lr=1e-3)
-    assert model.W.grad.data_ptr() == first_w_grad  # type: ignore[union-attr]
+    assert [p.grad.data_ptr() for p in recycled] == first_ptrs  # type: ignore[union-attr]
     trainer.step(x * 0.5, lr=1e-3)
     plain = Trainer(reference_model, cfg, CPU)
     plain.scratch = _NoGradRecycling()
