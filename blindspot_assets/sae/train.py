@@ -90,6 +90,30 @@ def _repeat_rows(n: int, k: int, device: torch.device) -> Tensor:
     return torch.arange(n, device=device)[:, None].expand(n, k).reshape(-1)
 
 
+# concepts per group of the two-stage TopK (see ``top_k_columns``): 16 was fastest on one
+# thread at c = 4,096, k = 32 (8: as fast, 32 and 64: slower)
+_GROUP = 16
+
+
+def top_k_columns(pre_nc: Tensor, k: int) -> Tensor:
+    """Per row, the columns of the k largest values, as ``pre_nc.topk(k).indices``: the same
+    values in the same (descending) order; equal values may come from other columns.
+
+    Two stages, about 1.5× faster: column j belongs to group j mod (c/16); a row's k largest
+    values lie in its k groups of largest maxima (a value outside them is below k maxima, so
+    below k values), and ``topk`` runs on those 16·k candidates instead of all c.
+    """
+    n, c = pre_nc.shape
+    n_groups = c // _GROUP
+    if c % _GROUP or n_groups < 4 * k or not pre_nc.is_contiguous():
+        return pre_nc.topk(k, dim=-1).indices
+    grouped = pre_nc.view(n, _GROUP, n_groups)  # [n, i, g] is column i·n_groups + g
+    top_groups = grouped.amax(dim=1).topk(k, dim=-1, sorted=False).indices
+    candidates = grouped.gather(2, top_groups[:, None, :].expand(n, _GROUP, k))
+    pick = candidates.view(n, _GROUP * k).topk(k, dim=-1).indices
+    return torch.div(pick, k, rounding_mode="floor") * n_groups + top_groups.gather(1, pick % k)
+
+
 class _Selection:
     """What a training step keeps of the pre-activations (called without autograd): TopK per
     token or BatchTopK over the batch (updating θ), then AuxK's top ``k_aux`` dead concepts per
@@ -108,7 +132,7 @@ class _Selection:
     def __call__(self, pre_nc: Tensor) -> list[tuple[Tensor, Tensor]]:
         n, cfg = pre_nc.shape[0], self.model.cfg
         if cfg.sparsity == "topk":
-            cols = pre_nc.topk(cfg.k, dim=-1).indices.flatten()
+            cols = top_k_columns(pre_nc, cfg.k).flatten()
             rows = _repeat_rows(n, cfg.k, pre_nc.device)
         else:
             rows, cols = self.model.batchtopk_entries(pre_nc)

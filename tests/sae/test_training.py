@@ -13,8 +13,9 @@ import torch
 
 from blindspot_assets.sae import RASAEConfig, TrainConfig, train_sae
 from blindspot_assets.sae import model as model_module
+from blindspot_assets.sae import train as train_module
 from blindspot_assets.sae.model import RelaxedArchetypalSAE
-from blindspot_assets.sae.train import Trainer, lr_at
+from blindspot_assets.sae.train import Trainer, lr_at, top_k_columns
 from tests.sae.planted import planted_atoms, write_planted_store
 
 CPU = torch.device("cpu")
@@ -288,6 +289,7 @@ def test_blocked_selection_with_scale_gives_dense_gradients(
     with exp(m) applied to the codes and the atoms P = Λ + W·C decoded by ``_SparseDecode``:
     the loss and every gradient equal plain dense autograd's."""
     monkeypatch.setattr(model_module, "_BLOCK_FLOATS", 5 * 24)
+    monkeypatch.setattr(train_module, "_GROUP", 2)  # two-stage TopK: 12 groups of 2 concepts
     torch.manual_seed(1)
     x = _planted_tokens(96) * 3.0 + 0.5
     model = _generic_model(x, sparsity)
@@ -369,3 +371,27 @@ def test_step_clips_like_clip_grad_norm_and_recycles_w_grad(
     named = zip(model.named_parameters(), reference_model.parameters(), strict=True)
     for (name, p), p_plain in named:
         assert torch.equal(p, p_plain), name
+
+
+@pytest.mark.parametrize("n_concepts", [4096, 200])
+def test_two_stage_top_k_equals_torch_topk(n_concepts: int) -> None:
+    """Per row the same values in the same order as ``torch.topk``, at the columns holding
+    them: planted ties (a row of repeats, rows with equal values across groups), a row whose
+    top k crowd into few groups, −inf and a column count that is not a multiple of 16."""
+    g = torch.Generator().manual_seed(3)
+    pre = torch.randn(64, n_concepts, generator=g)
+    pre[0] = 1.0  # all tied
+    pre[1, ::16] = 5.0  # ties across groups, at the top
+    pre[2, :40] += 10.0  # the top k in the first few groups of 16 consecutive columns
+    pre[3, 100:] = float("-inf")
+    pre[4] = torch.round(pre[4] * 2) / 2  # many ties at the k-th value
+    k = 32 if n_concepts == 4096 else 5
+    cols = top_k_columns(pre, k)
+    want = pre.topk(k, dim=-1)
+    assert cols.shape == want.indices.shape
+    torch.testing.assert_close(pre.gather(1, cols), want.values, rtol=0, atol=0)
+    assert all(len(set(row.tolist())) == k for row in cols)  # distinct columns
+    untied = (want.values[:, 1:] != want.values[:, :-1]).all(dim=1)
+    untied &= (pre > want.values[:, -1:]).sum(dim=1) == k - 1  # no tie at the k-th value
+    assert int(untied.sum()) > 50
+    assert torch.equal(cols[untied], want.indices[untied])
