@@ -25,6 +25,7 @@ from blindspot_assets.sae.config import RASAEConfig, TrainConfig
 from blindspot_assets.sae.data import TokenLoader
 from blindspot_assets.sae.kmeans import minibatch_kmeans
 from blindspot_assets.sae.model import ConceptOrder, RelaxedArchetypalSAE, explained_variance
+from blindspot_assets.sae.scratch import Scratch, scratch_buffer
 
 LogFn = Callable[[dict[str, Any]], None]
 _RUN_CONTROL = {"checkpoint_every", "log_every", "max_steps", "eval_tokens", "device"}
@@ -88,6 +89,31 @@ def auxk_loss(
 def _repeat_rows(n: int, k: int, device: torch.device) -> Tensor:
     """0, …, 0, 1, …, 1, …: each row index k times (``repeat_interleave`` without its scan)."""
     return torch.arange(n, device=device)[:, None].expand(n, k).reshape(-1)
+
+
+class _MeanSquaredError(torch.autograd.Function):
+    """``F.mse_loss(x_hat, target)``, the same values bit for bit, with the residual in a kept
+    buffer: F.mse_loss maps three fresh n × d tensors a step (square, zeros, gradient), whose
+    page faults cost about a pass each."""
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: Any, x_hat: Tensor, target: Tensor, buffers: Scratch | None
+    ) -> Tensor:
+        ctx.save_for_backward(x_hat, target)
+        ctx.buffers = buffers
+        buf = scratch_buffer(buffers, "residual", tuple(x_hat.shape), x_hat.dtype, x_hat.device)
+        residual = torch.sub(x_hat, target, out=buf)
+        return residual.mul_(residual).mean()
+
+    @staticmethod
+    def backward(  # type: ignore[override]
+        ctx: Any, g: Tensor
+    ) -> tuple[Tensor | None, ...]:
+        x_hat, target = ctx.saved_tensors
+        buf = scratch_buffer(ctx.buffers, "residual", tuple(x_hat.shape), g.dtype, g.device)
+        d_x_hat = torch.sub(x_hat, target, out=buf).mul_(g * (2.0 / x_hat.numel()))
+        return d_x_hat, None, None
 
 
 # concepts per group of the two-stage TopK (see ``top_k_columns``): 16 was fastest on one
@@ -189,7 +215,7 @@ class Trainer:
             z, z_rows, z_cols = torch.relu(vals), rows, cols
         factors = model.dictionary_factors(self.scratch)
         x_hat = model.decode_train(factors, z, z_rows, z_cols, n, order, self.scratch)
-        mse = F.mse_loss(x_hat, x_nd.float())
+        mse: Tensor = _MeanSquaredError.apply(x_hat, x_nd.float(), self.scratch)
         aux = mse * 0
         if select.k_aux > 0:
             k_aux = select.k_aux

@@ -395,3 +395,26 @@ def test_two_stage_top_k_equals_torch_topk(n_concepts: int) -> None:
     untied &= (pre > want.values[:, -1:]).sum(dim=1) == k - 1  # no tie at the k-th value
     assert int(untied.sum()) > 50
     assert torch.equal(cols[untied], want.indices[untied])
+
+
+def test_mean_squared_error_equals_mse_loss_bit_for_bit() -> None:
+    """The step's MSE (residual in a kept buffer, reused by the backward) gives F.mse_loss's
+    value and gradient bit for bit, twice over the same buffers; with an upstream factor ≠ 1
+    the gradient equals to float rounding."""
+    g = torch.Generator().manual_seed(7)
+    buffers: dict[str, torch.Tensor] = {}
+    for _ in range(2):
+        x_hat = torch.randn(50, 12, generator=g, requires_grad=True)
+        target = torch.randn(50, 12, generator=g)
+        ours = train_module._MeanSquaredError.apply(x_hat, target, buffers)
+        ref = torch.nn.functional.mse_loss(x_hat, target)
+        assert torch.equal(ours, ref)
+        (got,) = torch.autograd.grad(ours, x_hat)
+        (want,) = torch.autograd.grad(ref, x_hat)
+        assert torch.equal(got, want)
+        assert got.data_ptr() == buffers["residual"].data_ptr()
+    (got,) = torch.autograd.grad(
+        3.0 * train_module._MeanSquaredError.apply(x_hat, target, None), x_hat
+    )
+    (want,) = torch.autograd.grad(3.0 * torch.nn.functional.mse_loss(x_hat, target), x_hat)
+    torch.testing.assert_close(got, want, rtol=1e-6, atol=0)
