@@ -46,6 +46,7 @@ import math
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -135,27 +136,35 @@ class _Level:
     half_angle: torch.Tensor  # (k,)
     children: torch.Tensor  # (k + 1,): node j's children are children[j]:children[j + 1]
 
+    @cached_property
+    def cone_rows(self) -> torch.Tensor:
+        """(k, D + 2): ĉ, cos α, sin α per node, for ``_open_nodes``' one matmul."""
+        a = self.half_angle[:, None]
+        return torch.cat([self.centres, torch.cos(a), torch.sin(a)], dim=1)
+
 
 class ConeIndex:
     """Exact maximum-cosine search over unit vectors, pruned by a tree of cones.
 
-    A top-down spherical k-means tree: a node of more than ``fanout · leaf_size`` vectors is
-    split into ``fanout`` children; a smaller one straight into leaves (lists) of at most
-    ``leaf_size``, and a leaf further in two while that makes both cones much tighter (a leaf
-    k-means filled with fragments of far-apart clusters would be opened by every query). So the
-    number of lists grows ∝ n and the depth as log n. Every node keeps its unit centre ĉ and
-    the half-angle α of the smallest cone around ĉ holding *all the vectors below it*. For a
-    unit query q at angle β to ĉ no vector below the node is closer than max(0, β − α), so
-    cos(max(0, β − α)) bounds them all, and a node whose bound cannot beat the query's best so
-    far is skipped with its whole subtree. A query first scans the leaf reached by walking down
-    to the nearest centre at each level, then walks the tree from the root opening only the
-    nodes whose bound beats its best, and scans the leaves left open: the answer is the
-    brute-force one (up to float rounding on exact ties). With structure at every scale the
-    work per query (centres compared, lists read) does not grow with n. Top-level groups that
-    share nothing (random directions) cannot be skipped together: their number is what the
-    centres compared per query grow with. Without any structure every bound stays open and the
-    search costs about brute force, still exact. Memory: the vectors (sorted by leaf), their
-    ids and the nodes: O(n · D).
+    A spherical k-means tree (``_cone_tree``). One k-means with ``n / (fanout · leaf_size)``
+    centres (seeded k-means++ style) cuts the vectors into cells; the levels above the cells
+    are built bottom-up by grouping cells, ``fanout`` to a group; below a cell, a node of more
+    than ``fanout · leaf_size`` vectors is split into ``fanout`` children and a smaller one
+    straight into leaves (lists) of at most ``leaf_size``, a leaf further in two while that
+    makes both cones much tighter (a leaf k-means filled with fragments of far-apart clusters
+    would be opened by every query). So the number of lists grows ∝ n. Every node keeps its
+    unit centre ĉ and the half-angle α of the smallest cone around ĉ holding *all the vectors
+    below it*. For a unit query q at angle β to ĉ no vector below the node is closer than
+    max(0, β − α), so a node that cannot beat the query's best so far is skipped with its
+    whole subtree (``_open_nodes``: one matmul per level). A query first scans the leaves
+    reached by walking down from the two nearest cells, then walks the tree from the root
+    opening only the nodes that may beat its best, and scans the leaves left open: the answer
+    is the brute-force one (up to float rounding on exact ties). With structure at every scale
+    the work per query (centres compared, lists read) does not grow with n. Groups that share
+    nothing (random directions) cannot be skipped together: every query compares one centre
+    per cell, and the cells' children it opens near their cone's edge grow with their number.
+    Without any structure every bound stays open and the search costs about brute force, still
+    exact. Memory: the vectors (sorted by leaf), their ids and the nodes: O(n · D).
     """
 
     def __init__(
@@ -238,10 +247,13 @@ class ConeIndex:
             again[:, 1:] = first[:, 1:] == first[:, :1]
             self._scan(queries, q_idx[~again], first[~again], ex, best, arg)
             pairs: list[tuple[torch.Tensor, torch.Tensor]] = []
+            held = 0  # pairs collected and not read yet
             for rows in torch.argsort(first[:, 0], stable=True).split(block):
                 pairs.append(self._open_leaves(queries[rows], rows, best[rows], first[rows]))
-                if sum(len(p[0]) for p in pairs) > 1 << 22:  # bounded memory: read them now
+                held += len(pairs[-1][0])
+                if held > 1 << 22:  # bounded memory: read them now
                     self._scan_pairs(queries, pairs, ex, best, arg)
+                    held = 0
             self._scan_pairs(queries, pairs, ex, best, arg)
         return best, arg
 
@@ -298,11 +310,11 @@ class ConeIndex:
         each query then keeps the leaves whose bound beats its own best, but its first ones."""
         nodes = torch.zeros(1, dtype=torch.int64)  # the root
         open_ = torch.zeros(len(rows), 1, dtype=torch.bool)  # a one-leaf tree: nothing left
+        q_rows = _query_rows(q, best)
         for parent, level in zip(self.levels[:-1], self.levels[1:], strict=True):
             nodes = _ranges(parent.children, nodes)
-            bound = _cone_bound(q @ level.centres[nodes].T, level.half_angle[nodes])
-            open_ = bound > best[:, None]
-            self.centres_compared += bound.numel()
+            open_ = _open_nodes(q_rows, level, nodes)
+            self.centres_compared += open_.numel()
             if level is not self.levels[-1]:
                 nodes = nodes[open_.any(dim=0)]
         open_ &= (first[:, :, None] != nodes[None, None, :]).all(dim=1)
@@ -310,14 +322,28 @@ class ConeIndex:
         return rows[q_at], nodes[leaf_at]
 
 
-def _cone_bound(cos_beta: torch.Tensor, half_angle: torch.Tensor) -> torch.Tensor:
-    """cos(max(0, β − α)) for cos β (queries × nodes) and α (nodes), without arccos: 1 inside
-    the cone, else cos β cos α + sin β sin α; plus 1e-5 of slack for float rounding."""
-    cos_beta = cos_beta.clamp(-1.0, 1.0)
-    sin_beta = (1.0 - cos_beta * cos_beta).clamp(min=0.0).sqrt()
-    cos_a, sin_a = torch.cos(half_angle), torch.sin(half_angle)
-    outside = cos_beta * cos_a + sin_beta * sin_a
-    return torch.where(cos_beta >= cos_a, 1.0, outside) + 1e-5
+def _query_rows(q: torch.Tensor, best: torch.Tensor) -> torch.Tensor:
+    """(m, D + 2): q, −b, √(1 − b²) per query, with b its best so far less 1e-5 (slack for
+    float rounding): row · cone row = cos β − cos(α + γ), γ = arccos b."""
+    b = (best - 1e-5).clamp(-1.0, 1.0)[:, None]
+    return torch.cat([q, -b, (1.0 - b * b).clamp(min=0.0).sqrt()], dim=1)
+
+
+def _open_nodes(q_rows: torch.Tensor, level: _Level, nodes: torch.Tensor) -> torch.Tensor:
+    """(queries × ``nodes``) whether a node's cone may hold a vector beating each query's best.
+
+    No vector within α of ĉ is closer to q than max(0, β − α), so a node may hold one with
+    cosine above b = cos γ only if β < α + γ: where α + γ < π that is cos β > cos(α + γ),
+    i.e. ``_query_rows`` · ``cone_rows`` > 0, one matmul (no arccos, no per-pair cos/sin);
+    where α + γ ≥ π the node is always open."""
+    cones = level.cone_rows[nodes]
+    open_ = q_rows @ cones.T > 0.0
+    gamma = torch.arccos(-q_rows[:, -2])  # b = −(row's D-th value)
+    alpha = level.half_angle[nodes]
+    wide = alpha + gamma.max() >= math.pi
+    if bool(wide.any()):
+        open_[:, wide] |= alpha[wide][None, :] + gamma[:, None] >= math.pi
+    return open_
 
 
 def _ranges(offsets: torch.Tensor, nodes: torch.Tensor) -> torch.Tensor:
@@ -332,13 +358,19 @@ def _cone_tree(
     vectors: torch.Tensor, leaf_size: int, fanout: int, seed: int
 ) -> tuple[torch.Tensor, list[torch.Tensor]]:
     """An order of the vectors and, per level of the tree (root first), where its nodes start
-    in that order (plus the end). A node of more than ``fanout · leaf_size`` vectors is split
-    by a spherical k-means into ``fanout`` children, each then into tight pieces
-    (``_tight_pieces``: k-means with fewer centres than far-apart groups in a node mixes
-    fragments of them in one child); a smaller node into its leaves at once
+    in that order (plus the end).
+
+    The vectors are first cut into cells of about ``fanout · leaf_size`` by one spherical
+    k-means with that many centres (``_cells``), and the levels above the cells are built
+    bottom-up by grouping cells (``_group_levels``). A top-down split with a small fanout has
+    to put far-apart groups together wherever there are more of them than children (random
+    "themes"), and then cuts each of them into fragments spread over its children: every
+    level below is mixed, and every query opens it. Below the cells the tree is built top down:
+    a node of more than ``fanout · leaf_size`` vectors is split into ``fanout`` children, each
+    then into tight pieces (``_tight_pieces``); a smaller node into its leaves at once
     (``_leaf_pieces``), which stay leaves down to the last level."""
     order = torch.arange(vectors.shape[0])
-    bounds = [torch.tensor([0, vectors.shape[0]])]
+    bounds = _cells(vectors, order, leaf_size, fanout, seed)
     leaves: set[int] = set()  # starts of the nodes that are leaves
     while True:
         starts = bounds[-1].tolist()
@@ -357,6 +389,65 @@ def _cone_tree(
         if len(cuts) == len(starts):
             return order, bounds
         bounds.append(torch.tensor(sorted(cuts)))
+
+
+def _cells(
+    vectors: torch.Tensor, order: torch.Tensor, leaf_size: int, fanout: int, seed: int
+) -> list[torch.Tensor]:
+    """Cut ``order`` in place into cells of about ``fanout · leaf_size`` (one k-means, then
+    tight pieces) grouped bottom-up (``_group_levels``); the node starts per level, root first,
+    the cells last. Few vectors: the root alone."""
+    n = vectors.shape[0]
+    if n <= fanout * leaf_size:
+        return [torch.tensor([0, n])]
+    counts = _split(vectors, order, -(-n // (fanout * leaf_size)), seed)
+    counts = _pieces_of(vectors, order, counts, _tight_pieces)
+    return _group_levels(vectors, order, counts, fanout, seed)
+
+
+def _group_levels(
+    vectors: torch.Tensor, order: torch.Tensor, counts: torch.Tensor, fanout: int, seed: int
+) -> list[torch.Tensor]:
+    """Levels above runs of ``counts`` vectors of ``order`` (the cells), built bottom-up: the
+    nodes of a level are grouped by a spherical k-means of their vector sums into about one
+    group per ``fanout`` nodes, until at most ``fanout`` are left under the root. The cells are
+    reordered in place so that every group is a run; the node starts per level, root first.
+    Grouping cells (few, and each already one piece of content) finds the groups that exist at
+    every scale and cannot mix fragments of far-apart ones."""
+    ends = torch.cumsum(counts, 0)
+    sums = _run_sums(vectors[order], counts)
+    chain = [torch.arange(len(counts))]  # per level (cells first): each cell's node there
+    while sums.shape[0] > fanout:
+        group = _group(sums, -(-sums.shape[0] // fanout), seed + len(chain))
+        chain.append(group[chain[-1]])
+        sums = torch.zeros(int(group.max()) + 1, sums.shape[1]).index_add_(0, group, sums)
+    cell_order = torch.from_numpy(np.lexsort([c.numpy() for c in chain]))  # top level primary
+    runs = [
+        order[int(e - c) : int(e)]
+        for c, e in zip(counts[cell_order], ends[cell_order], strict=True)
+    ]
+    order[:] = torch.cat(runs)
+    new_ends = torch.cumsum(counts[cell_order], 0)
+    bounds = [torch.tensor([0, int(new_ends[-1])])]
+    for node in reversed(chain):  # top level first, the cells last
+        node = node[cell_order]
+        last = torch.nonzero(node[1:] != node[:-1]).flatten()  # last cell of each node but one
+        bounds.append(torch.cat([torch.zeros(1, dtype=torch.int64), new_ends[last], new_ends[-1:]]))
+    return bounds
+
+
+def _group(sums: torch.Tensor, k: int, seed: int, iters: int = 10) -> torch.Tensor:
+    """Spherical k-means of nodes, each weighted by its vectors (the rows of ``sums`` are their
+    sums): the group (0..) of each node, groups numbered without gaps."""
+    x = torch.nn.functional.normalize(sums, dim=1)
+    centres = _spread_seeds(x, k, torch.Generator().manual_seed(seed))
+    for _ in range(iters):
+        group = _argmax_sim(x, centres)
+        pooled = torch.zeros_like(centres).index_add_(0, group, sums)
+        used = torch.bincount(group, minlength=k) > 0
+        centres = torch.where(used[:, None], torch.nn.functional.normalize(pooled, dim=1), centres)
+    group = _argmax_sim(x, centres)
+    return torch.searchsorted(torch.unique(group), group)  # numbered without gaps
 
 
 def _leaf_pieces(
@@ -454,13 +545,19 @@ def _cones(vectors: torch.Tensor, starts: torch.Tensor) -> tuple[torch.Tensor, t
     node = torch.repeat_interleave(torch.arange(k), starts.diff())
     if len(node) == 0:
         return torch.zeros(k, vectors.shape[1]), torch.zeros(k)
-    sums = np.add.reduceat(vectors.numpy(), starts[:-1].numpy(), axis=0)  # nodes are runs
-    centres = torch.nn.functional.normalize(torch.from_numpy(sums), dim=1)
+    centres = torch.nn.functional.normalize(_run_sums(vectors, starts.diff()), dim=1)
     cos_min = torch.ones(k)
     for a, b in iter_blocks(len(node), 65536):
         cos = (vectors[a:b] * centres[node[a:b]]).sum(dim=1)
         cos_min.scatter_reduce_(0, node[a:b], cos, reduce="amin")
     return centres, torch.arccos(cos_min.clamp(-1.0, 1.0))
+
+
+def _run_sums(x: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+    """The sum of each run of ``counts`` rows of ``x`` (``index_add_``: numpy's ``reduceat``
+    along the rows is 25 times slower)."""
+    run = torch.repeat_interleave(torch.arange(len(counts)), counts)
+    return torch.zeros(len(counts), x.shape[1], dtype=x.dtype).index_add_(0, run, x)
 
 
 @contextmanager
@@ -477,11 +574,25 @@ def _argmax_sim(x: torch.Tensor, centres: torch.Tensor) -> torch.Tensor:
     return (x @ centres.T).argmax(dim=1)
 
 
+def _spread_seeds(x: torch.Tensor, k: int, g: torch.Generator) -> torch.Tensor:
+    """k-means++ seeding on unit rows: each next seed drawn with probability ∝ its cosine
+    distance to the nearest seed so far, so far-apart groups all get a seed (random seeds
+    leave some groups without one, and k-means then mixes them in one cluster)."""
+    seeds = [int(torch.randint(x.shape[0], (1,), generator=g))]
+    dist = (1.0 - x @ x[seeds[0]]).clamp(min=0.0)
+    for _ in range(k - 1):
+        total = float(dist.sum())
+        weights = dist / total if total > 0 else torch.full_like(dist, 1.0 / len(dist))
+        seeds.append(int(torch.multinomial(weights, 1, generator=g)))
+        dist = torch.minimum(dist, (1.0 - x @ x[seeds[-1]]).clamp(min=0.0))
+    return x[seeds].clone()
+
+
 def _spherical_kmeans(x: torch.Tensor, k: int, seed: int, iters: int = 8) -> torch.Tensor:
     """Unit centres of a spherical k-means on a seeded sample of at most 64·k rows."""
     g = torch.Generator().manual_seed(seed)
     sample = x[torch.randperm(x.shape[0], generator=g)[: min(x.shape[0], 64 * k)]]
-    centres = sample[torch.randperm(sample.shape[0], generator=g)[:k]].clone()
+    centres = _spread_seeds(sample, k, g)
     for _ in range(iters):
         assign = _argmax_sim(sample, centres)
         one_hot = torch.nn.functional.one_hot(assign, k).to(sample.dtype)

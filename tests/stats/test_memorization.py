@@ -286,3 +286,43 @@ def test_cone_tree_work_per_query_does_not_grow_with_new_content() -> None:
     (lists_small, centres_small), (lists_big, centres_big) = per_query
     assert lists_big < 1.5 * lists_small, per_query
     assert centres_big < 2 * centres_small, per_query
+
+
+def _turned(parents: torch.Tensor, degrees: float, g: torch.Generator) -> torch.Tensor:
+    """Each unit row of ``parents`` turned by ``degrees`` towards a random direction."""
+    u = torch.randn(parents.shape, generator=g)
+    u = torch.nn.functional.normalize(u - (u * parents).sum(1, keepdim=True) * parents, dim=1)
+    return math.cos(math.radians(degrees)) * parents + math.sin(math.radians(degrees)) * u
+
+
+def _themed_unit_vectors(n_themes: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random, unrelated "themes" (far more than a node's fanout), 10 contents 35° from each,
+    ~20 variants 15° from a content (drawn with ``seed``); the vectors and their theme."""
+    g = torch.Generator().manual_seed(0)
+    themes = torch.nn.functional.normalize(torch.randn(n_themes, 32, generator=g), dim=1)
+    contents = _turned(themes.repeat_interleave(10, dim=0), 35.0, g)
+    g = torch.Generator().manual_seed(seed)
+    content = torch.randint(len(contents), (20 * len(contents),), generator=g)
+    return _turned(contents[content], 15.0, g), content // 10
+
+
+def test_cone_tree_keeps_unrelated_groups_apart() -> None:
+    """96 unrelated themes under a 4-way tree: a tree split top-down 4 ways at a time mixes
+    fragments of several themes in its nodes and then its leaves (69 mixed leaves here, 20
+    leaves read per query); cells cut by one k-means and grouped bottom-up keep every leaf
+    within one content's spread, and a query reads about two leaves, exactly."""
+    refs, theme = _themed_unit_vectors(96, seed=1)
+    queries, _ = _themed_unit_vectors(96, seed=2)
+    index = ConeIndex(refs, np.arange(len(refs)), leaf_size=32, fanout=4)
+    leaf_theme = theme[index.ids]
+    bounds = index.offsets.tolist()
+    mixed = [
+        len(leaf_theme[a:b].unique()) > 1 for a, b in zip(bounds[:-1], bounds[1:], strict=True)
+    ]
+    assert not any(mixed)
+    assert float(index.half_angle.max()) < math.radians(20.0)  # variants lie 15° from content
+    best, arg = index.search(queries)
+    assert index.lists_scanned < 3 * len(queries)
+    ref_best, ref_arg = _brute(queries[:2000], refs, np.arange(len(refs)))
+    np.testing.assert_array_equal(arg[:2000].numpy(), ref_arg)
+    torch.testing.assert_close(best[:2000], ref_best)
