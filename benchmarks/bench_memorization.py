@@ -17,10 +17,11 @@ near copies of real images (a real descriptor plus small noise), in two regimes:
 
 Each (regime, size) runs in its own process (peak RSS per run). Reported: index build and
 search seconds, seconds per 1k queries (build + search), the fraction of (query, list) pairs
-scanned, node centres compared per query, brute-force seconds (measured up to ``--brute-max``,
-extrapolated as N² from the largest measured size beyond, marked *), agreement with brute force
-on a 2,000-query sample (checked in blocks of queries, never a 2,000 × N matrix), planted near
-copies found, peak RSS.
+scanned, cells compared per query (the search's first step compares them all: one per
+``fanout · leaf_size`` references), the other node centres compared per query, brute-force
+seconds (measured up to ``--brute-max``, extrapolated as N² from the largest measured size
+beyond, marked *), agreement with brute force on a 2,000-query sample (checked in blocks of
+queries, never a 2,000 × N matrix), planted near copies found, peak RSS.
 """
 
 from __future__ import annotations
@@ -125,6 +126,7 @@ def one_size(n: int, args: argparse.Namespace) -> dict[str, Any]:
         "s_per_1k_queries": (build + search) / n * 1000,
         "scanned_fraction": index.lists_scanned / (n * len(index.centres)),
         "centres_per_query": index.centres_compared / n,
+        "cells_per_query": index.cells_compared / n,
         "agree_with_brute_on_sample": float(
             (arg_all[sample] == brute(queries[sample], refs)[1]).float().mean()
         ),  # fmt: skip
@@ -143,7 +145,7 @@ def print_table(rows: list[dict[str, Any]]) -> None:
     measured = [r for r in rows if "brute_s" in r]
     print(f"\nregime {rows[0]['regime']}")
     heads = [("N", 9), ("lists", 7), ("build s", 9), ("search s", 10), ("s/1k q", 8),
-             ("lists read", 11), ("centres/q", 10), ("brute s", 10), ("agree", 7),
+             ("lists read", 11), ("cells/q", 8), ("centres/q", 10), ("brute s", 10), ("agree", 7),
              ("planted", 8), ("RSS MB", 8), ("load", 10)]  # fmt: skip
     print("".join(f"{h:>{w}}" for h, w in heads))
     for r in rows:
@@ -154,7 +156,7 @@ def print_table(rows: list[dict[str, Any]]) -> None:
         print(
             f"{r['n']:>9}{r['lists']:>7}{r['build_s']:>9.1f}{r['search_s']:>10.1f}"
             f"{r['s_per_1k_queries']:>8.3f}{r['scanned_fraction']:>11.3%}"
-            f"{r['centres_per_query']:>10.0f}{brute_s:>9.0f}{mark:1}"
+            f"{r['cells_per_query']:>8.0f}{r['centres_per_query']:>10.0f}{brute_s:>9.0f}{mark:1}"
             f"{r['agree_with_brute_on_sample']:>7.3f}{r['planted_found']:>8.3f}"
             f"{r['peak_rss_mb']:>8.0f}{r['load'][0]:>5.1f}-{r['load'][1]:<4.1f}"
         )

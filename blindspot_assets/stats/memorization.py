@@ -138,7 +138,7 @@ class _Level:
 
     @cached_property
     def cone_rows(self) -> torch.Tensor:
-        """(k, D + 2): ĉ, cos α, sin α per node, for ``_open_nodes``' one matmul."""
+        """(k, D + 2): ĉ, cos α, sin α per node, for ``_may_beat``'s one matmul."""
         a = self.half_angle[:, None]
         return torch.cat([self.centres, torch.cos(a), torch.sin(a)], dim=1)
 
@@ -156,7 +156,7 @@ class ConeIndex:
     unit centre ĉ and the half-angle α of the smallest cone around ĉ holding *all the vectors
     below it*. For a unit query q at angle β to ĉ no vector below the node is closer than
     max(0, β − α), so a node that cannot beat the query's best so far is skipped with its
-    whole subtree (``_open_nodes``: one matmul per level). A query first scans the leaves
+    whole subtree (``_may_beat``: one matmul per node and level). A query first scans the leaves
     reached by walking down from the two nearest cells, then walks the tree from the root
     opening only the nodes that may beat its best, and scans the leaves left open: the answer
     is the brute-force one (up to float rounding on exact ties). With structure at every scale
@@ -176,7 +176,8 @@ class ConeIndex:
         seed: int = 0,
     ) -> None:
         with _one_thread():  # many small ops: a thread pool costs more than it gives
-            order, bounds = _cone_tree(vectors, max(1, leaf_size), max(2, fanout), seed)
+            order, bounds, cells = _cone_tree(vectors, max(1, leaf_size), max(2, fanout), seed)
+        self._entry = cells  # the level of the cells
         self.vectors = vectors[order].contiguous()
         self.ids = torch.from_numpy(np.asarray(ids, np.int64))[order]
         self.levels: list[_Level] = []
@@ -188,7 +189,8 @@ class ConeIndex:
         leaves = self.levels[-1]
         self.centres, self.half_angle, self.offsets = leaves.centres, leaves.half_angle, bounds[-1]
         self.lists_scanned = 0  # (query, leaf) pairs scanned by search, for the benchmarks
-        self.centres_compared = 0  # (query, node) bounds computed by search, for the benchmarks
+        self.centres_compared = 0  # (query, node) bounds and steps down from the cells, by search
+        self.cells_compared = 0  # (query, cell) similarities of search's first step
 
     def _scan(
         self,
@@ -221,18 +223,16 @@ class ConeIndex:
         self.lists_scanned += int(q_idx.numel())
 
     def search(
-        self, queries: torch.Tensor, exclude: I64 | None = None, block: int = 256
+        self, queries: torch.Tensor, exclude: I64 | None = None, chunk: int = 1 << 18
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """(best cosine, its id) per unit query; ``exclude`` (one id per query) is skipped.
 
         Three passes over all the queries at once: each query reads two leaves found by
-        walking down the tree (``_first_leaves``); then queries grouped by the first, ``block``
-        at a time, walk the tree together (a node stays open while its bound beats some
-        query's best; at the leaves, each query keeps only those whose bound beats its own
-        best); then every leaf left open is read once, against all the queries that need it
-        (a few million pairs at a time). It runs on one thread: the ops are small, and waking a
-        thread pool costs more than they do. Search many queries per call: the fewer queries
-        per leaf, the smaller the matmuls.
+        walking down the tree (``_first_leaves``); then, ``chunk`` queries at a time, the tree
+        is walked level by level with every (query, open node) pair (``_open_leaves``); then
+        every leaf left open is read once, against all the queries that need it. It runs on
+        one thread: the ops are small, and waking a thread pool costs more than they do.
+        Search many queries per call: the fewer queries per node, the smaller the matmuls.
         """
         m = queries.shape[0]
         if m == 0:
@@ -246,45 +246,24 @@ class ConeIndex:
             again = torch.zeros_like(first, dtype=torch.bool)
             again[:, 1:] = first[:, 1:] == first[:, :1]
             self._scan(queries, q_idx[~again], first[~again], ex, best, arg)
-            pairs: list[tuple[torch.Tensor, torch.Tensor]] = []
-            held = 0  # pairs collected and not read yet
-            for rows in torch.argsort(first[:, 0], stable=True).split(block):
-                pairs.append(self._open_leaves(queries[rows], rows, best[rows], first[rows]))
-                held += len(pairs[-1][0])
-                if held > 1 << 22:  # bounded memory: read them now
-                    self._scan_pairs(queries, pairs, ex, best, arg)
-                    held = 0
-            self._scan_pairs(queries, pairs, ex, best, arg)
+            for rows in torch.arange(m).split(max(1, chunk)):
+                q_at, leaf = self._open_leaves(queries, rows, best, first)
+                new = (leaf[:, None] != first[q_at]).all(dim=1)  # the first ones are read
+                self._scan(queries, q_at[new], leaf[new], ex, best, arg)
         return best, arg
-
-    def _scan_pairs(
-        self,
-        queries: torch.Tensor,
-        pairs: list[tuple[torch.Tensor, torch.Tensor]],
-        exclude: torch.Tensor | None,
-        best: torch.Tensor,
-        arg: torch.Tensor,
-    ) -> None:
-        """``_scan`` the (query rows, leaves) collected in ``pairs``, and empty it."""
-        if pairs:
-            q_idx, leaf = torch.cat([p[0] for p in pairs]), torch.cat([p[1] for p in pairs])
-            self._scan(queries, q_idx, leaf, exclude, best, arg)
-        pairs.clear()
 
     def _first_leaves(self, q: torch.Tensor) -> torch.Tensor:
         """Two leaves per query to read first (one where the tree has a single path): from the
-        two most similar centres of the deepest level of at most 512 nodes (all compared, in
-        blocks: upper levels mix far-apart groups, and a greedy step there can go astray), the
-        walk down to the most similar child at each level below."""
-        entry = max(d for d, level in enumerate(self.levels) if len(level.centres) <= 512)
-        k = min(2, len(self.levels[entry].centres))
+        two most similar cells (all compared, in blocks: the levels above mix far-apart groups
+        wherever there is no structure at their scale, and a greedy or beam step through them
+        goes astray), the walk down to the most similar child at each level below."""
+        cells = self.levels[self._entry].centres
+        k = min(2, len(cells))
+        self.cells_compared += q.shape[0] * len(cells)
         starts = torch.cat(
-            [
-                (q[a:b] @ self.levels[entry].centres.T).topk(k, dim=1).indices
-                for a, b in iter_blocks(q.shape[0], 8192)
-            ]
+            [(q[a:b] @ cells.T).topk(k, dim=1).indices for a, b in iter_blocks(q.shape[0], 8192)]
         )
-        return torch.stack([self._descend(q, starts[:, i], entry) for i in range(k)], dim=1)
+        return torch.stack([self._descend(q, starts[:, i], self._entry) for i in range(k)], dim=1)
 
     def _descend(self, q: torch.Tensor, node: torch.Tensor, depth: int) -> torch.Tensor:
         """The leaf each query reaches from its ``node`` at level ``depth`` by stepping, level
@@ -298,28 +277,73 @@ class ConeIndex:
                 if int(width[j]) > 1:
                     first = int(lo[j])
                     sim = q[rows] @ level.centres[first : first + int(width[j])].T
+                    self.centres_compared += sim.numel()
                     step[rows] = first + sim.argmax(dim=1)
             node = step
         return node
 
     def _open_leaves(
-        self, q: torch.Tensor, rows: torch.Tensor, best: torch.Tensor, first: torch.Tensor
+        self, queries: torch.Tensor, rows: torch.Tensor, best: torch.Tensor, first: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(query row, leaf) pairs left to read for one group of queries: the tree is walked
-        for the group at once, keeping a node open while its bound beats some query's best;
-        each query then keeps the leaves whose bound beats its own best, but its first ones."""
-        nodes = torch.zeros(1, dtype=torch.int64)  # the root
-        open_ = torch.zeros(len(rows), 1, dtype=torch.bool)  # a one-leaf tree: nothing left
-        q_rows = _query_rows(q, best)
-        for parent, level in zip(self.levels[:-1], self.levels[1:], strict=True):
-            nodes = _ranges(parent.children, nodes)
-            open_ = _open_nodes(q_rows, level, nodes)
+        """(query row, leaf) pairs whose cone may hold a vector beating the query's best, for
+        the queries ``rows``. Down to the cells, queries near each other (sorted by their first
+        leaf, 256 at a time) walk together: a node is tested against the whole block when
+        its parent is open for any of them, which costs nothing where every query opens every
+        node (no structure above the cells) and keeps the walk short where there is. From the
+        cells down, every (query, open node) pair walks on its own: a node's children are
+        tested against the queries that opened it only (``_open_children``)."""
+        q_rows = _query_rows(queries[rows], best[rows])
+        gamma = torch.arccos(-q_rows[:, -2])  # γ = arccos b, b = −(the row's D-th value)
+        above = self.levels[: self._entry + 1]
+        q_parts, node_parts = [], []
+        for block in torch.argsort(first[rows, 0], stable=True).split(256):
+            nodes = torch.zeros(1, dtype=torch.int64)  # the root
+            open_ = torch.ones(len(block), 1, dtype=torch.bool)
+            for parent, level in zip(above[:-1], above[1:], strict=True):
+                nodes = _ranges(parent.children, nodes)
+                cones = level.cone_rows[nodes]
+                open_ = _may_beat(q_rows[block] @ cones.T, level.half_angle[nodes], gamma[block])
+                self.centres_compared += open_.numel()
+                some = open_.any(dim=0)
+                nodes, open_ = nodes[some], open_[:, some]
+            q_at, at = open_.nonzero(as_tuple=True)
+            q_parts.append(block[q_at])
+            node_parts.append(nodes[at])
+        q_at, node = torch.cat(q_parts), torch.cat(node_parts)
+        below = self.levels[self._entry :]
+        for parent, level in zip(below[:-1], below[1:], strict=True):
+            q_at, node = self._open_children(q_rows, gamma, q_at, node, parent, level)
+        return rows[q_at], node
+
+    def _open_children(
+        self,
+        q_rows: torch.Tensor,
+        gamma: torch.Tensor,
+        q_at: torch.Tensor,
+        node: torch.Tensor,
+        parent: _Level,
+        level: _Level,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The (query, child) pairs left open below the open (query, node) pairs given: one
+        matmul per node with several children against its queries. A node with a single child
+        (a leaf repeated down to the last level) holds the same vectors, so the same cone: its
+        pairs pass through."""
+        lo, width = parent.children[node], parent.children.diff()[node]
+        one = width == 1
+        out_q, out_node = [q_at[one]], [lo[one]]
+        q_many, node_many = q_at[~one], node[~one]
+        order = torch.argsort(node_many, stable=True)
+        nodes, counts = torch.unique_consecutive(node_many[order], return_counts=True)
+        for j, group in zip(nodes.tolist(), order.split(counts.tolist()), strict=True):
+            a, b = int(parent.children[j]), int(parent.children[j + 1])
+            q_j = q_many[group]
+            cones = level.cone_rows[a:b]
+            open_ = _may_beat(q_rows[q_j] @ cones.T, level.half_angle[a:b], gamma[q_j])
+            at, c = open_.nonzero(as_tuple=True)
+            out_q.append(q_j[at])
+            out_node.append(a + c)
             self.centres_compared += open_.numel()
-            if level is not self.levels[-1]:
-                nodes = nodes[open_.any(dim=0)]
-        open_ &= (first[:, :, None] != nodes[None, None, :]).all(dim=1)
-        q_at, leaf_at = open_.nonzero(as_tuple=True)
-        return rows[q_at], nodes[leaf_at]
+        return torch.cat(out_q), torch.cat(out_node)
 
 
 def _query_rows(q: torch.Tensor, best: torch.Tensor) -> torch.Tensor:
@@ -329,17 +353,14 @@ def _query_rows(q: torch.Tensor, best: torch.Tensor) -> torch.Tensor:
     return torch.cat([q, -b, (1.0 - b * b).clamp(min=0.0).sqrt()], dim=1)
 
 
-def _open_nodes(q_rows: torch.Tensor, level: _Level, nodes: torch.Tensor) -> torch.Tensor:
-    """(queries × ``nodes``) whether a node's cone may hold a vector beating each query's best.
+def _may_beat(score: torch.Tensor, alpha: torch.Tensor, gamma: torch.Tensor) -> torch.Tensor:
+    """(queries × nodes) whether a node's cone may hold a vector beating a query's best, from
+    ``score`` = ``_query_rows`` · ``cone_rows``, the nodes' α and the queries' γ = arccos b.
 
     No vector within α of ĉ is closer to q than max(0, β − α), so a node may hold one with
-    cosine above b = cos γ only if β < α + γ: where α + γ < π that is cos β > cos(α + γ),
-    i.e. ``_query_rows`` · ``cone_rows`` > 0, one matmul (no arccos, no per-pair cos/sin);
-    where α + γ ≥ π the node is always open."""
-    cones = level.cone_rows[nodes]
-    open_ = q_rows @ cones.T > 0.0
-    gamma = torch.arccos(-q_rows[:, -2])  # b = −(row's D-th value)
-    alpha = level.half_angle[nodes]
+    cosine above b = cos γ only if β < α + γ: where α + γ < π that is cos β > cos(α + γ), i.e.
+    score > 0 (no arccos, no per-pair cos or sin); where α + γ ≥ π the node is always open."""
+    open_ = score > 0.0
     wide = alpha + gamma.max() >= math.pi
     if bool(wide.any()):
         open_[:, wide] |= alpha[wide][None, :] + gamma[:, None] >= math.pi
@@ -356,9 +377,9 @@ def _ranges(offsets: torch.Tensor, nodes: torch.Tensor) -> torch.Tensor:
 
 def _cone_tree(
     vectors: torch.Tensor, leaf_size: int, fanout: int, seed: int
-) -> tuple[torch.Tensor, list[torch.Tensor]]:
-    """An order of the vectors and, per level of the tree (root first), where its nodes start
-    in that order (plus the end).
+) -> tuple[torch.Tensor, list[torch.Tensor], int]:
+    """An order of the vectors; per level of the tree (root first), where its nodes start in
+    that order (plus the end); the level of the cells.
 
     The vectors are first cut into cells of about ``fanout · leaf_size`` by one spherical
     k-means with that many centres (``_cells``), and the levels above the cells are built
@@ -371,6 +392,7 @@ def _cone_tree(
     (``_leaf_pieces``), which stay leaves down to the last level."""
     order = torch.arange(vectors.shape[0])
     bounds = _cells(vectors, order, leaf_size, fanout, seed)
+    cells = len(bounds) - 1
     leaves: set[int] = set()  # starts of the nodes that are leaves
     while True:
         starts = bounds[-1].tolist()
@@ -387,7 +409,7 @@ def _cone_tree(
                 leaves.update((a + torch.cumsum(counts, 0) - counts).tolist())
             cuts.update((a + torch.cumsum(counts, 0)[:-1]).tolist())
         if len(cuts) == len(starts):
-            return order, bounds
+            return order, bounds, cells
         bounds.append(torch.tensor(sorted(cuts)))
 
 
@@ -415,7 +437,9 @@ def _group_levels(
     Grouping cells (few, and each already one piece of content) finds the groups that exist at
     every scale and cannot mix fragments of far-apart ones."""
     ends = torch.cumsum(counts, 0)
-    sums = _run_sums(vectors[order], counts)
+    cell_of = torch.empty_like(order)
+    cell_of[order] = torch.repeat_interleave(torch.arange(len(counts)), counts)
+    sums = torch.zeros(len(counts), vectors.shape[1]).index_add_(0, cell_of, vectors)  # no copy
     chain = [torch.arange(len(counts))]  # per level (cells first): each cell's node there
     while sums.shape[0] > fanout:
         group = _group(sums, -(-sums.shape[0] // fanout), seed + len(chain))

@@ -177,12 +177,12 @@ def test_cone_index_returns_the_brute_force_neighbours() -> None:
     queries = _clustered_unit_vectors(500, 32, 40, seed=2)
     queries[:50] = torch.nn.functional.normalize(refs[:50] + 0.01 * torch.randn(50, 32), dim=1)
     index = ConeIndex(refs, ids)
-    best, arg = index.search(queries, block=32)
+    best, arg = index.search(queries, chunk=128)
     full = queries @ refs.T
     np.testing.assert_array_equal(arg.numpy(), ids[full.argmax(dim=1).numpy()])
     torch.testing.assert_close(best, full.max(dim=1).values)
     assert (arg[:50].numpy() == ids[:50]).all()  # the planted near copies
-    assert index.lists_scanned < 0.25 * 500 * len(index.centres)  # blocks of 32: a few lists
+    assert index.lists_scanned < 0.25 * 500 * len(index.centres)  # a few lists per query
     # self excluded: queries are the references themselves
     best_self, arg_self = index.search(refs[:400], exclude=ids[:400])
     full_self = refs[:400] @ refs.T
@@ -232,7 +232,7 @@ def test_cone_tree_is_exact_with_and_without_exclude_and_reads_few_lists() -> No
     n_nodes = sum(len(level.centres) for level in index.levels[1:])
     queries = _hierarchical_unit_vectors(2000, 32, 25, seed=2)[:600]
     queries[:60] = torch.nn.functional.normalize(images[:60] + 0.01 * torch.randn(60, 32), dim=1)
-    best, arg = index.search(queries, block=64)
+    best, arg = index.search(queries, chunk=256)
     ref_best, ref_arg = _brute(queries, refs, ids)
     np.testing.assert_array_equal(arg.numpy(), ref_arg)
     torch.testing.assert_close(best, ref_best)
@@ -275,7 +275,8 @@ def test_cone_tree_stays_exact_without_structure() -> None:
 
 def test_cone_tree_work_per_query_does_not_grow_with_new_content() -> None:
     """Four times the images, four times the contents (each as big): a query reads about as
-    many leaves, and compares far fewer than four times as many centres."""
+    many leaves, and its walk compares far fewer than four times as many centres. Its first
+    step compares every cell (one per ``fanout · leaf_size`` vectors): that part grows ∝ n."""
     per_query = []
     for n in (2000, 8000):
         refs = _hierarchical_unit_vectors(n, 32, 25, seed=1)
@@ -283,6 +284,9 @@ def test_cone_tree_work_per_query_does_not_grow_with_new_content() -> None:
         index = ConeIndex(refs, np.arange(n), leaf_size=32, fanout=4)
         index.search(queries)
         per_query.append((index.lists_scanned / n, index.centres_compared / n))
+        cells = index.levels[index._entry].centres
+        assert index.cells_compared == n * len(cells)
+        assert len(cells) >= n / 128  # k-means cells, some cut into tight pieces
     (lists_small, centres_small), (lists_big, centres_big) = per_query
     assert lists_big < 1.5 * lists_small, per_query
     assert centres_big < 2 * centres_small, per_query
