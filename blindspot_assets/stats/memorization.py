@@ -242,6 +242,9 @@ class ConeIndex:
         arg = torch.full((m,), -1, dtype=torch.int64)
         with _one_thread():
             first = self._first_leaves(queries)  # (m, 1 or 2)
+            near = torch.argsort(first[:, 0], stable=True)  # neighbours read the same rows
+            queries, first = queries[near], first[near]
+            ex = None if ex is None else ex[near]
             q_idx = torch.arange(m)[:, None].expand_as(first)
             again = torch.zeros_like(first, dtype=torch.bool)
             again[:, 1:] = first[:, 1:] == first[:, :1]
@@ -250,6 +253,7 @@ class ConeIndex:
                 q_at, leaf = self._open_leaves(queries, rows, best, first)
                 new = (leaf[:, None] != first[q_at]).all(dim=1)  # the first ones are read
                 self._scan(queries, q_at[new], leaf[new], ex, best, arg)
+        best[near], arg[near] = best.clone(), arg.clone()
         return best, arg
 
     def _first_leaves(self, q: torch.Tensor) -> torch.Tensor:
