@@ -250,7 +250,7 @@ class ConeIndex:
             again[:, 1:] = first[:, 1:] == first[:, :1]
             self._scan(queries, q_idx[~again], first[~again], ex, best, arg)
             for rows in torch.arange(m).split(max(1, chunk)):
-                q_at, leaf = self._open_leaves(queries, rows, best, first)
+                q_at, leaf = self._open_leaves(queries, rows, best)
                 new = (leaf[:, None] != first[q_at]).all(dim=1)  # the first ones are read
                 self._scan(queries, q_at[new], leaf[new], ex, best, arg)
         best[near], arg[near] = best.clone(), arg.clone()
@@ -287,20 +287,21 @@ class ConeIndex:
         return node
 
     def _open_leaves(
-        self, queries: torch.Tensor, rows: torch.Tensor, best: torch.Tensor, first: torch.Tensor
+        self, queries: torch.Tensor, rows: torch.Tensor, best: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """(query row, leaf) pairs whose cone may hold a vector beating the query's best, for
-        the queries ``rows``. Down to the cells, queries near each other (sorted by their first
-        leaf, 256 at a time) walk together: a node is tested against the whole block when
-        its parent is open for any of them, which costs nothing where every query opens every
-        node (no structure above the cells) and keeps the walk short where there is. From the
-        cells down, every (query, open node) pair walks on its own: a node's children are
-        tested against the queries that opened it only (``_open_children``)."""
+        the queries ``rows``. Down to the cells, queries near each other (``search`` orders
+        them by their first leaf; 256 at a time) walk together: a node is tested against the
+        whole block when its parent is open for any of them, which costs nothing where every
+        query opens every node (no structure above the cells) and keeps the walk short where
+        there is. From the cells down, every (query, open node) pair walks on its own: a
+        node's children are tested against the queries that opened it only
+        (``_open_children``)."""
         q_rows = _query_rows(queries[rows], best[rows])
         gamma = torch.arccos(-q_rows[:, -2])  # γ = arccos b, b = −(the row's D-th value)
         above = self.levels[: self._entry + 1]
         q_parts, node_parts = [], []
-        for block in torch.argsort(first[rows, 0], stable=True).split(256):
+        for block in torch.arange(len(rows)).split(256):
             nodes = torch.zeros(1, dtype=torch.int64)  # the root
             open_ = torch.ones(len(block), 1, dtype=torch.bool)
             for parent, level in zip(above[:-1], above[1:], strict=True):
@@ -468,12 +469,7 @@ def _group(sums: torch.Tensor, k: int, seed: int, iters: int = 10) -> torch.Tens
     """Spherical k-means of nodes, each weighted by its vectors (the rows of ``sums`` are their
     sums): the group (0..) of each node, groups numbered without gaps."""
     x = torch.nn.functional.normalize(sums, dim=1)
-    centres = _spread_seeds(x, k, torch.Generator().manual_seed(seed))
-    for _ in range(iters):
-        group = _argmax_sim(x, centres)
-        pooled = torch.zeros_like(centres).index_add_(0, group, sums)
-        used = torch.bincount(group, minlength=k) > 0
-        centres = torch.where(used[:, None], torch.nn.functional.normalize(pooled, dim=1), centres)
+    centres = _lloyd(x, sums, _spread_seeds(x, k, torch.Generator().manual_seed(seed)), iters)
     group = _argmax_sim(x, centres)
     return torch.searchsorted(torch.unique(group), group)  # numbered without gaps
 
@@ -533,11 +529,8 @@ def _split_if_tighter(vectors: torch.Tensor, members: torch.Tensor) -> torch.Ten
     cone, which every query would open; its fragments alone are tight and get skipped."""
     x = vectors[members]
     mean = torch.nn.functional.normalize(x.sum(0), dim=0)
-    centres = torch.stack([mean, x[(x @ mean).argmin()]])
-    for _ in range(4):
-        assign = _argmax_sim(x, centres)
-        one_hot = torch.nn.functional.one_hot(assign, 2).to(x.dtype)
-        centres = torch.nn.functional.normalize(one_hot.T @ x, dim=1)
+    centres = _lloyd(x, x, torch.stack([mean, x[(x @ mean).argmin()]]), 4)
+    assign = _argmax_sim(x, centres)
     counts = torch.bincount(assign, minlength=2)
     if int(counts.min()) == 0:
         return None
@@ -573,19 +566,13 @@ def _cones(vectors: torch.Tensor, starts: torch.Tensor) -> tuple[torch.Tensor, t
     node = torch.repeat_interleave(torch.arange(k), starts.diff())
     if len(node) == 0:
         return torch.zeros(k, vectors.shape[1]), torch.zeros(k)
-    centres = torch.nn.functional.normalize(_run_sums(vectors, starts.diff()), dim=1)
+    sums = torch.zeros(k, vectors.shape[1]).index_add_(0, node, vectors)  # reduceat: 25× slower
+    centres = torch.nn.functional.normalize(sums, dim=1)
     cos_min = torch.ones(k)
     for a, b in iter_blocks(len(node), 65536):
         cos = (vectors[a:b] * centres[node[a:b]]).sum(dim=1)
         cos_min.scatter_reduce_(0, node[a:b], cos, reduce="amin")
     return centres, torch.arccos(cos_min.clamp(-1.0, 1.0))
-
-
-def _run_sums(x: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
-    """The sum of each run of ``counts`` rows of ``x`` (``index_add_``: numpy's ``reduceat``
-    along the rows is 25 times slower)."""
-    run = torch.repeat_interleave(torch.arange(len(counts)), counts)
-    return torch.zeros(len(counts), x.shape[1], dtype=x.dtype).index_add_(0, run, x)
 
 
 @contextmanager
@@ -620,15 +607,20 @@ def _spherical_kmeans(x: torch.Tensor, k: int, seed: int, iters: int = 8) -> tor
     """Unit centres of a spherical k-means on a seeded sample of at most 64·k rows."""
     g = torch.Generator().manual_seed(seed)
     sample = x[torch.randperm(x.shape[0], generator=g)[: min(x.shape[0], 64 * k)]]
-    centres = _spread_seeds(sample, k, g)
+    return _lloyd(sample, sample, _spread_seeds(sample, k, g), iters)
+
+
+def _lloyd(x: torch.Tensor, sums: torch.Tensor, centres: torch.Tensor, iters: int) -> torch.Tensor:
+    """Spherical k-means steps from ``centres``: each unit row of ``x`` goes to its most
+    similar centre, and a centre moves to the normalised total of its members' ``sums`` rows
+    (``x`` itself, or nodes' vector sums, so that a node weighs as many vectors as it holds);
+    a centre left without members stays where it is."""
     for _ in range(iters):
-        assign = _argmax_sim(sample, centres)
-        one_hot = torch.nn.functional.one_hot(assign, k).to(sample.dtype)
-        sums = one_hot.T @ sample  # a matmul: index_add_ is slow on CPU
-        counts = torch.bincount(assign, minlength=k)
-        centres = torch.where(
-            (counts > 0)[:, None], torch.nn.functional.normalize(sums, dim=1), centres
-        )
+        assign = _argmax_sim(x, centres)
+        one_hot = torch.nn.functional.one_hot(assign, len(centres)).to(sums.dtype)
+        pooled = one_hot.T @ sums  # a matmul: index_add_ is slow on CPU for small blocks
+        used = torch.bincount(assign, minlength=len(centres)) > 0
+        centres = torch.where(used[:, None], torch.nn.functional.normalize(pooled, dim=1), centres)
     return centres
 
 
