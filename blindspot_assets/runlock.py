@@ -76,6 +76,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("lock", type=Path)
     parser.add_argument("--wait", type=float, default=0.0, metavar="SECONDS")
+    if "--" not in argv and ({"-h", "--help"} & set(argv)):
+        parser.parse_args(argv)  # prints the usage and exits 0
     if "--" not in argv or argv.index("--") == len(argv) - 1:
         parser.error("no command given after --")
     split = argv.index("--")

@@ -5,11 +5,13 @@
 
 from __future__ import annotations
 
+import argparse
 import sys
 
 import polars as pl
 
 from blindspot_assets.config import load_config
+from blindspot_assets.query import hint
 from blindspot_assets.store.tables import query
 
 
@@ -32,7 +34,7 @@ def main(config_path: str | None = None) -> int:
     )
     print(summary)
     print(controls_verdict(cfg.controls, summary))
-    print("Query it: duckdb", db, '"SELECT * FROM blindspots ORDER BY delta LIMIT 10"')
+    print("Query it:", hint(db, "SELECT * FROM blindspots ORDER BY rank LIMIT 10"))
     return 0
 
 
@@ -56,5 +58,11 @@ def controls_verdict(controls: list[str], summary: pl.DataFrame) -> str:
     return f"Controls: clean — {', '.join(controls)} flag 0 concepts under either verdict."
 
 
+def cli(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m blindspot_assets.summary")
+    parser.add_argument("config", nargs="?", help="run config YAML (default: $BLINDSPOT_CONFIG)")
+    return main(parser.parse_args(argv).config)
+
+
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1] if len(sys.argv) > 1 else None))
+    sys.exit(cli())

@@ -216,7 +216,7 @@ def _check_sae(cfg: RunConfig) -> Check | None:
     return Check(
         "sae",
         "missing",
-        f"{path}: not on disk; fix: huggingface-cli download "
+        f"{path}: not on disk; fix: hf download "
         f"{RELEASED_SAE} {path.name} --local-dir {path.parent}",
     )
 
