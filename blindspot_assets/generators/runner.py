@@ -1,6 +1,13 @@
 """Make one generated image per real caption, resumably: images already on disk are kept, each
 new image is written under a temporary name and renamed, and every image that could not be made
-is recorded in the manifest with its reason."""
+is recorded in the manifest with its reason.
+
+Batches are fixed by the image order: batch ``j`` holds the usable real rows
+``[j·batch_size, (j+1)·batch_size)`` (shards cut on whole batches), whether the run is fresh,
+resumed or sharded. A resume recomputes every batch that lost an image, whole, so each image is
+made inside the same batch as in an uninterrupted run: on one machine with one batch size the
+images are bit-identical. Another batch size or another CPU/GPU may change pixels slightly
+(floating-point reductions differ), never the seeds."""
 
 from __future__ import annotations
 
@@ -90,10 +97,16 @@ def generate_image_set(
     real_ok = real_manifest.filter(pl.col("status") == "ok")
     if rows is not None:
         real_ok = real_ok.slice(rows[0], rows[1] - rows[0])
-    by_id, todo, reused = _plan(real_ok, model_key, base_seed, out_dir)
-    for start in range(0, len(todo), batch_size):
-        batch = todo[start : start + batch_size]
+    by_id, batches, reused = _plan(real_ok, model_key, base_seed, out_dir, batch_size)
+    offset = rows[0] if rows is not None else 0
+    if offset % max(1, batch_size):
+        raise ValueError(f"rows start at {offset}, not on a batch of {batch_size}: {rows}")
+    todo = [req for batch, missing in batches for req in batch if req.image_id in missing]
+    done = 0
+    for batch, missing in batches:
         for req, result in zip(batch, _generate_batch(generator, batch), strict=True):
+            if req.image_id not in missing:
+                continue  # kept on disk; made again only to keep the batch whole
             if isinstance(result, Exception):
                 by_id[req.image_id].update(
                     path="", status="generation_error", detail=f"{type(result).__name__}: {result}"
@@ -101,8 +114,9 @@ def generate_image_set(
                 continue
             write_atomic(out_dir / f"{req.image_id}.png", partial(_save_png, result))
             by_id[req.image_id].update(_prompts(result))
+        done += len(missing)
         if progress:
-            progress(min(start + batch_size, len(todo)), len(todo))
+            progress(done, len(todo))
 
     df = pl.DataFrame(
         list(by_id.values()),
@@ -126,14 +140,21 @@ def generate_image_set(
 
 
 def _plan(
-    real_ok: pl.DataFrame, model_key: str, base_seed: int, out_dir: Path
-) -> tuple[dict[str, dict[str, object]], list[GenerationRequest], int]:
-    """Each real image's manifest row, the requests still to make (an image already on disk
-    and readable is kept), and how many were kept."""
+    real_ok: pl.DataFrame, model_key: str, base_seed: int, out_dir: Path, batch_size: int
+) -> tuple[dict[str, dict[str, object]], list[tuple[list[GenerationRequest], set[str]]], int]:
+    """Each real image's manifest row; the fixed batches (rows ``[j·batch_size, …)`` of
+    ``real_ok``, empty captions left out) that still miss an image, with the ids they miss (an
+    image already on disk and readable is kept); and how many were kept."""
     by_id: dict[str, dict[str, object]] = {}
-    todo: list[GenerationRequest] = []
+    batches: list[tuple[list[GenerationRequest], set[str]]] = []
     reused = 0
-    for image_id, caption in zip(real_ok["image_id"], real_ok["caption"], strict=True):
+    size = max(1, batch_size)
+    for index, (image_id, caption) in enumerate(
+        zip(real_ok["image_id"], real_ok["caption"], strict=True)
+    ):
+        if index % size == 0:
+            batches.append(([], set()))
+        batch, missing = batches[-1]
         seed = derive_seed(model_key, image_id, base_seed)
         row = {
             "image_id": image_id,
@@ -148,13 +169,15 @@ def _plan(
         by_id[image_id] = row
         if not caption or not str(caption).strip():
             row.update(path="", status="empty_caption", detail="the real image has no caption")
-        elif (out_dir / f"{image_id}.png").exists() and _usable(out_dir / f"{image_id}.png"):
+            continue
+        batch.append(GenerationRequest(image_id, str(caption), seed))
+        if (out_dir / f"{image_id}.png").exists() and _usable(out_dir / f"{image_id}.png"):
             with Image.open(out_dir / f"{image_id}.png") as kept:
                 row.update(_prompts(kept))
             reused += 1
         else:
-            todo.append(GenerationRequest(image_id, str(caption), seed))
-    return by_id, todo, reused
+            missing.add(image_id)
+    return by_id, [(b, m) for b, m in batches if m], reused
 
 
 def _generate_batch(

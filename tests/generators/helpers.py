@@ -22,7 +22,8 @@ def pixels(image: Image.Image) -> np.ndarray:
 
 def assert_reproducible(gen: ImageGenerator, key: str, size: tuple[int, int]) -> list[Image.Image]:
     """Two images of the right size, different from each other; the same seeds give the same
-    images again; the second image made alone matches it inside the batch."""
+    images again, bit for bit, in the same batch layout; the second image made alone is the
+    same image up to floating-point reduction order."""
     reqs = two_requests(key)
     first = gen.generate(reqs)
     assert [im.size for im in first] == [size, size]
@@ -31,8 +32,11 @@ def assert_reproducible(gen: ImageGenerator, key: str, size: tuple[int, int]) ->
     again = gen.generate(reqs)
     for a, b in zip(first, again, strict=True):
         assert np.array_equal(pixels(a), pixels(b))
+    # Another batch layout is not promised bit for bit (some CPUs reduce in another order):
+    # the same seed alone gives the same image within a level or two of 255.
     alone = gen.generate(reqs[1:])[0]
-    assert np.array_equal(pixels(alone), pixels(first[1]))  # batch of 1 = inside a batch
+    diff = np.abs(pixels(alone) - pixels(first[1]))
+    assert diff.max() <= 2 and diff.mean() <= 0.05, (diff.max(), diff.mean())  # seen: 1, 0.000
     lineage = gen.lineage()
     assert json.loads(json.dumps(lineage)) == lineage  # written as JSON beside the images
     assert lineage["version"] and lineage["libraries"]["diffusers"]

@@ -67,3 +67,89 @@ def test_generation_failures_are_recorded_per_image(tmp_path):
 def test_unknown_family_names_the_field():
     with pytest.raises(ConfigError, match=r"models\.x\.family 'dalle'.*known families"):
         validate_model(ModelSpec("x", "dalle", {}))
+
+
+class _BatchSensitive:
+    """A generator whose pixels depend on the whole batch it was made in, as floating-point
+    reductions do on some CPUs: an image is only reproducible inside the same batch."""
+
+    def __init__(self) -> None:
+        self.calls: list[list[str]] = []
+
+    def lineage(self):
+        return {"family": "batch-sensitive"}
+
+    def generate(self, requests):
+        from PIL import Image
+
+        self.calls.append([r.image_id for r in requests])
+        mix = sum(r.seed for r in requests) % 251
+        return [Image.new("RGB", (8, 8), (r.seed % 251, mix, len(requests))) for r in requests]
+
+
+def _ids(n: int) -> pl.DataFrame:
+    ids = [f"im-{i:03d}" for i in range(n)]
+    return pl.DataFrame(
+        {
+            "image_id": ids,
+            "path": [""] * n,
+            "caption": ["" if i == 5 else f"caption {i}" for i in range(n)],
+            "status": ["ok"] * n,
+            "detail": [""] * n,
+        }
+    )
+
+
+def test_resume_and_shards_rebuild_the_same_batches(tmp_path):
+    """Fresh, resumed and sharded runs make every image inside the same fixed batch (rows
+    [j·4, j·4+4) of the image order), so even a batch-sensitive generator gives the same bytes."""
+    real = _ids(19)
+    fresh = tmp_path / "fresh"
+    gen = _BatchSensitive()
+    generate_image_set(gen, "m", real, fresh, batch_size=4)
+    assert gen.calls[1] == ["im-004", "im-006", "im-007"]  # im-005 has no caption
+    reference = {p.name: p.read_bytes() for p in fresh.glob("*.png")}
+    assert len(reference) == 18
+
+    for lost in (["im-009"], ["im-001", "im-010", "im-018"]):  # interrupted runs
+        for name in lost:
+            (fresh / f"{name}.png").unlink()
+        again = _BatchSensitive()
+        _, summary = generate_image_set(again, "m", real, fresh, batch_size=4)
+        assert summary.n_generated == len(lost)
+        assert {p.name: p.read_bytes() for p in fresh.glob("*.png")} == reference
+        assert all(len(c) in (3, 4) for c in again.calls[:-1])  # whole batches recomputed
+
+    sharded = tmp_path / "sharded"
+    for rows in ((0, 8), (8, 16), (16, 19)):
+        generate_image_set(_BatchSensitive(), "m", real, sharded, batch_size=4, rows=rows)
+    assert {p.name: p.read_bytes() for p in sharded.glob("*.png")} == reference
+    with pytest.raises(ValueError, match="not on a batch"):
+        generate_image_set(_BatchSensitive(), "m", real, sharded, batch_size=4, rows=(2, 8))
+
+
+def test_mistyped_model_field_stops_the_code_location_load(tmp_path):
+    """``stepz`` under a stable_diffusion model: ``dagster job execute`` fails while loading the
+    code location, naming the field and the nearest known one, and no run is started."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from tests.conftest import write_config
+    from tests.faults.cli_runs import cli_env, instance_at, tiny_world
+
+    config, home = tiny_world(tmp_path)
+    raw = demo_config_dict(tmp_path, n_images=32)
+    raw["models"]["sd"] = {"family": "stable_diffusion", "repo": "org/tiny-sd", "stepz": 20}
+    config = write_config(tmp_path, raw)
+    dagster = str(Path(sys.executable).parent / "dagster")
+    done = subprocess.run(
+        [dagster, "job", "execute", "-m", "blindspot_assets.definitions", "-j", "blindspot_job"],
+        env=cli_env(config, home),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode != 0
+    assert "models.sd.stepz" in done.stderr and "did you mean 'steps'?" in done.stderr
+    assert instance_at(home).get_runs() == []
