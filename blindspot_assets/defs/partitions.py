@@ -10,8 +10,10 @@ import dagster as dg
 
 from blindspot_assets.config import load_config
 from blindspot_assets.defs.resources import default_config_path
+from blindspot_assets.generators.registry import check_models
 
 _loaded = load_config(default_config_path())
+check_models(_loaded.models.values())  # a mistyped model field stops the load, not a run
 model_partitions = dg.StaticPartitionsDefinition(list(_loaded.models))
 
 # Blindspot comparisons (``stats.compare``), one per "base..candidate" key. The changes asset is

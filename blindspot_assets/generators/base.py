@@ -9,6 +9,9 @@ from typing import Any, Protocol
 
 from PIL import Image
 
+from blindspot_assets.config import ConfigError, ModelSpec
+from blindspot_assets.config_fields import nearest
+
 
 @dataclass(frozen=True)
 class GenerationRequest:
@@ -41,3 +44,18 @@ ProgressFn = Callable[[int, int], None]
 # prompt that reached its pipeline (None: not applicable). The runner writes them to the
 # image's PNG text chunks and the manifest row.
 PROMPT_KEYS = ("prompt", "negative_prompt")
+
+
+def check_family_fields(spec: ModelSpec, known: set[str] | frozenset[str]) -> None:
+    """Reject a field the model's family does not have, with the nearest known name
+    (``stepz`` → ``steps``) and the list of known ones."""
+    unknown = sorted(set(spec.params) - set(known))
+    if not unknown:
+        return
+    name = unknown[0]
+    near = nearest(name, known)
+    hint = f" (did you mean {near!r}?)" if near else ""
+    raise ConfigError(
+        f"models.{spec.key}.{name}: not a field of the {spec.family!r} family{hint}; "
+        f"fix: remove it, or use one of {sorted(known)}"
+    )

@@ -21,7 +21,7 @@ from PIL import Image
 
 from blindspot_assets.checkpoint_versions import CheckpointVersion
 from blindspot_assets.config import ConfigError, ModelSpec
-from blindspot_assets.generators.base import GenerationRequest
+from blindspot_assets.generators.base import GenerationRequest, check_family_fields
 from blindspot_assets.store.images import read_manifest
 
 PARAMS = {"real_images", "batch_size", "seed"}
@@ -66,11 +66,7 @@ def checkpoints(spec: ModelSpec) -> list[CheckpointVersion]:
 
 
 def validate(spec: ModelSpec) -> None:
-    unknown = sorted(set(spec.params) - PARAMS)
-    if unknown:
-        raise ConfigError(
-            f"models.{spec.key}.{unknown[0]} is not a control-family field; known: {sorted(PARAMS)}"
-        )
+    check_family_fields(spec, PARAMS)
     if not spec.params.get("real_images"):
         raise ConfigError(f"models.{spec.key}.real_images is required for the control family")
 

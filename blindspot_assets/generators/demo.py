@@ -14,7 +14,7 @@ from PIL import Image
 from blindspot_assets.checkpoint_versions import CheckpointVersion
 from blindspot_assets.config import ConfigError, ModelSpec
 from blindspot_assets.demo.world import IMAGE_SIZE, Plants, parse_caption, render
-from blindspot_assets.generators.base import GenerationRequest
+from blindspot_assets.generators.base import GenerationRequest, check_family_fields
 
 PARAMS = {
     "suppress_colors",
@@ -95,11 +95,7 @@ def checkpoints(spec: ModelSpec) -> list[CheckpointVersion]:
 
 
 def validate(spec: ModelSpec) -> None:
-    unknown = sorted(set(spec.params) - PARAMS)
-    if unknown:
-        raise ConfigError(
-            f"models.{spec.key}.{unknown[0]} is not a demo-family field; known: {sorted(PARAMS)}"
-        )
+    check_family_fields(spec, PARAMS)
     DemoGenerator(spec)
 
 

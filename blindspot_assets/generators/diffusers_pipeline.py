@@ -42,7 +42,7 @@ from blindspot_assets.checkpoint_versions import (
 )
 from blindspot_assets.config import ConfigError, ModelSpec
 from blindspot_assets.devices import choose_device
-from blindspot_assets.generators.base import GenerationRequest
+from blindspot_assets.generators.base import GenerationRequest, check_family_fields
 
 COMMON_PARAMS = frozenset(
     {
@@ -95,16 +95,8 @@ class DiffusionSettings:
 
 
 def check_params(spec: ModelSpec, family_params: Mapping[str, str]) -> None:
-    """Reject keys this family does not know, naming the known ones."""
-    known = sorted(COMMON_PARAMS | set(family_params))
-    for name in spec.params:
-        if name not in known:
-            raise fail(
-                spec,
-                name,
-                f"not a field of the {spec.family!r} family",
-                f"remove it, or use one of {known}",
-            )
+    """Reject keys this family does not know, naming the nearest and the known ones."""
+    check_family_fields(spec, COMMON_PARAMS | set(family_params))
 
 
 def check_repo(spec: ModelSpec, field_name: str, repo: Any, must_hold: str | None) -> str:
@@ -123,7 +115,7 @@ def check_repo(spec: ModelSpec, field_name: str, repo: Any, must_hold: str | Non
                 spec,
                 field_name,
                 f"local path {path} does not exist",
-                "download the checkpoint there (huggingface-cli download REPO "
+                "download the checkpoint there (hf download REPO "
                 "--local-dir PATH) or give its hub id",
                 missing=True,
             )

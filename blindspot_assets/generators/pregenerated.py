@@ -25,7 +25,7 @@ from PIL import Image
 
 from blindspot_assets.checkpoint_versions import CheckpointVersion, resolve_checkpoint
 from blindspot_assets.config import ModelSpec
-from blindspot_assets.generators.base import GenerationRequest
+from blindspot_assets.generators.base import GenerationRequest, check_family_fields
 from blindspot_assets.generators.diffusers_pipeline import fail
 from blindspot_assets.sources.intake import file_under
 
@@ -59,14 +59,7 @@ def _manifest_path(spec: ModelSpec, folder: Path) -> Path | None:
 
 
 def validate(spec: ModelSpec) -> None:
-    unknown = sorted(set(spec.params) - PARAMS)
-    if unknown:
-        raise fail(
-            spec,
-            unknown[0],
-            "not a field of the 'pregenerated' family",
-            f"use only {sorted(PARAMS)}",
-        )
+    check_family_fields(spec, PARAMS)
     _manifest_path(spec, _folder(spec))
 
 

@@ -6,9 +6,14 @@ the protocol)."""
 from __future__ import annotations
 
 import importlib
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Protocol, cast
 
-from blindspot_assets.checkpoint_versions import CheckpointVersion, combined_data_version
+from blindspot_assets.checkpoint_versions import (
+    CheckpointVersion,
+    MissingInput,
+    combined_data_version,
+)
 from blindspot_assets.config import ConfigError, ModelSpec
 from blindspot_assets.generators.base import ImageGenerator
 
@@ -64,6 +69,17 @@ def family_module(spec: ModelSpec) -> GeneratorFamily:
 
 def validate_model(spec: ModelSpec) -> None:
     family_module(spec).validate(spec)
+
+
+def check_models(specs: Iterable[ModelSpec]) -> None:
+    """Every model entry's family and fields, when the code location loads: a mistyped field
+    stops the load (and so every run) with the nearest known name. What is merely not on this
+    machine yet (``MissingInput``: a checkpoint folder to fetch) is left to the run's checks."""
+    for spec in specs:
+        try:
+            validate_model(spec)
+        except MissingInput:
+            continue
 
 
 def resolve_model_checkpoints(spec: ModelSpec) -> list[CheckpointVersion]:
