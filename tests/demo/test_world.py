@@ -67,7 +67,7 @@ def test_planted_model_never_draws_its_suppressed_colour_and_overdraws_its_backg
 def test_unknown_plant_is_a_config_error_naming_the_model():
     with pytest.raises(ConfigError, match=r"models\.bad.*magenta"):
         build(ModelSpec("bad", "demo", {"suppress_colors": ["magenta"]}))
-    with pytest.raises(ConfigError, match="not a demo-family field"):
+    with pytest.raises(ConfigError, match=r"'demo' family \(did you mean 'suppress_colors'\?\)"):
         build(ModelSpec("bad", "demo", {"supress_colors": ["red"]}))
 
 
