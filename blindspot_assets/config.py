@@ -103,6 +103,10 @@ class ImagesSpec:
     """Downscale (never upscale or crop) so the shorter side is at most this; null: keep size."""
     resample: Literal["lanczos", "bicubic"] = "lanczos"
     """Resampling filter of that downscale."""
+    history: Literal["match_real", "none"] = "match_real"
+    """match_real: each generated image first goes through the JPEG encode its paired real
+    file went through (that file's quantisation tables, chroma subsampling and size; none for
+    a real file stored losslessly); none: generated images get only the common pass."""
 
     def __post_init__(self) -> None:
         check_fields(self)
@@ -224,10 +228,24 @@ class StatsSpec:
     fail_on: tuple[str, ...] = ("new-suppressed", "new-exaggerated", "worsened")
     """Which changes are regressions: a status (new, resolved, worsened, improved, persisting,
     borderline), optionally with a kind (new-suppressed); a list or a comma-separated string."""
+    probe_images: int = 400
+    """Real images in the nuisance probe (``nuisance_probe``, ``stats/nuisance.py``): the null
+    control that sees processing asymmetry (0: off)."""
+    probe_scale: float = 0.5
+    """The probe's history arm: each real image downscaled by this factor is its "fresh"
+    content, and the real file's JPEG encode of that content its real side."""
+    probe_blur: float = 0.7
+    """The probe's style arm: the radius of a Gaussian blur (a mild global style), in pixels
+    at a shorter side of 512, scaled to each image."""
 
     def __post_init__(self) -> None:
         check_fields(self)
-        check_ints(self, 0, "verify_top")
+        check_ints(self, 0, "verify_top", "probe_images")
+        if not (0.0 < self.probe_scale <= 1.0) or self.probe_blur < 0:
+            raise ConfigError(
+                f"probe_scale must be in (0, 1] and probe_blur ≥ 0, got {self.probe_scale}, "
+                f"{self.probe_blur}"
+            )
         check_ints(self, 1, "verify_images", "verify_captions", "top_datapoint_concepts")
         check_ints(self, 1, "label_terms", "cooccurrence_top", "cooccurrence_block")
         # lists from YAML become tuples: a frozen config stays hashable

@@ -18,10 +18,17 @@ from blindspot_assets.encoders.dinov2 import (
     load_encoder,
     open_feature_store,
 )
-from blindspot_assets.encoders.images import policy_of_run
+from blindspot_assets.encoders.images import (
+    JpegHistory,
+    generated_histories,
+    history_table,
+    policy_of_run,
+)
 from blindspot_assets.shards import FeatureShards, Shard, finish_sharded_store
 from blindspot_assets.store.images import read_manifest
+from blindspot_assets.store.layout import REAL
 from blindspot_assets.store.rowstore import RowStore
+from blindspot_assets.store.tables import write_table_partition
 
 
 def run_encoder(cfg: RunConfig, device: str | None = None) -> DinoEncoder:
@@ -38,8 +45,16 @@ def _plan(cfg: RunConfig, dataset: str, n_shards: int) -> list[tuple[int, int]]:
     """
     encoder = run_encoder(cfg, device="cpu")
     manifest = read_manifest(cfg.layout.images(dataset))
-    store = open_feature_store(encoder, manifest, cfg.layout.features(dataset))
+    store = open_feature_store(
+        encoder, manifest, cfg.layout.features(dataset), histories_of(cfg, dataset)
+    )
     return store.shard_ranges(n_shards)
+
+
+def histories_of(cfg: RunConfig, dataset: str) -> dict[str, JpegHistory | None] | None:
+    """What each image of ``dataset`` receives before the common pass: a generated set, its
+    paired real files' JPEG histories (``images.history: match_real``); the real set, none."""
+    return None if dataset == REAL else generated_histories(cfg.images, cfg.layout.real_images)
 
 
 def _encode_shard(context: dg.OpExecutionContext, cfg: RunConfig, shard: Shard) -> FeatureShards:
@@ -53,6 +68,7 @@ def _encode_shard(context: dg.OpExecutionContext, cfg: RunConfig, shard: Shard) 
         progress=progress_logger(context, f"features {shard.dataset} [{shard.index}]"),
         rows=shard.rows,
         finish=False,
+        histories=histories_of(cfg, shard.dataset),
     )
     return FeatureShards.of(summary, encoder.lineage())
 
@@ -62,7 +78,14 @@ def _merge(
 ) -> dict[str, Any]:
     summary = FeatureShards.merge(shards)
     finish_sharded_store(cfg.layout.features(dataset), summary.lineage)
-    return feature_metadata(cfg.layout.features(dataset), summary)
+    metadata = feature_metadata(cfg.layout.features(dataset), summary)
+    histories = histories_of(cfg, dataset)
+    if dataset != REAL:
+        table = history_table(read_manifest(cfg.layout.images(dataset)), histories, dataset)
+        write_table_partition(cfg.layout.tables, "image_history", dataset, table)
+        counts = table.group_by("history_applied").len().sort("len", descending=True)
+        metadata["image_history"] = dg.MetadataValue.json(dict(counts.iter_rows()))
+    return metadata
 
 
 def feature_metadata(path: str | Path, summary: FeatureShards) -> dict[str, Any]:

@@ -14,7 +14,7 @@ import json
 import time
 import warnings
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +29,7 @@ from blindspot_assets.checkpoint_versions import resolve_checkpoint
 from blindspot_assets.config import EncoderSpec
 from blindspot_assets.devices import choose_device
 from blindspot_assets.encoders.geometry import CROP_FRACTION, processor_crop_fraction
-from blindspot_assets.encoders.images import ImagePolicy
+from blindspot_assets.encoders.images import ImagePolicy, JpegHistory
 from blindspot_assets.generators.base import ProgressFn
 from blindspot_assets.generators.diffusers_pipeline import choose_dtype
 from blindspot_assets.store.layout import feature_arrays
@@ -150,6 +150,7 @@ def _prepare_block(
     statuses: list[str],
     paths: list[str],
     image_dir: Path,
+    histories: list[JpegHistory | None],
 ) -> _Batch:
     images: list[Image.Image] = []
     where: list[int] = []
@@ -159,7 +160,7 @@ def _prepare_block(
             status[i - start] = f"upstream_{statuses[i]}"
             continue
         try:
-            images.append(encoder.images.load(image_dir / paths[i]))
+            images.append(encoder.images.load(image_dir / paths[i], histories[i]))
             where.append(i - start)
         except Exception as exc:  # noqa: BLE001 - recorded per row
             status[i - start] = f"decode_error: {type(exc).__name__}"
@@ -173,6 +174,7 @@ def _prepared_blocks(
     statuses: list[str],
     paths: list[str],
     image_dir: Path,
+    histories: list[JpegHistory | None],
 ) -> Iterator[_Batch]:
     """The pending blocks in order, decoded ``decode_workers`` blocks ahead of the model.
 
@@ -182,7 +184,7 @@ def _prepared_blocks(
     workers = encoder.spec.decode_workers
     if workers <= 0:
         for a, b in pending:
-            yield _prepare_block(encoder, a, b, statuses, paths, image_dir)
+            yield _prepare_block(encoder, a, b, statuses, paths, image_dir, histories)
         return
     ahead: deque[Future[_Batch]] = deque()
     blocks = iter(pending)
@@ -192,7 +194,9 @@ def _prepared_blocks(
             block = next(blocks, None)
             if block is not None:
                 ahead.append(
-                    pool.submit(_prepare_block, encoder, *block, statuses, paths, image_dir)
+                    pool.submit(
+                        _prepare_block, encoder, *block, statuses, paths, image_dir, histories
+                    )
                 )
 
         for _ in range(2 * workers):
@@ -212,8 +216,12 @@ def extract_features(
     *,
     rows: tuple[int, int] | None = None,
     finish: bool = True,
+    histories: Mapping[str, JpegHistory | None] | None = None,
 ) -> ExtractionSummary:
     """Encode every manifest row into ``store_path``; resumes an interrupted run.
+
+    ``histories`` (generated sets): image id → the JPEG history of the paired real file, given
+    to the image before the common pass when the policy matches histories (``images.py``).
 
     Every manifest row gets a row in the store, so nothing is lost: rows whose image is missing
     upstream, unreadable, or whose features are not finite are kept invalid with a status.
@@ -223,13 +231,16 @@ def extract_features(
     finished by whoever calls with ``finish=True`` after every shard is done.
     """
     t0 = time.perf_counter()
-    store = open_feature_store(encoder, manifest, store_path)
+    store = open_feature_store(encoder, manifest, store_path, histories)
     statuses = manifest["status"].to_list()
     paths = manifest["path"].to_list()
+    given = histories or {}
+    history_rows = [given.get(i) for i in manifest["image_id"].to_list()]
     pending = store.pending_blocks(rows)
     total = sum(b - a for a, b in pending)
     computed = 0
-    for batch in _prepared_blocks(encoder, pending, statuses, paths, image_dir):
+    blocks = _prepared_blocks(encoder, pending, statuses, paths, image_dir, history_rows)
+    for batch in blocks:
         n = batch.stop - batch.start
         tokens = np.zeros((n, encoder.n_tokens, encoder.dim), dtype=encoder.spec.store_dtype)
         valid = np.zeros(n, dtype=bool)
@@ -267,9 +278,13 @@ def extract_features(
 
 
 def open_feature_store(
-    encoder: DinoEncoder, manifest: pl.DataFrame, store_path: str | Path
+    encoder: DinoEncoder,
+    manifest: pl.DataFrame,
+    store_path: str | Path,
+    histories: Mapping[str, JpegHistory | None] | None = None,
 ) -> RowStore:
-    """Create, resume or (when its inputs changed) rebuild the feature store of a manifest."""
+    """Create, resume or (when its inputs changed, histories included) rebuild the feature
+    store of a manifest."""
     ids = manifest["image_id"].to_list()
     attrs = {
         **encoder.lineage(),
@@ -279,6 +294,7 @@ def open_feature_store(
                 manifest_fingerprint(manifest),
                 encoder.spec.image_size,
                 encoder.images.lineage(),
+                history_fingerprint(ids, histories),
             ]
         ),
         "manifest_fingerprint": manifest_fingerprint(manifest),
@@ -290,3 +306,11 @@ def open_feature_store(
         attrs,
         chunk_rows=encoder.spec.batch_size,
     )
+
+
+def history_fingerprint(ids: list[str], histories: Mapping[str, JpegHistory | None] | None) -> str:
+    """A digest of the histories the rows receive ("" when none is given)."""
+    if not histories:
+        return ""
+    text = "\n".join(f"{i}\t{h.describe() if (h := histories.get(i)) else '-'}" for i in ids)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]

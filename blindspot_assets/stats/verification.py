@@ -46,7 +46,7 @@ from __future__ import annotations
 
 import hashlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -57,6 +57,7 @@ import torch
 
 from blindspot_assets.config import StatsSpec
 from blindspot_assets.encoders.dinov2 import DinoEncoder, extract_features
+from blindspot_assets.encoders.images import JpegHistory
 from blindspot_assets.generators.base import ImageGenerator
 from blindspot_assets.generators.runner import generate_image_set
 from blindspot_assets.sae.encode import encode_features_to_codes
@@ -419,9 +420,11 @@ def run_verification(
     base_seed: int = 0,
     batch_size: int = 8,
     progress: ProgressFn | None = None,
+    real_histories: Mapping[str, JpegHistory | None] | None = None,
 ) -> VerificationRun:
     """Generate, encode and test (module docstring); resumes: images, features and codes
-    already made are kept."""
+    already made are kept. ``real_histories``: each real image's JPEG history, given to the
+    new images of its caption as to the generated set's (``encoders/images.py``)."""
     t0 = time.perf_counter()
     concepts = concepts_to_verify(blindspots, params.top)
     real_store = RowStore.open(real_codes)
@@ -437,7 +440,11 @@ def run_verification(
     manifest, summary = generate_image_set(
         generator, model_key, requests, image_dir, batch_size, base_seed, progress
     )
-    extract_features(encoder, manifest, image_dir, features_path)
+    histories = None
+    if real_histories is not None:
+        pairs = requests.select("image_id", "real_image_id").iter_rows()
+        histories = {new: real_histories.get(real) for new, real in pairs}
+    extract_features(encoder, manifest, image_dir, features_path, histories=histories)
     encode_features_to_codes(sae, features_path, codes_path, k_max, device=_device(sae))
     wanted = plan["concept"].unique().sort().to_list()
     real_energy = energies_of(real_store, plan["image_id"].drop_nulls().to_list(), wanted)
