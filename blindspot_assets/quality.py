@@ -190,7 +190,9 @@ def sae_quality_outcome(sae_dir: Path) -> CheckOutcome:
 
 
 def controls_outcome(cfg: RunConfig) -> CheckOutcome:
-    """Null controls flag nothing: any flag on a control is a pipeline artefact."""
+    """Null controls flag nothing: any flag on a control model, or on the nuisance probe's
+    history arm (``stats/nuisance.py``: a faithful PNG "model" of the real content against its
+    real files' JPEG encode), is a pipeline artefact."""
     flags: dict[str, Any] = {}
     for model_key in cfg.controls:
         try:
@@ -201,9 +203,15 @@ def controls_outcome(cfg: RunConfig) -> CheckOutcome:
             "paper_verdict": int(df["paper_verdict"].sum()),
             "significant": int(df["significant"].sum()),
         }
+    probe = _probe_flags(cfg)
+    if probe is not None:
+        flags[PROBE] = probe
     dirty = {m: f for m, f in flags.items() if f["paper_verdict"] or f["significant"]}
-    if not cfg.controls:
-        description = "the run config registers no control model: add one (family: control)"
+    if not cfg.controls and probe is None:
+        description = (
+            "the run registers no control: add one (family: control) or keep the nuisance "
+            "probe on (stats.probe_images)"
+        )
     elif not flags:
         description = "no control partition materialised yet"
     elif dirty:
@@ -221,6 +229,22 @@ def controls_outcome(cfg: RunConfig) -> CheckOutcome:
         metadata={"flags_per_control": flags},
         description=description,
     )
+
+
+PROBE = "nuisance_probe:history"
+"""How the probe's history arm is named among the controls (summary, check, report)."""
+
+
+def _probe_flags(cfg: RunConfig) -> dict[str, int] | None:
+    try:
+        effects = read_table(cfg.layout.tables, "nuisance_effects")
+    except FileNotFoundError:
+        return None
+    arm = effects.filter(pl.col("nuisance") == "history")
+    if arm.is_empty():
+        return None
+    delta_flags = 0  # the probe reports the significance verdict only
+    return {"paper_verdict": delta_flags, "significant": int(arm["significant"].sum())}
 
 
 def manifest_counts(manifest: pl.DataFrame) -> dict[str, Any]:

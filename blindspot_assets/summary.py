@@ -8,9 +8,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-import polars as pl
-
-from blindspot_assets.config import load_config
+from blindspot_assets.config import RunConfig, load_config
+from blindspot_assets.quality import controls_outcome
 from blindspot_assets.query import hint
 from blindspot_assets.store.tables import query
 
@@ -33,29 +32,24 @@ def main(config_path: str | None = None) -> int:
         "FROM blindspots GROUP BY ALL ORDER BY ALL",
     )
     print(summary)
-    print(controls_verdict(cfg.controls, summary))
+    print(controls_verdict(cfg))
     print("Query it:", hint(db, "SELECT * FROM blindspots ORDER BY rank LIMIT 10"))
     return 0
 
 
-def controls_verdict(controls: list[str], summary: pl.DataFrame) -> str:
-    """One line saying whether the run's null controls are clean (no flag under either
-    verdict), so nobody reads a run whose controls flag concepts as if it were trustworthy."""
-    if not controls:
+def controls_verdict(cfg: RunConfig) -> str:
+    """One line saying whether the run's null controls — control models and the nuisance
+    probe's history arm — are clean, so nobody reads a run whose controls flag concepts as if
+    it were trustworthy (the asset check ``controls_clean`` says the same)."""
+    outcome = controls_outcome(cfg)
+    if outcome.passed:
+        return f"Controls: clean — {outcome.description}."
+    if outcome.severity == "ERROR":
         return (
-            "Controls: NONE — this run has no null control model, so nothing shows how many "
-            "flags the pipeline alone produces (add one: family: control)."
+            f"Controls: NOT CLEAN — {outcome.description}; no model's blindspot is evidence "
+            "until they are explained."
         )
-    rows = summary.filter(pl.col("model_key").is_in(controls))
-    flags = {key: int(rows.filter(pl.col("model_key") == key)["n"].sum() or 0) for key in controls}
-    if any(flags.values()):
-        detail = ", ".join(f"{k}: {n}" for k, n in flags.items())
-        return (
-            f"Controls: NOT CLEAN ({detail} flagged concepts) — these flags are pipeline "
-            "artefacts; no model's blindspot is evidence until they are explained "
-            "(README, 'Null controls')."
-        )
-    return f"Controls: clean — {', '.join(controls)} flag 0 concepts under either verdict."
+    return f"Controls: NONE — {outcome.description}."
 
 
 def cli(argv: list[str] | None = None) -> int:

@@ -14,7 +14,7 @@ import polars as pl
 from blindspot_assets.config import RunConfig
 from blindspot_assets.defs.concepts import concept_codes, real_concept_codes, sae
 from blindspot_assets.defs.declare import stage_asset, table_asset
-from blindspot_assets.defs.features import gen_features, real_features
+from blindspot_assets.defs.features import ENCODER, gen_features, real_features, run_encoder
 from blindspot_assets.defs.inputs import real_images
 from blindspot_assets.defs.metadata import lineage_md, progress_logger, table_md
 from blindspot_assets.defs.partitions import model_keys
@@ -33,6 +33,7 @@ from blindspot_assets.stats.run_tables import (
     flag_counts,
     flagged_with_replication,
     model_comparison_tables,
+    nuisance_effects,
     strongest_partners,
     top_flags,
     top_images_by_dataset,
@@ -44,6 +45,7 @@ from blindspot_assets.stats.significance import expected_false_flags
 from blindspot_assets.store.images import read_manifest
 from blindspot_assets.store.layout import REAL
 from blindspot_assets.store.rowstore import store_exists
+from blindspot_assets.store.tables import clear_table_partition
 
 MaterializeResult = dg.MaterializeResult[Any]
 
@@ -98,13 +100,57 @@ def concept_stats(
 
 
 @table_asset(
-    per_model=True,
-    deps=[concept_stats, sae, real_features, gen_features],
+    deps=[real_images, real_features, sae, real_concept_codes],
     code_version=code_version(
-        "blindspots", "stats.concepts", "stats.replication", "stats.params", "stats.run_tables"
+        "nuisance_probe", "stats.nuisance", "stats.run_tables", *STATS_MODULES, *ENCODER
+    ),
+    description="The nuisance probe, a null control that sees processing asymmetry: real "
+    "images against themselves with a simulated history (fresh content vs. its real file's "
+    "JPEG encode) and a mild blur, through the run's own pipeline (table nuisance_effects). "
+    "Its history arm flags nothing when the image policy equalises histories.",
+)
+def nuisance_probe(
+    context: dg.AssetExecutionContext, run_config: RunConfigResource
+) -> MaterializeResult:
+    cfg = run_config.load()
+    if cfg.stats.probe_images == 0:
+        clear_table_partition(cfg.layout.tables, "nuisance_effects", "all")
+        return dg.MaterializeResult(metadata={"skipped": "stats.probe_images is 0"})
+    table = with_sae_version(cfg, nuisance_effects(cfg, run_encoder(cfg)))
+    write_run_table(cfg, "nuisance_effects", "all", table)
+    flags = table.group_by("nuisance").agg(pl.col("significant").sum()).sort("nuisance")
+    return dg.MaterializeResult(
+        metadata={
+            "n_images": int(table.select(pl.col("n_pairs").max()).item() or 0),
+            "significant_per_arm": dg.MetadataValue.json(dict(flags.iter_rows())),
+        }
+    )
+
+
+@table_asset(
+    per_model=True,
+    deps=[
+        concept_stats,
+        sae,
+        real_features,
+        gen_features,
+        # the other models' codes: the consensus of `specific` (stats/specific.py)
+        dg.AssetDep(concept_codes, partition_mapping=dg.AllPartitionMapping()),
+        nuisance_probe,  # within_nuisance
+    ],
+    code_version=code_version(
+        "blindspots",
+        "stats.concepts",
+        "stats.replication",
+        "stats.params",
+        "stats.run_tables",
+        "stats.specific",
+        "stats.significance",
     ),
     description="Concepts a model suppresses or exaggerates: the paper's δ-threshold verdict "
-    "and the significance verdict side by side (table blindspots).",
+    "and the significance verdict side by side, ranked by how much of the concept is lost or "
+    "added, and whether the change is specific to this model against the other models' "
+    "consensus (table blindspots).",
 )
 def blindspots(
     context: dg.AssetExecutionContext, run_config: RunConfigResource

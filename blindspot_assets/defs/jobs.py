@@ -30,7 +30,12 @@ model_job = dg.define_asset_job(
 real_job = dg.define_asset_job(
     "real_job",
     selection=dg.AssetSelection.assets(
-        "real_images", "real_features", "sae", "real_concept_codes", "concept_labels"
+        "real_images",
+        "real_features",
+        "sae",
+        "real_concept_codes",
+        "concept_labels",
+        "nuisance_probe",
     ),
 )
 

@@ -17,7 +17,10 @@ from blindspot_assets.stats.reading import (
     pair_rows,
 )
 from blindspot_assets.stats.scores import benjamini_hochberg, blindspot_scores
-from blindspot_assets.stats.significance import minimum_effect_p_values
+from blindspot_assets.stats.significance import (
+    minimum_effect_p_values,
+    relative_lower_bound,
+)
 from blindspot_assets.stats.sparse_sums import Entries
 from blindspot_assets.stats.uncertainty import PairedDiffAccumulator, PairedDiffResult
 from blindspot_assets.store.rowstore import RowStore
@@ -26,7 +29,7 @@ CONCEPT_STATS_COLUMNS = (
     "concept", "n_pairs", "energy_real", "energy_gen", "nb_fire_real", "nb_fire_gen",
     "image_freq_real", "image_freq_gen", "delta_energy", "delta", "relative",
     "delta_energy_ci_low", "delta_energy_ci_high", "delta_ci_low", "delta_ci_high",
-    "effect_size", "p_value", "q_value", "significant", "p_value_no_change",
+    "effect_size", "p_value", "q_value", "significant", "p_value_no_change", "change_lcb",
 )  # fmt: skip
 
 
@@ -56,7 +59,9 @@ def compute_concept_stats(
     differences); ``p_value`` (minimum-effect test of "the change is negligible", see
     ``significance``), ``q_value`` (Benjamini–Hochberg over all concepts), ``significant``
     (q < ``alpha``: the one definition used by every table and the report),
-    ``p_value_no_change`` (two-sided sign-flip test of ΔE = 0, see ``uncertainty``).
+    ``p_value_no_change`` (two-sided sign-flip test of ΔE = 0, see ``uncertainty``),
+    ``change_lcb`` (lower confidence bound of |relative|: how much of the concept is lost or
+    added, 1 = gone entirely; ``significance.relative_lower_bound``).
     """
     real, gen = open_store(real_codes), open_store(gen_codes)
     n_concepts = n_concepts_of(real)
@@ -134,6 +139,7 @@ def concept_stats_frame(
             "q_value": q_k,
             "significant": q_k < params.alpha,  # NaN is never < α
             "p_value_no_change": diff.p_value_k,
+            "change_lcb": relative_lower_bound(diff.moments, params.ci_level),
         }
     ).select(CONCEPT_STATS_COLUMNS)
 
@@ -144,8 +150,10 @@ def flag_blindspots(stats_df: pl.DataFrame, params: BlindspotParams) -> pl.DataF
     ``paper_verdict``: δ < ``suppressed_below`` or δ > ``exaggerated_above`` (the paper's).
     ``significant``: as in ``compute_concept_stats`` (minimum-effect test, BH at ``alpha``).
     A concept is listed when either verdict holds; ``kind`` is "suppressed" when ΔE < 0, else
-    "exaggerated". ``rank`` orders significant concepts first, then by |effect size| (largest
-    first), then by |ΔE|.
+    "exaggerated". ``rank`` — the order a user reads first — puts significant concepts first,
+    then orders by ``change_lcb`` (how surely how much of the concept is lost or added: a
+    concept that is gone ranks above a mild shift of a frequent one), then |effect size|.
+    ``rank_effect_size`` keeps the order by |effect size| (significant first), then |ΔE|.
     """
     df = stats_df.with_columns(
         paper_verdict=(pl.col("delta") < params.suppressed_below)
@@ -164,12 +172,20 @@ def flag_blindspots(stats_df: pl.DataFrame, params: BlindspotParams) -> pl.DataF
             descending=True,
             nulls_last=True,
         )
+        .with_row_index("rank_effect_size", offset=1)
+        .sort(
+            [pl.col("significant"), pl.col("change_lcb"), pl.col("effect_size").abs()],
+            descending=True,
+            nulls_last=True,
+            maintain_order=True,
+        )
         .with_row_index("rank", offset=1)
-        .with_columns(pl.col("rank").cast(pl.Int32))
+        .with_columns(pl.col("rank", "rank_effect_size").cast(pl.Int32))
     )
     columns = [
-        "rank", "concept", "kind", "delta", "delta_energy", "relative", "effect_size",
-        "delta_energy_ci_low", "delta_energy_ci_high", "p_value", "q_value", "paper_verdict",
-        "significant", "energy_real", "energy_gen", "image_freq_real", "n_pairs",
+        "rank", "concept", "kind", "delta", "delta_energy", "relative", "change_lcb",
+        "effect_size", "delta_energy_ci_low", "delta_energy_ci_high", "p_value", "q_value",
+        "paper_verdict", "significant", "energy_real", "energy_gen", "image_freq_real",
+        "n_pairs", "rank_effect_size",
     ]  # fmt: skip
     return flagged.select([c for c in columns if c in flagged.columns])

@@ -82,7 +82,7 @@ class Pairing:
         return int(self.real_rows.size)
 
 
-def _valid_index(store: RowStore, what: str) -> dict[str, int]:
+def valid_index(store: RowStore, what: str) -> dict[str, int]:
     ids = store.image_ids()
     valid = store.valid()
     index: dict[str, int] = {}
@@ -99,8 +99,8 @@ def _valid_index(store: RowStore, what: str) -> dict[str, int]:
 
 def pair_rows(real: RowStore, gen: RowStore) -> Pairing:
     """Pair the valid rows of a real and a generated store by image id (see ``Pairing``)."""
-    real_index = _valid_index(real, "real")
-    gen_index = _valid_index(gen, "generated")
+    real_index = valid_index(real, "real")
+    gen_index = valid_index(gen, "generated")
     common = sorted(set(real_index) & set(gen_index), key=real_index.__getitem__)
     return Pairing(
         image_ids=common,

@@ -4,25 +4,36 @@ lineage and written as one Parquet partition per model; the cross-model tables o
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import polars as pl
+import torch
 
 from blindspot_assets.config import BLINDSPOT_KINDS, RunConfig
 from blindspot_assets.devices import choose_device
-from blindspot_assets.encoders.dinov2 import DinoEncoder
+from blindspot_assets.encoders.dinov2 import DinoEncoder, extract_features
+from blindspot_assets.encoders.images import JpegHistory, generated_histories
 from blindspot_assets.generators.registry import base_seed, batch_size, build_generator
 from blindspot_assets.sae.build import sae_version
 from blindspot_assets.sae.checkpoint import HEADER_FILE, load_sae
+from blindspot_assets.sae.encode import encode_features_to_codes
+from blindspot_assets.sae.model import RelaxedArchetypalSAE
 from blindspot_assets.stats.changes import blindspot_changes
-from blindspot_assets.stats.concepts import flag_blindspots
+from blindspot_assets.stats.concepts import compute_concept_stats, flag_blindspots
+from blindspot_assets.stats.nuisance import (
+    effects_frame,
+    mark_within_nuisance,
+    probe_ids,
+    write_probe_images,
+)
 from blindspot_assets.stats.params import BlindspotParams
 from blindspot_assets.stats.planted import planted_summary_frame, score_planted
 from blindspot_assets.stats.reconstruction import reconstruction_quality
 from blindspot_assets.stats.replication import replication, without_replication
+from blindspot_assets.stats.specific import specific_changes, with_specific
 from blindspot_assets.stats.summaries import (
     compare_variants,
     frequency_vs_relative,
@@ -104,12 +115,39 @@ def flagged_with_replication(
     """The model's flagged concepts; with a replicate SAE (``sae.replicate_seed``), which of them
     replicate in it (null columns without one)."""
     flagged = flag_blindspots(read_table(cfg.layout.tables, "concept_stats", model_key), params)
+    flagged = with_specific(flagged, specific_of(cfg, model_key, params), params.alpha)
+    flagged = mark_within_nuisance(flagged, nuisance_effects_of(cfg))
     if not (cfg.layout.sae_replicate / HEADER_FILE).exists():
         return without_replication(flagged)
     model_a, _ = load_sae(cfg.layout.sae)
     model_b, _ = load_sae(cfg.layout.sae_replicate)
     return replication(
         flagged, model_a, model_b, cfg.layout.features(REAL), cfg.layout.features(model_key), params
+    )
+
+
+def consensus_models(cfg: RunConfig, model_key: str) -> list[str]:
+    """The models whose consensus ``model_key`` is tested against (``stats/specific.py``):
+    every other model of the run that is not a null control and has codes."""
+    return [
+        m
+        for m in cfg.models
+        if m != model_key and not cfg.model(m).control and store_exists(cfg.layout.codes(m))
+    ]
+
+
+def specific_of(cfg: RunConfig, model_key: str, params: BlindspotParams) -> pl.DataFrame | None:
+    """The model's changes against the other models' consensus; None for a control or a run
+    with no other model."""
+    others = consensus_models(cfg, model_key)
+    if cfg.model(model_key).control or not others:
+        return None
+    return specific_changes(
+        cfg.layout.codes(model_key),
+        [cfg.layout.codes(m) for m in others],
+        params.min_effect_size,
+        params.min_relative,
+        params.block_rows,
     )
 
 
@@ -298,6 +336,7 @@ def verify_model(
         base_seed=base_seed(spec, cfg.seed),
         batch_size=batch_size(spec),
         progress=progress,
+        real_histories=generated_histories(cfg.images, cfg.layout.real_images),
     )
     meta = {
         "n_concepts": run.n_concepts,
@@ -329,3 +368,57 @@ def flag_counts(flagged: pl.DataFrame) -> dict[str, int]:
 def top_flags(flagged: pl.DataFrame) -> pl.DataFrame:
     """A ``blindspots`` partition's flags in rank order, with the columns read first."""
     return flagged.sort("rank").select("concept", "kind", "delta", "delta_energy", "q_value")
+
+
+def nuisance_effects(cfg: RunConfig, encoder: DinoEncoder) -> pl.DataFrame:
+    """The nuisance probe of the run (``stats/nuisance.py``): both arms' images written, then
+    encoded, coded and tested through the run's own pipeline; resumes like the stages."""
+    spec = cfg.stats
+    real_dir = cfg.layout.real_images
+    ids = probe_ids(real_dir, spec.probe_images, cfg.seed)
+    sets = write_probe_images(
+        real_dir, cfg.layout.probe_images, ids, spec.probe_scale, spec.probe_blur
+    )
+    sae_model = load_sae(cfg.layout.sae, device=choose_device("auto"))[0]
+    device = next(sae_model.parameters()).device
+    frames = []
+    for arm, found in sets.items():
+        reference_codes = cfg.layout.codes(REAL)
+        reference_dir = real_dir
+        if found.reference is not None:
+            reference_dir = found.reference
+            reference_codes = _probe_codes(
+                cfg, encoder, sae_model, device, arm, "reference", found.reference, None
+            )
+        histories = generated_histories(cfg.images, reference_dir)
+        gen_codes = _probe_codes(
+            cfg, encoder, sae_model, device, arm, "generated", found.generated, histories
+        )
+        stats = compute_concept_stats(reference_codes, gen_codes, cfg.stats.params)
+        frames.append(effects_frame(arm, stats))
+    return pl.concat(frames)
+
+
+def _probe_codes(
+    cfg: RunConfig,
+    encoder: DinoEncoder,
+    sae_model: RelaxedArchetypalSAE,
+    device: torch.device,
+    arm: str,
+    side: str,
+    image_dir: Path,
+    histories: Mapping[str, JpegHistory | None] | None,
+) -> str | Path:
+    features = cfg.layout.probe_store(arm, side, "features")
+    codes = cfg.layout.probe_store(arm, side, "codes")
+    extract_features(encoder, read_manifest(image_dir), image_dir, features, histories=histories)
+    encode_features_to_codes(sae_model, features, codes, cfg.sae.k_max_store, device=device)
+    return codes
+
+
+def nuisance_effects_of(cfg: RunConfig) -> pl.DataFrame | None:
+    """The run's ``nuisance_effects`` table, None when no probe ran."""
+    try:
+        return read_table(cfg.layout.tables, "nuisance_effects")
+    except FileNotFoundError:
+        return None

@@ -160,3 +160,22 @@ def expected_false_flags(n_significant: int, alpha: float) -> float:
     """The FDR bound in counts: of ``n_significant`` flags, at most this many are expected to
     be concepts whose change is negligible."""
     return alpha * n_significant
+
+
+def relative_lower_bound(moments: PairedMoments, ci_level: float) -> F64:
+    """Per concept, the lower confidence bound of |relative| — how much of the concept is lost
+    or added: relative = (E_G − E_R) / (E_G + E_R) = tanh(½ log(E_G / E_R)), so 1 means gone
+    (or new) entirely and 0 unchanged. Delta method on the paired means, two-sided at
+    ``ci_level``; 0 where the bound crosses 0 or nothing fires."""
+    n = max(moments.n, 1)
+    mean_g, sd_g = moments.combination(1.0, 0.0)
+    mean_r, sd_r = moments.combination(0.0, 1.0)
+    cov = (moments.sum_cross_k - n * mean_g * mean_r) / max(moments.n - 1, 1)
+    total = mean_g + mean_r
+    with np.errstate(divide="ignore", invalid="ignore"):
+        rel = (mean_g - mean_r) / total
+        grad_g, grad_r = 2.0 * mean_r / total**2, -2.0 * mean_g / total**2
+        var = (grad_g**2 * sd_g**2 + grad_r**2 * sd_r**2 + 2.0 * grad_g * grad_r * cov) / n
+    z = float(-torch.special.ndtri(torch.tensor((1.0 - ci_level) / 2.0, dtype=torch.float64)))
+    bound = np.abs(rel) - z * np.sqrt(np.maximum(var, 0.0))
+    return np.where(total > 0, np.clip(bound, 0.0, 1.0), 0.0)

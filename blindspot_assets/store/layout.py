@@ -81,6 +81,15 @@ class DataLayout:
         """Features (``kind`` = features) or concept codes (codes) of the verification images."""
         return self._store("verification", f"{check_store_key(model)}-{check_key(kind)}.zarr")
 
+    @property
+    def probe_images(self) -> Path:
+        """The nuisance probe's image sets (``stats/nuisance.py``), one folder per arm."""
+        return self.root / "images" / "probe"
+
+    def probe_store(self, arm: str, side: str, kind: str) -> str | Path:
+        """Features or codes (``kind``) of one side (generated, reference) of a probe arm."""
+        return self._store("probe", f"{check_key(arm)}-{check_key(side)}-{check_key(kind)}.zarr")
+
     def features(self, dataset: str) -> str | Path:
         return self._store("features", f"{check_store_key(dataset)}.zarr")
 
