@@ -121,6 +121,10 @@ class ModelSection:
     memorization: list[dict[str, Any]] = field(default_factory=list)
     memorization_total: int = 0
     notes: list[str] = field(default_factory=list)
+    # significant flags specific to this model, and those shared with the others' consensus
+    # (None: no consensus in this run)
+    specific: list[dict[str, Any]] | None = None
+    shared: list[dict[str, Any]] = field(default_factory=list)
 
 
 def _sigmoid_markers(cfg: RunConfig) -> dict[float, str]:
@@ -335,7 +339,8 @@ def _flagged_table(
     preferred = [
         "rank", "concept", "name", "kind", "delta", "delta_ci_low", "delta_ci_high",
         "delta_energy", "delta_energy_ci_low", "delta_energy_ci_high", "relative",
-        "effect_size", "q_value", "paper_verdict", "significant", "verification_status",
+        "change_lcb", "effect_size", "q_value", "paper_verdict", "significant", "specific",
+        "within_nuisance", "verification_status",
     ]  # fmt: skip
     df = flagged.sort("rank") if "rank" in flagged.columns else flagged
     df = df.head(opts.max_table_rows)
@@ -349,6 +354,24 @@ def _flagged_table(
         row["_anchor"] = f"m-{key}-c{concept}" if concept in carded else ""
         rows.append(row)
     return cols, rows
+
+
+def _specific_view(
+    flagged: pl.DataFrame, labels: Labels, opts: ReportOptions
+) -> tuple[list[dict[str, Any]] | None, list[dict[str, Any]]]:
+    """The significant flags split into model-specific and shared (``stats/specific.py``)."""
+    if "specific" not in flagged.columns or flagged["specific"].is_null().all():
+        return None, []
+    significant = flagged.filter(pl.col("significant")).sort("rank")
+    cols = ["concept", "kind", "rank", "change_lcb"]
+
+    def rows(df: pl.DataFrame) -> list[dict[str, Any]]:
+        out = df.select(cols).head(opts.max_table_rows).to_dicts()
+        return [{**r, "name": labels.name(int(r["concept"]))} for r in out]
+
+    return rows(significant.filter(pl.col("specific"))), rows(
+        significant.filter(~pl.col("specific").fill_null(False))
+    )
 
 
 def _datapoints(
@@ -673,6 +696,7 @@ def _model_section(
         key, flagged, labels, carded, opts
     )
     section.n_flagged = flagged.height
+    section.specific, section.shared = _specific_view(flagged, labels, opts)
     section.datapoints, section.datapoint_columns = _datapoints(
         key, tables["datapoint_deltas"], labels, writer, opts
     )

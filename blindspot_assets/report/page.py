@@ -47,6 +47,7 @@ table.kv table.kv td{border-bottom:1px dotted var(--line)}
 .badge{display:inline-block;border-radius:9px;padding:0 7px;font-size:11px;color:#fff}
 .badge.suppressed{background:var(--sup)}.badge.exaggerated{background:var(--exa)}
 .badge.sig{background:#2f855a}.badge.paper{background:#718096}
+.specific-view{display:grid;grid-template-columns:1fr 1fr;gap:16px}
 .badge.confirmed{background:#276749}.badge.not_confirmed{background:#c53030}
 .badge.inconclusive,.badge.skipped{background:#a0aec0}
 .cards{display:grid;grid-template-columns:repeat(auto-fill,minmax(560px,1fr));gap:14px}
@@ -217,6 +218,23 @@ per card</div>
 {% endfor %}
 </div>
 {% endfor %}
+
+<h3>What only this model cannot draw, and what all models miss</h3>
+{% if s.specific is none %}<p class="note">No consensus: this run has no other (non-control)
+model with codes, so a model-specific change cannot be told from a shared one.</p>
+{% else %}<div class="specific-view">
+<div><h4>Only this model ({{ s.specific|length }})</h4><p class="note">Flagged, and changed
+against the other models' consensus for the same captions too (<code>specific</code>).</p>
+<ul>{% for r in s.specific %}<li><span class="badge {{ r.kind }}">{{ r.kind }}</span> concept
+{{ r.concept }} {{ r.name }} — rank {{ r.rank }}, change ≥ {{ num(r.change_lcb) }}</li>
+{% else %}<li class="note">none</li>{% endfor %}</ul></div>
+<div><h4>Shared with the other models ({{ s.shared|length }})</h4><p class="note">Flagged
+against the real set, but within what the other models' consensus shows: what all models
+miss (or a style they share).</p>
+<ul>{% for r in s.shared %}<li><span class="badge {{ r.kind }}">{{ r.kind }}</span> concept
+{{ r.concept }} {{ r.name }} — rank {{ r.rank }}</li>
+{% else %}<li class="note">none</li>{% endfor %}</ul></div>
+</div>{% endif %}
 
 <h3>All flagged concepts ({{ s.n_flagged }}{% if s.n_flagged > s.flagged_rows|length %},
 first {{ s.flagged_rows|length }} shown{% endif %})</h3>
