@@ -24,6 +24,7 @@ from blindspot_assets.encoders.images import (
     history_table,
     policy_of_run,
 )
+from blindspot_assets.generators.registry import carries_real_history
 from blindspot_assets.shards import FeatureShards, Shard, finish_sharded_store
 from blindspot_assets.store.images import read_manifest
 from blindspot_assets.store.layout import REAL
@@ -53,8 +54,11 @@ def _plan(cfg: RunConfig, dataset: str, n_shards: int) -> list[tuple[int, int]]:
 
 def histories_of(cfg: RunConfig, dataset: str) -> dict[str, JpegHistory | None] | None:
     """What each image of ``dataset`` receives before the common pass: a generated set, its
-    paired real files' JPEG histories (``images.history: match_real``); the real set, none."""
-    return None if dataset == REAL else generated_histories(cfg.images, cfg.layout.real_images)
+    paired real files' JPEG histories (``images.history: match_real``); the real set, and a
+    control family's copies of the real files (which carry their history already), none."""
+    if dataset == REAL or carries_real_history(cfg.model(dataset)):
+        return None
+    return generated_histories(cfg.images, cfg.layout.real_images)
 
 
 def _encode_shard(context: dg.OpExecutionContext, cfg: RunConfig, shard: Shard) -> FeatureShards:

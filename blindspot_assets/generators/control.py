@@ -25,6 +25,10 @@ from blindspot_assets.generators.base import GenerationRequest, check_family_fie
 from blindspot_assets.store.images import read_manifest
 
 PARAMS = {"real_images", "batch_size", "seed"}
+CARRIES_REAL_HISTORY = True
+"""Its images are the real files decoded: they already went through their real file's JPEG
+encode, so the matched-history policy gives them none again (a second encode with 4:2:0
+chroma is not idempotent, and would flag concepts on a control)."""
 VERSION = "control:copy-of-real-v1"
 
 

@@ -82,6 +82,12 @@ def check_models(specs: Iterable[ModelSpec]) -> None:
             continue
 
 
+def carries_real_history(spec: ModelSpec) -> bool:
+    """Whether the family's images are the real files themselves (``control``): they already
+    carry their real file's history, and the matched-history policy must not add it again."""
+    return bool(getattr(family_module(spec), "CARRIES_REAL_HISTORY", False))
+
+
 def resolve_model_checkpoints(spec: ModelSpec) -> list[CheckpointVersion]:
     """The checkpoints a model entry points at, each resolved to a version (no weights loaded)."""
     return family_module(spec).checkpoints(spec)
