@@ -114,6 +114,14 @@ def test_dask_backfill_matches_the_in_process_tables(tmp_path):
                 got, want = got.sort("gen_image_id"), want.sort("gen_image_id")
                 assert_frame_equal(got, want, rel_tol=1e-5, abs_tol=1e-5)
             else:
+                # `specific` tests a model against the other models' codes that exist when its
+                # partition runs: in a per-model backfill that depends on the runs' order (the
+                # two Dask runs overlap; the in-process ones do not). Dagster marks blindspots
+                # stale when another model's codes land (its dependency on every partition of
+                # concept_codes): re-materialise it after the backfill. The rest must match.
+                if table == "blindspots":
+                    order_dependent = [c for c in got.columns if c.startswith("specific")]
+                    got, want = got.drop(order_dependent), want.drop(order_dependent)
                 assert_frame_equal(got, want, check_exact=True)
 
     # the two runs executed on Dask and overlapped in time (parallel workers)
