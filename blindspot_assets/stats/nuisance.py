@@ -95,9 +95,12 @@ def write_probe_images(
     rows: dict[tuple[str, str], list[dict[str, str]]] = {}
     for image_id in ids:
         source = real_dir / paths[image_id]
-        with Image.open(source) as im:
-            im.load()
-            decoded = to_rgb(im)
+        try:
+            with Image.open(source) as im:
+                im.load()
+                decoded = to_rgb(im)
+        except (OSError, ValueError):  # a file that does not decode is left out of the probe
+            continue
         history = read_history(source)
         fresh = _fresh(decoded, scale)
         made: dict[tuple[str, str], tuple[str, Callable[[Path], None]]] = {
