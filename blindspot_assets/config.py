@@ -228,6 +228,16 @@ class StatsSpec:
     fail_on: tuple[str, ...] = ("new-suppressed", "new-exaggerated", "worsened")
     """Which changes are regressions: a status (new, resolved, worsened, improved, persisting,
     borderline), optionally with a kind (new-suppressed); a list or a comma-separated string."""
+    prdc_k: int = 5
+    """k of the k-nearest-neighbour radii of precision, recall, density and coverage
+    (``stats/distribution.py``, docs/method.md §9)."""
+    distribution_bootstrap: int = 50
+    """Bootstrap resamples of the distribution metrics' intervals (0: none). Each costs one FD
+    (two d × d covariances and an eigendecomposition) and one pass of the PRDC counts."""
+    distribution_max_samples: int = 10_000
+    """At most this many captions per distribution metric: above it, a seeded sample of them
+    (``n_real`` / ``n_generated`` record the size used). PRDC's distances are computed in
+    blocks of ``block_rows`` rows against the whole sample."""
     probe_images: int = 400
     """Real images in the nuisance probe (``nuisance_probe``, ``stats/nuisance.py``): the null
     control that sees processing asymmetry (0: off)."""
@@ -240,7 +250,8 @@ class StatsSpec:
 
     def __post_init__(self) -> None:
         check_fields(self)
-        check_ints(self, 0, "verify_top", "probe_images")
+        check_ints(self, 0, "verify_top", "probe_images", "distribution_bootstrap")
+        check_ints(self, 1, "prdc_k", "distribution_max_samples")
         if not (0.0 < self.probe_scale <= 1.0) or self.probe_blur < 0:
             raise ConfigError(
                 f"probe_scale must be in (0, 1] and probe_blur ≥ 0, got {self.probe_scale}, "

@@ -53,7 +53,7 @@ STATS_MODULES: tuple[str, ...] = ("stats.concepts", "stats.energy", "stats.uncer
 STATS_MODULES += ("stats.significance", "stats.scores", "stats.params", "stats.reading")
 STATS_MODULES += ("stats.sparse_sums",)
 COMPARISON_MODULES: tuple[str, ...] = ("stats.run_tables", "stats.summaries", "stats.planted")
-COMPARISON_MODULES += ("stats.reconstruction",)
+COMPARISON_MODULES += ("stats.reconstruction", "stats.distribution")
 
 
 def per_model_tables(
@@ -342,11 +342,19 @@ def concept_map(
 
 
 @table_asset(
-    deps=[concept_stats, datapoint_deltas, blindspots, concept_top_images],
+    deps=[
+        concept_stats,
+        datapoint_deltas,
+        blindspots,
+        concept_top_images,
+        real_features,
+        gen_features,
+    ],  # fmt: skip
     code_version=code_version("model_comparison", *COMPARISON_MODULES),
-    description="Across models: δ skewness, frequency vs relative difference, Pearson "
-    "correlation of relative differences, model-vs-variant comparisons, and — for worlds with "
-    "planted truth — recall and precision@k of the planted blindspots.",
+    description="Across models: δ skewness, distribution metrics on the encoder's CLS token "
+    "(FD, precision, recall, density, coverage with bootstrap intervals), frequency vs relative "
+    "difference, Pearson correlation of relative differences, model-vs-variant comparisons, and "
+    "— for worlds with planted truth — recall and precision@k of the planted blindspots.",
 )
 def model_comparison(
     context: dg.AssetExecutionContext, run_config: RunConfigResource
@@ -362,9 +370,14 @@ def model_comparison(
         write_run_table(cfg, name, "all", table)
     shown = {"model_summaries": "summaries", "model_correlations": "correlations"}
     shown |= {"variant_comparisons": "variants", "planted_scores": "planted_scores"}
-    return dg.MaterializeResult(
-        metadata={shown[n]: table_md(t) for n, t in result.tables.items() if n in shown}
-    )
+    metadata: dict[str, Any] = {
+        shown[n]: table_md(t) for n, t in result.tables.items() if n in shown
+    }
+    summaries = result.tables.get("model_summaries")
+    if summaries is not None and "feature_encoder" in summaries.columns:
+        encoders = sorted(str(e) for e in summaries["feature_encoder"].drop_nulls().unique())
+        metadata["distribution_features"] = f"CLS token (token 0) of {', '.join(encoders)}"
+    return dg.MaterializeResult(metadata=metadata)
 
 
 @stage_asset(

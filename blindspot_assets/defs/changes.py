@@ -3,13 +3,16 @@ partition per comparison of ``stats.compare`` and per archived model version). T
 are ``stats/changes.py``, called through ``stats/run_tables.comparison_changes``; the gate's
 check is in ``defs/checks.py``."""
 
+import math
 from typing import Any
 
 import dagster as dg
+import polars as pl
 
 from blindspot_assets.defs.analysis import concept_stats
 from blindspot_assets.defs.concepts import concept_codes, real_concept_codes
 from blindspot_assets.defs.declare import table_asset
+from blindspot_assets.defs.features import gen_features, real_features
 from blindspot_assets.defs.metadata import table_md
 from blindspot_assets.defs.partitions import (
     changes_mapping,
@@ -24,19 +27,36 @@ from blindspot_assets.stats.run_tables import comparison_changes, comparisons, w
 TABLE = "blindspot_changes"
 
 
+def distribution_md(df: pl.DataFrame) -> dict[str, float | None]:
+    """The change of FD and coverage of a comparison (the same on each row), for metadata."""
+    out: dict[str, float | None] = {}
+    for column in ("fd_dinov2_change", "coverage_change"):
+        if column in df.columns and df.height:
+            value = float(df[column][0])
+            out[column] = round(value, 4) if math.isfinite(value) else None
+    return out
+
+
 @table_asset(
     per_model=True,
     deps=[
         real_concept_codes,
         dg.AssetDep(concept_stats, partition_mapping=changes_mapping),
         dg.AssetDep(concept_codes, partition_mapping=changes_mapping),
+        real_features,
+        dg.AssetDep(gen_features, partition_mapping=changes_mapping),  # distribution metrics
     ],
     code_version=code_version(
-        "blindspot_changes", "stats.changes", "stats.run_tables", "store.versions"
+        "blindspot_changes",
+        "stats.changes",
+        "stats.run_tables",
+        "store.versions",
+        "stats.distribution",
     ),
     description="Per comparison [base, candidate] of stats.compare (run in the candidate's "
     "partition): each concept's status new / resolved / persisting / worsened / improved / "
-    "unchanged and the paired change of ΔE with its interval (table blindspot_changes).",
+    "unchanged and the paired change of ΔE with its interval, and both sides' distribution "
+    "metrics with their paired change (table blindspot_changes).",
 )
 def blindspot_changes(
     context: dg.AssetExecutionContext, run_config: RunConfigResource
@@ -60,6 +80,7 @@ def blindspot_changes(
             counts[key] = {
                 **status_counts(df),
                 "regressions": regressions(df, cfg.stats.fail_on).height,
+                **distribution_md(df),
             }
             written.append(df)
     return dg.MaterializeResult(

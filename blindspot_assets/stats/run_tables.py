@@ -23,6 +23,7 @@ from blindspot_assets.sae.encode import encode_features_to_codes
 from blindspot_assets.sae.model import RelaxedArchetypalSAE
 from blindspot_assets.stats.changes import blindspot_changes
 from blindspot_assets.stats.concepts import compute_concept_stats, flag_blindspots
+from blindspot_assets.stats.distribution import DistributionParams, store_change, store_metrics
 from blindspot_assets.stats.nuisance import (
     effects_frame,
     mark_within_nuisance,
@@ -48,7 +49,7 @@ from blindspot_assets.stats.verification import (
     skipped_rows,
 )
 from blindspot_assets.store.images import model_version, read_lineage, read_manifest
-from blindspot_assets.store.layout import REAL
+from blindspot_assets.store.layout import REAL, DataLayout
 from blindspot_assets.store.rowstore import store_exists
 from blindspot_assets.store.schema import stamp
 from blindspot_assets.store.tables import read_table, refresh_views, write_table_partition
@@ -175,9 +176,11 @@ class ComparisonTables:
 
 
 def model_comparison_tables(cfg: RunConfig, params: BlindspotParams) -> ComparisonTables:
-    """Across the models with results: ``model_summaries``, ``frequency_vs_relative``,
-    ``model_correlations`` (two models or more), ``variant_comparisons`` (``stats.variant_pairs``)
-    and ``planted_scores`` (worlds with a planted truth); each only where it has input."""
+    """Across the models with results: ``model_summaries`` (with each model's distribution
+    metrics, ``distribution_frame``), ``frequency_vs_relative``, ``model_correlations`` (two
+    models or more), ``variant_comparisons`` (``stats.variant_pairs``, with the pair's
+    distribution metrics) and ``planted_scores`` (worlds with a planted truth); each only where
+    it has input."""
     out = ComparisonTables()
     stats_by_model = available(cfg, "concept_stats")
     if stats_by_model:
@@ -187,6 +190,7 @@ def model_comparison_tables(cfg: RunConfig, params: BlindspotParams) -> Comparis
             if store_exists(cfg.layout.codes(dataset))
         }
         summaries = model_summaries(stats_by_model, params, cfg.controls, recon)
+        summaries = summaries.join(distribution_frame(cfg, list(stats_by_model)), "model", "left")
         out.vocabulary_gaps = summaries.filter(pl.col("vocabulary_gap"))["model"].to_list()
         out.tables["model_summaries"] = summaries
         out.tables["frequency_vs_relative"] = pl.concat(
@@ -200,7 +204,9 @@ def model_comparison_tables(cfg: RunConfig, params: BlindspotParams) -> Comparis
         out.tables["model_correlations"] = relative_correlations(stats_by_model)
     deltas = available(cfg, "datapoint_deltas")
     variants = [
-        compare_variants(deltas[a], deltas[b], params, a, b)
+        compare_variants(deltas[a], deltas[b], params, a, b).with_columns(
+            **{name: pl.lit(v) for name, v in pair_distribution(cfg, a, b).items()}
+        )
         for a, b in cfg.stats.variant_pairs
         if a in deltas and b in deltas
     ]
@@ -210,6 +216,46 @@ def model_comparison_tables(cfg: RunConfig, params: BlindspotParams) -> Comparis
     if planted is not None:
         out.tables["planted_scores"] = planted
     return out
+
+
+def distribution_params(cfg: RunConfig) -> DistributionParams:
+    """The distribution metrics' parameters from the ``stats`` block."""
+    spec = cfg.stats
+    return DistributionParams(
+        k=spec.prdc_k,
+        n_bootstrap=spec.distribution_bootstrap,
+        max_samples=spec.distribution_max_samples,
+        seed=spec.params.seed,
+        ci_level=spec.params.ci_level,
+        block_rows=spec.params.block_rows,
+    )
+
+
+def distribution_frame(cfg: RunConfig, models: Iterable[str]) -> pl.DataFrame:
+    """Per model with features: ``model`` and its distribution metrics against the real set
+    on the CLS token (``stats/distribution.py``); no rows without real features."""
+    real = cfg.layout.features(REAL)
+    params = distribution_params(cfg)
+    rows = [
+        {"model": m, **store_metrics(real, cfg.layout.features(m), params)}
+        for m in models
+        if store_exists(real) and store_exists(cfg.layout.features(m))
+    ]
+    return pl.DataFrame(rows) if rows else pl.DataFrame(schema={"model": pl.String})
+
+
+def pair_distribution(
+    cfg: RunConfig, base: str, candidate: str, base_layout: DataLayout | None = None
+) -> dict[str, Any]:
+    """The distribution metrics of a base and a candidate (``base_*``, ``candidate_*``, the
+    change ``*_change`` with its paired interval) over the captions valid in the real, base and
+    candidate feature stores; {} while a store is missing."""
+    real = cfg.layout.features(REAL)
+    base_store = (base_layout or cfg.layout).features(base)
+    cand = cfg.layout.features(candidate)
+    if not all(store_exists(s) for s in (real, base_store, cand)):
+        return {}
+    return store_change(real, base_store, cand, distribution_params(cfg))
 
 
 def planted_scores(cfg: RunConfig) -> pl.DataFrame | None:
@@ -247,9 +293,10 @@ def comparisons(cfg: RunConfig) -> list[tuple[str, str]]:
 def comparison_changes(
     cfg: RunConfig, base: str, candidate: str, key: str, run_id: str, params: BlindspotParams
 ) -> pl.DataFrame:
-    """The ``blindspot_changes`` rows of comparison ``key`` (base → candidate), stamped with
-    both sides' model versions and the candidate's lineage. FileNotFoundError (naming what to
-    materialise) while either side has no ``concept_stats``."""
+    """The ``blindspot_changes`` rows of comparison ``key`` (base → candidate), with the two
+    sides' distribution metrics and their change (``pair_distribution``, the same on every
+    row), stamped with both sides' model versions and the candidate's lineage.
+    FileNotFoundError (naming what to materialise) while either side has no ``concept_stats``."""
     base_layout = locate(cfg.layout, base)  # a current model or an archived version
     try:
         base_stats = read_table(base_layout.tables, "concept_stats", base)
@@ -264,6 +311,7 @@ def comparison_changes(
         cand_stats,
         params,
     )
+    distribution = pair_distribution(cfg, base, candidate, base_layout)
     sides = {
         "comparison": key,
         "base": base,
@@ -271,6 +319,7 @@ def comparison_changes(
         "base_model_version": str(base_stats["model_version"][0]),
         "candidate_model_version": str(cand_stats["model_version"][0]),
     }
+    df = df.with_columns(**{name: pl.lit(v) for name, v in distribution.items()})
     return stamp(df, {**sides, **lineage_columns(cfg, candidate, run_id)})
 
 
