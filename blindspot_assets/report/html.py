@@ -574,7 +574,29 @@ def _model_counts(
         row = summaries.row(0, named=True)
         counts["SAE R² real / gen"] = f"{row['recon_r2_real']:.2f} / {row['recon_r2_gen']:.2f}"
         counts["vocabulary gap"] = "yes" if row["vocabulary_gap"] else "no"
-    return counts
+    return counts | distribution_counts(summaries)
+
+
+# model_summaries' distribution metrics (stats/distribution.py) and their overview headers
+DISTRIBUTION_COUNTS = (
+    ("fd_dinov2", "FD (CLS)"), ("precision", "precision"), ("recall", "recall"),
+    ("density", "density"), ("coverage", "coverage"),
+)  # fmt: skip
+
+
+def distribution_counts(summaries: pl.DataFrame | None) -> dict[str, Any]:
+    """A model's distribution metrics from its ``model_summaries`` row, each as "value [low,
+    high]" (the bootstrap interval), and the sample sizes; {} before they are computed."""
+    if summaries is None or not summaries.height or "fd_dinov2" not in summaries.columns:
+        return {}
+    row = summaries.row(0, named=True)
+    out: dict[str, Any] = {}
+    for column, header in DISTRIBUTION_COUNTS:
+        low, high = row.get(f"{column}_ci_low"), row.get(f"{column}_ci_high")
+        interval = f" [{svg.fmt(low)}, {svg.fmt(high)}]" if low is not None else ""
+        out[header] = f"{svg.fmt(row[column])}{interval}"
+    out["images real / gen (distribution)"] = f"{row.get('n_real')} / {row.get('n_generated')}"
+    return out
 
 
 def _summary_table(tables_root: str | Path) -> pl.DataFrame | None:

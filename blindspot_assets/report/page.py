@@ -169,7 +169,13 @@ minimum-effect test of “the change is negligible” (|d_z| ≤ {{ sp.min_effec
 |relative| ≤ {{ sp.min_relative }}), Benjamini–Hochberg across concepts at
 α = {{ sp.alpha }}; “expected false flags” is α × significant, the FDR bound in counts.
 “control floor”: the most flags any null control model got (its flags are artefacts).
-Concept names are the caption terms most associated with a concept
+{% if 'FD (CLS)' in sections[0].counts %}“FD (CLS)”: the Fréchet distance between Gaussians
+fitted to the real and the generated images' CLS tokens of the run's encoder (FD in DINOv2
+space); precision, recall, density and coverage: k-nearest-neighbour manifolds on the same
+vectors (k = {{ cfg.stats.prdc_k }}); each with its bootstrap interval over captions
+({{ (sp.ci_level * 100)|round|int }} %). Two finite samples of one distribution do not give
+FD 0: a null control model shows the floor at these sample sizes.
+{% endif %}Concept names are the caption terms most associated with a concept
 {%- if not labels_present %} (table <code>concept_labels</code> not materialised yet:
 concepts are shown by id){% endif %}.</p>
 {% endif %}

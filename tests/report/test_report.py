@@ -19,6 +19,7 @@ from blindspot_assets.report.images import concept_maps, overlay_heat, safe_name
 from blindspot_assets.report.preview import thumbnail_grid_md
 from blindspot_assets.store.layout import TokenLayout, code_arrays
 from blindspot_assets.store.rowstore import RowStore
+from blindspot_assets.store.tables import read_table, write_table_partition
 from tests.report.synthetic_run import EXAGGERATED, SUPPRESSED, build_run
 
 
@@ -280,3 +281,28 @@ def test_a_build_that_fails_midway_leaves_the_previous_report_whole(tmp_path, mo
         (out / src).exists()
         for src in re.findall(r'src="(img/[^"]+)"', (out / "index.html").read_text())
     )
+
+
+def test_overview_shows_the_distribution_metrics_beside_the_counts(tmp_path):
+    cfg = build_run(tmp_path, tables="library")
+    summaries = read_table(cfg.layout.tables, "model_summaries", "all")
+    metrics = {
+        "fd_dinov2": (12.5, 11.0, 14.0),
+        "precision": (0.81, 0.75, 0.86),
+        "recall": (0.42, 0.375, 0.47),
+        "density": (0.93, 0.8, 1.07),
+        "coverage": (0.64, 0.58, 0.7),
+    }
+    columns = {"n_real": 400, "n_generated": 398}
+    for name, (value, low, high) in metrics.items():
+        columns |= {name: value, f"{name}_ci_low": low, f"{name}_ci_high": high}
+    with_metrics = summaries.with_columns(**{k: pl.lit(v) for k, v in columns.items()})
+    write_table_partition(cfg.layout.tables, "model_summaries", "all", with_metrics)
+    out = tmp_path / "report"
+    build_report(cfg, out)
+    page = (out / "index.html").read_text(encoding="utf-8")
+    overview = page[page.index('id="overview"') : page.index('id="model-')]
+    assert "<th>FD (CLS)</th>" in overview and "<th>coverage</th>" in overview
+    for cell in ("12.5 [11, 14]", "0.42 [0.375, 0.47]", "0.64 [0.58, 0.7]", "400 / 398"):
+        assert f"<td>{cell}</td>" in overview, cell
+    assert "CLS tokens of the run's encoder" in overview
