@@ -64,6 +64,27 @@ def planted_hits(cfg, model_key, kind, word, verdict="true", top_n=20, min_share
     return hits
 
 
+def check_distribution_floor(db):
+    """The distribution metrics (docs/method.md §9): the copy control sits at FD 0 and PRDC 1,
+    the redraw control at the finite-sample floor, and the planted models above it; demo-a-v2's
+    new blue blindspot shows as lost recall and coverage against demo-a."""
+    summaries = query(db, "SELECT * FROM model_summaries")
+    rows = {r["model"]: r for r in summaries.iter_rows(named=True)}
+    copy, redraw = rows["control-copy"], rows["control-redraw"]
+    assert copy["fd_dinov2"] < 1e-9, copy
+    assert [copy[m] for m in ("precision", "recall", "coverage")] == [1.0] * 3, copy
+    assert copy["n_real"] == copy["n_generated"] == 396 and copy["feature_token"] == "cls"
+    assert redraw["coverage"] > 0.9 and redraw["recall"] > 0.9, redraw
+    for key in ("demo-a", "demo-b"):
+        model = rows[key]
+        assert model["fd_dinov2_ci_low"] > redraw["fd_dinov2_ci_high"], (key, model, redraw)
+        assert model["recall_ci_high"] < redraw["recall_ci_low"], (key, model, redraw)
+        assert model["coverage_ci_high"] < redraw["coverage_ci_low"], (key, model, redraw)
+    change = query(db, "SELECT * FROM blindspot_changes").row(0, named=True)
+    assert change["base_recall"] == pytest.approx(rows["demo-a"]["recall"])
+    assert change["recall_change_ci_high"] < 0 and change["coverage_change_ci_high"] < 0, change
+
+
 @pytest.mark.slow
 def test_demo_world_planted_blindspots_are_found(tmp_path):
     raw = demo_config_dict(tmp_path, n_images=400, with_controls=True)
@@ -183,6 +204,8 @@ def test_demo_world_planted_blindspots_are_found(tmp_path):
     assert all(status[c] not in ("new", "resolved") for c in red), {c: status[c] for c in red}
     assert checks["blindspot_changes_gate"] is False  # a planted regression fails the gate
     assert 'id="changes-demo-a..demo-a-v2"' in page and "Gate fails" in page
+    check_distribution_floor(cfg.layout.duckdb)
+    assert "<th>FD (CLS)</th>" in page
     # the planted suppressions hold when the models are prompted again with new seeds
     for model_key, word in (("demo-a", "red"), ("demo-b", "blue")):
         planted = {c for c, _ in planted_hits(cfg, model_key, "suppressed", word, "significant")}
