@@ -4,10 +4,11 @@ pytest this file. Code versions follow the rule of ``defs/versions.py``, proven 
 
 import json
 import os
+import re
 from pathlib import Path
 
 from blindspot_assets.definitions import defs
-from blindspot_assets.defs.versions import COVERED, read_source, version_of
+from blindspot_assets.defs.versions import COVERED, module_files, read_source, version_of
 
 SNAPSHOT = Path(__file__).parent / "snapshots" / "asset_graph.json"
 
@@ -79,6 +80,31 @@ def test_code_versions_follow_the_rule():
         name = key.to_user_string()
         assert name in COVERED, f"{name}: declare its modules with defs.versions.code_version"
         assert node.code_version == version_of(COVERED[name]), name
+        assert re.fullmatch(r"[0-9a-f]{12}", node.code_version), name
+    # a hash of the code: the same modules give the same version, other modules another one
+    files = {a: frozenset(m for n in mods for m in module_files(n)) for a, mods in COVERED.items()}
+    versions = _versions()
+    for a in COVERED:
+        for b in COVERED:
+            assert (versions[a] == versions[b]) == (files[a] == files[b]), (a, b)
+
+
+def _edited(module: str):  # type: ignore[no-untyped-def]
+    def source_of(name: str) -> str:
+        return read_source(name) + ("\nEDITED = 1\n" if name == module else "")
+
+    return source_of
+
+
+def test_every_declared_module_counts_in_the_version():
+    """An edit to the code of any module an asset declares — not only its first — changes its
+    code version: each module of two declared, and the last module of every asset."""
+    pair = ("stats.concepts", "stats.cooccurrence")
+    for module in pair:
+        assert version_of(pair, _edited(module)) != version_of(pair), module
+    for asset, mods in COVERED.items():
+        last = module_files(mods[-1])[-1]
+        assert version_of(mods, _edited(last)) != version_of(mods), (asset, last)
 
 
 def test_a_changed_module_changes_only_the_assets_that_run_it():

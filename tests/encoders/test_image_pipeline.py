@@ -7,6 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import polars as pl
 import pytest
 from PIL import Image
 
@@ -16,8 +17,11 @@ from blindspot_assets.encoders.dinov2 import load_encoder
 from blindspot_assets.encoders.images import (
     ImagePolicy,
     estimate_jpeg_quality,
+    generated_histories,
+    policy_of_run,
     resolve_policy,
 )
+from blindspot_assets.store.images import write_manifest
 
 
 def _scenes(n: int = 12, size: int = 96) -> list[Image.Image]:
@@ -42,6 +46,42 @@ def test_match_real_takes_the_median_quality_of_the_real_set(tmp_path: Path) -> 
     policy = resolve_policy(ImagesSpec(quality="match_real"), paths)
     assert abs(policy.quality - 50) <= 2 and policy.quality_source == "match_real"
     assert resolve_policy(ImagesSpec(quality=60)).quality == 60
+
+
+def test_the_run_policy_and_histories_come_from_the_real_set_on_disk(tmp_path: Path) -> None:
+    """``policy_of_run`` reads the real set's manifest and files: the median quality of its
+    usable JPEGs (90 here, not PIL's 75 nor 65 with the unusable row), and each usable image's
+    own history for its generated image (none for a lossless file)."""
+    files = {"a": ("a.jpg", 90, "ok"), "b": ("b.jpg", 90, "ok"), "c": ("c.jpg", 40, "ok"),
+             "d": ("d.png", None, "ok"), "e": ("e.jpg", 10, "decode_error")}  # fmt: skip
+    scene = _scenes(1, size=80)[0]
+    for name, quality, _ in files.values():
+        if quality is None:
+            scene.save(tmp_path / name)
+        else:
+            scene.save(tmp_path / name, format="JPEG", quality=quality)
+    write_manifest(
+        tmp_path,
+        pl.DataFrame(
+            {
+                "image_id": list(files),
+                "path": [f[0] for f in files.values()],
+                "caption": "a scene",
+                "status": [f[2] for f in files.values()],
+                "detail": "",
+            }
+        ),
+    )
+    policy = policy_of_run(ImagesSpec(quality="match_real"), tmp_path)
+    assert abs(policy.quality - 90) <= 2 and policy.quality_source == "match_real"
+    assert policy_of_run(ImagesSpec(quality=60), tmp_path).quality == 60
+    histories = generated_histories(ImagesSpec(quality="match_real"), tmp_path)
+    assert histories is not None and set(histories) == {"a", "b", "c", "d"}
+    assert histories["d"] is None
+    qualities = {k: h.quality for k, h in histories.items() if h is not None}
+    assert abs(qualities["a"] - 90) <= 2 and abs(qualities["c"] - 40) <= 2
+    assert histories["a"].short_side == 80  # type: ignore[union-attr]
+    assert generated_histories(ImagesSpec(history="none"), tmp_path) is None
 
 
 def test_orientation_alpha_and_size_are_normalised(tmp_path: Path) -> None:

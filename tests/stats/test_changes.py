@@ -10,7 +10,13 @@ import pytest
 
 from blindspot_assets.config import ConfigError
 from blindspot_assets.stats import BlindspotParams, compute_concept_stats
-from blindspot_assets.stats.changes import blindspot_changes, regressions, status_counts
+from blindspot_assets.stats.changes import (
+    blindspot_changes,
+    paired_change,
+    regressions,
+    status_counts,
+)
+from tests.stats import independent as ind
 from tests.stats.conftest import write_codes
 from tests.stats.synthetic import planted_codes
 
@@ -50,6 +56,41 @@ def test_a_planted_new_suppression_is_new_and_a_regression(tmp_path: Path) -> No
     assert bad["concept"].to_list() == [new]
     assert regressions(out, "new-exaggerated").is_empty()
     assert status_counts(out)["new-suppressed"] == 1
+
+
+def test_paired_change_p_q_and_interval_match_the_written_out_test(tmp_path: Path) -> None:
+    """The change's p-value (the minimum-effect test of candidate against base), its
+    Benjamini–Hochberg q-value over the concepts and its normal interval, each against scipy on
+    the paired values — not against the module's own moments."""
+    rng = np.random.default_rng(11)
+    n, c = 250, 12
+    real = rng.gamma(4.0, 1.0, size=(n, c)).astype(np.float32)
+    base = (real + rng.normal(0.0, 0.7, size=(n, c))).astype(np.float32)
+    # four unchanged concepts, eight shifted by d_z 0.2 to 0.45 (p-values from 1e-12 to 0.7)
+    shift = np.r_[np.zeros(4), np.linspace(0.2, 0.45, 8) * 0.7 * np.tile([-1, 1], 4)]
+    cand = (base + shift + rng.normal(0.0, 0.7, size=(n, c))).astype(np.float32)
+    ids = [f"img{i:04d}" for i in range(n)]
+    paths = [
+        write_codes(tmp_path / f"{k}.zarr", ids, x)
+        for k, x in zip("rbc", (real, base, cand), strict=True)
+    ]
+    out = paired_change(*paths, PARAMS)
+    b, g = base.astype(np.float64), cand.astype(np.float64)
+    p = ind.p_minimum_effect(b, g, PARAMS.min_effect_size, PARAMS.min_relative)
+    q = ind.bh(p)
+    assert (q < PARAMS.alpha).sum() >= 6 and (q > p).any()  # BH moves some q above its p
+    np.testing.assert_allclose(out["change_p_value"].to_numpy(), p, rtol=1e-4)
+    np.testing.assert_allclose(out["change_q_value"].to_numpy(), q, rtol=1e-4)
+    assert out["change_significant"].to_list() == (q < PARAMS.alpha).tolist()
+    d = g - b
+    half = ind.stats.norm.ppf(0.5 + PARAMS.ci_level / 2) * d.std(axis=0, ddof=1) / np.sqrt(n)
+    np.testing.assert_allclose(out["change"].to_numpy(), d.mean(axis=0), rtol=1e-5, atol=1e-6)
+    width = (out["change_ci_high"] - out["change_ci_low"]).to_numpy()
+    np.testing.assert_allclose(width, 2 * half, rtol=1e-5)
+    effect = d.mean(axis=0) / d.std(axis=0, ddof=1)
+    np.testing.assert_allclose(out["change_effect_size"].to_numpy(), effect, rtol=1e-5)
+    np.testing.assert_allclose(out["energy_base"].to_numpy(), b.mean(axis=0), rtol=1e-5)
+    np.testing.assert_allclose(out["energy_candidate"].to_numpy(), g.mean(axis=0), rtol=1e-5)
 
 
 def test_worsened_improved_and_resolved(tmp_path: Path) -> None:

@@ -273,6 +273,22 @@ def test_cone_tree_stays_exact_without_structure() -> None:
     torch.testing.assert_close(best, ref_best)
 
 
+def test_cone_tree_is_exact_among_near_ties() -> None:
+    """Dense directions in three dimensions: every query has dozens of references within 1e-2
+    of its best cosine, spread over many leaves. The pruning may only skip a leaf that cannot
+    beat the best so far; a bound loosened by 1e-2 skips the leaf of the true nearest one."""
+    g = torch.Generator().manual_seed(0)
+    refs = torch.nn.functional.normalize(torch.randn(5000, 3, generator=g), dim=1)
+    queries = torch.nn.functional.normalize(torch.randn(300, 3, generator=g), dim=1)
+    ids = np.arange(5000, dtype=np.int64)
+    ref_best, ref_arg = _brute(queries, refs, ids)
+    ties = ((queries @ refs.T) > ref_best[:, None] - 1e-2).sum(dim=1)
+    assert int(ties.min()) >= 10  # near-ties for every query
+    best, arg = ConeIndex(refs, ids, leaf_size=16, fanout=4).search(queries)
+    np.testing.assert_array_equal(arg.numpy(), ref_arg)
+    torch.testing.assert_close(best, ref_best)
+
+
 def test_cone_tree_work_per_query_does_not_grow_with_new_content() -> None:
     """Four times the images, four times the contents (each as big): a query reads about as
     many leaves, and its walk compares far fewer than four times as many centres. Its first

@@ -72,6 +72,21 @@ def test_crashed_archive_is_finished_by_the_next_run(tmp_path: Path) -> None:
     assert not Path(layout.features("m")).exists() and Path(arch.features("m@v1")).exists()
 
 
+def test_previous_never_names_a_half_moved_archive(tmp_path: Path) -> None:
+    """A newer archive still ``archiving`` (a crash mid-move) is not ``@previous``, nor a base
+    to compare with: the latest complete one is; with none complete there is no previous."""
+    layout = DataLayout(tmp_path)
+    done = versions.ArchivedVersion("m", "m@v1", "v1", "2026-01-01T00:00:00", "complete", ())
+    half = versions.ArchivedVersion("m", "m@v2", "v2", "2026-02-01T00:00:00", "archiving", ())
+    versions._write_versions(layout, "m", [done, half])
+    assert versions.resolve_key(layout, "m@previous") == "m@v1"
+    assert versions.version_comparisons(layout, ["m"]) == [("m@v1", "m")]
+    versions._write_versions(layout, "m", [half])
+    with pytest.raises(FileNotFoundError, match="no archived version"):
+        versions.resolve_key(layout, "m@previous")
+    assert versions.version_comparisons(layout, ["m"]) == []
+
+
 def test_keys_and_errors() -> None:
     assert versions.version_key("sd15", "combined:0123456789abcdef") == "sd15@0123456789ab"
     assert versions.model_of("sd15@0123") == "sd15" and versions.model_of("sd15") == "sd15"
