@@ -156,7 +156,8 @@ def step_events(home: Path, run_id: str) -> dict[str, set[str]]:
 
 def outputs(data: Path) -> dict[str, Any]:
     """Everything a run produced under a data root, keyed by relative path: image bytes, Zarr
-    arrays, SAE tensors, table rows (without the producing run's id)."""
+    arrays, SAE tensors, table rows (without the producing run's id, with the world's root
+    written as ``<root>``)."""
     out: dict[str, Any] = {}
     for png in sorted((data / "images").rglob("*.png")):
         out[str(png.relative_to(data))] = png.read_bytes()
@@ -170,7 +171,10 @@ def outputs(data: Path) -> dict[str, Any]:
         out[f"sae/{name}"] = tensor
     for parquet in sorted((data / "tables").rglob("*.parquet")):
         frame = pl.read_parquet(parquet)
-        out[str(parquet.relative_to(data))] = frame.drop([c for c in ("run_id",) if c in frame])
+        frame = frame.drop([c for c in ("run_id",) if c in frame]).with_columns(
+            pl.col(pl.String).str.replace_all(str(data.parent), "<root>", literal=True)
+        )  # paths recorded as provenance (the encoder's folder) name the world's root
+        out[str(parquet.relative_to(data))] = frame
     return out
 
 
@@ -186,8 +190,16 @@ def assert_same_outputs(got: dict[str, Any], want: dict[str, Any]) -> None:
         else:
             same = value == other
         if not same:
-            differ.append(key)
+            differ.append(key + _frame_difference(value, other))
     assert not differ, f"{len(differ)} outputs differ from the uninterrupted run: {differ[:10]}"
+
+
+def _frame_difference(want: Any, got: Any) -> str:
+    """For two tables of one shape, the columns whose values differ (so a failure says which)."""
+    if not isinstance(want, pl.DataFrame) or want.columns != got.columns or want.shape != got.shape:
+        return ""
+    cols = [c for c in want.columns if not want[c].equals(got[c])]
+    return f" (columns {cols[:8]})"
 
 
 def hold_gpu_slot(home: Path, worker_pid: int) -> str:
