@@ -52,3 +52,12 @@ def write_config(tmp_path: Path, raw: dict[str, object]) -> Path:
 @pytest.fixture
 def demo_config_path(tmp_path: Path) -> Path:
     return write_config(tmp_path, demo_config_dict(tmp_path))
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Modules with slow (end-to-end) tests first, each module's tests in their own order.
+    ``./run test`` hands whole modules to its workers (xdist's loadscope, no reordering): the
+    long modules start first, so the short ones fill the gaps instead of one worker finishing a
+    long module alone at the end."""
+    slow = {item.nodeid.split("::")[0] for item in items if item.get_closest_marker("slow")}
+    items.sort(key=lambda item: item.nodeid.split("::")[0] not in slow)
