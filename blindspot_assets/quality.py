@@ -194,7 +194,7 @@ def controls_outcome(cfg: RunConfig) -> CheckOutcome:
     probe's history arm (``stats/nuisance.py``: a faithful PNG "model" of the real content
     against its real files' JPEG encode), flags under the significance verdict is a pipeline
     artefact. Flags of the paper's δ verdict alone on a control are reported, not failed: δ's
-    thresholds are tied to the released SAE's scale and carry no error rate (README)."""
+    thresholds are tied to the released SAE's scale and carry no error rate (docs/null-controls.md)."""
     flags: dict[str, Any] = {}
     for model_key in cfg.controls:
         try:
@@ -220,7 +220,7 @@ def controls_outcome(cfg: RunConfig) -> CheckOutcome:
     elif dirty:
         description = "; ".join(
             f"control {m} flags {f['significant']} significant concepts: a pipeline artefact, "
-            "see README 'Null controls'"
+            "see docs/null-controls.md"
             for m, f in dirty.items()
         )
     else:
