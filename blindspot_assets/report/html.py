@@ -396,7 +396,8 @@ def _datapoints(
         image_id = str(r[image])
         caption = writer.caption(REAL, image_id) or writer.caption(key, image_id)
         real = Tile(REAL, image_id, None, caption, writer.thumbnail(REAL, image_id))
-        gen = Tile(key, image_id, None, caption, writer.thumbnail(key, image_id))
+        gen_id = str(r.get("gen_image_id") or image_id)  # a sample ≥ 1 has its own id
+        gen = Tile(key, gen_id, None, caption, writer.thumbnail(key, gen_id))
 
         def named(col: str | None, row: dict[str, Any] = r) -> list[tuple[int, str]]:
             ids = parse_concepts(row.get(col)) if col else []
