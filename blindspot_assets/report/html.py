@@ -452,6 +452,10 @@ def _memorization(
                 "candidate": bool(r.get(candidate)) if candidate else True,
                 "evidence": r.get("evidence") or "",
                 "concept_distance": r.get("concept_distance"),
+                # "reproduced on s of k seeds" when the model made several images per caption
+                "seeds": (r.get("reproduced_seeds"), r["n_seeds"])
+                if (r.get("n_seeds") or 0) > 1 else None,
+                "across_seeds": bool(r.get("reproduced_across_seeds")),
             }
         )  # fmt: skip
     return out, n_candidates

@@ -346,3 +346,25 @@ def test_cone_tree_keeps_unrelated_groups_apart() -> None:
     ref_best, ref_arg = _brute(queries[:2000], refs, np.arange(len(refs)))
     np.testing.assert_array_equal(arg[:2000].numpy(), ref_arg)
     torch.testing.assert_close(best[:2000], ref_best)
+
+
+def test_reproduced_on_s_of_k_seeds() -> None:
+    """Per generated sample, how many of its caption's samples reproduce the same real image:
+    caption a copies r1 on seeds 0 and 2 of 3, b copies two different images (no sample agrees),
+    c is a candidate on its only seed (k = 1: reproduced on 1 of 1)."""
+    from blindspot_assets.stats.memorization import with_seed_counts
+
+    df = pl.DataFrame(
+        {
+            "gen_image_id": ["a", "a~s1", "a~s2", "b", "b~s1", "c"],
+            "nearest_real_id": ["r1", "x", "r1", "b", "r2", "c"],
+            "is_candidate": [True, False, True, True, True, True],
+        }
+    )
+    out = with_seed_counts(df, {"a", "b", "c", "r1", "r2", "x"})
+    assert out["caption_id"].to_list() == ["a", "a", "a", "b", "b", "c"]
+    assert out["sample"].to_list() == [0, 1, 2, 0, 1, 0]
+    assert out["n_seeds"].to_list() == [3, 3, 3, 2, 2, 1]
+    assert out["reproduced_seeds"].to_list() == [2, 0, 2, 1, 1, 1]
+    assert out["reproduced_across_seeds"].to_list() == [True, False, True, False, False, False]
+    assert out["is_own_pair"].to_list() == [False, False, False, True, False, True]
