@@ -386,3 +386,38 @@ def test_reproduced_on_s_of_k_seeds() -> None:
     assert out["reproduced_seeds"].to_list() == [2, 0, 2, 1, 1, 1]
     assert out["reproduced_across_seeds"].to_list() == [True, False, True, False, False, False]
     assert out["is_own_pair"].to_list() == [False, False, False, True, False, True]
+
+
+def test_a_caption_that_copies_one_image_on_both_seeds_is_flagged(
+    world: dict[str, object], tmp_path: Path
+) -> None:
+    """Two images per caption: five captions copy their own real image exactly on both seeds,
+    five on seed 0 only (seed 1 a redraw); every sample is searched, and only the first five
+    are reproduced on 2 of 2 seeds."""
+    from blindspot_assets.store.images import sample_image_id
+    from blindspot_assets.store.rowstore import RowStore
+
+    planted, ids = world["planted"], world["ids"]
+    assert isinstance(planted, dict) and isinstance(ids, list)
+    tokens = np.asarray(RowStore.open(world["gen_f"]).array("tokens")[:])
+    exact = sorted(g for g, p in planted.items() if p[0] == "exact" and p[1])
+    both, once = set(exact[:5]), set(exact[5:])
+    redraws = [i for i in ids if i not in planted]
+    row = {i: r for r, i in enumerate(ids)}
+    second = [
+        tokens[row[i]] if i in both else tokens[row[redraws[(k * 7 + 1) % len(redraws)]]]
+        for k, i in enumerate(ids)
+    ]
+    gen_ids = ids + [sample_image_id(i, 1) for i in ids]
+    store = write_features(tmp_path / "k2.zarr", gen_ids, np.concatenate([tokens, second]))
+    df = find_memorization_candidates(world["real_f"], store, block_rows=200)
+    mine = df.filter(pl.col("caption_id").is_in(exact))
+    assert set(mine.filter(pl.col("sample") == 0)["caption_id"]) == set(exact)
+    assert set(mine.filter(pl.col("sample") == 1)["caption_id"]) == both
+    assert (mine["n_seeds"] == 2).all()
+    across = mine.filter("reproduced_across_seeds")
+    assert set(across["caption_id"]) == both and (across["reproduced_seeds"] == 2).all()
+    assert (mine.filter(pl.col("caption_id").is_in(once))["reproduced_seeds"] == 1).all()
+    assert not df.filter(~pl.col("caption_id").is_in(list(planted)))[
+        "reproduced_across_seeds"
+    ].any()
