@@ -199,7 +199,8 @@ def controls_outcome(cfg: RunConfig) -> CheckOutcome:
     probe's history arm (``stats/nuisance.py``: a faithful PNG "model" of the real content
     against its real files' JPEG encode), flags under the significance verdict is a pipeline
     artefact. Flags of the paper's δ verdict alone on a control are reported, not failed: δ's
-    thresholds are tied to the released SAE's scale and carry no error rate (docs/null-controls.md)."""
+    thresholds are tied to the released SAE's scale and carry no error rate
+    (docs/null-controls.md)."""
     flags: dict[str, Any] = {}
     for model_key in cfg.controls:
         try:
