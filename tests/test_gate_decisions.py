@@ -7,6 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import duckdb
+import polars as pl
 import pytest
 
 from blindspot_assets import gate
@@ -94,3 +95,111 @@ def test_an_archive_compared_at_another_version_is_stale(tmp_path: Path) -> None
     _archive(db, [("a@v1", "a", "a:1", "complete", "2026-02-01")])
     with pytest.raises(gate.GateError, match=r"stale: computed for \['a@v1'\] at \['a:0'\]"):
         gate.load_comparison(db, "a@previous", "a")
+
+
+def _full_db(tmp_path: Path, labels: bool = True) -> Path:
+    """A current comparison a..b with every column the gate prints: a new suppressed concept,
+    a worsened one, an improved exaggerated one and an unchanged one; names for 0, 1 and 3."""
+    db = _db(tmp_path, {"a": "a:1", "b": "b:1"}, ("a:1", "b:1"))
+    changes = pl.DataFrame(
+        [
+            (0, "new", "suppressed", -0.0123, -0.5, -0.4877, -0.61, -0.37, 0.001),
+            (1, "improved", "exaggerated", 0.4, 0.1, -0.3, -0.35, -0.25, 0.02),
+            (2, "unchanged", None, 0.0, 0.0, 0.0, -0.01, 0.01, 0.9),
+            (3, "worsened", "suppressed", -0.2, -0.4, -0.2, -0.25, -0.15, 0.0004),
+        ],
+        schema=["concept", "status", "kind", "base_delta_energy", "candidate_delta_energy"]
+        + ["change", "change_ci_low", "change_ci_high", "change_q_value"],
+        orient="row",
+    ).with_columns(
+        base=pl.lit("a"),
+        candidate=pl.lit("b"),
+        n_pairs=pl.lit(120),
+        sae_version=pl.lit("sae:7"),
+        base_model_version=pl.lit("a:1"),
+        candidate_model_version=pl.lit("b:1"),
+    )
+    con = duckdb.connect(str(db))
+    con.register("changes", changes.to_arrow())
+    con.execute("CREATE OR REPLACE TABLE blindspot_changes AS SELECT * FROM changes")
+    if labels:
+        con.execute("CREATE TABLE concept_labels (concept INTEGER, term VARCHAR, rank INTEGER)")
+        con.executemany(
+            "INSERT INTO concept_labels VALUES (?, ?, ?)",
+            [(0, "dog", 1), (0, "puppy", 2), (1, "red", 1), (3, "tree", 1)],
+        )
+    con.close()
+    return db
+
+
+# What the gate prints for _full_db, written out: counts of every status (zeros too) and of
+# each status-kind that occurs; the changed concepts, regressions (!) first by q, then the rest.
+HEAD = [
+    "blindspot gate a → b (120 paired captions, sae sae:7)",
+    "  base a:1",
+    "  candidate b:1",
+    "  new 1, resolved 0, worsened 1, improved 1, persisting 0, borderline 0, unchanged 1, "
+    "new-suppressed 1, worsened-suppressed 1, improved-exaggerated 1",
+    "  concept  status     kind          ΔE base   ΔE cand            change [95% CI]"
+    "        q  name",
+]
+ROW_3 = "       3  worsened   suppressed       -0.2      -0.4        -0.2 [-0.25, -0.15]   0.0004  "
+ROW_0 = "       0  new        suppressed    -0.0123      -0.5      -0.488 [-0.61, -0.37]    0.001  "
+ROW_1 = "       1  improved   exaggerated       0.4       0.1        -0.3 [-0.35, -0.25]     0.02  "
+
+
+def test_the_gate_prints_its_table_and_fails_on_the_default_regressions(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    db = _full_db(tmp_path)
+    assert gate.main(["a", "b", "--db", str(db)]) == gate.EXIT_REGRESSION
+    out = capsys.readouterr()
+    fail = "FAIL: 2 regression(s) matching --fail-on new-suppressed,new-exaggerated,worsened"
+    assert out.out.splitlines() == [*HEAD, f"!{ROW_3}tree", f"!{ROW_0}dog", f" {ROW_1}red", fail]
+    assert out.err == ""
+
+
+def test_the_gate_passes_on_other_tokens_and_cuts_the_table_at_rows(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    db = _full_db(tmp_path, labels=False)
+    assert gate.main(["a", "b", "--db", str(db), "--fail-on", "resolved", "--rows", "1"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[len(HEAD) :] == [
+        f" {ROW_3}",
+        "  … 2 more changed concepts",
+        "PASS: no regression matching --fail-on resolved",
+    ]
+    assert gate.main(["a", "b", "--db", str(db), "--fail-on", "", "--rows", "3"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == len(HEAD) + 4 and "more changed" not in lines[-2]
+    assert lines[-1] == "PASS: no regression matching --fail-on (nothing)"
+    assert gate.main(["a", "b", "--db", str(db), "--fail-on", "improved-exaggerated"]) == 1
+    assert capsys.readouterr().out.splitlines()[-1] == (
+        "FAIL: 1 regression(s) matching --fail-on improved-exaggerated"
+    )
+
+
+def test_the_gate_says_why_it_cannot_decide(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    missing = tmp_path / "none.duckdb"
+    assert gate.main(["a", "b", "--db", str(missing)]) == gate.EXIT_USAGE
+    assert capsys.readouterr().err == (
+        f"blindspot gate: no results database at {missing}: run the pipeline first (./run demo)\n"
+    )
+    empty = tmp_path / "empty.duckdb"
+    duckdb.connect(str(empty)).close()
+    with pytest.raises(gate.GateError, match=r"^.*empty.duckdb has no table this needs \(Cat"):
+        gate.load_comparison(empty, "a", "b")
+    db = _full_db(tmp_path)
+    with pytest.raises(gate.GateError, match=r"^unknown model\(s\) \['c'\]: .* \['a', 'b'\]$"):
+        gate.load_comparison(db, "a", "c")
+    with pytest.raises(gate.GateError) as info:
+        gate.load_comparison(db, "b", "a")
+    assert str(info.value) == (
+        "comparison b..a not computed: add [b, a] to stats.compare in the run config, and "
+        "materialise blindspot_changes"
+    )
+    assert gate.main(["a", "b", "--db", str(db), "--fail-on", "bogus"]) == gate.EXIT_USAGE
+    assert "--fail-on has unknown token(s) ['bogus']" in capsys.readouterr().err
