@@ -4,11 +4,13 @@ refused as stale (exit 2) — the branch the end-to-end gate tests never reach (
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import duckdb
 import polars as pl
 import pytest
+import yaml
 
 from blindspot_assets import gate
 
@@ -203,3 +205,64 @@ def test_the_gate_says_why_it_cannot_decide(
     )
     assert gate.main(["a", "b", "--db", str(db), "--fail-on", "bogus"]) == gate.EXIT_USAGE
     assert "--fail-on has unknown token(s) ['bogus']" in capsys.readouterr().err
+
+
+def test_the_gate_says_how_to_call_it(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("COLUMNS", "240")
+    with pytest.raises(SystemExit) as info:
+        gate.main(["--help"])
+    assert info.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith(
+        "usage: python -m blindspot_assets.gate [-h] [--fail-on FAIL_ON] [--config CONFIG] "
+        "[--db DB] [--rows ROWS] base candidate\n"
+    )
+    for line in (
+        "Fail when CANDIDATE has blindspot regressions against BASE (table blindspot_changes).",
+        "  --fail-on FAIL_ON  comma-separated statuses, optionally with a kind (default: the run "
+        "config's stats.fail_on: new-suppressed,new-exaggerated,worsened)",
+        "  --config CONFIG    run config YAML (default: $BLINDSPOT_CONFIG or demo)",
+        "  --db DB            results DuckDB (default: the run config's)",
+        "  --rows ROWS        changed concepts to print",
+    ):
+        assert line in out.splitlines()
+
+
+def test_the_run_config_gives_the_database_and_fail_on(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Without --db the run config's database is read, with its stats.fail_on; with both
+    the config's fail_on applies to the other database; --fail-on wins over both."""
+    db = _full_db(tmp_path)
+    raw = yaml.safe_load((Path(__file__).parents[1] / "configs" / "demo.yaml").read_text())
+    raw["data_root"] = str(tmp_path / "data")
+    raw["stats"]["fail_on"] = "improved"
+    config = tmp_path / "run.yaml"
+    config.write_text(yaml.safe_dump(raw))
+    assert gate.main(["a", "b", "--config", str(config)]) == gate.EXIT_USAGE
+    assert f"no results database at {tmp_path / 'data'}" in capsys.readouterr().err
+    (tmp_path / "data").mkdir()
+    shutil.copy(db, tmp_path / "data" / "blindspots.duckdb")
+    for argv in (["--config", str(config)], ["--config", str(config), "--db", str(db)]):
+        assert gate.main(["a", "b", *argv]) == gate.EXIT_REGRESSION
+        assert capsys.readouterr().out.splitlines()[-1] == (
+            "FAIL: 1 regression(s) matching --fail-on improved"
+        )
+    assert gate.main(["a", "b", "--config", str(config), "--fail-on", "resolved"]) == 0
+
+
+def test_twenty_changed_concepts_are_printed_unless_told(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    db = _full_db(tmp_path)
+    con = duckdb.connect(str(db))
+    con.execute(
+        "INSERT INTO blindspot_changes SELECT c.* REPLACE (c.concept + 10 * r.i AS concept) "
+        "FROM blindspot_changes c, range(1, 8) r(i)"
+    )  # 32 concepts, 24 of them changed
+    con.close()
+    gate.main(["a", "b", "--db", str(db)])
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == len(HEAD) + 20 + 2 and lines[-2] == "  … 4 more changed concepts"
