@@ -134,10 +134,11 @@ def test_a_local_archive_moves_verification_and_comparisons(tmp_path: Path) -> N
     row = pl.DataFrame({"concept": [0]})
     for partition in ("x..m", "m..x", "m"):
         write_table_partition(layout.tables, "changes", partition, row)
+    write_table_partition(layout.tables, "top_images", "m", row)  # listed after model_versions
     assert versions.archive_layout(layout) == DataLayout(tmp_path / "versions")
     done = versions.archive_model_version(layout, "m", "hub:rev-1")
     assert done.key == "m@rev1" and done.moved == (
-        "table:changes", "verification_features", "verification_images"
+        "table:changes", "table:top_images", "verification_features", "verification_images"
     )  # fmt: skip
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\+00:00", done.archived_at)
     arch = versions.archive_layout(layout)
