@@ -154,7 +154,7 @@ def test_token_codes_one_concept_and_one_image_at_a_time(tmp_path: Path) -> None
     (a block holding a single code of the pass's concept): Z's rows are the tokens
     [1, 2, 0], [0, 0, 1], [0, 1, 0], [2, 0, 1], so C00 = 5, C11 = 5, C22 = 2, C01 = 2,
     C02 = 2, C12 = 0; each concept fires on 2 tokens."""
-    idx = np.array([[[0, 1], [2, -1]], [[1, -1], [0, 2]]])
+    idx = np.array([[[0, 1], [2, -1]], [[1, 0], [0, 2]]])  # a stored code of 0 at (1, 0, 1)
     val = np.array([[[1.0, 2.0], [1.0, 0.0]], [[1.0, 0.0], [2.0, 1.0]]])
     _write_sparse(tmp_path / "codes.zarr", idx, val, 3)
     t = compute_cooccurrence(tmp_path / "codes.zarr", top=2, block=1, block_rows=1).table
