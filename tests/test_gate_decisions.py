@@ -194,6 +194,11 @@ def test_the_gate_says_why_it_cannot_decide(
     duckdb.connect(str(empty)).close()
     with pytest.raises(gate.GateError, match=r"^.*empty.duckdb has no table this needs \(Cat"):
         gate.load_comparison(empty, "a", "b")
+    with pytest.raises(gate.GateError) as no_table:
+        gate.load_comparison(empty, "a", "b")
+    assert str(no_table.value).endswith(
+        "): materialise blindspot_changes (e.g. ./run demo, or the asset in the Dagster UI)"
+    )
     db = _full_db(tmp_path)
     with pytest.raises(gate.GateError, match=r"^unknown model\(s\) \['c'\]: .* \['a', 'b'\]$"):
         gate.load_comparison(db, "a", "c")

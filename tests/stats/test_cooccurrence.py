@@ -116,6 +116,13 @@ def test_memory_is_bounded_by_the_block(tmp_path):
     assert all(partner_of[a] == b for a, b in PAIRS)
 
 
+def test_ten_partners_unless_told(tmp_path: Path) -> None:
+    xi = np.arange(1.0, 37.0, dtype=np.float32).reshape(3, 12)  # every pair co-fires
+    write_codes(tmp_path / "codes.zarr", ["a", "b", "c"], xi)
+    t = compute_cooccurrence(tmp_path / "codes.zarr", over="images").table
+    assert t.height == 12 * 10 and t["rank"].max() == 10
+
+
 def test_bad_arguments(tmp_path):
     _write_token_codes(tmp_path / "codes.zarr", 4, 3, 8, k_max=8)
     with pytest.raises(ValueError, match="over must be"):

@@ -122,6 +122,9 @@ def test_flags_kinds_and_both_ranks_of_a_table_written_out():
             "change_lcb": [0.0, 0.2, 0.3, 0.6, None, 0.0, 0.1, 0.1],
         }
     )
+    others = ["relative", "delta_energy_ci_low", "delta_energy_ci_high", "p_value", "q_value"]
+    others += ["energy_real", "energy_gen", "image_freq_real", "image_freq_gen", "n_pairs"]
+    table = table.with_columns(pl.lit(0.5).alias(c) for c in others)
     flagged = flag_blindspots(table, BlindspotParams()).sort("concept")
     assert flagged["concept"].to_list() == [1, 2, 3, 4, 5]
     assert flagged["kind"].to_list() == ["suppressed", "suppressed"] + ["exaggerated"] * 3
@@ -131,6 +134,8 @@ def test_flags_kinds_and_both_ranks_of_a_table_written_out():
     assert flagged["significant"].to_list() == [False, True, True, False, True]
     assert flagged.schema["rank"] == flagged.schema["rank_effect_size"] == pl.Int32
     assert flagged.columns == [
-        "rank", "concept", "kind", "delta", "delta_energy", "change_lcb", "effect_size",
-        "paper_verdict", "significant", "rank_effect_size",
+        "rank", "concept", "kind", "delta", "delta_energy", "relative", "change_lcb",
+        "effect_size", "delta_energy_ci_low", "delta_energy_ci_high", "p_value", "q_value",
+        "paper_verdict", "significant", "energy_real", "energy_gen", "image_freq_real",
+        "n_pairs", "rank_effect_size",
     ]  # fmt: skip
