@@ -5,6 +5,7 @@ does not — that difference is what flagged file formats as blindspots."""
 from __future__ import annotations
 
 import io
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +23,7 @@ from blindspot_assets.encoders.images import (
     generated_histories,
     policy_of_run,
     resolve_policy,
+    to_rgb,
 )
 from blindspot_assets.store.images import write_manifest
 
@@ -118,6 +120,22 @@ def test_orientation_alpha_and_size_are_normalised(tmp_path: Path) -> None:
     assert ImagePolicy().load(tmp_path / "r.jpg").size == (40, 80)
     as_stored = ImagePolicy(codec="as_stored").load(tmp_path / "t.png")
     assert as_stored.size == (1200, 600)  # nothing applied: only to measure the artefact
+
+
+def test_a_palette_image_is_composited_only_where_it_has_transparency() -> None:
+    palette = Image.new("P", (2, 1))
+    palette.putpalette([255, 0, 0, 0, 0, 255])  # 0: red, 1: blue
+    palette.putpixel((1, 0), 1)
+    assert np.asarray(to_rgb(palette)).tolist() == [[[255, 0, 0], [0, 0, 255]]]
+    palette.info["transparency"] = 0  # red is transparent: white over it
+    assert np.asarray(to_rgb(palette)).tolist() == [[[255, 255, 255], [0, 0, 255]]]
+
+
+def test_a_fixed_quality_keeps_every_other_setting() -> None:
+    spec = ImagesSpec(codec="png", quality=60, max_short_side=None, resample="bicubic")
+    policy = resolve_policy(replace(spec, history="none"))
+    assert policy == ImagePolicy("png", 60, None, "bicubic", "config", "none")
+    assert resolve_policy(spec).history == "match_real"
 
 
 def test_jpeg_and_png_copies_reach_the_encoder_alike(tmp_path: Path) -> None:
