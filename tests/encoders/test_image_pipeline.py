@@ -60,6 +60,8 @@ def test_jpeg_quality_is_exact_where_the_ijg_table_is_not_clamped() -> None:
                98, 112, 100, 103, 99)  # fmt: skip
     assert [_quality_of(tuple(f * v for v in annex_k)) for f in (1, 2, 10, 100)] == [50, 25, 5, 1]
     assert _quality_of((0,) * 64) == 100  # S = 0: q 100, never above
+    # just above S = 400 (q = 5000 / S = 12.5): q 12.499…, 12
+    assert _quality_of((4 * annex_k[0] + 1, *(4 * v for v in annex_k[1:]))) == 12
 
 
 def test_match_real_takes_the_median_quality_of_the_real_set(tmp_path: Path) -> None:
