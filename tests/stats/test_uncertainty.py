@@ -127,3 +127,6 @@ def test_effect_size_and_hoeffding_p_of_small_differences_written_out() -> None:
     assert np.isnan(result.ci_low_k).all() and np.isnan(result.p_value_mc_k).all()
     minus = _stream(gen, real, [3], n_bootstrap=0, n_permutations=0).finish()
     assert minus.effect_size_k[1] == -np.inf
+    # one pair: every sign flip gives |T*| = |T|, a tie each time, so the Monte-Carlo p is 1
+    one = _stream(real[:1], gen[:1], [1], n_bootstrap=0, n_permutations=50).finish()
+    assert one.p_value_mc_k[0] == 1.0
