@@ -267,7 +267,9 @@ def test_twenty_changed_concepts_are_printed_unless_told(
         "INSERT INTO blindspot_changes SELECT c.* REPLACE (c.concept + 10 * r.i AS concept) "
         "FROM blindspot_changes c, range(1, 8) r(i)"
     )  # 32 concepts, 24 of them changed
+    con.execute("ALTER TABLE blindspot_changes DROP COLUMN sae_version")  # an older table
     con.close()
     gate.main(["a", "b", "--db", str(db)])
     lines = capsys.readouterr().out.splitlines()
     assert len(lines) == len(HEAD) + 20 + 2 and lines[-2] == "  … 4 more changed concepts"
+    assert lines[0] == "blindspot gate a → b (120 paired captions, sae ?)"

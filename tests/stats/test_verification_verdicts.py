@@ -176,4 +176,5 @@ def test_replicate_requests_and_the_concepts_to_verify() -> None:
     assert picked.rows() == [(7, "suppressed", 1), (6, "exaggerated", 2)]
     assert picked.schema == {"concept": pl.Int32, "kind": pl.String, "rank": pl.Int32}
     assert v.concepts_to_verify(blindspots, 2)["concept"].to_list() == [7, 5, 6, 9]  # by kind
-    assert v.concepts_to_verify(blindspots, 0).height == 0
+    for none in (v.concepts_to_verify(blindspots, 0), v.concepts_to_verify(blindspots[:0], 3)):
+        assert none.height == 0 and none.columns == ["concept", "kind", "rank"]
