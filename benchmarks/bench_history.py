@@ -1,13 +1,17 @@
 """Image-history policies on photo-like worlds: how many concepts a faithful PNG model gets
 flagged beside real JPEGs, and what the nuisance probe's history arm says, per policy.
 
-    .venv/bin/python benchmarks/bench_history.py RUN_CONFIG [RUN_CONFIG ...]
+    .venv/bin/python benchmarks/bench_history.py RUN_CONFIG [RUN_CONFIG ...] [--models M ...]
 
-Each RUN_CONFIG is a world of ``tests/worlds/photo_world.py`` whose graph has run once under the
-default policy (``tests/worlds/photo_world.run_world``), with a model named ``faithful``: its
-SAE is reused; for each policy the real and the faithful images are encoded
-again (the same SAE: the concept vocabulary is held fixed so that only the policy changes), and
-the concept statistics recomputed. Policies:
+Each RUN_CONFIG is a world of ``tests/worlds/photo_world.py`` whose graph has run under the
+default policy (``tests/worlds/photo_world.run_world``) at least as far as the SAE, with the
+faithful models named by ``--models`` (default: ``faithful``; e.g. ``faithful exact``, the
+preset that redraws each caption's own scene). Its SAE is reused; for each policy (all, or
+those of ``--policies``, in that order) the real images and each model's are encoded again (the
+same SAE: the concept vocabulary is held fixed so that only the policy changes), the concept
+statistics recomputed and the probe run again. Every store a policy writes lies under
+``--scratch`` and the run's stores are only read (the probe's images, which no policy changes,
+are the run's). Policies:
 
 - ``as_stored``: the files as they lie on disk (real JPEG vs generated PNG);
 - ``common q75``: one common JPEG pass at 75, no history (the earlier default);
@@ -15,8 +19,9 @@ the concept statistics recomputed. Policies:
 - ``per-pair history`` (the default): each generated image through its paired real file's
   JPEG encode, then the common q75 pass.
 
-Printed: a table per world (flags of the faithful model, flags of the probe's history arm,
-seconds), then the same as JSON.
+Printed: one row per world and policy (``significant`` flags of each model, of the probe's
+history arm, seconds), then the same as JSON; each model's concept statistics and the probe's
+table are left in the policy's scratch folder.
 """
 
 from __future__ import annotations
@@ -33,7 +38,11 @@ sys.path.insert(0, str(REPO))
 
 from blindspot_assets.config import load_config  # noqa: E402
 from blindspot_assets.encoders.dinov2 import extract_features, load_encoder  # noqa: E402
-from blindspot_assets.encoders.images import generated_histories, policy_of_run  # noqa: E402
+from blindspot_assets.encoders.images import (  # noqa: E402
+    JpegHistory,
+    generated_histories,
+    policy_of_run,
+)
 from blindspot_assets.sae.checkpoint import load_sae  # noqa: E402
 from blindspot_assets.sae.encode import encode_features_to_codes  # noqa: E402
 from blindspot_assets.stats.concepts import compute_concept_stats  # noqa: E402
@@ -48,43 +57,49 @@ POLICIES = {
 }
 
 
-def measure(config: Path, name: str, fields: dict[str, object], scratch: Path) -> dict[str, object]:
-    cfg = load_config(config)
-    cfg = dataclasses.replace(
-        cfg,
-        images=dataclasses.replace(cfg.images, **fields),
-        data_root=scratch,  # probe and stores of this policy apart from the run's
-    )
+def measure(
+    config: Path, name: str, fields: dict[str, object], scratch: Path, models: list[str]
+) -> dict[str, object]:
     base = load_config(config)
+    # the run's real images, models' images, SAE and probe images are read where the run put
+    # them; every store this policy writes (features, codes, the probe's) goes under scratch, so
+    # the run's own stores are left alone and the benchmark can run beside the graph
+    cfg = dataclasses.replace(
+        base,
+        images=dataclasses.replace(base.images, **fields),
+        store_root=scratch,
+        stats=dataclasses.replace(base.stats, probe_images=300),
+    )
     t0 = time.perf_counter()
     encoder = load_encoder(cfg.encoder, policy_of_run(cfg.images, base.layout.real_images))
     sae = load_sae(base.layout.sae)[0]
-    codes = {}
-    for dataset, image_dir, histories in (
-        ("real", base.layout.real_images, None),
-        (
-            "faithful",
-            base.layout.generated_images("faithful"),
-            generated_histories(cfg.images, base.layout.real_images),
-        ),
-    ):
-        features = scratch / f"{dataset}-features.zarr"
-        codes[dataset] = scratch / f"{dataset}-codes.zarr"
-        manifest = read_manifest(image_dir)
-        extract_features(encoder, manifest, image_dir, features, histories=histories)
-        encode_features_to_codes(sae, features, codes[dataset], cfg.sae.k_max_store)
-    stats = compute_concept_stats(codes["real"], codes["faithful"], cfg.stats.params)
-    # the probe reads the run's real images, SAE and real codes; it rebuilds the run's probe
-    # stores for this policy (the run's nuisance_effects table is not rewritten)
-    probe_cfg = dataclasses.replace(
-        cfg, data_root=base.layout.root, stats=dataclasses.replace(cfg.stats, probe_images=300)
-    )
-    effects = nuisance_effects(probe_cfg, encoder)
+    histories = generated_histories(cfg.images, base.layout.real_images)
+    sides: list[tuple[str, dict[str, JpegHistory | None] | None]]
+    sides = [("real", None), *((m, histories) for m in models)]
+    for dataset, given in sides:
+        image_dir = cfg.layout.images(dataset)
+        extract_features(
+            encoder, read_manifest(image_dir), image_dir, cfg.layout.features(dataset),
+            histories=given,
+        )  # fmt: skip
+        encode_features_to_codes(
+            sae, cfg.layout.features(dataset), cfg.layout.codes(dataset), cfg.sae.k_max_store
+        )
+    flags = {}
+    for m in models:
+        stats = compute_concept_stats(
+            cfg.layout.codes("real"), cfg.layout.codes(m), cfg.stats.params
+        )
+        stats.write_parquet(scratch / f"{m}-stats.parquet")  # to read which concepts moved
+        flags[m] = int(stats["significant"].sum())
+    # the probe's stores (and its blur arm's reference, the real codes above) under scratch too
+    effects = nuisance_effects(cfg, encoder)
+    effects.write_parquet(scratch / "nuisance_effects.parquet")
     history = effects.filter(effects["nuisance"] == "history")
     return {
         "world": config.parent.name,
         "policy": name,
-        "faithful_significant": int(stats["significant"].sum()),
+        **{f"{m}_significant": n for m, n in flags.items()},
         "probe_history_significant": int(history["significant"].sum()),
         "seconds": round(time.perf_counter() - t0, 1),
     }
@@ -93,19 +108,24 @@ def measure(config: Path, name: str, fields: dict[str, object], scratch: Path) -
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("configs", nargs="+", type=Path)
+    ap.add_argument("--models", nargs="+", default=["faithful"])
+    ap.add_argument("--policies", nargs="+", choices=list(POLICIES), default=list(POLICIES))
     ap.add_argument("--scratch", type=Path, default=Path("/tmp/bench-history"))
     args = ap.parse_args()
     rows = []
     for config in args.configs:
-        for name, fields in POLICIES.items():
+        for name in args.policies:
+            fields = POLICIES[name]
             scratch = args.scratch / config.parent.name / name.replace(" ", "_")
             scratch.mkdir(parents=True, exist_ok=True)
-            rows.append(measure(config, name, fields, scratch))
+            rows.append(measure(config, name, fields, scratch, args.models))
             print(rows[-1], flush=True)
-    print(f"\n{'world':<16} {'policy':<18} {'faithful flags':>15} {'probe flags':>12} {'s':>7}")
+    flag_heads = "".join(f" {m + ' flags':>15}" for m in args.models)
+    print(f"\n{'world':<16} {'policy':<18}{flag_heads} {'probe flags':>12} {'s':>7}")
     for r in rows:
+        flag_cells = "".join(f" {r[m + '_significant']:>15}" for m in args.models)
         print(
-            f"{r['world']:<16} {r['policy']:<18} {r['faithful_significant']:>15} "
+            f"{r['world']:<16} {r['policy']:<18}{flag_cells} "
             f"{r['probe_history_significant']:>12} {r['seconds']:>7}"
         )
     print(json.dumps(rows))

@@ -1,7 +1,8 @@
 """The score of the last ``./run mutants`` per module, from mutmut's records in ``mutants/``.
 
-    python benchmarks/mutation_score.py              # a table: killed, survived, ... per module
-    python benchmarks/mutation_score.py --sample N   # N mutant names per module, one a line
+    python benchmarks/mutation_score.py                     # killed, survived, ... per module
+    python benchmarks/mutation_score.py --sample N          # the same over the sample of N
+    python benchmarks/mutation_score.py --sample N --names  # the sample: names, one a line
 
 Score = killed / (killed + survived) over the mutants that were run (timeouts count as killed,
 mutants no selected test reaches are listed apart: the fast tests do not cover them). The
@@ -30,15 +31,20 @@ def records() -> dict[str, dict[str, int | None]]:
     return out
 
 
+def _all_names() -> list[str]:
+    return [name for codes in records().values() for name in codes]
+
+
 def status(code: int | None) -> str:
     return "killed" if code in TIMEOUTS else STATUS.get(code, "other")
 
 
-def table() -> str:
+def table(sample_n: int | None = None) -> str:
     lines = [f"{'module':<40} {'killed':>7} {'survived':>8} {'no tests':>8} {'not run':>7} score"]
     total: Counter[str] = Counter()
     for module, codes in records().items():
-        count = Counter(status(c) for c in codes.values())
+        names = _sampled(codes, sample_n) if sample_n else list(codes)
+        count = Counter(status(codes[name]) for name in names)
         total += count
         lines.append(_row(module, count))
     lines.append(_row("all", total))
@@ -54,15 +60,20 @@ def _row(name: str, count: Counter[str]) -> str:
     )
 
 
+def _sampled(codes: dict[str, int | None], n: int) -> list[str]:
+    return sorted(codes, key=lambda k: hashlib.sha256(k.encode()).hexdigest())[:n]
+
+
 def sample(n: int) -> list[str]:
-    picked = []
-    for codes in records().values():
-        picked += sorted(codes, key=lambda k: hashlib.sha256(k.encode()).hexdigest())[:n]
-    return picked
+    return [name for codes in records().values() for name in _sampled(codes, n)]
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sample", type=int, help="print N mutant names per module")
+    parser.add_argument("--sample", type=int, help="only the N mutants of each module sampled")
+    parser.add_argument("--names", action="store_true", help="print the names, not the table")
     args = parser.parse_args()
-    print("\n".join(sample(args.sample)) if args.sample else table())
+    if args.names:
+        print("\n".join(sample(args.sample) if args.sample else _all_names()))
+    else:
+        print(table(args.sample))

@@ -58,6 +58,11 @@ class ModelSpec:
     control: bool = False
     """A null control: a model known to have no blindspot (family ``control``, or a faithful
     re-render marked ``control: true``). Any concept flagged on it is a pipeline artefact."""
+    images_per_caption: int = 1
+    """Images generated per real caption, each with its own seed (sample s of image i: seed
+    from (model, i, s); s = 0 is the seed of a set of one image per caption). The paired
+    statistics use each caption's mean over its samples; k costs k × generation and k × feature
+    extraction and encoding. Default: the run's ``images_per_caption`` (1, the paper's)."""
 
 
 @dataclass(frozen=True)
@@ -355,6 +360,9 @@ class RunConfig:
     """How every image reaches the encoder."""
     labels: LabelsSpec = field(default_factory=LabelsSpec)
     """Concept names from a vision-language model (off by default)."""
+    images_per_caption: int = 1
+    """Images each model generates per real caption unless its entry sets its own (1: the
+    paper's; see ``ModelSpec.images_per_caption``)."""
 
     @property
     def controls(self) -> list[str]:
@@ -379,7 +387,7 @@ class RunConfig:
 
 TOP_LEVEL = (
     "name", "data_root", "store_root", "seed", "real", "models", "encoder", "sae", "stats",
-    "scale", "images", "labels",
+    "scale", "images", "labels", "images_per_caption",
 )  # fmt: skip
 
 
@@ -394,12 +402,13 @@ def parse_config(raw: dict[str, Any], source_path: Path | None = None) -> RunCon
     if extra:
         raise unknown_keys_error(extra, TOP_LEVEL, None)
     data_root = _local_path(str(raw["data_root"]), base)
+    per_caption = _images_per_caption(raw.get("images_per_caption", 1), "images_per_caption")
     return RunConfig(
         name=str(raw["name"]),
         data_root=data_root,
         seed=int(raw.get("seed", 0)),
         real=_source(raw["real"]),
-        models=_models(raw["models"], data_root),
+        models=_models(raw["models"], data_root, per_caption),
         encoder=_encoder(build(EncoderSpec, raw.get("encoder"), "encoder"), base),
         sae=_sae(build(SAESpec, raw.get("sae"), "sae"), base),
         stats=build(StatsSpec, raw.get("stats"), "stats"),
@@ -408,7 +417,14 @@ def parse_config(raw: dict[str, Any], source_path: Path | None = None) -> RunCon
         store_root=_store_root(raw.get("store_root"), base),
         images=build(ImagesSpec, raw.get("images"), "images"),
         labels=build(LabelsSpec, raw.get("labels"), "labels"),
+        images_per_caption=per_caption,
     )
+
+
+def _images_per_caption(value: object, where: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(f"{where} must be a whole number of at least 1, got {value!r}")
+    return value
 
 
 def _local_path(text: str, base: Path) -> Path:
@@ -424,7 +440,7 @@ def _source(raw: object) -> SourceSpec:
     return SourceSpec(kind=str(real.pop("kind")), params=real)
 
 
-def _models(raw: object, data_root: Path) -> dict[str, ModelSpec]:
+def _models(raw: object, data_root: Path, images_per_caption: int = 1) -> dict[str, ModelSpec]:
     if not isinstance(raw, dict) or not raw:
         raise ConfigError("'models' must map at least one model key to its entry")
     models: dict[str, ModelSpec] = {}
@@ -445,7 +461,10 @@ def _models(raw: object, data_root: Path) -> dict[str, ModelSpec]:
                 f"models.{key}.control must be true or false (always true for "
                 f"the control family), got {control!r}"
             )
-        models[str(key)] = ModelSpec(str(key), family, entry, control)
+        per_caption = _images_per_caption(
+            entry.pop("images_per_caption", images_per_caption), f"models.{key}.images_per_caption"
+        )
+        models[str(key)] = ModelSpec(str(key), family, entry, control, per_caption)
     return models
 
 

@@ -21,7 +21,12 @@ from blindspot_assets.config import RunConfig
 from blindspot_assets.generators.registry import model_data_version
 from blindspot_assets.sae.checkpoint import read_header
 from blindspot_assets.stats.changes import regressions
-from blindspot_assets.store.images import model_version, read_lineage, read_manifest
+from blindspot_assets.store.images import (
+    model_version,
+    read_lineage,
+    read_manifest,
+    sample_image_id,
+)
 from blindspot_assets.store.layout import REAL
 from blindspot_assets.store.rowstore import RowStore, store_exists
 from blindspot_assets.store.schema import TABLE_COLUMNS, table_problems
@@ -194,7 +199,8 @@ def controls_outcome(cfg: RunConfig) -> CheckOutcome:
     probe's history arm (``stats/nuisance.py``: a faithful PNG "model" of the real content
     against its real files' JPEG encode), flags under the significance verdict is a pipeline
     artefact. Flags of the paper's δ verdict alone on a control are reported, not failed: δ's
-    thresholds are tied to the released SAE's scale and carry no error rate (README)."""
+    thresholds are tied to the released SAE's scale and carry no error rate
+    (docs/null-controls.md)."""
     flags: dict[str, Any] = {}
     for model_key in cfg.controls:
         try:
@@ -220,7 +226,7 @@ def controls_outcome(cfg: RunConfig) -> CheckOutcome:
     elif dirty:
         description = "; ".join(
             f"control {m} flags {f['significant']} significant concepts: a pipeline artefact, "
-            "see README 'Null controls'"
+            "see docs/null-controls.md"
             for m, f in dirty.items()
         )
     else:
@@ -286,13 +292,15 @@ def _made_sets(cfg: RunConfig) -> list[str]:
 
 
 def generated_paired_outcome(cfg: RunConfig) -> CheckOutcome:
-    """Every usable real image has a generated partner or a recorded failure."""
+    """Every usable real image has its ``images_per_caption`` generated partners (or their
+    recorded failures)."""
     real = read_manifest(cfg.layout.real_images)
-    real_ids = set(real.filter(pl.col("status") == "ok")["image_id"])
-    unpaired = {
-        m: len(real_ids - set(read_manifest(cfg.layout.generated_images(m))["image_id"]))
-        for m in _made_sets(cfg)
-    }
+    real_ids = real.filter(pl.col("status") == "ok")["image_id"].to_list()
+    unpaired = {}
+    for m in _made_sets(cfg):
+        k = cfg.model(m).images_per_caption
+        wanted = {sample_image_id(i, s) for i in real_ids for s in range(k)}
+        unpaired[m] = len(wanted - set(read_manifest(cfg.layout.generated_images(m))["image_id"]))
     return CheckOutcome(passed=not any(unpaired.values()), metadata={"unpaired": unpaired})
 
 

@@ -17,13 +17,20 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def demo_config_dict(
-    tmp_path: Path, n_images: int = 120, with_controls: bool = False, **overrides: object
+    tmp_path: Path,
+    n_images: int = 120,
+    with_controls: bool = False,
+    images_per_caption: int | None = 1,
+    **overrides: object,
 ) -> dict[str, object]:
     """The embedded demo config, pointed at ``tmp_path`` and optionally shrunk; its trust
     checks — the null control models and the replicate SAE — and the second version of demo-a
     with its comparison (``stats.compare``) only ``with_controls`` (most tests need the two
-    planted models alone, and one SAE)."""
+    planted models alone, and one SAE). One image per caption unless told (None: the demo's
+    own ``images_per_caption``), so that worlds which do not need more stay fast."""
     raw = yaml.safe_load((REPO / "configs" / "demo.yaml").read_text())
+    if images_per_caption is not None:
+        raw["images_per_caption"] = images_per_caption
     if not with_controls:
         raw["sae"].pop("replicate_seed", None)
         raw["models"] = {

@@ -54,3 +54,22 @@ def test_the_probe_history_arm_is_a_control_and_its_blur_arm_is_not(tmp_path):
     _probe(cfg, 3)
     outcome = controls_outcome(cfg)
     assert not outcome.passed and outcome.severity == "ERROR" and PROBE in outcome.description
+
+
+def test_paired_check_wants_every_sample_of_every_caption(tmp_path):
+    """``generated_images_paired`` with two images per caption: a set missing sample 1 of one
+    caption is unpaired by one image."""
+    from blindspot_assets.quality import generated_paired_outcome
+    from blindspot_assets.store.images import write_manifest
+
+    cfg = parse_config(demo_config_dict(tmp_path, images_per_caption=2))
+    ids = ["a", "b"]
+    rows = {"path": ["", ""], "caption": ["x", "y"], "status": ["ok", "ok"], "detail": ["", ""]}
+    cfg.layout.real_images.mkdir(parents=True)
+    write_manifest(cfg.layout.real_images, pl.DataFrame({"image_id": ids, **rows}))
+    gen = cfg.layout.generated_images("demo-a")
+    gen.mkdir(parents=True)
+    three = {k: [*v, v[0]] for k, v in rows.items()}
+    write_manifest(gen, pl.DataFrame({"image_id": ["a", "b", "a~s1"], **three}))
+    outcome = generated_paired_outcome(cfg)
+    assert not outcome.passed and outcome.metadata["unpaired"] == {"demo-a": 1}

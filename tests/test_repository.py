@@ -191,3 +191,30 @@ def test_readme_maps_every_asset_to_its_module_and_library_function():
             target = importlib.import_module(f"blindspot_assets.{module}")
             assert callable(getattr(target, name, None)), f"{dotted} is no library function"
             assert not module.startswith("defs"), f"{dotted}: name the library, not defs/"
+
+
+def test_readme_is_short_and_its_graph_draws_every_asset():
+    """The README is the front page (two commands, the UI, the graph, where results are); the
+    rest lives in docs/ and CONTRIBUTING.md. Its graph names every asset of the code location."""
+    from blindspot_assets.definitions import defs
+
+    text = (REPO / "README.md").read_text()
+    assert len(text.splitlines()) <= 350
+    graph = text[text.index("## The asset graph") : text.index("| asset | partitioned |")]
+    keys = {key.to_user_string() for key in defs.resolve_asset_graph().get_all_asset_keys()}
+    assert sorted(k for k in keys if not re.search(rf"\b{k}\b", graph)) == []
+    assert (REPO / "CONTRIBUTING.md").is_file()
+
+
+MARKDOWN_LINK = re.compile(r"\]\(([^)#\s]+)(?:#[^)]*)?\)")
+
+
+def test_every_relative_link_of_the_docs_names_a_file_of_the_repository():
+    docs = [REPO / "README.md", REPO / "CONTRIBUTING.md", *sorted((REPO / "docs").glob("*.md"))]
+    broken = [
+        f"{doc.relative_to(REPO)} → {target}"
+        for doc in docs
+        for target in MARKDOWN_LINK.findall(doc.read_text())
+        if "://" not in target and not (doc.parent / target).exists()
+    ]
+    assert broken == []

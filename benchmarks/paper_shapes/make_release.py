@@ -11,7 +11,7 @@ It builds ``BatchTopKSAE(768, c, encoder_module="mlp_ln_1")`` with a
 sets ``running_threshold = None`` as the release is reported to have, and writes it as
 ``torch.save(DataParallel(model))`` with storages tagged ``cuda:0`` (the release's pickle), plus
 the model card's ``config.json`` (with θ) beside it. The project imports it through
-``sae.pretrained`` with its restricted unpickler, never running it.
+``sae.pretrained`` with ``torch.load(weights_only=True)`` and inert stand-ins, never running it.
 
 θ: the encoder is Linear → LayerNorm → ReLU, so at initialisation each token's c pre-activations
 are standardised (mean 0, variance 1 over concepts); θ = Φ⁻¹(1 − k/c) fires ~k per token

@@ -146,6 +146,7 @@ def nuisance_probe(
         "stats.run_tables",
         "stats.specific",
         "stats.significance",
+        "stats.reading",
     ),
     description="Concepts a model suppresses or exaggerates: the paper's δ-threshold verdict "
     "and the significance verdict side by side, ranked by how much of the concept is lost or "

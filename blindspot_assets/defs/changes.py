@@ -52,6 +52,7 @@ def distribution_md(df: pl.DataFrame) -> dict[str, float | None]:
         "stats.run_tables",
         "store.versions",
         "stats.distribution",
+        "stats.reading",
     ),
     description="Per comparison [base, candidate] of stats.compare (run in the candidate's "
     "partition): each concept's status new / resolved / persisting / worsened / improved / "

@@ -23,6 +23,7 @@ from blindspot_assets.encoders.images import (
     generated_histories,
     history_table,
     policy_of_run,
+    sample_histories,
 )
 from blindspot_assets.generators.registry import carries_real_history
 from blindspot_assets.shards import FeatureShards, Shard, finish_sharded_store
@@ -58,7 +59,10 @@ def histories_of(cfg: RunConfig, dataset: str) -> dict[str, JpegHistory | None] 
     control family's copies of the real files (which carry their history already), none."""
     if dataset == REAL or carries_real_history(cfg.model(dataset)):
         return None
-    return generated_histories(cfg.images, cfg.layout.real_images)
+    histories = generated_histories(cfg.images, cfg.layout.real_images)
+    if histories is None:
+        return None
+    return sample_histories(histories, read_manifest(cfg.layout.images(dataset)))
 
 
 def _encode_shard(context: dg.OpExecutionContext, cfg: RunConfig, shard: Shard) -> FeatureShards:

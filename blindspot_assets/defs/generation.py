@@ -1,4 +1,5 @@
-"""Stage 2 — generated images: one partition per generative model, one image per real caption."""
+"""Stage 2 — generated images: one partition per generative model, ``images_per_caption``
+images per real caption."""
 
 from typing import Any
 
@@ -52,7 +53,12 @@ def model_checkpoints(
 def _plan(cfg: RunConfig, model_key: str, n_shards: int) -> list[tuple[int, int]]:
     spec = cfg.model(model_key)
     return plan_generation(
-        cfg.layout, model_key, model_data_version(spec), batch_size(spec), n_shards
+        cfg.layout,
+        model_key,
+        model_data_version(spec),
+        batch_size(spec),
+        n_shards,
+        spec.images_per_caption,
     )
 
 
@@ -70,20 +76,24 @@ def _generate_shard(
         base_seed=base_seed(spec, cfg.seed),
         progress=progress_logger(context, f"generate {shard.dataset} [{shard.index}]"),
         rows=shard.rows,
+        images_per_caption=spec.images_per_caption,
     )
-    return GenerationShards.of(summary, generator.lineage())
+    lineage = {**generator.lineage(), "images_per_caption": spec.images_per_caption}
+    return GenerationShards.of(summary, lineage)
 
 
 def _merge(
     context: dg.OpExecutionContext, cfg: RunConfig, model_key: str, shards: list[GenerationShards]
 ) -> dict[str, Any]:
     out_dir = cfg.layout.generated_images(model_key)
-    manifest = finish_image_set(out_dir, read_manifest(cfg.layout.real_images))
+    k = cfg.model(model_key).images_per_caption
+    manifest = finish_image_set(out_dir, read_manifest(cfg.layout.real_images), k)
     summary = GenerationShards.merge(shards)
     write_lineage(out_dir, summary.lineage)
     context.log.info(f"{model_key}: {summary.counts()}")
     return {
         **summary.counts(),
+        "images_per_caption": k,
         "failures_by_reason": dg.MetadataValue.json(summary.failures_by_reason),
         "seconds": round(summary.seconds, 2),
         "lineage": lineage_md(summary.lineage),
@@ -95,7 +105,8 @@ generated_images = sharded_asset(
     "generated_images", [real_images, model_checkpoints], Stage(_plan, _generate_shard, _merge),
     group="generation", kinds={"pytorch", "diffusers"}, per_model=True,
     code_version=code_version("generated_images", "generators", "store.versions"),
-    description="For every real caption, one image from the partition's model, with a seed "
-    "derived from (model, image id); resumes where an interrupted run stopped. Fans out over "
-    "`scale.shards` GPU steps (one manifest part each, joined at the end).",
+    description="For every real caption, `images_per_caption` images (1 by default) from the "
+    "partition's model, each with a seed derived from (model, image id, sample); resumes "
+    "where an interrupted run stopped. Fans out over `scale.shards` GPU steps (one manifest "
+    "part each, joined at the end).",
 )  # fmt: skip

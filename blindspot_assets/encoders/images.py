@@ -212,6 +212,20 @@ def real_histories(real_dir: Path) -> dict[str, JpegHistory | None]:
     }
 
 
+def sample_histories(
+    histories: Mapping[str, JpegHistory | None], manifest: pl.DataFrame
+) -> dict[str, JpegHistory | None]:
+    """``histories`` (real image id → history) keyed by the generated images of ``manifest``
+    as well: every sample of a caption receives the history of the caption's real file."""
+    from blindspot_assets.store.images import caption_ids
+
+    out = dict(histories)
+    for image_id, caption_id in zip(manifest["image_id"], caption_ids(manifest), strict=True):
+        if image_id != caption_id and caption_id in histories:
+            out[str(image_id)] = histories[caption_id]
+    return out
+
+
 def history_table(
     manifest: pl.DataFrame, histories: Mapping[str, JpegHistory | None] | None, model_key: str
 ) -> pl.DataFrame:

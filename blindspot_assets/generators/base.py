@@ -18,6 +18,7 @@ class GenerationRequest:
     image_id: str  # the real image this generated image pairs with
     caption: str
     seed: int
+    sample: int = 0  # which of the caption's ``images_per_caption`` images (0: the first)
 
 
 class ImageGenerator(Protocol):
@@ -32,9 +33,11 @@ class ImageGenerator(Protocol):
         ...
 
 
-def derive_seed(model_key: str, image_id: str, base_seed: int = 0) -> int:
-    """Per-image seed from (model, image): re-running one image reproduces it."""
-    h = hashlib.sha256(f"{base_seed}:{model_key}:{image_id}".encode()).digest()
+def derive_seed(model_key: str, image_id: str, base_seed: int = 0, sample: int = 0) -> int:
+    """Per-image seed from (model, image, sample): re-running one image reproduces it; sample 0
+    is the seed of a set of one image per caption."""
+    text = f"{base_seed}:{model_key}:{image_id}" + (f":{sample}" if sample else "")
+    h = hashlib.sha256(text.encode()).digest()
     return int.from_bytes(h[:4], "little") & 0x7FFFFFFF
 
 

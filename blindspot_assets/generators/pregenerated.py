@@ -4,7 +4,8 @@ named by the real image's id. Same partition mechanism as any model, no generati
 Family ``pregenerated``; fields:
 
     path:     the folder (required). Images are found as ``<image_id>.<png|jpg|jpeg|webp>``
-              anywhere below it, or through ``manifest``.
+              anywhere below it, or through ``manifest``; with ``images_per_caption`` k > 1,
+              sample s ≥ 1 of a caption as ``<image_id>~s<s>.<ext>`` (``sample_image_id``).
     manifest: optional CSV or parquet inside or beside ``path`` with columns ``image_id`` and
               ``path`` (relative to ``path``), for files named otherwise.
     model:    free text naming what made the images (kept in the lineage)
@@ -28,6 +29,7 @@ from blindspot_assets.config import ModelSpec
 from blindspot_assets.generators.base import GenerationRequest, check_family_fields
 from blindspot_assets.generators.diffusers_pipeline import fail
 from blindspot_assets.sources.intake import file_under
+from blindspot_assets.store.images import sample_image_id
 
 PARAMS = {"path", "manifest", "model", "batch_size", "seed"}
 EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp")
@@ -119,11 +121,10 @@ class PregeneratedImages:
     def generate(self, requests: Sequence[GenerationRequest]) -> list[Image.Image]:
         images = []
         for req in requests:
-            path = self.files.get(req.image_id)
+            image_id = sample_image_id(req.image_id, req.sample)
+            path = self.files.get(image_id)
             if path is None or not path.is_file():
-                raise FileNotFoundError(
-                    f"no pre-generated image for {req.image_id} in {self.folder}"
-                )
+                raise FileNotFoundError(f"no pre-generated image for {image_id} in {self.folder}")
             with Image.open(path) as im:
                 images.append(im.convert("RGB"))
         return images

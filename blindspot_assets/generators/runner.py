@@ -1,8 +1,12 @@
-"""Make one generated image per real caption, resumably: images already on disk are kept, each
-new image is written under a temporary name and renamed, and every image that could not be made
-is recorded in the manifest with its reason.
+"""Make ``images_per_caption`` generated images per real caption, resumably: images already on
+disk are kept, each new image is written under a temporary name and renamed, and every image
+that could not be made is recorded in the manifest with its reason.
 
-Batches are fixed by the image order: batch ``j`` holds the usable real rows
+The set's rows are sample-major: first sample 0 of every usable real row (exactly the set of one
+image per caption), then sample 1 of every row, and so on; sample s of image i has the id
+``sample_image_id(i, s)`` and the seed ``derive_seed(model, i, base_seed, s)``.
+
+Batches are fixed by that row order: batch ``j`` holds the rows
 ``[j·batch_size, (j+1)·batch_size)`` (shards cut on whole batches), whether the run is fresh,
 resumed or sharded. A resume recomputes every batch that lost an image, whole, so each image is
 made inside the same batch as in an uninterrupted run: on one machine with one batch size the
@@ -34,6 +38,7 @@ from blindspot_assets.store.images import (
     model_version,
     read_lineage,
     read_manifest,
+    sample_image_id,
     write_manifest,
     write_manifest_part,
 )
@@ -85,35 +90,43 @@ def generate_image_set(
     progress: ProgressFn | None = None,
     *,
     rows: tuple[int, int] | None = None,
+    images_per_caption: int = 1,
 ) -> tuple[pl.DataFrame, GenerationSummary]:
-    """Generate ``out_dir/<image_id>.png`` for every usable real row; returns manifest, summary.
+    """Generate ``out_dir/<id>.png`` for every sample of every usable real row; returns
+    manifest, summary.
 
-    With ``rows``, only those rows of the usable real images (one shard of
-    ``generation_shards``) are made and their manifest is written as a part; several workers
+    With ``rows``, only those rows of the set (sample-major, see the module docstring; one shard
+    of ``generation_shards``) are made and their manifest is written as a part; several workers
     run shards at once and ``finish_image_set`` joins the parts.
     """
     t0 = time.perf_counter()
     out_dir.mkdir(parents=True, exist_ok=True)
-    real_ok = real_manifest.filter(pl.col("status") == "ok")
+    real_ok = sample_rows(real_manifest, images_per_caption)
     if rows is not None:
         real_ok = real_ok.slice(rows[0], rows[1] - rows[0])
     by_id, batches, reused = _plan(real_ok, model_key, base_seed, out_dir, batch_size)
     offset = rows[0] if rows is not None else 0
     if offset % max(1, batch_size):
         raise ValueError(f"rows start at {offset}, not on a batch of {batch_size}: {rows}")
-    todo = [req for batch, missing in batches for req in batch if req.image_id in missing]
+    todo = [
+        req
+        for batch, missing in batches
+        for req in batch
+        if sample_image_id(req.image_id, req.sample) in missing
+    ]
     done = 0
     for batch, missing in batches:
         for req, result in zip(batch, _generate_batch(generator, batch), strict=True):
-            if req.image_id not in missing:
+            image_id = sample_image_id(req.image_id, req.sample)
+            if image_id not in missing:
                 continue  # kept on disk; made again only to keep the batch whole
             if isinstance(result, Exception):
-                by_id[req.image_id].update(
+                by_id[image_id].update(
                     path="", status="generation_error", detail=f"{type(result).__name__}: {result}"
                 )
                 continue
-            write_atomic(out_dir / f"{req.image_id}.png", partial(_save_png, result))
-            by_id[req.image_id].update(_prompts(result))
+            write_atomic(out_dir / f"{image_id}.png", partial(_save_png, result))
+            by_id[image_id].update(_prompts(result))
         done += len(missing)
         if progress:
             progress(done, len(todo))
@@ -122,6 +135,10 @@ def generate_image_set(
         list(by_id.values()),
         schema_overrides={"seed": pl.Int64, "prompt": pl.Utf8, "negative_prompt": pl.Utf8},
     )
+    if images_per_caption > 1:
+        df = df.with_columns(
+            caption_id=real_ok["image_id"], sample=real_ok["sample"].cast(pl.Int32)
+        )
     if rows is None:
         write_manifest(out_dir, df)
         clear_manifest_parts(out_dir)
@@ -139,23 +156,35 @@ def generate_image_set(
     return df, summary
 
 
+def sample_rows(real_manifest: pl.DataFrame, images_per_caption: int) -> pl.DataFrame:
+    """The usable real rows once per sample, sample-major, with a ``sample`` column: the rows
+    of the generated set, in order."""
+    if images_per_caption < 1:
+        raise ValueError(f"images_per_caption must be at least 1, got {images_per_caption}")
+    real_ok = real_manifest.filter(pl.col("status") == "ok")
+    return pl.concat(
+        [real_ok.with_columns(sample=pl.lit(s, pl.Int64)) for s in range(images_per_caption)]
+    )
+
+
 def _plan(
     real_ok: pl.DataFrame, model_key: str, base_seed: int, out_dir: Path, batch_size: int
 ) -> tuple[dict[str, dict[str, object]], list[tuple[list[GenerationRequest], set[str]]], int]:
-    """Each real image's manifest row; the fixed batches (rows ``[j·batch_size, …)`` of
-    ``real_ok``, empty captions left out) that still miss an image, with the ids they miss (an
-    image already on disk and readable is kept); and how many were kept."""
+    """Each generated image's manifest row; the fixed batches (rows ``[j·batch_size, …)`` of
+    ``real_ok``, one row per sample, empty captions left out) that still miss an image, with
+    the ids they miss (an image already on disk and readable is kept); and how many were kept."""
     by_id: dict[str, dict[str, object]] = {}
     batches: list[tuple[list[GenerationRequest], set[str]]] = []
     reused = 0
     size = max(1, batch_size)
-    for index, (image_id, caption) in enumerate(
-        zip(real_ok["image_id"], real_ok["caption"], strict=True)
+    for index, (real_id, caption, sample) in enumerate(
+        zip(real_ok["image_id"], real_ok["caption"], real_ok["sample"], strict=True)
     ):
         if index % size == 0:
             batches.append(([], set()))
         batch, missing = batches[-1]
-        seed = derive_seed(model_key, image_id, base_seed)
+        seed = derive_seed(model_key, real_id, base_seed, sample)
+        image_id = sample_image_id(real_id, sample)
         row = {
             "image_id": image_id,
             "path": f"{image_id}.png",
@@ -170,7 +199,7 @@ def _plan(
         if not caption or not str(caption).strip():
             row.update(path="", status="empty_caption", detail="the real image has no caption")
             continue
-        batch.append(GenerationRequest(image_id, str(caption), seed))
+        batch.append(GenerationRequest(real_id, str(caption), seed, sample))
         if (out_dir / f"{image_id}.png").exists() and _usable(out_dir / f"{image_id}.png"):
             with Image.open(out_dir / f"{image_id}.png") as kept:
                 row.update(_prompts(kept))
@@ -201,16 +230,22 @@ def _generate_batch(
 
 
 def generation_shards(
-    real_manifest: pl.DataFrame, batch_size: int, n_shards: int
+    real_manifest: pl.DataFrame, batch_size: int, n_shards: int, images_per_caption: int = 1
 ) -> list[tuple[int, int]]:
-    """Contiguous ranges of the usable real rows, whole batches each, for ``n_shards`` workers."""
+    """Contiguous ranges of the set's rows (every sample of every usable real row), whole
+    batches each, for ``n_shards`` workers."""
     n_ok = real_manifest.filter(pl.col("status") == "ok").height
-    return split_rows(n_ok, batch_size, n_shards)
+    return split_rows(n_ok * images_per_caption, batch_size, n_shards)
 
 
-def finish_image_set(out_dir: Path, real_manifest: pl.DataFrame) -> pl.DataFrame:
+def finish_image_set(
+    out_dir: Path, real_manifest: pl.DataFrame, images_per_caption: int = 1
+) -> pl.DataFrame:
     """Join the shard manifests of a sharded generation into the set's manifest."""
-    expected = real_manifest.filter(pl.col("status") == "ok")["image_id"].to_list()
+    rows = sample_rows(real_manifest, images_per_caption)
+    expected = [
+        sample_image_id(i, s) for i, s in zip(rows["image_id"], rows["sample"], strict=True)
+    ]
     return merge_manifest_parts(out_dir, expected)
 
 
@@ -219,13 +254,19 @@ def load_generated_manifest(out_dir: Path) -> pl.DataFrame:
 
 
 def plan_generation(
-    layout: DataLayout, model_key: str, current_version: str, batch_size: int, n_shards: int
+    layout: DataLayout,
+    model_key: str,
+    current_version: str,
+    batch_size: int,
+    n_shards: int,
+    images_per_caption: int = 1,
 ) -> list[tuple[int, int]]:
     """Before a (sharded) generation: a set made by another version of the model is archived,
     never reused (``store/versions.py``); stale shard manifests are cleared; the shards' ranges."""
     out_dir = layout.generated_images(model_key)
     made_by = model_version(read_lineage(out_dir))
     archive_if_replaced(layout, model_key, made_by, current_version)
-    ranges = generation_shards(read_manifest(layout.real_images), batch_size, n_shards)
+    real = read_manifest(layout.real_images)
+    ranges = generation_shards(real, batch_size, n_shards, images_per_caption)
     clear_manifest_parts(out_dir, keep=ranges)  # stale plans
     return ranges

@@ -17,8 +17,8 @@ from blindspot_assets.store.tables import refresh_views, write_table_partition
 
 SKIPPED = (
     "labels.model_id is 'none': no labeller configured, no concept named. Set labels.model_id "
-    "to a captioning or vision-language checkpoint (hub id or local folder; README: Concept "
-    "names) to name the concepts from their top images."
+    "to a captioning or vision-language checkpoint (hub id or local folder; docs/concept-names.md)"
+    " to name the concepts from their top images."
 )
 
 

@@ -396,7 +396,8 @@ def _datapoints(
         image_id = str(r[image])
         caption = writer.caption(REAL, image_id) or writer.caption(key, image_id)
         real = Tile(REAL, image_id, None, caption, writer.thumbnail(REAL, image_id))
-        gen = Tile(key, image_id, None, caption, writer.thumbnail(key, image_id))
+        gen_id = str(r.get("gen_image_id") or image_id)  # a sample ≥ 1 has its own id
+        gen = Tile(key, gen_id, None, caption, writer.thumbnail(key, gen_id))
 
         def named(col: str | None, row: dict[str, Any] = r) -> list[tuple[int, str]]:
             ids = parse_concepts(row.get(col)) if col else []
@@ -451,6 +452,10 @@ def _memorization(
                 "candidate": bool(r.get(candidate)) if candidate else True,
                 "evidence": r.get("evidence") or "",
                 "concept_distance": r.get("concept_distance"),
+                # "reproduced on s of k seeds" when the model made several images per caption
+                "seeds": (r.get("reproduced_seeds"), r["n_seeds"])
+                if (r.get("n_seeds") or 0) > 1 else None,
+                "across_seeds": bool(r.get("reproduced_across_seeds")),
             }
         )  # fmt: skip
     return out, n_candidates

@@ -291,7 +291,9 @@ candidate); evidence: patch maps and/or pixels; concept: ‖ξ(x′) − ξ(x)�
 {% if m.real %}{{ tile(m.real, px) }}{% endif %}</div>
 <div class="caption">{{ m.gen.caption }}</div></div>
 <div class="concepts-list"><div>distance {{ num(m.distance) }}
-{% if m.candidate %}<span class="badge exaggerated">candidate</span>{% endif %}</div>
+{% if m.candidate %}<span class="badge exaggerated">candidate</span>{% endif %}
+{% if m.across_seeds %}<span class="badge suppressed">across seeds</span>{% endif %}</div>
+{% if m.seeds %}<div>reproduced on {{ m.seeds[0] }} of {{ m.seeds[1] }} seeds</div>{% endif %}
 {% if m.threshold is not none %}<div>threshold {{ num(m.threshold) }}</div>{% endif %}
 {% if m.evidence %}<div>evidence: {{ m.evidence }}</div>{% endif %}
 {% if m.concept_distance is not none %}<div>concept {{ num(m.concept_distance) }}</div>{% endif %}

@@ -16,7 +16,7 @@ from blindspot_assets.sae.released import (
     MissingThresholdError,
     UnsafeCheckpointError,
     import_released_checkpoint,
-    load_pretrained,
+    install_pretrained,
 )
 from blindspot_assets.sae.train import TrainResult, train_sae
 
@@ -30,7 +30,7 @@ __all__ = [
     "encode_features_to_codes",
     "open_codes_store",
     "import_released_checkpoint",
-    "load_pretrained",
+    "install_pretrained",
     "load_sae",
     "model_fingerprint",
     "read_header",

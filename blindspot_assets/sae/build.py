@@ -16,8 +16,8 @@ import numpy as np
 import torch
 
 from blindspot_assets.config import RunConfig
-from blindspot_assets.sae.checkpoint import HEADER_FILE, load_sae, read_header, save_sae
-from blindspot_assets.sae.released import check_converted_threshold, import_released_checkpoint
+from blindspot_assets.sae import released
+from blindspot_assets.sae.checkpoint import load_sae, read_header, save_sae
 from blindspot_assets.sae.train import train_sae
 from blindspot_assets.store.layout import REAL
 from blindspot_assets.store.rowstore import RowStore, store_exists
@@ -138,18 +138,9 @@ def train_replicate(cfg: RunConfig, stores: list[str | Path], d: int, log: LogFn
 
 
 def install_pretrained(cfg: RunConfig, src: Path, d: int, log: LogFn) -> BuiltSAE:
-    """Use released or previously trained weights instead of training (``sae.pretrained``): our
-    own format is copied (its θ checked against ``sae.threshold``); a released overcomplete
-    pickle is converted without executing it."""
-    if not src.exists():
-        raise FileNotFoundError(f"sae.pretrained {src} does not exist")
-    if (src / HEADER_FILE).exists():  # already in our format
-        model, header = load_sae(src)
-        check_converted_threshold(header, cfg.sae.threshold, f"sae.pretrained {src}")
-        save_sae(model, cfg.layout.sae, {k: v for k, v in header.items() if k != "config"})
-    else:
-        import_released_checkpoint(src, cfg.layout.sae, log=log, threshold=cfg.sae.threshold)
-    model, header = load_sae(cfg.layout.sae)
+    """Use released or previously trained weights instead of training (``sae.pretrained``,
+    through ``released.install_pretrained``)."""
+    model, header = released.install_pretrained(src, cfg.layout.sae, cfg.sae.threshold, log)
     if model.cfg.d != d:
         raise ValueError(
             f"sae.pretrained {src} expects {model.cfg.d}-d tokens but the features are {d}-d: "

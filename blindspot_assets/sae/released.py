@@ -1,16 +1,14 @@
 """Import the authors' released RA-SAE (``matybohacek/RA-SAE-DINOv2-32k``) without running it.
 
 The release is ``torch.save(DataParallel(BatchTopKSAE))`` from the ``overcomplete`` library: a
-pickle of whole modules. Loading a pickle runs whatever callables it names, so this module reads
-it with a restricted unpickler:
-
-- tensors are rebuilt by our own functions from the raw bytes of the zip archive (memory-mapped,
-  never executed), storages become dtype markers;
-- plain containers (``OrderedDict``, ``set``) and ``torch.device`` are allowed;
-- every class of ``overcomplete`` or ``torch.nn`` becomes an inert :class:`Placeholder` that only
-  records its constructor arguments and pickled state: no import of those modules, no code;
-- any other global (``os.system``, ``builtins.eval``, ``subprocess.Popen``, ...) stops the load
-  with :class:`UnsafeCheckpointError`.
+pickle of whole modules. Loading a pickle runs whatever callables it names, so it is read with
+``torch.load(weights_only=True, mmap=True)``: torch's own restricted unpickler, which rebuilds
+tensors (memory-mapped from the file, copy-on-write) and plain containers and refuses every
+global not allow-listed. The allow-list adds, under their genuine names, the classes of
+``overcomplete`` and ``torch.nn`` that a released SAE is built of (:data:`RELEASE_CLASSES`), as
+inert :class:`Placeholder` stubs that only record their pickled state: no import of those
+modules, no code of theirs. Any other global (``os.system``, ``builtins.eval``, an unknown
+class, ...) stops the load with :class:`UnsafeCheckpointError`.
 
 The placeholders' state is then read like a state dict and converted into our fused-dictionary
 :class:`RelaxedArchetypalSAE` (safetensors + JSON header, docs/method.md §4).
@@ -19,16 +17,11 @@ The placeholders' state is then read like a state dict and converted into our fu
 from __future__ import annotations
 
 import hashlib
-import io
 import json
-import mmap
 import pickle
-import struct
 import time
 import zipfile
-from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -40,24 +33,25 @@ from blindspot_assets.sae.checkpoint import load_sae, read_header, save_sae
 from blindspot_assets.sae.config import RASAEConfig, Sparsity
 from blindspot_assets.sae.model import RelaxedArchetypalSAE
 
-PLACEHOLDER_MODULES = ("overcomplete", "torch.nn.")
-_STORAGE_DTYPES = {
-    "FloatStorage": torch.float32,
-    "DoubleStorage": torch.float64,
-    "HalfStorage": torch.float16,
-    "BFloat16Storage": torch.bfloat16,
-    "LongStorage": torch.int64,
-    "IntStorage": torch.int32,
-    "ShortStorage": torch.int16,
-    "CharStorage": torch.int8,
-    "ByteStorage": torch.uint8,
-    "BoolStorage": torch.bool,
-    "UntypedStorage": torch.uint8,
-}
-_DTYPES = {
-    name: getattr(torch, name)
-    for name in ("float32", "float64", "float16", "bfloat16", "int64", "int32", "uint8", "bool")
-}
+RELEASE_CLASSES = (
+    # overcomplete's SAEs, their dictionaries and encoders (overcomplete.sae)
+    "overcomplete.sae.batchtopk_sae.BatchTopKSAE",
+    "overcomplete.sae.topk_sae.TopKSAE",
+    "overcomplete.sae.base.SAE",
+    "overcomplete.sae.archetypal_dictionary.RelaxedArchetypalDictionary",
+    "overcomplete.sae.dictionary.DictionaryLayer",
+    "overcomplete.sae.modules.MLPEncoder",
+    # the torch.nn modules they are made of, and the multi-GPU wrappers of torch.save
+    "torch.nn.modules.linear.Linear",
+    "torch.nn.modules.linear.Identity",
+    "torch.nn.modules.normalization.LayerNorm",
+    "torch.nn.modules.batchnorm.BatchNorm1d",
+    "torch.nn.modules.activation.ReLU",
+    "torch.nn.modules.container.Sequential",
+    "torch.nn.modules.container.ModuleList",
+    "torch.nn.parallel.data_parallel.DataParallel",
+    "torch.nn.parallel.distributed.DistributedDataParallel",
+)
 
 
 class UnsafeCheckpointError(pickle.UnpicklingError):
@@ -112,150 +106,45 @@ def tensors_of(node: Placeholder) -> dict[str, Tensor]:
     for key in ("_parameters", "_buffers"):
         for k, v in (node.__dict__.get(key) or {}).items():
             if isinstance(v, Tensor):
-                out[k] = v
+                out[k] = v.detach()  # torch rebuilds nn.Parameters: read as plain tensors
     return out
 
 
 def attr(node: Placeholder, name: str, default: Any = None) -> Any:
-    return node.__dict__.get(name, default)
+    value = node.__dict__.get(name, default)
+    return value.detach() if isinstance(value, Tensor) else value
 
 
-def _placeholder_class(module: str, name: str) -> type[Placeholder]:
-    return type(name, (Placeholder,), {"_placeholder_qualname": f"{module}.{name}"})
+def _placeholder_class(qualified: str) -> type[Placeholder]:
+    name = qualified.rsplit(".", 1)[-1]
+    return type(name, (Placeholder,), {"_placeholder_qualname": qualified})
 
 
-@dataclass(frozen=True)
-class _StorageType:
-    dtype: torch.dtype
-
-
-def _rebuild_tensor(
-    storage: Tensor,
-    storage_offset: int,
-    size: tuple[int, ...],
-    stride: tuple[int, ...],
-    requires_grad: bool = False,
-    backward_hooks: Any = None,
-    metadata: Any = None,
-) -> Tensor:
-    if not isinstance(storage, Tensor):
-        raise UnsafeCheckpointError("a tensor was rebuilt from something that is not a storage")
-    return storage.as_strided(tuple(size), tuple(stride), int(storage_offset))
-
-
-def _rebuild_parameter(data: Tensor, requires_grad: bool = False, hooks: Any = None) -> Tensor:
-    return data
-
-
-def _rebuild_parameter_with_state(
-    data: Tensor, requires_grad: bool, hooks: Any, state: Any
-) -> Tensor:
-    return data
-
-
-def _device(*args: Any) -> str:
-    return ":".join(str(a) for a in args)
-
-
-_ALLOWED: dict[tuple[str, str], Any] = {
-    ("collections", "OrderedDict"): OrderedDict,
-    ("builtins", "set"): set,
-    ("builtins", "frozenset"): frozenset,
-    ("__builtin__", "set"): set,
-    ("__builtin__", "frozenset"): frozenset,
-    ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor,
-    ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
-    ("torch._utils", "_rebuild_parameter_with_state"): _rebuild_parameter_with_state,
-    ("torch", "device"): _device,
-    ("torch", "Size"): tuple,
-}
-
-
-class _ZipTensors:
-    """The raw storages of a torch zip checkpoint, memory-mapped (stored members only)."""
-
-    def __init__(self, path: Path, archive: zipfile.ZipFile, prefix: str) -> None:
-        self.archive = archive
-        self.prefix = prefix
-        self._fh = open(path, "rb")  # noqa: SIM115 - closed in close()
-        self._map = mmap.mmap(self._fh.fileno(), 0, access=mmap.ACCESS_COPY)
-
-    def storage(self, key: str, dtype: torch.dtype, numel: int) -> Tensor:
-        info = self.archive.getinfo(f"{self.prefix}/data/{key}")
-        nbytes = numel * torch.empty((), dtype=dtype).element_size()
-        if info.compress_type == zipfile.ZIP_STORED:
-            local = self._map[info.header_offset : info.header_offset + 30]
-            name_len, extra_len = struct.unpack("<HH", local[26:30])
-            start = info.header_offset + 30 + name_len + extra_len
-            raw = np.frombuffer(self._map, dtype=np.uint8, count=nbytes, offset=start)
-        else:
-            raw = np.frombuffer(self.archive.read(info)[:nbytes], dtype=np.uint8).copy()
-        return torch.from_numpy(raw).view(dtype)
-
-    def close(self) -> None:
-        self._fh.close()
-
-
-class RestrictedUnpickler(pickle.Unpickler):
-    """Rebuilds tensors, plain containers and inert placeholders; refuses everything else."""
-
-    def __init__(self, data: bytes, tensors: _ZipTensors, source: str) -> None:
-        super().__init__(io.BytesIO(data))
-        self.zip_tensors = tensors
-        self.source = source
-        self.placeholders: dict[str, type[Placeholder]] = {}
-
-    def find_class(self, module: str, name: str) -> Any:
-        if (module, name) in _ALLOWED:
-            return _ALLOWED[(module, name)]
-        if module == "torch" and name in _STORAGE_DTYPES:
-            return _StorageType(_STORAGE_DTYPES[name])
-        if module == "torch" and name in _DTYPES:
-            return _DTYPES[name]
-        if module.startswith(PLACEHOLDER_MODULES) or module == "overcomplete":
-            key = f"{module}.{name}"
-            if key not in self.placeholders:
-                self.placeholders[key] = _placeholder_class(module, name)
-            return self.placeholders[key]
-        raise UnsafeCheckpointError(
-            f"{self.source}: refusing to load: the pickle names {module}.{name}, which could run "
-            "code. Only tensors, plain containers and overcomplete/torch.nn module state are "
-            "read from a released checkpoint; nothing from this file was executed."
-        )
-
-    def persistent_load(self, pid: Any) -> Any:
-        if not (isinstance(pid, tuple) and len(pid) == 5 and pid[0] == "storage"):
-            raise UnsafeCheckpointError(f"{self.source}: unexpected persistent id {pid!r}")
-        _, storage_type, key, _location, numel = pid
-        if not isinstance(storage_type, _StorageType):
-            raise UnsafeCheckpointError(f"{self.source}: unknown storage type {storage_type!r}")
-        return self.zip_tensors.storage(str(key), storage_type.dtype, int(numel))
+_STUBS: list[Callable[..., Any] | tuple[Callable[..., Any], str]] = [
+    (_placeholder_class(q), q) for q in RELEASE_CLASSES
+]
 
 
 def read_torch_pickle(src: Path) -> Any:
-    """The object graph of a ``torch.save`` zip file, through :class:`RestrictedUnpickler`.
-
-    Tensors are views of a private copy-on-write memory map of ``src``.
-    """
+    """The object graph of a ``torch.save`` zip file: ``torch.load(weights_only=True,
+    mmap=True)`` with :data:`RELEASE_CLASSES` allowed as placeholders. Tensors are views of a
+    private copy-on-write memory map of ``src``."""
     src = Path(src)
     if not zipfile.is_zipfile(src):
         raise ValueError(
             f"{src} is not a torch zip checkpoint (torch ≥ 1.6 format); legacy and raw pickle "
             "files are not read"
         )
-    archive = zipfile.ZipFile(src)
-    pkl = [n for n in archive.namelist() if n.endswith("/data.pkl") and n.count("/") == 1]
-    if len(pkl) != 1:
-        raise ValueError(f"{src}: expected one <archive>/data.pkl, found {pkl}")
-    prefix = pkl[0].split("/")[0]
-    byteorder = f"{prefix}/byteorder"
-    if byteorder in archive.namelist() and archive.read(byteorder).strip() != b"little":
-        raise ValueError(f"{src}: big-endian checkpoints are not supported")
-    tensors = _ZipTensors(src, archive, prefix)
     try:
-        return RestrictedUnpickler(archive.read(pkl[0]), tensors, str(src)).load()
-    finally:
-        tensors.close()
+        with torch.serialization.safe_globals(_STUBS):
+            return torch.load(src, map_location="cpu", weights_only=True, mmap=True)
+    except pickle.UnpicklingError as err:
+        reason = next((line for line in str(err).splitlines() if "GLOBAL" in line), str(err))
+        raise UnsafeCheckpointError(
+            f"{src}: refusing to load: {reason.strip()} Only tensors, plain containers and the "
+            "module state of overcomplete/torch.nn classes (RELEASE_CLASSES) are read from a "
+            "released checkpoint; nothing from this file was executed."
+        ) from None
 
 
 # -- conversion ---------------------------------------------------------------------------------
@@ -582,31 +471,37 @@ def check_converted_threshold(header: dict[str, Any], threshold: float | None, w
         )
 
 
-def load_pretrained(
-    pretrained: Path, converted_dir: Path, threshold: float | None = None
-) -> tuple[RelaxedArchetypalSAE, dict[str, Any]]:
-    """``SAESpec.pretrained``: a converted SAE directory, or a released ``.pt`` to import once.
+def _converted_already(src: Path, out_dir: Path, threshold: float | None) -> bool:
+    """``out_dir`` holds a conversion of the same file (same SHA-256) with the same threshold
+    inputs (``threshold``, a ``config.json`` beside it)."""
+    try:
+        released = read_header(out_dir).get("released", {})
+    except (FileNotFoundError, ValueError):
+        return False
+    return bool(
+        released.get("source_sha256") == _sha256(src)
+        and released.get("configured_threshold") == threshold
+        and released.get("config_json_threshold") == config_json_threshold(src)
+    )
 
-    A ``.pt`` is converted into ``converted_dir`` unless a conversion of the same file (same
-    SHA-256) with the same threshold inputs (``threshold``, a ``config.json`` beside it) is
-    already there.
-    """
+
+def install_pretrained(
+    pretrained: Path,
+    out_dir: Path,
+    threshold: float | None = None,
+    log: Callable[[str], None] | None = None,
+) -> tuple[RelaxedArchetypalSAE, dict[str, Any]]:
+    """``sae.pretrained`` into ``out_dir``, the one install path of given weights: a directory
+    in our format is copied (its θ checked against ``threshold``); a released ``.pth`` is
+    converted without executing it, unless ``out_dir`` already holds its conversion."""
     pretrained = Path(pretrained)
+    if not pretrained.exists():
+        raise FileNotFoundError(f"sae.pretrained {pretrained} does not exist")
     if pretrained.is_dir():
         model, header = load_sae(pretrained)
-        check_converted_threshold(header, threshold, str(pretrained))
-        return model, header
-    if not pretrained.is_file():
-        raise FileNotFoundError(f"pretrained SAE {pretrained} does not exist")
-    try:
-        released = read_header(converted_dir).get("released", {})
-        done = (
-            released.get("source_sha256") == _sha256(pretrained)
-            and released.get("configured_threshold") == threshold
-            and released.get("config_json_threshold") == config_json_threshold(pretrained)
-        )
-    except (FileNotFoundError, ValueError):
-        done = False
-    if not done:
-        import_released_checkpoint(pretrained, converted_dir, threshold=threshold)
-    return load_sae(converted_dir)
+        check_converted_threshold(header, threshold, f"sae.pretrained {pretrained}")
+        if pretrained.resolve() != Path(out_dir).resolve():
+            save_sae(model, Path(out_dir), {k: v for k, v in header.items() if k != "config"})
+    elif not _converted_already(pretrained, Path(out_dir), threshold):
+        import_released_checkpoint(pretrained, Path(out_dir), log=log, threshold=threshold)
+    return load_sae(Path(out_dir))

@@ -4,7 +4,8 @@ released version) and a candidate (its next version, or a variant).
 Both sets answer the same captions, so the comparison is paired per caption. For concept k:
 
 - ``change`` = mean over captions x of ξ_k(x″) − ξ_k(x′), with x′ the base's and x″ the
-  candidate's image for x's caption, over the captions whose real image, base image and
+  candidate's image for x's caption (each a caption's mean over its samples when a model makes
+  several images per caption), over the captions whose real image, base image and
   candidate image are all valid. It is the paired difference ΔE_k(candidate) − ΔE_k(base): the
   real term cancels, and with the same pairs on both sides it equals the difference of the two
   ``concept_stats.delta_energy`` values exactly.
@@ -56,7 +57,7 @@ from blindspot_assets.stats.reading import (
     iter_paired_blocks,
     n_concepts_of,
     open_store,
-    pair_rows,
+    pair_generated,
 )
 from blindspot_assets.stats.scores import benjamini_hochberg
 from blindspot_assets.stats.significance import PairedMoments, minimum_effect_p_values
@@ -120,17 +121,10 @@ def paired_change(
 def _captions_of_all_three(real: RowStore, base: RowStore, cand: RowStore) -> Pairing:
     """Base row and candidate row of every caption whose real, base and candidate images are
     all valid (``Pairing`` with the base as its first side), in base row order."""
-    both = pair_rows(base, cand)
+    both = pair_generated(base, cand)
     ids = real.image_ids()
     real_valid = {ids[int(r)] for r in np.flatnonzero(real.valid())}
-    keep = np.asarray([i in real_valid for i in both.image_ids], dtype=bool)
-    return Pairing(
-        image_ids=[i for i, k in zip(both.image_ids, keep, strict=True) if k],
-        real_rows=both.real_rows[keep],
-        gen_rows=both.gen_rows[keep],
-        n_real_valid=both.n_real_valid,
-        n_gen_valid=both.n_gen_valid,
-    )
+    return both.keep(np.asarray([i in real_valid for i in both.image_ids], dtype=bool))
 
 
 def _kind() -> pl.Expr:

@@ -9,11 +9,13 @@ import polars as pl
 import torch
 
 from blindspot_assets.stats.reading import iter_paired_blocks, open_store, pair_rows
+from blindspot_assets.store.images import split_sample_id
 from blindspot_assets.store.rowstore import RowStore
 
 # the columns of ``datapoint_deltas`` (see compute_datapoint_deltas)
 DATAPOINT_SCHEMA: dict[str, pl.DataType | type[pl.DataType]] = {
-    "image_id": pl.String, "l2": pl.Float64, "norm_real": pl.Float64, "norm_gen": pl.Float64,
+    "image_id": pl.String, "sample": pl.Int32, "gen_image_id": pl.String, "l2": pl.Float64,
+    "norm_real": pl.Float64, "norm_gen": pl.Float64,
     "l2_relative": pl.Float64,
     "missing_concepts": pl.List(pl.Int32), "missing_values": pl.List(pl.Float64),
     "added_concepts": pl.List(pl.Int32), "added_values": pl.List(pl.Float64),
@@ -40,16 +42,20 @@ def compute_datapoint_deltas(
     top_n: int = 5,
     block_rows: int = 512,
 ) -> pl.DataFrame:
-    """One row per (real, generated) pair (pairing as in ``compute_concept_stats``).
+    """One row per (real, generated) pair: per generated *sample* when a model makes several
+    images per caption (captions paired as in ``compute_concept_stats``, never averaged here).
 
-    Columns: ``image_id``; ``l2`` = ‖ξ(x') − ξ(x)‖₂; ``norm_real`` = ‖ξ(x)‖₂, ``norm_gen`` =
+    Columns: ``image_id`` (the real image, the caption's id); ``sample`` (0 … k − 1) and
+    ``gen_image_id`` (the generated image: ``image_id`` itself for sample 0); ``l2`` =
+    ‖ξ(x') − ξ(x)‖₂; ``norm_real`` = ‖ξ(x)‖₂, ``norm_gen`` =
     ‖ξ(x')‖₂; ``l2_relative`` = l2 / (norm_real + norm_gen) (0 when both are 0; in [0, 1]);
     ``missing_concepts`` / ``missing_values``: the ``top_n`` concepts with the most negative
     ξ_k(x') − ξ_k(x) (what the model left out), most missing first, values < 0;
     ``added_concepts`` / ``added_values``: likewise the largest positive differences.
     """
     real, gen = open_store(real_codes), open_store(gen_codes)
-    pairing = pair_rows(real, gen)
+    pairing = pair_rows(real, gen).per_sample()
+    gen_ids = gen.image_ids()
     parts = []
     for start, stop, real_block, gen_block in iter_paired_blocks(
         real, gen, pairing, ("xi",), block_rows
@@ -64,8 +70,11 @@ def compute_datapoint_deltas(
         total = norm_real + norm_gen
         missing_c, missing_v = _top_signed(d_mc, top_n, largest=False)
         added_c, added_v = _top_signed(d_mc, top_n, largest=True)
+        sample_ids = [gen_ids[int(r)] for r in pairing.gen_rows[start:stop]]
         columns = {
             "image_id": pairing.image_ids[start:stop],
+            "sample": [split_sample_id(i)[1] for i in sample_ids],
+            "gen_image_id": sample_ids,
             "l2": l2,
             "norm_real": norm_real,
             "norm_gen": norm_gen,

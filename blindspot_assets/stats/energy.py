@@ -26,7 +26,8 @@ class EnergyAccumulator:
         self.n_concepts = n_concepts
         self.n_images = 0
         self.xi_sum_k: F64 = np.zeros(n_concepts, dtype=np.float64)
-        self.nb_fire_k: I64 = np.zeros(n_concepts, dtype=np.int64)
+        # integer counts; float once a block of per-caption means (several samples) arrives
+        self.nb_fire_k: I64 | F64 = np.zeros(n_concepts, dtype=np.int64)
         self.n_images_firing_k: I64 = np.zeros(n_concepts, dtype=np.int64)
 
     def update(
@@ -39,8 +40,10 @@ class EnergyAccumulator:
         xi = Entries.of(xi_nc) if xi is None else xi  # a few percent of the block
         self.xi_sum_k += xi.sum()
         self.n_images_firing_k += xi.count(xi.value > 0)
-        if nfire_nc is not None:
-            self.nb_fire_k += nfire_nc.sum(axis=0, dtype=np.int64)
+        if nfire_nc is not None and np.issubdtype(nfire_nc.dtype, np.floating):
+            self.nb_fire_k = self.nb_fire_k + nfire_nc.sum(axis=0, dtype=np.float64)
+        elif nfire_nc is not None:
+            self.nb_fire_k = self.nb_fire_k + nfire_nc.sum(axis=0, dtype=np.int64)
 
     @property
     def energy_k(self) -> F64:
@@ -54,7 +57,7 @@ def concept_energy(
     codes_path: str | Path | RowStore,
     rows: NDArray[np.bool_] | NDArray[np.integer] | None = None,
     block_rows: int = 512,
-) -> tuple[F64, I64, int]:
+) -> tuple[F64, I64 | F64, int]:
     """``(energy_k, nb_fire_k, n_images)`` of one dataset's codes.
 
     ``energy_k`` = (1/N) Σ_images ξ_k with ξ_k = Σ_t z[t, k] the per-image energy stored in

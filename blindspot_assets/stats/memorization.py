@@ -56,7 +56,7 @@ from numpy.typing import NDArray
 from PIL import Image
 
 from blindspot_assets.stats.reading import iter_blocks, open_store, read_rows, select_rows
-from blindspot_assets.store.images import read_manifest
+from blindspot_assets.store.images import caption_of, read_manifest, split_sample_id
 from blindspot_assets.store.layout import TokenLayout
 from blindspot_assets.store.rowstore import RowStore
 
@@ -689,7 +689,8 @@ def _concept_columns(
     if real_codes is None or gen_codes is None:
         return np.full(len(gen_ids), np.nan), np.full(len(gen_ids), np.nan)
     rc, gc = open_store(real_codes), open_store(gen_codes)
-    return _concept_distance(gc, rc, gen_ids, near_ids), _concept_distance(gc, rc, gen_ids, gen_ids)
+    own_ids = [split_sample_id(i)[0] for i in gen_ids]  # the caption's real image
+    return _concept_distance(gc, rc, gen_ids, near_ids), _concept_distance(gc, rc, gen_ids, own_ids)
 
 
 @dataclass(frozen=True)
@@ -727,6 +728,32 @@ def _describe(channel: Channel, rows: I64, block_rows: int) -> torch.Tensor:
     return torch.cat(parts) if parts else torch.zeros(0, 0)
 
 
+def with_seed_counts(df: pl.DataFrame, real_ids: set[str]) -> pl.DataFrame:
+    """Per generated image (one row each, ``is_candidate`` known), which caption and sample it
+    is and how its caption's samples agree: ``caption_id``, ``sample``, ``n_seeds`` (the
+    caption's generated images in the table: k when all were made), ``reproduced_seeds`` (how
+    many of them are candidates with this row's nearest real image: "reproduced on s of k
+    seeds"), ``reproduced_across_seeds`` (a candidate whose real image at least one other
+    sample of the caption reproduces too), ``is_own_pair`` (the nearest real image is the
+    caption's own)."""
+    found = [caption_of(i, real_ids) or split_sample_id(i) for i in df["gen_image_id"]]
+    same_real = ["caption_id", "nearest_real_id"]
+    return (
+        df.with_columns(
+            caption_id=pl.Series([c for c, _ in found], dtype=pl.String),
+            sample=pl.Series([s for _, s in found], dtype=pl.Int32),
+        )
+        .with_columns(
+            n_seeds=pl.len().over("caption_id").cast(pl.Int32),
+            reproduced_seeds=pl.col("is_candidate").cast(pl.Int32).sum().over(same_real),
+            is_own_pair=pl.col("caption_id") == pl.col("nearest_real_id"),
+        )
+        .with_columns(
+            reproduced_across_seeds=pl.col("is_candidate") & (pl.col("reproduced_seeds") >= 2)
+        )
+    )
+
+
 def find_memorization_candidates(
     real_features: str | Path | RowStore,
     gen_features: str | Path | RowStore,
@@ -751,7 +778,8 @@ def find_memorization_candidates(
     channels below their threshold, comma-separated), ``<channel>_distance`` and
     ``<channel>_threshold`` per channel, ``concept_distance`` and ``own_concept_distance``
     (NaN without code stores), ``expected_false_candidates`` (under exchangeability, for this
-    generated set), ``is_own_pair``, ``is_candidate``; sorted by ``distance``. Only the
+    generated set), ``is_candidate``, and the columns of ``with_seed_counts`` (one row per
+    generated sample; "reproduced on s of k seeds"); sorted by ``distance``. Only the
     candidates unless ``all_rows``.
     """
     if not 0 < calibration_quantile < 1:
@@ -799,9 +827,9 @@ def find_memorization_candidates(
         real_codes, gen_codes, gen_ids, near_ids
     )
     columns["expected_false_candidates"] = np.full(gen_rows.size, expected_false)
-    df = pl.DataFrame(columns).with_columns(
-        is_own_pair=pl.col("gen_image_id") == pl.col("nearest_real_id"),
-        is_candidate=pl.col("distance") < pl.col("threshold"),
+    df = with_seed_counts(
+        pl.DataFrame(columns).with_columns(is_candidate=pl.col("distance") < pl.col("threshold")),
+        set(real_ids_all),
     )
     if not all_rows:
         df = df.filter("is_candidate")

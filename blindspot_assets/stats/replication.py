@@ -88,13 +88,14 @@ def replication(
     pairing = pair_rows(real, gen)
     moments = PairedMoments.zeros(len(concepts))
     model_b.eval()
+
+    def energies(block: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return {"xi": _energies(model_b, block["tokens"], cols)}
+
     for _, _, real_block, gen_block in iter_paired_blocks(
-        real, gen, pairing, ("tokens",), block_rows
+        real, gen, pairing, ("tokens",), block_rows, per_image=energies
     ):
-        moments = moments.add(
-            _energies(model_b, real_block["tokens"], cols),
-            _energies(model_b, gen_block["tokens"], cols),
-        )
+        moments = moments.add(real_block["xi"], gen_block["xi"])
     p_c = minimum_effect_p_values(moments, params.min_effect_size, params.min_relative)
     q_c = benjamini_hochberg(p_c)
     direction_c = np.sign(moments.sum_gen_k - moments.sum_real_k)

@@ -27,11 +27,13 @@ import numpy as np
 import polars as pl
 
 from blindspot_assets.stats.reading import (
+    I64,
     iter_blocks,
     n_concepts_of,
     open_store,
-    read_rows,
-    valid_index,
+    read_caption_means,
+    sample_groups,
+    samples_matrix,
 )
 from blindspot_assets.stats.scores import benjamini_hochberg
 from blindspot_assets.stats.significance import PairedMoments, minimum_effect_p_values
@@ -55,22 +57,27 @@ def consensus_moments(
     model = open_store(model_codes)
     others = [open_store(o) for o in other_codes]
     n_concepts = n_concepts_of(model)
-    index = valid_index(model, "model")
-    other_index = [valid_index(o, "other model") for o in others]
-    common = [i for i in sorted(index, key=index.__getitem__) if all(i in o for o in other_index)]
-    rows = np.asarray([index[i] for i in common], dtype=np.int64)
-    other_rows = [np.asarray([o[i] for i in common], dtype=np.int64) for o in other_index]
+    index = sample_groups(model, "model")
+    other_index = [sample_groups(o, "other model") for o in others]
+    common = [
+        i for i in sorted(index, key=lambda i: index[i][0]) if all(i in o for o in other_index)
+    ]
+    rows, samples = samples_matrix([index[i] for i in common])
+    other_rows = [samples_matrix([o[i] for i in common]) for o in other_index]
     moments = PairedMoments.zeros(n_concepts)
     for start, stop in iter_blocks(len(common), block_rows):
-        mine = read_rows(model.array("xi"), rows[start:stop])
+        mine = _means(model, rows, samples, start, stop)
         theirs = np.stack(
-            [
-                read_rows(o.array("xi"), r[start:stop])
-                for o, r in zip(others, other_rows, strict=True)
-            ]
+            [_means(o, r, m, start, stop) for o, (r, m) in zip(others, other_rows, strict=True)]
         )
         moments = moments.add(np.median(theirs, axis=0), mine)
     return moments
+
+
+def _means(store: RowStore, rows: I64, samples: I64 | None, start: int, stop: int) -> np.ndarray:
+    """ξ of captions ``start:stop``, each a caption's mean over its samples."""
+    part = None if samples is None else samples[start:stop]
+    return read_caption_means(store, ("xi",), rows[start:stop], part)["xi"]
 
 
 def specific_changes(

@@ -224,6 +224,14 @@ def l2_histograms(deltas_by_model: Mapping[str, pl.DataFrame], bins: int = 30) -
     return pl.concat(parts)
 
 
+def _per_caption(deltas: pl.DataFrame) -> pl.DataFrame:
+    """``datapoint_deltas`` with one row per caption: l2 the mean over its samples (the table
+    itself when it has one row per caption)."""
+    if not deltas["image_id"].is_duplicated().any():
+        return deltas
+    return deltas.group_by("image_id", maintain_order=True).agg(pl.col("l2").mean())
+
+
 def compare_variants(
     deltas_a: pl.DataFrame,
     deltas_b: pl.DataFrame,
@@ -233,14 +241,17 @@ def compare_variants(
 ) -> pl.DataFrame:
     """A model against a variant of itself (e.g. SD 1.5 vs SD 1.5 + DPO) on shared captions.
 
-    Pairs the two ``datapoint_deltas`` tables by image id and compares ‖ξ(x') − ξ(x)‖. One row:
+    Pairs the two ``datapoint_deltas`` tables by image id (a caption's mean over its samples)
+    and compares ‖ξ(x') − ξ(x)‖. One row:
     ``model_a``, ``model_b``, ``n``, ``l2_mean_a``, ``l2_mean_b``, ``l2_median_a``,
     ``l2_median_b``, ``mean_diff`` (b − a, negative = b stays closer to the real image),
     ``ci_low``, ``ci_high`` (paired bootstrap), ``effect_size`` (d_z), ``p_value`` (sign-flip),
     ``frac_b_closer``.
     """
-    joined = deltas_a.select("image_id", l2_a="l2").join(
-        deltas_b.select("image_id", l2_b="l2"), on="image_id"
+    joined = (
+        _per_caption(deltas_a)
+        .select("image_id", l2_a="l2")
+        .join(_per_caption(deltas_b).select("image_id", l2_b="l2"), on="image_id")
     )
     l2_a = joined["l2_a"].to_numpy()[:, None].astype(np.float32)
     l2_b = joined["l2_b"].to_numpy()[:, None].astype(np.float32)

@@ -71,6 +71,7 @@ from blindspot_assets.stats.significance import (
     _one_sided_below,  # the relative arm's one-sided test, reused for the refutation
     minimum_effect_p_values,
 )
+from blindspot_assets.store.images import split_sample_id
 from blindspot_assets.store.layout import REAL
 from blindspot_assets.store.rowstore import RowStore
 
@@ -204,7 +205,8 @@ def _pick_captions(
             .sort("rank")["image_id"]
             .to_list()
         )
-        return [i for i in dict.fromkeys(ids) if i in terms_of][:n_captions]
+        captions = [split_sample_id(i)[0] for i in ids]  # a generated sample's caption
+        return [i for i in dict.fromkeys(captions) if i in terms_of][:n_captions]
 
     if kind == "exaggerated" and (picked := top(model_key)):
         return model_key, picked

@@ -6,11 +6,18 @@ Manifest columns (real and generated sets alike):
   caption   str   the caption (the prompt, for generated sets)
   status    str   "ok", or why the image is missing ("http_404", "decode_error", "empty_caption")
   detail    str   free text about a failure
-Further columns are allowed (``attributes`` JSON for the demo world, ``seed`` for generated sets).
+Further columns are allowed (``attributes`` JSON for the demo world, ``seed`` for generated sets;
+with several images per caption, ``caption_id`` (the real image's id) and ``sample``).
+
+Sample s of the images generated for caption (real image) ``i`` has the id ``i`` for s = 0 — a set
+of one image per caption is exactly what it always was — and ``i~s<s>`` for s ≥ 1
+(``sample_image_id``); ``~s`` followed by digits ends no real image id in practice, and pairing
+resolves a generated id against the real ids (``caption_of``).
 """
 
 from __future__ import annotations
 
+from collections.abc import Container
 from pathlib import Path
 
 import polars as pl
@@ -18,6 +25,38 @@ import polars as pl
 from blindspot_assets.store.atomic import write_atomic, write_json_atomic
 
 MANIFEST = "manifest.parquet"
+SAMPLE_SEP = "~s"
+
+
+def sample_image_id(caption_id: str, sample: int) -> str:
+    """The id of sample ``sample`` generated from the caption of real image ``caption_id``."""
+    return caption_id if sample == 0 else f"{caption_id}{SAMPLE_SEP}{sample}"
+
+
+def split_sample_id(image_id: str) -> tuple[str, int]:
+    """(caption id, sample) of a generated image id; an id without a sample suffix is sample 0."""
+    head, sep, tail = image_id.rpartition(SAMPLE_SEP)
+    if sep and head and tail.isdigit() and int(tail) > 0 and str(int(tail)) == tail:
+        return head, int(tail)
+    return image_id, 0
+
+
+def caption_of(image_id: str, real_ids: Container[str]) -> tuple[str, int] | None:
+    """(caption id, sample) of a generated image id among ``real_ids``; None: no real partner.
+    An id that is itself a real id is that caption's sample 0."""
+    if image_id in real_ids:
+        return image_id, 0
+    caption, sample = split_sample_id(image_id)
+    return (caption, sample) if sample and caption in real_ids else None
+
+
+def caption_ids(manifest: pl.DataFrame) -> list[str]:
+    """Per manifest row, the real image whose caption prompted it (``caption_id``; a set of one
+    image per caption has no such column: the image id is the caption's)."""
+    column = "caption_id" if "caption_id" in manifest.columns else "image_id"
+    return [str(i) for i in manifest[column].to_list()]
+
+
 REQUIRED_COLUMNS = ("image_id", "path", "caption", "status", "detail")
 
 

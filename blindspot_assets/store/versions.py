@@ -173,9 +173,9 @@ def _entries(folder: str | Path) -> list[str]:
     if not _exists(folder):
         return []
     if is_url(folder):
-        return [
-            str(p).rstrip("/").rsplit("/", 1)[-1] for p in _fs_of(str(folder), None).ls(str(folder))
-        ]
+        # detail=False: names on every backend (fsspec's default differs: memory:// gives dicts)
+        names = _fs_of(str(folder), None).ls(str(folder), detail=False)
+        return [str(p).rstrip("/").rsplit("/", 1)[-1] for p in names]
     return [p.name for p in Path(folder).iterdir()]
 
 

@@ -87,7 +87,7 @@ def check_distribution_floor(db):
 
 @pytest.mark.slow
 def test_demo_world_planted_blindspots_are_found(tmp_path):
-    raw = demo_config_dict(tmp_path, n_images=400, with_controls=True)
+    raw = demo_config_dict(tmp_path, n_images=400, with_controls=True, images_per_caption=None)
     raw["real"].update({"corrupt_images": 2, "empty_captions": 2})  # bad inputs, recorded
     config_path = write_config(tmp_path, raw)
     result = run_whole_graph(config_path, tags=WITH_CONTROLS)
@@ -97,6 +97,12 @@ def test_demo_world_planted_blindspots_are_found(tmp_path):
     real_files = read_manifest(cfg.layout.real_images)["path"].to_list()
     assert all(p.endswith(".jpg") for p in real_files)  # real JPEG, generated PNG
     assert (cfg.layout.generated_images("control-redraw") / "demo-000010.png").exists()
+    # two images per caption, as the demo runs: sample 1 has its own id, seed and features
+    assert {m.images_per_caption for m in cfg.models.values()} == {2}
+    demo_a = read_manifest(cfg.layout.generated_images("demo-a"))
+    assert demo_a.height == 2 * 400 and demo_a["sample"].to_list() == [0] * 400 + [1] * 400
+    assert (cfg.layout.generated_images("demo-a") / "demo-000010~s1.png").exists()
+    assert read_lineage(cfg.layout.generated_images("demo-a"))["images_per_caption"] == 2
 
     # The null controls flag nothing, under either verdict; the planted models are bounded.
     flags = query(
@@ -192,7 +198,12 @@ def test_demo_world_planted_blindspots_are_found(tmp_path):
         cfg.layout.duckdb,
         "SELECT model_key, count(*) n FROM datapoint_deltas GROUP BY 1 ORDER BY 1",
     )
-    assert deltas["n"].to_list() == [396] * len(cfg.models)  # 400 − 2 corrupt − 2 no caption
+    # 400 − 2 corrupt − 2 no caption = 396 pairs, each caption's two samples a row of its own
+    assert deltas["n"].to_list() == [2 * 396] * len(cfg.models)
+    pairs = query(cfg.layout.duckdb, "SELECT DISTINCT model_key, n_pairs FROM concept_stats")
+    assert pairs["n_pairs"].to_list() == [396] * len(cfg.models)  # one pair per caption
+    memo = query(cfg.layout.duckdb, "SELECT * FROM memorization_candidates")
+    assert {"n_seeds", "reproduced_seeds", "reproduced_across_seeds"} <= set(memo.columns)
     # demo-a-v2 is demo-a plus a blue blindspot: the gate finds it as new, red stays as it was
     changes = query(cfg.layout.duckdb, "SELECT * FROM blindspot_changes")
     assert set(changes["comparison"]) == {"demo-a..demo-a-v2"} and changes.height == 128

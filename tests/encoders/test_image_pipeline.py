@@ -4,6 +4,8 @@ does not — that difference is what flagged file formats as blindspots."""
 
 from __future__ import annotations
 
+import io
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -16,10 +18,12 @@ from blindspot_assets.demo.world import render, sample_scene
 from blindspot_assets.encoders.dinov2 import load_encoder
 from blindspot_assets.encoders.images import (
     ImagePolicy,
+    _quality_of,
     estimate_jpeg_quality,
     generated_histories,
     policy_of_run,
     resolve_policy,
+    to_rgb,
 )
 from blindspot_assets.store.images import write_manifest
 
@@ -36,6 +40,28 @@ def test_jpeg_quality_is_estimated_from_the_file(tmp_path: Path, quality: int) -
     assert abs(estimate_jpeg_quality(path) - quality) <= 2  # type: ignore[operator]
     _scenes(1)[0].save(tmp_path / "a.png")
     assert estimate_jpeg_quality(tmp_path / "a.png") is None
+
+
+def test_jpeg_quality_is_exact_where_the_ijg_table_is_not_clamped() -> None:
+    """PIL scales the IJG table at 50 by S = 200 − 2q (q ≥ 50) or 5000 / q, entries
+    clamped to [1, 255]: from quality 20 to 99 no entry is clamped and the estimate is q."""
+    image = Image.new("RGB", (16, 16), (120, 30, 200))
+    found = {}
+    for quality in range(20, 100):
+        buf = io.BytesIO()
+        image.save(buf, format="JPEG", quality=quality)
+        with Image.open(buf) as jpeg:
+            found[quality] = _quality_of(tuple(jpeg.quantization[0]))
+    assert found == {q: q for q in range(20, 100)}
+    # the standard table (JPEG Annex K, Table K.1) is S = 100: q 50; S = 200: 25; S = 1000: 5
+    annex_k = (16, 11, 10, 16, 24, 40, 51, 61, 12, 12, 14, 19, 26, 58, 60, 55, 14, 13, 16, 24,
+               40, 57, 69, 56, 14, 17, 22, 29, 51, 87, 80, 62, 18, 22, 37, 56, 68, 109, 103, 77,
+               24, 35, 55, 64, 81, 104, 113, 92, 49, 64, 78, 87, 103, 121, 120, 101, 72, 92, 95,
+               98, 112, 100, 103, 99)  # fmt: skip
+    assert [_quality_of(tuple(f * v for v in annex_k)) for f in (1, 2, 10, 100)] == [50, 25, 5, 1]
+    assert _quality_of((0,) * 64) == 100  # S = 0: q 100, never above
+    # just above S = 400 (q = 5000 / S = 12.5): q 12.499…, 12
+    assert _quality_of((4 * annex_k[0] + 1, *(4 * v for v in annex_k[1:]))) == 12
 
 
 def test_match_real_takes_the_median_quality_of_the_real_set(tmp_path: Path) -> None:
@@ -96,6 +122,22 @@ def test_orientation_alpha_and_size_are_normalised(tmp_path: Path) -> None:
     assert ImagePolicy().load(tmp_path / "r.jpg").size == (40, 80)
     as_stored = ImagePolicy(codec="as_stored").load(tmp_path / "t.png")
     assert as_stored.size == (1200, 600)  # nothing applied: only to measure the artefact
+
+
+def test_a_palette_image_is_composited_only_where_it_has_transparency() -> None:
+    palette = Image.new("P", (2, 1))
+    palette.putpalette([255, 0, 0, 0, 0, 255])  # 0: red, 1: blue
+    palette.putpixel((1, 0), 1)
+    assert np.asarray(to_rgb(palette)).tolist() == [[[255, 0, 0], [0, 0, 255]]]
+    palette.info["transparency"] = 0  # red is transparent: white over it
+    assert np.asarray(to_rgb(palette)).tolist() == [[[255, 255, 255], [0, 0, 255]]]
+
+
+def test_a_fixed_quality_keeps_every_other_setting() -> None:
+    spec = ImagesSpec(codec="png", quality=60, max_short_side=None, resample="bicubic")
+    policy = resolve_policy(replace(spec, history="none"))
+    assert policy == ImagePolicy("png", 60, None, "bicubic", "config", "none")
+    assert resolve_policy(spec).history == "match_real"
 
 
 def test_jpeg_and_png_copies_reach_the_encoder_alike(tmp_path: Path) -> None:

@@ -46,6 +46,29 @@ def test_pregenerated_folder_by_id_and_by_manifest(tmp_path: Path) -> None:
     assert by_manifest.lineage()["version"] != lineage["version"]  # the folder changed
 
 
+def test_pregenerated_samples_of_a_caption(tmp_path: Path) -> None:
+    """With several images per caption, sample s ≥ 1 of a caption is ``<image_id>~s<s>``; a
+    missing sample costs that image only."""
+    import polars as pl
+
+    from blindspot_assets.generators.runner import generate_image_set
+
+    folder = tmp_path / "closed-model"
+    for name, value in (("a", 10), ("a~s1", 20), ("b", 30)):
+        _image(folder / f"{name}.png", value)
+    gen = build_generator(ModelSpec("closed", "pregenerated", {"path": str(folder)}))
+    real = pl.DataFrame(
+        {"image_id": ["a", "b"], "path": ["", ""], "caption": ["x", "y"], "status": ["ok"] * 2,
+         "detail": ["", ""]}
+    )  # fmt: skip
+    out = tmp_path / "set"
+    manifest, summary = generate_image_set(gen, "closed", real, out, images_per_caption=2)
+    status = dict(zip(manifest["image_id"], manifest["status"], strict=True))
+    assert status == {"a": "ok", "b": "ok", "a~s1": "ok", "b~s1": "generation_error"}
+    assert summary.failures_by_reason == {"generation_error": 1}
+    assert np.asarray(Image.open(out / "a~s1.png"))[0, 0, 0] == 20
+
+
 def test_pregenerated_bad_entries(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"models.p.path: folder .*nowhere does not exist; fix"):
         validate_model(ModelSpec("p", "pregenerated", {"path": str(tmp_path / "nowhere")}))

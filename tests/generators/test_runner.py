@@ -153,3 +153,61 @@ def test_mistyped_model_field_stops_the_code_location_load(tmp_path):
     assert done.returncode != 0
     assert "models.sd.stepz" in done.stderr and "did you mean 'steps'?" in done.stderr
     assert instance_at(home).get_runs() == []
+
+
+def test_several_images_per_caption_have_their_own_seeds_and_resume(tmp_path):
+    """k = 3: rows sample-major (sample 0 is the set of one image per caption, ids and seeds
+    included), sample s of image i seeded from (model, i, s); a run interrupted in the middle of
+    the samples makes only the missing ones again, whole batches, the same bytes."""
+    real = _ids(10)
+    one = tmp_path / "one"
+    single, _ = generate_image_set(_BatchSensitive(), "m", real, one, batch_size=4)
+    assert "sample" not in single.columns  # k = 1: the manifest it always was
+
+    three = tmp_path / "three"
+    manifest, summary = generate_image_set(
+        _BatchSensitive(), "m", real, three, batch_size=4, images_per_caption=3
+    )
+    assert manifest.height == 30 and summary.n_generated == 27  # im-005 has no caption
+    assert manifest["image_id"].to_list()[:12] == [*single["image_id"], "im-000~s1", "im-001~s1"]
+    assert manifest["sample"].to_list() == [s for s in range(3) for _ in range(10)]
+    assert manifest["caption_id"].to_list() == real["image_id"].to_list() * 3
+    assert manifest["seed"].to_list()[:10] == single["seed"].to_list()
+    seeds = dict(zip(manifest["image_id"], manifest["seed"], strict=True))
+    assert seeds["im-007~s2"] == derive_seed("m", "im-007", 0, 2)
+    assert len(set(manifest["seed"])) == 30
+    # sample 0's first two batches are the k = 1 batches: the same bytes
+    assert (three / "im-003.png").read_bytes() == (one / "im-003.png").read_bytes()
+    reference = {p.name: p.read_bytes() for p in three.glob("*.png")}
+    assert set(manifest.filter(pl.col("status") == "empty_caption")["image_id"]) == {
+        "im-005", "im-005~s1", "im-005~s2"
+    }  # fmt: skip
+
+    for name in ("im-002~s1", "im-009~s2"):  # killed mid-samples
+        (three / f"{name}.png").unlink()
+    (three / "im-004~s2.png").write_bytes(b"half")
+    again = _BatchSensitive()
+    _, resumed = generate_image_set(again, "m", real, three, batch_size=4, images_per_caption=3)
+    assert resumed.n_generated == 3 and resumed.n_reused == 24
+    assert {p.name: p.read_bytes() for p in three.glob("*.png")} == reference
+    assert len(again.calls) == 3  # only the three batches that lost an image
+
+    sharded = tmp_path / "sharded"
+    for rows in ((0, 12), (12, 24), (24, 30)):
+        generate_image_set(
+            _BatchSensitive(), "m", real, sharded, batch_size=4, rows=rows, images_per_caption=3
+        )
+    assert {p.name: p.read_bytes() for p in sharded.glob("*.png")} == reference
+
+
+def test_images_per_caption_in_the_config(tmp_path):
+    raw = demo_config_dict(tmp_path, n_images=8)
+    raw["images_per_caption"] = 2
+    raw["models"]["demo-b"]["images_per_caption"] = 3
+    cfg = parse_config(raw)
+    assert cfg.model("demo-a").images_per_caption == 2
+    assert cfg.model("demo-b").images_per_caption == 3
+    validate_model(cfg.model("demo-b"))  # not a family field: every family takes it
+    raw["models"]["demo-b"]["images_per_caption"] = 0
+    with pytest.raises(ConfigError, match=r"models\.demo-b\.images_per_caption.*at least 1"):
+        parse_config(raw)

@@ -138,3 +138,9 @@ def test_runner_regenerates_a_lost_image_identically(
         assert df["negative_prompt"].to_list() == [None] * 3
     with Image.open(out / "r3.png") as kept:
         assert kept.info["prompt"] == "a tree in snow"
+    # a second image per caption: sample 0 kept, sample 1 its own seed, so other pixels
+    two, again = generate_image_set(gen, "sd15", real, out, batch_size=3, images_per_caption=2)
+    assert again.n_reused == 3 and again.n_generated == 3
+    assert np.array_equal(pixels(Image.open(out / "r2.png")), before)
+    assert not np.array_equal(pixels(Image.open(out / "r2~s1.png")), before)
+    assert two["prompt"].to_list() == real["caption"].to_list() * 2

@@ -24,7 +24,7 @@ from safetensors.torch import load_file
 from torch import nn
 
 from blindspot_assets.config import ConfigError, load_config, parse_config
-from blindspot_assets.sae import MissingThresholdError, load_pretrained, load_sae
+from blindspot_assets.sae import MissingThresholdError, install_pretrained, load_sae
 from blindspot_assets.sae.released import (
     UnsafeCheckpointError,
     import_released_checkpoint,
@@ -162,7 +162,7 @@ def test_a_batchtopk_release_with_no_known_threshold_fails_instead_of_topk(
         import_released_checkpoint(src, tmp_path / "out")
     assert not (tmp_path / "out").exists()
     with pytest.raises(MissingThresholdError, match="config.json"):
-        load_pretrained(src, tmp_path / "out")
+        install_pretrained(src, tmp_path / "out")
     (src.parent / "config.json").write_text(json.dumps({"model_type": "sae"}))  # no θ in it
     with pytest.raises(MissingThresholdError):
         import_released_checkpoint(src, tmp_path / "out")
@@ -216,22 +216,49 @@ def test_other_globals_and_raw_pickles_are_refused(tmp_path: Path) -> None:
         import_released_checkpoint(tmp_path / "raw.pkl", tmp_path / "out")
 
 
+def test_a_module_class_outside_the_allow_list_is_refused_by_name(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An overcomplete class the importer does not know (a newer SAE kind) is not guessed at:
+    the load stops naming it, and nothing of the file is executed."""
+    import sys
+    import types
+
+    fake = types.ModuleType("overcomplete.sae.jump_sae")
+    for parent in ("overcomplete", "overcomplete.sae"):  # importable while it is saved
+        monkeypatch.setitem(sys.modules, parent, types.ModuleType(parent))
+
+    class JumpSAE(nn.Module):
+        pass
+
+    JumpSAE.__module__, JumpSAE.__qualname__ = fake.__name__, "JumpSAE"
+    fake.JumpSAE = JumpSAE  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, fake.__name__, fake)
+    torch.save(nn.DataParallel(JumpSAE()), tmp_path / "jump.pt")
+    for name in (fake.__name__, "overcomplete.sae", "overcomplete"):
+        monkeypatch.delitem(sys.modules, name)
+    with pytest.raises(UnsafeCheckpointError, match=r"overcomplete\.sae\.jump_sae\.JumpSAE"):
+        read_torch_pickle(tmp_path / "jump.pt")
+
+
 def test_pretrained_spec_takes_a_converted_dir_or_a_released_file_once(tmp_path: Path) -> None:
     src = copy_release(tmp_path, NO_THRESHOLD, with_config_json=True)
-    model, header = load_pretrained(src, tmp_path / "conv")
+    model, header = install_pretrained(src, tmp_path / "conv")
     stamp = (tmp_path / "conv" / "model.safetensors").stat().st_mtime_ns
-    again, header2 = load_pretrained(src, tmp_path / "conv")
+    again, header2 = install_pretrained(src, tmp_path / "conv")
     assert header2 == header
     assert (tmp_path / "conv" / "model.safetensors").stat().st_mtime_ns == stamp  # not redone
-    from_dir, header3 = load_pretrained(tmp_path / "conv", tmp_path / "unused")
-    assert header3 == header and not (tmp_path / "unused").exists()
+    from_dir, header3 = install_pretrained(tmp_path / "conv", tmp_path / "copy")  # our format
+    assert {k: header3[k] for k in ("config", "released", "data_version")} == {
+        k: header[k] for k in ("config", "released", "data_version")
+    }
     x = expected("released_no_threshold")["x"]
     with torch.no_grad():
         assert torch.equal(model.encode(x), from_dir.encode(x))
     # another θ in the run config: converted again, not the cached θ
-    _, header4 = load_pretrained(src, tmp_path / "conv", threshold=0.9)
+    _, header4 = install_pretrained(src, tmp_path / "conv", threshold=0.9)
     assert header4["released"]["threshold"] == 0.9
     with pytest.raises(ValueError, match="was converted with θ = 0.9"):
-        load_pretrained(tmp_path / "conv", tmp_path / "unused", threshold=THETA_JSON)
+        install_pretrained(tmp_path / "conv", tmp_path / "unused", threshold=THETA_JSON)
     with pytest.raises(FileNotFoundError):
-        load_pretrained(tmp_path / "missing.pt", tmp_path / "conv2")
+        install_pretrained(tmp_path / "missing.pt", tmp_path / "conv2")

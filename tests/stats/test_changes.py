@@ -11,6 +11,7 @@ import pytest
 from blindspot_assets.config import ConfigError
 from blindspot_assets.stats import BlindspotParams, compute_concept_stats
 from blindspot_assets.stats.changes import (
+    CHANGES_COLUMNS,
     blindspot_changes,
     paired_change,
     regressions,
@@ -109,6 +110,64 @@ def test_worsened_improved_and_resolved(tmp_path: Path) -> None:
     assert status[world.gone] == "resolved"
     assert regressions(out, "worsened")["concept"].to_list() == [5]
     assert regressions(out, ["worsened-exaggerated"]).is_empty()
+
+
+# (base flag, candidate flag, change of every caption) → status and kind: every branch of the
+# status rule, with changes below 1 in size. S, X: flagged suppressed, exaggerated; -: not.
+STATUS_TABLE = [
+    ("X", "-", +0.5, "borderline", "exaggerated"),  # further exaggerated, no longer flagged
+    ("X", "-", -0.5, "resolved", "exaggerated"),
+    ("S", "-", +0.5, "resolved", "suppressed"),
+    ("S", "-", -0.5, "borderline", "suppressed"),
+    ("-", "S", -0.5, "new", "suppressed"),
+    ("-", "X", +0.5, "new", "exaggerated"),
+    ("-", "S", +0.5, "borderline", "suppressed"),
+    ("-", "X", -0.5, "borderline", "exaggerated"),
+    ("S", "S", -0.5, "worsened", "suppressed"),
+    ("S", "S", +0.5, "improved", "suppressed"),
+    ("X", "X", +0.5, "worsened", "exaggerated"),
+    ("X", "X", -0.5, "improved", "exaggerated"),
+    ("X", "X", 0.0, "persisting", "exaggerated"),
+    ("-", "-", 0.0, "unchanged", None),
+    ("-", "-", +0.5, "unchanged", None),
+    ("S", "X", +0.5, "new", "exaggerated"),
+    ("X", "S", -0.5, "new", "suppressed"),
+    ("X", "S", 0.0, "borderline", "suppressed"),
+]
+
+
+def _flags(flags: list[str]) -> pl.DataFrame:
+    """A side's concept_stats, written out: its flag and the sign of ΔE."""
+    energy = {"S": -1.0, "X": 1.0, "-": 0.1}
+    return pl.DataFrame(
+        {
+            "concept": list(range(len(flags))),
+            "significant": [f != "-" for f in flags],
+            "delta_energy": [energy[f] for f in flags],
+            "delta": [0.5] * len(flags),
+            "q_value": [0.01 if f != "-" else 0.5 for f in flags],
+            "sae_version": "sae:1",
+        }
+    )
+
+
+def test_every_status_of_the_rule_on_changes_written_out(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    ids = [f"i{i}" for i in range(40)]
+    real = rng.uniform(1.0, 3.0, size=(40, len(STATUS_TABLE)))
+    base = real * rng.uniform(0.9, 1.1, size=real.shape)
+    change = np.array([row[2] for row in STATUS_TABLE])
+    cand = base + change * rng.uniform(0.9, 1.1, size=real.shape)
+    sides = {"real": real, "base": base, "cand": cand}
+    paths = [write_codes(tmp_path / f"{k}.zarr", ids, x) for k, x in sides.items()]
+    out = blindspot_changes(
+        *paths, _flags([r[0] for r in STATUS_TABLE]), _flags([r[1] for r in STATUS_TABLE]), PARAMS
+    )
+    assert out["change_significant"].to_list() == [c != 0 for c in change]
+    assert out["status"].to_list() == [row[3] for row in STATUS_TABLE]
+    assert out["kind"].to_list() == [row[4] for row in STATUS_TABLE]
+    assert out["base_kind"][0] == "exaggerated" and out["candidate_kind"][0] is None
+    assert out.columns == list(CHANGES_COLUMNS)
 
 
 def test_identical_generated_sets_change_nothing(tmp_path: Path) -> None:

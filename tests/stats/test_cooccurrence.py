@@ -36,22 +36,28 @@ def _write_token_codes(
     top = np.take_along_axis(dense, order, axis=2)
     kept = np.zeros_like(dense)  # what the store can hold: k_max codes a token
     np.put_along_axis(kept, order, top, axis=2)
-    dense = kept
-    idx = np.where(top > 0, order, -1).astype(np.int32)
+    _write_sparse(path, np.where(top > 0, order, -1), top, c)
+    return kept
+
+
+def _write_sparse(path: Path, idx: np.ndarray, val: np.ndarray, c: int) -> None:
+    """A codes store of token codes ``idx`` / ``val`` (images × tokens × k_max, -1: none)."""
+    n_images, n_tokens, k_max = idx.shape
+    dense = np.zeros((n_images, n_tokens, c), np.float32)
+    i, t, k = np.nonzero(idx >= 0)
+    dense[i, t, idx[i, t, k]] = val[i, t, k]
     ids = [f"img{i:04d}" for i in range(n_images)]
     store = RowStore.create_or_resume(
         path, ids, code_arrays(n_tokens, c, k_max), {"fingerprint": "test"}, chunk_rows=8
     )
-    xi = dense.sum(axis=1)
     data = {
-        "xi": xi,
+        "xi": dense.sum(axis=1),
         "nfire": (dense > 0).sum(axis=1).astype(np.uint16),
-        "token_idx": idx,
-        "token_val": top.astype(np.float16),
+        "token_idx": idx.astype(np.int32),
+        "token_val": val.astype(np.float16),
     }
     store.write_block(0, data, np.ones(n_images, bool), ["ok"] * n_images)
     store.finish()
-    return dense
 
 
 def _brute_force(z: np.ndarray) -> np.ndarray:
@@ -110,6 +116,13 @@ def test_memory_is_bounded_by_the_block(tmp_path):
     assert all(partner_of[a] == b for a, b in PAIRS)
 
 
+def test_ten_partners_unless_told(tmp_path: Path) -> None:
+    xi = np.arange(1.0, 37.0, dtype=np.float32).reshape(3, 12)  # every pair co-fires
+    write_codes(tmp_path / "codes.zarr", ["a", "b", "c"], xi)
+    t = compute_cooccurrence(tmp_path / "codes.zarr", over="images").table
+    assert t.height == 12 * 10 and t["rank"].max() == 10
+
+
 def test_bad_arguments(tmp_path):
     _write_token_codes(tmp_path / "codes.zarr", 4, 3, 8, k_max=8)
     with pytest.raises(ValueError, match="over must be"):
@@ -135,6 +148,33 @@ def test_columns_of_a_small_example_worked_by_hand(tmp_path: Path) -> None:
             "n_both": [2, 1, 2, 1, 1, 1],
             "fires": [3, 3, 4, 4, 2, 2],
             "partner_fires": [4, 2, 3, 2, 4, 3],
+        }
+    )
+    got = t.select(expected.columns).with_columns(
+        pl.col("concept", "rank", "partner").cast(pl.Int64)
+    )
+    assert_frame_equal(got, expected, check_dtypes=False, rel_tol=1e-6)
+
+
+def test_token_codes_one_concept_and_one_image_at_a_time(tmp_path: Path) -> None:
+    """Two images of two tokens, over tokens, one concept per pass and one image per block
+    (a block holding a single code of the pass's concept): Z's rows are the tokens
+    [1, 2, 0], [0, 0, 1], [0, 1, 0], [2, 0, 1], so C00 = 5, C11 = 5, C22 = 2, C01 = 2,
+    C02 = 2, C12 = 0; each concept fires on 2 tokens."""
+    idx = np.array([[[0, 1], [2, -1]], [[1, 0], [0, 2]]])  # a stored code of 0 at (1, 0, 1)
+    val = np.array([[[1.0, 2.0], [1.0, 0.0]], [[1.0, 0.0], [2.0, 1.0]]])
+    _write_sparse(tmp_path / "codes.zarr", idx, val, 3)
+    t = compute_cooccurrence(tmp_path / "codes.zarr", top=2, block=1, block_rows=1).table
+    expected = pl.DataFrame(
+        {
+            "concept": [0, 0, 1, 2],
+            "rank": [1, 2, 1, 1],
+            "partner": [2, 1, 0, 0],
+            "cosine": [2 / np.sqrt(10.0), 0.4, 0.4, 2 / np.sqrt(10.0)],
+            "cooccurrence": [2.0, 2.0, 2.0, 2.0],
+            "n_both": [1, 1, 1, 1],
+            "fires": [2, 2, 2, 2],
+            "partner_fires": [2, 2, 2, 2],
         }
     )
     got = t.select(expected.columns).with_columns(

@@ -43,6 +43,19 @@ def test_datapoint_deltas_hand_case(tmp_path: Path) -> None:
     assert c["l2_relative"] == 0.0
 
 
+def test_datapoint_deltas_list_the_largest_changes_first(tmp_path: Path) -> None:
+    real = np.array([[5.0, 6.0, 1.0, 3.0, 0.0, 0.0, 2.0, 1.0]])
+    d = np.array([[-1.0, -4.0, 2.0, -3.0, 5.0, 0.5, -2.0, 0.0]])
+    r = write_codes(tmp_path / "r.zarr", ["a"], real)
+    g = write_codes(tmp_path / "g.zarr", ["a"], real + d)
+    (row,) = compute_datapoint_deltas(r, g, top_n=3).iter_rows(named=True)
+    assert (row["missing_concepts"], row["missing_values"]) == ([1, 3, 6], [-4.0, -3.0, -2.0])
+    assert (row["added_concepts"], row["added_values"]) == ([4, 2, 5], [5.0, 2.0, 0.5])
+    assert row["l2"] == pytest.approx(np.sqrt((d**2).sum()))
+    (row,) = compute_datapoint_deltas(r, g, top_n=20).iter_rows(named=True)
+    assert row["missing_concepts"] == [1, 3, 6, 0] and row["added_concepts"] == [4, 2, 5]
+
+
 def _stats_for(tmp: Path, real: np.ndarray, gen: np.ndarray, name: str) -> pl.DataFrame:
     ids = [f"i{i}" for i in range(real.shape[0])]
     r = write_codes(tmp / f"{name}_r.zarr", ids, real)

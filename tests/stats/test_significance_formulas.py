@@ -101,3 +101,15 @@ def test_no_margin_is_the_ordinary_two_sided_paired_z_test() -> None:
     np.testing.assert_allclose(
         minimum_effect_p_values(_moments(r, g), 0.0, 0.0), expected, rtol=1e-6, atol=1e-12
     )
+
+
+def test_a_constant_difference_is_decided_without_a_variance() -> None:
+    """sd = 0: a constant loss beyond the margins is certain (p = 0), in either direction; no
+    difference at all is certainly negligible (p = 1). Concepts: every G_i = 0 against R_i = 2
+    (gone), G_i = 2 against R_i = 0 (new), G_i = R_i = 2 (unchanged)."""
+    r = np.array([[2.0, 0.0, 2.0]] * 5)
+    g = np.array([[0.0, 2.0, 2.0]] * 5)
+    moments = PairedMoments.zeros(3).add(r, g)
+    np.testing.assert_array_equal(relative_p_values(moments, 0.25), [0.0, 0.0, 1.0])
+    np.testing.assert_array_equal(effect_size_p_values(moments, 0.2), [0.0, 0.0, 1.0])
+    np.testing.assert_array_equal(minimum_effect_p_values(moments, 0.2, 0.25), [0.0, 0.0, 1.0])

@@ -107,3 +107,35 @@ def test_specific_finds_what_only_one_model_misses_and_not_what_all_share(tmp_pa
     marked = with_specific(flagged, a, alpha=0.05)
     assert marked["specific"].to_list() == [False, True]
     assert with_specific(flagged, None, 0.05)["specific"].to_list() == [None, None]
+
+
+def test_flags_kinds_and_both_ranks_of_a_table_written_out():
+    """δ outside [0.1, 0.9] (strictly) or significant is flagged; significant first, then by
+    change_lcb, then |d_z| (rank), or by |d_z| then |ΔE| (rank_effect_size); nulls last."""
+    table = pl.DataFrame(
+        {
+            "concept": [0, 1, 2, 3, 4, 5, 6, 7],
+            "delta": [0.5, 0.05, 0.3, 0.95, 0.92, 0.5, 0.1, 0.9],
+            "delta_energy": [0.0, -3.0, -1.0, 3.0, 2.0, 0.0, -2.0, 2.0],
+            "significant": [False, False, True, True, None, True, False, False],
+            "effect_size": [0.0, -0.5, -2.0, 1.0, None, 0.0, -1.0, 1.0],
+            "change_lcb": [0.0, 0.2, 0.3, 0.6, None, 0.0, 0.1, 0.1],
+        }
+    )
+    others = ["relative", "delta_energy_ci_low", "delta_energy_ci_high", "p_value", "q_value"]
+    others += ["energy_real", "energy_gen", "image_freq_real", "image_freq_gen", "n_pairs"]
+    table = table.with_columns(pl.lit(0.5).alias(c) for c in others)
+    flagged = flag_blindspots(table, BlindspotParams()).sort("concept")
+    assert flagged["concept"].to_list() == [1, 2, 3, 4, 5]
+    assert flagged["kind"].to_list() == ["suppressed", "suppressed"] + ["exaggerated"] * 3
+    assert flagged["rank"].to_list() == [4, 2, 1, 5, 3]
+    assert flagged["rank_effect_size"].to_list() == [4, 1, 2, 5, 3]
+    assert flagged["paper_verdict"].to_list() == [True, False, True, True, False]
+    assert flagged["significant"].to_list() == [False, True, True, False, True]
+    assert flagged.schema["rank"] == flagged.schema["rank_effect_size"] == pl.Int32
+    assert flagged.columns == [
+        "rank", "concept", "kind", "delta", "delta_energy", "relative", "change_lcb",
+        "effect_size", "delta_energy_ci_low", "delta_energy_ci_high", "p_value", "q_value",
+        "paper_verdict", "significant", "energy_real", "energy_gen", "image_freq_real",
+        "n_pairs", "rank_effect_size",
+    ]  # fmt: skip

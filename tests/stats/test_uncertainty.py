@@ -109,3 +109,24 @@ def test_pooled_update_equals_the_serial_one() -> None:
     assert np.array_equal(serial.moments.sum_cross_k, pooled.moments.sum_cross_k)
     a, b = serial.finish(), pooled.finish()
     assert np.array_equal(a.ci_low_k, b.ci_low_k) and np.array_equal(a.p_value_k, b.p_value_k)
+
+
+def test_effect_size_and_hoeffding_p_of_small_differences_written_out() -> None:
+    """Without resampling: d_z = mean / sd (n − 1), ±inf for a constant non-zero difference,
+    0 for none; p = min(1, 2 exp(−T² / (2 Σd²))), T = Σd; no interval, no Monte-Carlo p."""
+    real = np.array([[1.0, 2.0, 1.0, 0.0], [2.0, 2.0, 1.0, 0.0], [4.0, 2.0, 1.0, 0.0]])
+    gen = np.array([[2.0, 3.0, 1.0, 0.0], [5.0, 3.0, 1.0, 0.0], [3.0, 3.0, 1.0, 1.0]])
+    result = _stream(real, gen, [2, 1], n_bootstrap=0, n_permutations=0).finish()
+    d = gen - real  # [1, 3, -1], [1, 1, 1], [0, 0, 0], [0, 0, 1]
+    assert result.n_pairs == 3
+    np.testing.assert_allclose(result.mean_diff_k, d.mean(axis=0))
+    dz0, dz3 = 1.0 / 2.0, (1 / 3) / np.sqrt(1 / 3)  # sd: √((0 + 4 + 4) / 2) = 2; √(1/3)
+    np.testing.assert_allclose(result.effect_size_k, [dz0, np.inf, 0.0, dz3])
+    # T = 3, 3, 0, 1 and Σd² = 11, 3, 0, 1: 2 exp(−9/22) and 2 exp(−1/2) are above 1
+    np.testing.assert_allclose(result.p_value_k, [1.0, 2 * np.exp(-9 / 6), 1.0, 1.0])
+    assert np.isnan(result.ci_low_k).all() and np.isnan(result.p_value_mc_k).all()
+    minus = _stream(gen, real, [3], n_bootstrap=0, n_permutations=0).finish()
+    assert minus.effect_size_k[1] == -np.inf
+    # one pair: every sign flip gives |T*| = |T|, a tie each time, so the Monte-Carlo p is 1
+    one = _stream(real[:1], gen[:1], [1], n_bootstrap=0, n_permutations=50).finish()
+    assert one.p_value_mc_k[0] == 1.0

@@ -106,3 +106,75 @@ def test_the_generation_budget_holds_the_largest_plan() -> None:
     requests = v.replicate_manifest(pl.DataFrame(rows), params.images)
     assert requests.height == params.max_generations == 192
     assert requests["image_id"].n_unique() == requests.height
+
+
+def test_the_columns_of_a_small_table_worked_by_hand() -> None:
+    """Four captions, two new images each: energies, Δ, relative, d_z and the interval of
+    a concept that changes, of one that never fires, and of one that loses exactly 1 on
+    every caption (d_z infinite, a point interval)."""
+    r = np.array([[2.0, 0.0, 3.0], [4.0, 0.0, 5.0], [6.0, 0.0, 2.0], [8.0, 0.0, 4.0]])
+    g = np.stack([r * [0.5, 0, 1] + [0, 0, -1] + 0.5, r * [0.5, 0, 1] + [0, 0, -1] - 0.5], axis=1)
+    g[0, :, 0] = [0.0, 3.0]  # caption 0: G = 1.5, d = -0.5
+    table = v.verify_concepts(*_tables(["suppressed", "exaggerated", "suppressed"], r, g), PARAMS)
+    d0 = np.array([-0.5, -2.0, -3.0, -4.0])
+    assert table["n_captions"].to_list() == [4, 4, 4] and table["n_images"].to_list() == [8] * 3
+    np.testing.assert_allclose(table["energy_real"], [5.0, 0.0, 3.5])
+    np.testing.assert_allclose(table["energy_gen"], [5.0 + d0.mean(), 0.0, 2.5])
+    np.testing.assert_allclose(table["delta_energy"], [d0.mean(), 0.0, -1.0])
+    np.testing.assert_allclose(table["relative"], [d0.mean() / (10 + d0.mean()), 0.0, -1 / 6])
+    np.testing.assert_allclose(table["effect_size"][:2], [d0.mean() / d0.std(ddof=1), 0.0])
+    assert table["effect_size"][2] == -np.inf
+    low, high = table["delta_energy_ci_low"].to_list(), table["delta_energy_ci_high"].to_list()
+    assert d0.min() <= low[0] < d0.mean() < high[0] <= d0.max()
+    assert (low[1:], high[1:]) == ([0.0, -1.0], [0.0, -1.0])
+    assert table["status"][1] == "inconclusive"
+    assert table["reason"][1] == "neither confirmed nor refuted at α = 0.05 on 4 captions"
+    assert (table["p_value"][1], table["p_value_refute"][1]) == (1.0, 1.0)
+
+
+def test_too_few_captions_are_not_tested_nor_counted_in_bh() -> None:
+    r, g = _world(2, np.array([0.2, 0.2]), n=12)
+    plan, real, gen = _tables(["suppressed", "suppressed"], r, g)
+    few = plan.filter((pl.col("concept") == 0) | (pl.col("image_id") < "img0003"))
+    table = v.verify_concepts(few, real, gen, PARAMS).sort("concept")
+    assert table["n_captions"].to_list() == [12, 3]
+    assert table["status"].to_list() == ["confirmed", "inconclusive"]
+    assert table["reason"].to_list() == [
+        "suppressed again in the new images (q < 0.05)",
+        "3 usable caption(s), fewer than 4",
+    ]
+    assert table["q_value"][0] == table["p_value"][0] and table["q_value"].is_nan()[1]
+    # no caption at all: kept, inconclusive, its energies NaN and its relative 0
+    none = few.filter(pl.col("concept") == 0).with_columns(image_id=pl.lit(None, pl.String))
+    (row,) = v.verify_concepts(none, real, gen, PARAMS).iter_rows(named=True)
+    assert (row["n_captions"], row["n_images"], row["relative"]) == (0, 0, 0.0)
+    assert np.isnan(row["energy_real"]) and row["status"] == "inconclusive"
+
+
+def test_replicate_requests_and_the_concepts_to_verify() -> None:
+    plan = pl.DataFrame(
+        {"image_id": ["b", "a", "b", None], "caption": ["cb", "ca", "cb", None]},
+        schema={"image_id": pl.String, "caption": pl.String},
+    )
+    requests = v.replicate_manifest(plan, 2)
+    assert requests.rows() == [
+        ("b.verify0", "cb", "ok", "b", 0), ("b.verify1", "cb", "ok", "b", 1),
+        ("a.verify0", "ca", "ok", "a", 0), ("a.verify1", "ca", "ok", "a", 1),
+    ]  # fmt: skip
+    schema = {"image_id": pl.String, "caption": pl.String, "status": pl.String,
+              "real_image_id": pl.String, "replicate": pl.Int32}  # fmt: skip
+    assert requests.schema == schema and v.replicate_manifest(plan[3:], 2).schema == schema
+    blindspots = pl.DataFrame(
+        {
+            "concept": [5, 6, 7, 8, 9, 10],
+            "kind": ["suppressed", "exaggerated", "suppressed", "suppressed", "exaggerated", "x"],
+            "rank": [4, 2, 1, 3, 5, 6],
+            "significant": [True, True, True, False, True, False],
+        }
+    )
+    picked = v.concepts_to_verify(blindspots, 1)
+    assert picked.rows() == [(7, "suppressed", 1), (6, "exaggerated", 2)]
+    assert picked.schema == {"concept": pl.Int32, "kind": pl.String, "rank": pl.Int32}
+    assert v.concepts_to_verify(blindspots, 2)["concept"].to_list() == [7, 5, 6, 9]  # by kind
+    for none in (v.concepts_to_verify(blindspots, 0), v.concepts_to_verify(blindspots[:0], 3)):
+        assert none.height == 0 and none.columns == ["concept", "kind", "rank"]

@@ -1,8 +1,10 @@
 """The version archive: a model's outputs move under ``<model>@<version>`` when its checkpoint
 version changes, stay readable through the same layout calls, and a crashed archive resumes."""
 
+import re
 from pathlib import Path
 
+import fsspec  # type: ignore[import-untyped]
 import polars as pl
 import pytest
 
@@ -94,3 +96,78 @@ def test_keys_and_errors() -> None:
         check_key("sd15@v1")  # a model key never holds '@': versions cannot collide with models
     with pytest.raises(FileNotFoundError, match="no archived version"):
         versions.resolve_key(DataLayout(Path("/nonexistent")), "m@previous")
+
+
+def test_an_archive_in_an_object_store_moves_the_same_outputs(tmp_path: Path) -> None:
+    """store_root an fsspec URL (memory://, as s3:// in production): stores and table
+    partitions move within the store, comparisons with the model as candidate go along."""
+    fs = fsspec.filesystem("memory")
+    root = f"memory://{tmp_path.name}"
+    layout = DataLayout(tmp_path, store_root=root)
+    for store in (layout.features("m"), layout.codes("m"), layout.verification_store("m", "codes")):
+        fs.pipe(f"{store}/zarr.json", b"v1")
+    row = pl.DataFrame({"concept": [0]})
+    for table, partition in [("concept_stats", "m"), ("changes", "x..m"), ("changes", "m..x")]:
+        write_table_partition(layout.tables, table, partition, row)
+    done = versions.archive_if_replaced(layout, "m", "v1", "v2")
+    assert done is not None and done.moved == (
+        "codes", "features", "table:changes", "table:concept_stats", "verification_codes"
+    )  # fmt: skip
+    arch = versions.archive_layout(layout)
+    assert arch.root == tmp_path / "versions" and arch.store_root == f"{root}/versions"
+    assert fs.cat(f"{root}/versions/codes/m@v1.zarr/zarr.json") == b"v1"
+    assert not fs.exists(f"{root}/codes/m.zarr") and not fs.exists(f"{root}/features/m.zarr")
+    assert versions._entries(f"{root}/tables/changes") == ["m..x.parquet"]
+    assert sorted(versions._entries(f"{root}/versions/tables/changes")) == ["x..m.parquet"]
+    assert versions._entries(f"{root}/nothing") == []
+    fs.pipe(f"{root}/codes/m.zarr/zarr.json", b"v2")
+    with pytest.raises(FileExistsError, match=r"cannot archive memory://.*: .* exists already"):
+        versions._move(f"{root}/codes/m.zarr", f"{root}/versions/codes/m@v1.zarr")
+    assert versions._move(f"{root}/none", f"{root}/other") is False
+
+
+def test_a_local_archive_moves_verification_and_comparisons(tmp_path: Path) -> None:
+    layout = DataLayout(tmp_path)
+    images = layout.verification_images("m")
+    images.mkdir(parents=True)
+    Path(layout.verification_store("m", "features")).mkdir(parents=True)
+    row = pl.DataFrame({"concept": [0]})
+    for partition in ("x..m", "m..x", "m"):
+        write_table_partition(layout.tables, "changes", partition, row)
+    write_table_partition(layout.tables, "top_images", "m", row)  # listed after model_versions
+    assert versions.archive_layout(layout) == DataLayout(tmp_path / "versions")
+    done = versions.archive_model_version(layout, "m", "hub:rev-1")
+    assert done.key == "m@rev1" and done.moved == (
+        "table:changes", "table:top_images", "verification_features", "verification_images"
+    )  # fmt: skip
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\+00:00", done.archived_at)
+    arch = versions.archive_layout(layout)
+    assert sorted(versions._entries(arch.tables / "changes")) == ["m@rev1.parquet", "x..m.parquet"]
+    assert versions._entries(layout.tables / "changes") == ["m..x.parquet"]
+    assert arch.verification_images("m@rev1").is_dir() and not images.exists()
+    assert versions.archived_versions(layout, "m") == [done]
+    # the same version again: a second archive under a timestamped key, the first kept
+    again = versions.archive_model_version(layout, "m", "hub:rev-1")
+    assert re.fullmatch(r"m@rev1-\d{14}", again.key) and again.moved == ()
+    assert [v.key for v in versions.archived_versions(layout, "m")] == ["m@rev1", again.key]
+
+
+def test_version_keys_and_what_archive_if_replaced_leaves_alone(tmp_path: Path) -> None:
+    assert versions.version_key("m", "a:b:c-d_e") == "m@cde"
+    assert versions.version_key("m", "x:" + "ab-" * 8) == "m@abababababab"
+    assert versions.version_key("m", "x:--") == "m@unknown"
+    assert versions.version_key("m", "plain") == "m@plain"
+    assert versions.is_version_key("m@v") and not versions.is_version_key("m")
+    assert versions.locate(DataLayout(tmp_path), "m@v").root == tmp_path / "versions"
+    assert versions.locate(DataLayout(tmp_path), "m").root == tmp_path
+    layout = DataLayout(tmp_path)
+    _outputs(layout, "m", "v1", 0.0)
+    for made_by in (None, "", "unknown", "v2"):
+        assert versions.archive_if_replaced(layout, "m", made_by, "v2") is None
+    assert versions.archived_versions(layout, "m") == []
+    assert versions.finish_pending(layout, "m") == []
+    pending = versions.ArchivedVersion("m", "m@v1", "v1", "2026-01-01T00:00:00", "archiving", ())
+    versions._write_versions(layout, "m", [pending])
+    (done,) = versions.finish_pending(layout, "m")
+    assert done.key == "m@v1" and done.status == "complete" and "images" in done.moved
+    assert versions.archived_versions(layout, "m") == [done]
