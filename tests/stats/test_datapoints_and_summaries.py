@@ -32,6 +32,13 @@ def test_datapoint_deltas_hand_case(tmp_path: Path) -> None:
     r = write_codes(tmp_path / "r.zarr", ids, real, chunk_rows=2)
     g = write_codes(tmp_path / "g.zarr", ids[::-1], gen[::-1].copy(), chunk_rows=2)
     out = compute_datapoint_deltas(r, g, top_n=2, block_rows=2)
+    f64, concepts = pl.Float64, pl.List(pl.Int32)  # the table's types, as documented
+    assert dict(out.schema) == {
+        "image_id": pl.String, "sample": pl.Int32, "gen_image_id": pl.String, "l2": f64,
+        "norm_real": f64, "norm_gen": f64, "l2_relative": f64,
+        "missing_concepts": concepts, "missing_values": pl.List(f64),
+        "added_concepts": concepts, "added_values": pl.List(f64),
+    }  # fmt: skip
     a, b, c = out.sort("image_id").iter_rows(named=True)
     assert a["l2"] == 5.0
     assert a["norm_real"] == pytest.approx(np.sqrt(10.0), rel=1e-6)
