@@ -17,6 +17,10 @@ from numpy.typing import ArrayLike
 
 MIN_TSNE = 8
 PERPLEXITY = 30.0
+# Below this many concepts the map is computed on one thread whatever ``n_jobs`` says: starting
+# openTSNE's thread pool costs 2–10 s there (a 32-concept map: 0.25 s on one thread, 3–11 s on
+# all), and on so few rows the threaded gradient gives the same map.
+PARALLEL_FROM = 1000
 
 
 def _unit_rows(dictionary: ArrayLike) -> np.ndarray:
@@ -37,9 +41,11 @@ def _pca_2d(x: np.ndarray) -> np.ndarray:
 
 
 def concept_map_table(dictionary: ArrayLike, seed: int = 0, n_jobs: int = 1) -> pl.DataFrame:
-    """(``concept``, ``x``, ``y``, ``method``) for every row of the (c, d) dictionary."""
+    """(``concept``, ``x``, ``y``, ``method``) for every row of the (c, d) dictionary;
+    ``n_jobs`` threads (-1: every core) from :data:`PARALLEL_FROM` rows on."""
     x = _unit_rows(dictionary)
     n = x.shape[0]
+    n_jobs = n_jobs if n >= PARALLEL_FROM else 1
     if n < MIN_TSNE:
         xy, method = _pca_2d(x), "pca"
     else:

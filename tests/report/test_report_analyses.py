@@ -43,6 +43,10 @@ def test_concept_map_keeps_dictionary_neighbours_together():
     np.fill_diagonal(d, np.inf)
     assert (cluster[d.argmin(axis=1)] == cluster).mean() > 0.95
     assert np.allclose(concept_map_table(rows, seed=0).select("x", "y").to_numpy(), xy)
+    # a small map runs on one thread whatever is asked (the asset asks for every core)
+    assert np.array_equal(
+        concept_map_table(rows, seed=0, n_jobs=-1).select("x", "y").to_numpy(), xy
+    )
     assert concept_map_table(rows[:3])["method"][0] == "pca"  # too few for t-SNE
 
 
