@@ -39,6 +39,7 @@ from blindspot_assets.store.images import (
     read_lineage,
     read_manifest,
     sample_image_id,
+    save_png,
     write_manifest,
     write_manifest_part,
 )
@@ -77,7 +78,7 @@ def _save_png(image: Image.Image, path: Path) -> None:
     for key, value in _prompts(image).items():
         if value is not None:
             text.add_text(key, value)
-    image.convert("RGB").save(path, format="PNG", pnginfo=text)
+    save_png(image.convert("RGB"), path, text)
 
 
 def generate_image_set(

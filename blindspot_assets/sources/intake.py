@@ -33,6 +33,7 @@ from blindspot_assets.checkpoint_versions import MissingInput
 from blindspot_assets.config import ConfigError, SourceSpec
 from blindspot_assets.encoders.images import downscale, to_rgb
 from blindspot_assets.store.atomic import write_atomic
+from blindspot_assets.store.images import save_png
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 ID_HEX = 16  # 64 bits of sha256: collisions stay unlikely far beyond LAION-size samples
@@ -149,7 +150,7 @@ def save_atomic(image: Image.Image, path: Path) -> None:
     file under the final name. Lossless, so a stored real image carries the artefacts of its own
     source and no second codec of ours: the encoder's image pipeline adds the one codec both
     sides share."""
-    write_atomic(path, lambda tmp: image.save(tmp, format="PNG"))
+    write_atomic(path, lambda tmp: save_png(image, tmp))
 
 
 def stored_path(image_id: str) -> str:

@@ -38,7 +38,7 @@ from PIL import Image, ImageFilter
 
 from blindspot_assets.encoders.images import read_history, to_rgb
 from blindspot_assets.store.atomic import write_atomic
-from blindspot_assets.store.images import ok_rows, read_manifest, write_manifest
+from blindspot_assets.store.images import ok_rows, read_manifest, save_png, write_manifest
 
 ARMS = ("history", "blur")
 EFFECT_COLUMNS = (
@@ -77,10 +77,6 @@ def _radius(blur: float, image: Image.Image) -> float:
     return blur * min(image.size) / 512.0
 
 
-def _save_png(image: Image.Image, path: Path) -> None:
-    image.save(path, format="PNG")
-
-
 def write_probe_images(
     real_dir: Path, out_dir: Path, ids: list[str], scale: float, blur: float
 ) -> dict[str, ProbeSets]:
@@ -104,16 +100,14 @@ def write_probe_images(
         history = read_history(source)
         fresh = _fresh(decoded, scale)
         made: dict[tuple[str, str], tuple[str, Callable[[Path], None]]] = {
-            ("history", "generated"): (f"{image_id}.png", partial(_save_png, fresh)),
+            ("history", "generated"): (f"{image_id}.png", partial(save_png, fresh)),
             ("blur", "generated"): (
                 f"{image_id}.png",
-                partial(
-                    _save_png, decoded.filter(ImageFilter.GaussianBlur(_radius(blur, decoded)))
-                ),
+                partial(save_png, decoded.filter(ImageFilter.GaussianBlur(_radius(blur, decoded)))),
             ),
         }
         if history is None:  # stored losslessly: the fresh content is its own real side
-            made["history", "reference"] = (f"{image_id}.png", partial(_save_png, fresh))
+            made["history", "reference"] = (f"{image_id}.png", partial(save_png, fresh))
         else:
             made["history", "reference"] = (
                 f"{image_id}.jpg",

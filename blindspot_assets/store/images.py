@@ -21,11 +21,21 @@ from collections.abc import Container
 from pathlib import Path
 
 import polars as pl
+from PIL import Image
+from PIL.PngImagePlugin import PngInfo
 
 from blindspot_assets.store.atomic import write_atomic, write_json_atomic
 
 MANIFEST = "manifest.parquet"
 SAMPLE_SEP = "~s"
+# Images are stored as lossless PNG at zlib level 1: the pixels of PIL's default level 6 at a
+# sixth of the CPU (256-px photo scenes: 6.6 ms against 40 ms an image, files 13 % larger).
+PNG_COMPRESS_LEVEL = 1
+
+
+def save_png(image: Image.Image, path: Path, pnginfo: PngInfo | None = None) -> None:
+    """``image`` as a lossless PNG at ``path`` (every stored image: real, generated, probe)."""
+    image.save(path, format="PNG", pnginfo=pnginfo, compress_level=PNG_COMPRESS_LEVEL)
 
 
 def sample_image_id(caption_id: str, sample: int) -> str:
