@@ -240,9 +240,10 @@ class StatsSpec:
     """Bootstrap resamples of the distribution metrics' intervals (0: none). Each costs one FD
     (two d × d covariances and an eigendecomposition) and one pass of the PRDC counts."""
     distribution_max_samples: int = 10_000
-    """At most this many captions per distribution metric: above it, a seeded sample of them
-    (``n_real`` / ``n_generated`` record the size used). PRDC's distances are computed in
-    blocks of ``block_rows`` rows against the whole sample."""
+    """At most this many captions per distribution metric: above it, a seeded sample of them,
+    each with every valid generated sample (``n_captions``, ``n_real`` / ``n_generated``
+    record the sizes used). PRDC's distances are computed in blocks of ``block_rows`` rows
+    against the whole sample."""
     probe_images: int = 400
     """Real images in the nuisance probe (``nuisance_probe``, ``stats/nuisance.py``): the null
     control that sees processing asymmetry (0: off)."""

@@ -19,20 +19,28 @@ The feature vector of an image is the CLS token (token 0) of the run's encoder's
   some generated y. A point at exactly the radius (the k-th neighbour itself, up to rounding) is
   outside, so a set against itself has density exactly 1.
 
-Intervals: the rows of the two sets are pairs (row i of each comes from caption i), so a
-resample draws captions with replacement and keeps both images of each (``paired``; otherwise
-each set is resampled on its own). The k-NN radii stay those of the full sample (a radius
+The sets: the real image of each caption and every valid generated sample of it
+(``caption_sets``: sample s of caption ``<id>`` is ``<id>~s<s>``), a caption's samples each
+weighing 1/k_c in the generated set (``caption_weights``), so every caption weighs 1.
+
+Intervals: a caption's real image and its samples are not independent, so a resample draws
+captions with replacement and keeps all the images of each (``gen_captions``; ``paired``: one
+generated row per caption; otherwise each set is resampled on its own, iid). The k-NN radii
+stay those of the full sample (a radius
 recomputed on a resample would find a point's duplicate at distance 0). A resampled set has
 fewer distinct points, which biases FD (up) and the PRDC values; the interval is the percentile
 interval of the resamples shifted by the bootstrap's estimate of that bias (mean of the
 resamples − the full-sample value), clipped to the metric's range. Everything is computed on
-arrays in memory: ``features`` reads at most ``max_samples`` CLS vectors per set from the Zarr
-stores, a block of rows at a time.
+arrays in memory: at most ``max_samples`` captions' CLS vectors are read from the Zarr stores,
+a block of rows at a time. The real side (``RealSide``: centred rows, radii, moments under
+every resample) is the same for every model with the same captions: ``real_side`` caches it
+under the run's ``derived`` folder (``store/derived.py``), keyed by the real store's version.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import hashlib
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,7 +48,14 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from blindspot_assets.stats.reading import iter_blocks, open_store, read_rows, valid_index
+from blindspot_assets.stats.reading import (
+    iter_blocks,
+    open_store,
+    read_rows,
+    sample_groups,
+    valid_index,
+)
+from blindspot_assets.store import derived
 from blindspot_assets.store.rowstore import RowStore
 
 F64 = NDArray[np.float64]
@@ -142,8 +157,10 @@ def prdc_replicates(
     block_rows: int = 512,
 ) -> dict[str, F64]:
     """Precision, recall, density and coverage under each row of the weights ``w_real`` (B × N)
-    and ``w_gen`` (B × M), the squared radii fixed (a row of ones: the full sample). Streams
-    blocks of generated rows against every real row; holds N × B and M × B counts."""
+    and ``w_gen`` (B × M), the squared radii fixed (row 0: the full sample). Precision and
+    density are weighted shares of the generated rows (divided by the row's total weight),
+    recall and coverage count the generated rows of positive weight. Streams blocks of
+    generated rows against every real row; holds N × B and M × B counts."""
     n, m = real.shape[0], gen.shape[0]
     real_sq = (real * real).sum(axis=1)
     n_rep = w_real.shape[0]
@@ -160,10 +177,11 @@ def prdc_replicates(
         present = (wg > 0).astype(np.float64)
         cover_cnt += in_real.T @ present
         recall_cnt += in_gen.T @ present
+    total = w_gen.sum(axis=1)  # M under the full sample of one weight per image
     return {
-        "precision": prec_num / m,
+        "precision": prec_num / total,
         "recall": (w_real * (recall_cnt.T > 0)).sum(axis=1) / n,
-        "density": dens_num / (k * m),
+        "density": dens_num / (k * total),
         "coverage": (w_real * (cover_cnt.T > 0)).sum(axis=1) / n,
     }
 
@@ -187,9 +205,33 @@ def bootstrap_weights(n: int, n_resamples: int, rng: np.random.Generator) -> F64
     return np.vstack([np.ones((1, n)), draws])
 
 
-def _weights(n_real: int, n_gen: int, paired: bool, params: DistributionParams) -> list[F64]:
+def caption_weights(captions: NDArray[np.integer]) -> F64:
+    """Per generated row, 1 / (its caption's number of rows): every caption weighs 1 in the
+    generated set however many of its samples are valid (1 for every row at one per caption)."""
+    counts = np.bincount(captions)
+    return np.asarray(1.0 / counts[captions], dtype=np.float64)
+
+
+def _weights(
+    n_real: int,
+    n_gen: int,
+    paired: bool,
+    params: DistributionParams,
+    gen_captions: NDArray[np.integer] | None = None,
+) -> list[F64]:
+    """(real, generated) weights, one row per resample (row 0 the full sample). With
+    ``gen_captions`` (the caption, a real row, of each generated row) a resample draws
+    captions: a caption's real image and all its generated samples get its count (the
+    generated ones divided by the caption's number of samples, ``caption_weights``)."""
     rng = np.random.default_rng(params.seed)
     w_real = bootstrap_weights(n_real, params.n_bootstrap, rng)
+    if gen_captions is not None:
+        captions = np.asarray(gen_captions, dtype=np.int64)
+        if captions.shape != (n_gen,) or captions.min(initial=0) < 0:
+            raise ValueError(f"gen_captions must give a caption per generated row ({n_gen})")
+        if captions.max(initial=-1) >= n_real or np.unique(captions).size != n_real:
+            raise ValueError(f"every one of the {n_real} captions needs a generated row")
+        return [w_real, w_real[:, captions] * caption_weights(captions)[None, :]]
     if paired:
         if n_real != n_gen:
             raise ValueError(f"paired sets need as many rows: {n_real} real, {n_gen} generated")
@@ -217,7 +259,7 @@ def bootstrap_interval(
 class RealSide:
     """What every comparison with one real sample shares: the real rows centred on their mean
     (no metric changes; less rounding), their squared k-NN radii and their moments under each
-    row of the weights."""
+    row of the weights. The same for every model of a run: ``real_side`` caches it."""
 
     centre: F64
     rows: F64
@@ -230,6 +272,21 @@ class RealSide:
         rows = real - centre
         radii = knn_sq_radii(rows, params.k, params.block_rows)
         return cls(centre, rows, radii, weighted_moments(rows, w_real))
+
+    def arrays(self) -> dict[str, F64]:
+        """Its arrays by name (``from_arrays`` gives it back, every value as it was)."""
+        return {
+            "centre": self.centre,
+            "rows": self.rows,
+            "sq_radii": self.sq_radii,
+            "mu": np.stack([mu for mu, _ in self.moments]),
+            "cov": np.stack([cov for _, cov in self.moments]),
+        }
+
+    @classmethod
+    def from_arrays(cls, arrays: Mapping[str, NDArray[Any]]) -> RealSide:
+        moments = list(zip(list(arrays["mu"]), list(arrays["cov"]), strict=True))
+        return cls(arrays["centre"], arrays["rows"], arrays["sq_radii"], moments)
 
 
 def metric_replicates(
@@ -264,60 +321,122 @@ def _clip(name: str, value: float) -> float:
     return float(np.clip(value, *BOUNDS[name]))
 
 
-def distribution_metrics(
-    real: F64, gen: F64, params: DistributionParams, paired: bool = True
-) -> dict[str, Any]:
-    """``fd_dinov2``, ``precision``, ``recall``, ``density``, ``coverage``, each with
-    ``*_ci_low``/``*_ci_high``, and ``n_real``, ``n_generated``. ``paired``: row i of both sets
-    share a caption (resampled together)."""
-    real, gen = np.asarray(real, np.float64), np.asarray(gen, np.float64)
-    weights = _weights(len(real), len(gen), paired, params)
-    reps = metric_replicates(RealSide.of(real, weights[0], params), gen, weights, params)
-    out: dict[str, Any] = {}
+def summarise(reps: Mapping[str, F64], ci_level: float) -> dict[str, float]:
+    """Each metric at the full sample (replicate 0) with its interval from the others."""
+    out: dict[str, float] = {}
     for name in METRICS:
         point = _clip(name, reps[name][0])
-        lo, hi = bootstrap_interval(point, reps[name][1:], params.ci_level, BOUNDS[name])
+        lo, hi = bootstrap_interval(point, reps[name][1:], ci_level, BOUNDS[name])
         out |= {name: point, f"{name}_ci_low": lo, f"{name}_ci_high": hi}
-    return out | {"n_real": len(real), "n_generated": len(gen)}
+    return out
 
 
-def distribution_change(
-    real: F64, base: F64, cand: F64, params: DistributionParams
+def side_metrics(
+    real: RealSide, gen: F64, weights: Sequence[F64], params: DistributionParams
 ) -> dict[str, Any]:
-    """A base and a candidate generated set of the same captions (row i of all three sets share
-    a caption): each side's metrics (``base_<metric>``, ``candidate_<metric>``) and the change
-    candidate − base (``<metric>_change`` with ``_ci_low``/``_ci_high``), one resample of the
-    captions for both sides, so the interval is paired; ``n_real``, ``n_generated``."""
-    real, base, cand = (np.asarray(a, np.float64) for a in (real, base, cand))
-    weights = _weights(len(real), len(base), True, params)
-    if len(cand) != len(base):
-        raise ValueError(f"base has {len(base)} rows, candidate {len(cand)}")
-    shared = RealSide.of(real, weights[0], params)
-    sides = {
-        side: metric_replicates(shared, rows, weights, params)
-        for side, rows in (("base", base), ("candidate", cand))
-    }
+    """``distribution_metrics`` against a prepared real side and its weights."""
+    reps = metric_replicates(real, np.asarray(gen, np.float64), weights, params)
+    sizes = {"n_captions": len(real.rows), "n_real": len(real.rows), "n_generated": len(gen)}
+    return summarise(reps, params.ci_level) | sizes
+
+
+def distribution_metrics(
+    real: F64,
+    gen: F64,
+    params: DistributionParams,
+    paired: bool = True,
+    gen_captions: NDArray[np.integer] | None = None,
+) -> dict[str, Any]:
+    """``fd_dinov2``, ``precision``, ``recall``, ``density``, ``coverage``, each with
+    ``*_ci_low``/``*_ci_high``, and ``n_captions``, ``n_real``, ``n_generated``. ``paired``:
+    row i of both sets share a caption (resampled together). ``gen_captions``: the caption
+    (real row) of each generated row, several samples per caption (resampled by caption)."""
+    real, gen = np.asarray(real, np.float64), np.asarray(gen, np.float64)
+    weights = _weights(len(real), len(gen), paired, params, gen_captions)
+    return side_metrics(RealSide.of(real, weights[0], params), gen, weights, params)
+
+
+def change_metrics(
+    real: RealSide,
+    sides: Sequence[tuple[F64, Sequence[F64]]],
+    params: DistributionParams,
+) -> dict[str, Any]:
+    """``distribution_change`` against a prepared real side: ``sides`` the (rows, weights) of
+    the base and of the candidate, their weights drawn from one resample of the captions."""
+    (base, w_base), (cand, w_cand) = sides
+    b_reps = metric_replicates(real, base, w_base, params)
+    c_reps = metric_replicates(real, cand, w_cand, params)
     out: dict[str, Any] = {}
     for name in METRICS:
-        b, c = sides["base"][name], sides["candidate"][name]
+        b, c = b_reps[name], c_reps[name]
         change = _clip(name, c[0]) - _clip(name, b[0])
         lo, hi = bootstrap_interval(change, (c - b)[1:], params.ci_level)
         out |= {f"base_{name}": _clip(name, b[0]), f"candidate_{name}": _clip(name, c[0])}
         out |= {f"{name}_change": change, f"{name}_change_ci_low": lo}
         out |= {f"{name}_change_ci_high": hi}
-    return out | {"n_real": len(real), "n_generated": len(base)}
+    n = len(real.rows)
+    return out | {
+        "n_captions": n,
+        "n_real": n,
+        "n_base_generated": len(base),
+        "n_candidate_generated": len(cand),
+    }
 
 
-def common_rows(stores: Sequence[RowStore], max_samples: int, seed: int) -> list[NDArray[Any]]:
-    """Per store, its row of each image id valid in every store (in the first store's row
-    order); above ``max_samples`` ids, a seeded sample of them without replacement."""
-    indexes = [valid_index(s, f"store {i}") for i, s in enumerate(stores)]
-    first = sorted(indexes[0], key=indexes[0].__getitem__)
-    ids = [i for i in first if all(i in index for index in indexes)]
+def distribution_change(
+    real: F64,
+    base: F64,
+    cand: F64,
+    params: DistributionParams,
+    base_captions: NDArray[np.integer] | None = None,
+    cand_captions: NDArray[np.integer] | None = None,
+) -> dict[str, Any]:
+    """A base and a candidate generated set of the same captions (row i of all three sets share
+    a caption, or ``*_captions`` give each generated row's caption): each side's metrics
+    (``base_<metric>``, ``candidate_<metric>``) and the change candidate − base
+    (``<metric>_change`` with ``_ci_low``/``_ci_high``), one resample of the captions for both
+    sides, so the interval is paired; ``n_captions``, ``n_real``, ``n_base_generated``,
+    ``n_candidate_generated``."""
+    real, base, cand = (np.asarray(a, np.float64) for a in (real, base, cand))
+    if base_captions is None and cand_captions is None and len(cand) != len(base):
+        raise ValueError(f"base has {len(base)} rows, candidate {len(cand)}")
+    w_base = _weights(len(real), len(base), True, params, base_captions)
+    w_cand = _weights(len(real), len(cand), True, params, cand_captions)
+    shared = RealSide.of(real, w_base[0], params)
+    return change_metrics(shared, [(base, w_base), (cand, w_cand)], params)
+
+
+@dataclass(frozen=True)
+class CaptionSets:
+    """The captions valid in the real store and with a valid sample in every generated store:
+    ``real_rows[i]`` the real row of caption i; per generated store its valid samples, caption
+    by caption in sample order (``gen_rows``), and the caption of each (``gen_captions``)."""
+
+    real_rows: NDArray[np.int64]
+    gen_rows: list[NDArray[np.int64]]
+    gen_captions: list[NDArray[np.int64]]
+
+
+def caption_sets(
+    real: RowStore, gens: Sequence[RowStore], max_samples: int, seed: int
+) -> CaptionSets:
+    """``CaptionSets`` of a real and some generated stores (a generated id is resolved against
+    the real ids: ``<id>`` or ``<id>~s<s>``), captions in real row order; above
+    ``max_samples`` captions, a seeded sample of them without replacement (every valid sample
+    of each kept)."""
+    index = valid_index(real, "real")
+    groups = [sample_groups(g, f"generated store {i}", index) for i, g in enumerate(gens)]
+    first = sorted(index, key=index.__getitem__)
+    ids = [i for i in first if all(i in g for g in groups)]
     if len(ids) > max_samples:
         pick = np.sort(np.random.default_rng(seed).choice(len(ids), max_samples, replace=False))
         ids = [ids[int(p)] for p in pick]
-    return [np.asarray([index[i] for i in ids], dtype=np.int64) for index in indexes]
+    counts = [np.asarray([len(g[i]) for i in ids], dtype=np.int64) for g in groups]
+    return CaptionSets(
+        real_rows=np.asarray([index[i] for i in ids], dtype=np.int64),
+        gen_rows=[np.asarray([r for i in ids for r in g[i]], dtype=np.int64) for g in groups],
+        gen_captions=[np.repeat(np.arange(len(ids), dtype=np.int64), c) for c in counts],
+    )
 
 
 def cls_vectors(store: RowStore, rows: NDArray[Any], block_rows: int) -> F64:
@@ -329,29 +448,65 @@ def cls_vectors(store: RowStore, rows: NDArray[Any], block_rows: int) -> F64:
     return out
 
 
-def features(
-    stores: Sequence[RowStore | str | Path], params: DistributionParams
-) -> tuple[list[F64], str]:
-    """The CLS vectors of the captions valid in every feature store (paired rows, at most
-    ``params.max_samples``), and the encoder they come from (the first store's ``encoder_id``)."""
-    opened = [open_store(s) for s in stores]
-    rows = common_rows(opened, params.max_samples, params.seed)
-    vectors = [cls_vectors(s, r, params.block_rows) for s, r in zip(opened, rows, strict=True)]
-    return vectors, str(opened[0].attrs.get("encoder_id", "unknown"))
+REAL_SIDE = "distribution-real-side"  # the kind of its cache entries (store/derived.py)
+
+
+def real_side_key(rows: NDArray[np.int64], params: DistributionParams) -> str:
+    """What a real side depends on besides the store: the rows used and the parameters of its
+    radii and resampled moments (not ``ci_level``, not ``max_samples``: the rows say it)."""
+    h = hashlib.sha256(np.ascontiguousarray(rows, dtype="<i8").tobytes())
+    h.update(f"v1:{params.k}:{params.n_bootstrap}:{params.seed}:{params.block_rows}".encode())
+    return h.hexdigest()[:24]
+
+
+def real_side(
+    store: RowStore,
+    rows: NDArray[np.int64],
+    w_real: F64,
+    params: DistributionParams,
+    cache: Path | None = None,
+) -> RealSide:
+    """The ``RealSide`` of ``rows`` of the real feature store under the weights ``w_real``
+    (``_weights`` of ``len(rows)`` captions): from the cache folder (``DataLayout.derived``)
+    when it holds the entry of this store version, rows and parameters, else computed (and
+    written there)."""
+    if cache is None:
+        return RealSide.of(cls_vectors(store, rows, params.block_rows), w_real, params)
+    where = (cache, REAL_SIDE, "real", derived.store_version(store), real_side_key(rows, params))
+    hit = derived.load_arrays(*where)
+    if hit is not None:
+        return RealSide.from_arrays(hit)
+    side = RealSide.of(cls_vectors(store, rows, params.block_rows), w_real, params)
+    derived.save_arrays(*where, side.arrays())
+    return side
+
+
+def _lineage(params: DistributionParams, store: RowStore) -> dict[str, Any]:
+    encoder = str(store.attrs.get("encoder_id", "unknown"))
+    return {"prdc_k": params.k, "feature_token": FEATURE_TOKEN, "feature_encoder": encoder}
 
 
 def store_metrics(
-    real: RowStore | str | Path, gen: RowStore | str | Path, params: DistributionParams
+    real: RowStore | str | Path,
+    gen: RowStore | str | Path,
+    params: DistributionParams,
+    cache: Path | None = None,
 ) -> dict[str, Any]:
-    """``distribution_metrics`` of a generated feature store against the real one, with the
-    features they were computed on (``feature_token``, ``feature_encoder``) and ``prdc_k``."""
-    (real_x, gen_x), encoder = features([real, gen], params)
-    if len(real_x) <= params.k:  # too few pairs for a k-NN radius: nothing to report
+    """``distribution_metrics`` of a generated feature store against the real one over
+    ``caption_sets`` — every valid sample of each caption, resampled by caption — with the
+    features they were computed on (``feature_token``, ``feature_encoder``) and ``prdc_k``.
+    ``cache``: where the real side is cached (``real_side``)."""
+    real_s, gen_s = open_store(real), open_store(gen)
+    sets = caption_sets(real_s, [gen_s], params.max_samples, params.seed)
+    n, m = sets.real_rows.size, sets.gen_rows[0].size
+    if n <= params.k:  # too few captions for a k-NN radius: nothing to report
         out = dict.fromkeys(metric_columns(METRICS), float("nan"))
-        out |= {"n_real": len(real_x), "n_generated": len(gen_x)}
-    else:
-        out = distribution_metrics(real_x, gen_x, params, paired=True)
-    return out | {"prdc_k": params.k, "feature_token": FEATURE_TOKEN, "feature_encoder": encoder}
+        out |= {"n_captions": n, "n_real": n, "n_generated": m}
+        return out | _lineage(params, real_s)
+    weights = _weights(n, m, True, params, sets.gen_captions[0])
+    side = real_side(real_s, sets.real_rows, weights[0], params, cache)
+    gen_x = cls_vectors(gen_s, sets.gen_rows[0], params.block_rows)
+    return side_metrics(side, gen_x, weights, params) | _lineage(params, real_s)
 
 
 def store_change(
@@ -359,12 +514,24 @@ def store_change(
     base: RowStore | str | Path,
     cand: RowStore | str | Path,
     params: DistributionParams,
+    cache: Path | None = None,
 ) -> dict[str, Any]:
-    """``distribution_change`` of two generated feature stores of the same captions."""
-    (real_x, base_x, cand_x), encoder = features([real, base, cand], params)
-    if len(real_x) <= params.k:
+    """``distribution_change`` of two generated feature stores over the captions valid in all
+    three (``caption_sets``: every valid sample of each side)."""
+    real_s, base_s, cand_s = (open_store(s) for s in (real, base, cand))
+    sets = caption_sets(real_s, [base_s, cand_s], params.max_samples, params.seed)
+    n = sets.real_rows.size
+    if n <= params.k:
         out = dict.fromkeys(change_columns(), float("nan"))
-        out |= {"n_real": len(real_x), "n_generated": len(base_x)}
-    else:
-        out = distribution_change(real_x, base_x, cand_x, params)
-    return out | {"prdc_k": params.k, "feature_token": FEATURE_TOKEN, "feature_encoder": encoder}
+        out |= {"n_captions": n, "n_real": n}
+        out |= {"n_base_generated": sets.gen_rows[0].size}
+        out |= {"n_candidate_generated": sets.gen_rows[1].size}
+        return out | _lineage(params, real_s)
+    sides = []
+    for store, rows, captions in zip(
+        (base_s, cand_s), sets.gen_rows, sets.gen_captions, strict=True
+    ):
+        weights = _weights(n, rows.size, True, params, captions)
+        sides.append((cls_vectors(store, rows, params.block_rows), weights))
+    shared = real_side(real_s, sets.real_rows, sides[0][1][0], params, cache)
+    return change_metrics(shared, sides, params) | _lineage(params, real_s)

@@ -233,11 +233,12 @@ def distribution_params(cfg: RunConfig) -> DistributionParams:
 
 def distribution_frame(cfg: RunConfig, models: Iterable[str]) -> pl.DataFrame:
     """Per model with features: ``model`` and its distribution metrics against the real set
-    on the CLS token (``stats/distribution.py``); no rows without real features."""
+    on the CLS token (``stats/distribution.py``; the real side computed once, cached under
+    ``DataLayout.derived``); no rows without real features."""
     real = cfg.layout.features(REAL)
     params = distribution_params(cfg)
     rows = [
-        {"model": m, **store_metrics(real, cfg.layout.features(m), params)}
+        {"model": m, **store_metrics(real, cfg.layout.features(m), params, cfg.layout.derived)}
         for m in models
         if store_exists(real) and store_exists(cfg.layout.features(m))
     ]
@@ -255,7 +256,7 @@ def pair_distribution(
     cand = cfg.layout.features(candidate)
     if not all(store_exists(s) for s in (real, base_store, cand)):
         return {}
-    return store_change(real, base_store, cand, distribution_params(cfg))
+    return store_change(real, base_store, cand, distribution_params(cfg), cfg.layout.derived)
 
 
 def planted_scores(cfg: RunConfig) -> pl.DataFrame | None:

@@ -59,6 +59,8 @@ class DataLayout:
     """A second SAE trained with another seed, for the stability of blindspots."""
     duckdb = _UnderRoot("blindspots.duckdb")
     report = _UnderRoot("report")
+    derived = _UnderRoot("derived")
+    """Arrays derived from a row store and cached beside the stores (``store/derived.py``)."""
 
     def _store(self, *parts: str) -> str | Path:
         return join_location(self.store_root if self.store_root is not None else self.root, *parts)

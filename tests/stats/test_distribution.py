@@ -16,12 +16,20 @@ from blindspot_assets.stats.distribution import (
     change_columns,
     distribution_change,
     distribution_metrics,
+    store_change,
     store_metrics,
 )
+from blindspot_assets.store.images import sample_image_id
 from blindspot_assets.store.layout import feature_arrays
 from blindspot_assets.store.rowstore import RowStore
 
 FAST = DistributionParams(k=5, n_bootstrap=0, block_rows=16)
+
+
+def same_values(got: dict, want: dict) -> bool:
+    """``got`` holds every value of ``want`` exactly (NaN, an interval without resamples, equal
+    to NaN)."""
+    return all(got[k] == v or (v != v and got[k] != got[k]) for k, v in want.items())
 
 
 def reference_fd(x: np.ndarray, y: np.ndarray) -> float:
@@ -189,7 +197,8 @@ def test_change_between_two_sets_is_paired_and_zero_for_identical_sets() -> None
     real = rng.normal(size=(200, 4))
     base = real + rng.normal(size=(200, 4)) * 0.3
     same = distribution_change(real, base, base.copy(), params)
-    assert list(same) == [*change_columns(), "n_real", "n_generated"]
+    sizes = ["n_captions", "n_real", "n_base_generated", "n_candidate_generated"]
+    assert list(same) == [*change_columns(), *sizes]
     for m in ("fd_dinov2", "precision", "recall", "density", "coverage"):
         assert same[f"{m}_change"] == 0.0
         assert same[f"{m}_change_ci_low"] == same[f"{m}_change_ci_high"] == 0.0
@@ -203,16 +212,19 @@ def test_change_between_two_sets_is_paired_and_zero_for_identical_sets() -> None
     assert out["coverage_change_ci_high"] < 0
 
 
-def write_store(path: Path, ids: list[str], tokens: np.ndarray, valid: np.ndarray) -> RowStore:
+def write_store(
+    path: Path, ids: list[str], tokens: np.ndarray, valid: np.ndarray, fingerprint: str = "test"
+) -> RowStore:
     store = RowStore.create_or_resume(
         path,
         ids,
         feature_arrays(tokens.shape[1], tokens.shape[2]),
-        attrs={"fingerprint": "test", "encoder_id": "tiny-dino"},
+        attrs={"fingerprint": fingerprint, "encoder_id": "tiny-dino"},
         chunk_rows=8,
     )
     status = ["ok" if v else "decode_error" for v in valid]
     store.write_block(0, {"tokens": tokens.astype(np.float16)}, valid, status)
+    store.finish()  # a rebuild (another fingerprint) replaces the store here
     return store
 
 
@@ -232,10 +244,115 @@ def test_store_metrics_read_the_cls_token_of_the_valid_pairs(tmp_path: Path) -> 
     real_cls = real_tok[keep, 0].astype(np.float16).astype(np.float64)
     gen_cls = gen_tok[keep, 0].astype(np.float16).astype(np.float64)
     want = distribution_metrics(real_cls, gen_cls, FAST)
-    assert got["fd_dinov2"] == pytest.approx(want["fd_dinov2"], rel=1e-9)
-    assert got["n_real"] == got["n_generated"] == n - 2
+    assert same_values(got, want)  # one sample per caption: the paired rows exactly
+    assert got["n_captions"] == got["n_real"] == got["n_generated"] == n - 2
     assert (got["feature_token"], got["feature_encoder"], got["prdc_k"]) == ("cls", "tiny-dino", 5)
     capped = store_metrics(
         tmp_path / "real.zarr", tmp_path / "gen.zarr", DistributionParams(max_samples=20)
     )
     assert capped["n_real"] == capped["n_generated"] == 20
+
+
+def test_one_sample_per_caption_as_captions_is_the_paired_bootstrap_exactly() -> None:
+    params = DistributionParams(k=5, n_bootstrap=30, seed=4)
+    rng = np.random.default_rng(12)
+    real, gen = rng.normal(size=(90, 3)), rng.normal(size=(90, 3)) + 0.3
+    by_caption = distribution_metrics(real, gen, params, gen_captions=np.arange(90))
+    assert by_caption == distribution_metrics(real, gen, params)
+
+
+def several_samples_world(
+    rng: np.random.Generator, n: int, k: int
+) -> tuple[np.ndarray, list[np.ndarray]]:
+    """Real images in two modes (x₀ at ±10); sample 0 of every caption in the right-hand mode
+    (a model that draws the other mode on some seeds only), samples 1 … k−1 in the caption's
+    own real mode."""
+    real = two_clusters(rng, n)
+    samples = []
+    for s in range(k):
+        y = rng.normal(size=(n, 4))
+        y[:, 0] += 10.0 if s == 0 else np.sign(real[:, 0]) * 10.0
+        samples.append(y)
+    return real, samples
+
+
+def test_several_samples_per_caption_use_every_valid_sample(tmp_path: Path) -> None:
+    rng = np.random.default_rng(13)
+    n, k = 120, 3
+    real, samples = several_samples_world(rng, n, k)
+    ids = [f"img{i:03d}" for i in range(n)]
+    gen_ids = [sample_image_id(i, s) for i in ids for s in range(k)]
+    gen = np.stack(samples, axis=1).reshape(n * k, 4)  # caption by caption, samples in order
+    valid = np.ones(n * k, bool)
+    valid[[5 * k + 2, 9 * k]] = False  # one sample of two captions
+    valid[20 * k : 21 * k] = False  # every sample of caption 20: the caption drops out
+    tok = np.zeros((n * k, 2, 4))
+    tok[:, 0] = gen
+    write_store(tmp_path / "real.zarr", ids, np.stack([real, real], axis=1), np.ones(n, bool))
+    write_store(tmp_path / "gen.zarr", gen_ids, tok, valid)
+    got = store_metrics(tmp_path / "real.zarr", tmp_path / "gen.zarr", FAST)
+    assert (got["n_captions"], got["n_real"], got["n_generated"]) == (n - 1, n - 1, n * k - 5)
+    # the reference: all valid samples, each caption's rows sharing its resample
+    keep = np.delete(np.arange(n), 20)
+    rows = np.flatnonzero(valid)
+    to16 = lambda a: a.astype(np.float16).astype(np.float64)  # noqa: E731 — the stored dtype
+    captions = np.searchsorted(keep, rows // k)
+    want = distribution_metrics(to16(real[keep]), to16(gen[rows]), FAST, gen_captions=captions)
+    assert same_values(got, want)
+    # sample 0 alone misses the left-hand mode; all samples reach it
+    first = distribution_metrics(to16(real[keep]), to16(samples[0][keep]), FAST)
+    assert first["recall"] < 0.65 and first["coverage"] < 0.65
+    assert got["recall"] > 0.9 and got["coverage"] > 0.9
+    assert got["fd_dinov2"] < 0.5 * first["fd_dinov2"]
+
+
+def test_the_caption_bootstrap_is_wider_than_an_iid_one_of_correlated_samples() -> None:
+    # each caption's k samples lie almost on one point: they are one draw, not k
+    params = DistributionParams(k=5, n_bootstrap=60, seed=5, block_rows=256)
+    rng = np.random.default_rng(14)
+    n, k = 150, 4
+    real = rng.normal(size=(n, 4))
+    centres = rng.normal(size=(n, 4)) * 1.3 + 0.4
+    gen = np.repeat(centres, k, axis=0) + rng.normal(size=(n * k, 4)) * 0.05
+    captions = np.repeat(np.arange(n), k)
+    clustered = distribution_metrics(real, gen, params, gen_captions=captions)
+    iid = distribution_metrics(real, gen, params, paired=False)
+    for metric, factor in (("fd_dinov2", 1.3), ("recall", 1.5)):
+        width = {
+            name: r[f"{metric}_ci_high"] - r[f"{metric}_ci_low"]
+            for name, r in (("clustered", clustered), ("iid", iid))
+        }
+        assert width["clustered"] > factor * width["iid"], (metric, width)
+    assert clustered["n_captions"] == n and clustered["n_generated"] == n * k
+
+
+def test_the_real_side_is_cached_per_store_version_and_rows(tmp_path: Path) -> None:
+    params = DistributionParams(k=5, n_bootstrap=20, seed=2, block_rows=16)
+    rng = np.random.default_rng(15)
+    n = 50
+    ids = [f"img{i:03d}" for i in range(n)]
+    real_tok = rng.normal(size=(n, 2, 3))
+    write_store(tmp_path / "real.zarr", ids, real_tok, np.ones(n, bool))
+    for name, shift in (("a", 0.3), ("b", 0.8)):
+        tok = rng.normal(size=(n, 2, 3)) + shift
+        write_store(tmp_path / f"{name}.zarr", ids, tok, np.ones(n, bool))
+    stores = [tmp_path / f"{x}.zarr" for x in ("real", "a", "b")]
+    cache = tmp_path / "derived"
+    plain = [store_metrics(stores[0], s, params) for s in stores[1:]]
+    cached = [store_metrics(stores[0], s, params, cache) for s in stores[1:]]
+    assert cached == plain
+    pair = store_change(*stores, params, cache)
+    assert pair == store_change(*stores, params)
+    entries = sorted(cache.rglob("*.npz"))
+    assert len(entries) == 1  # one real side for both models and the pair
+    # a hit reads no real token: rows rewritten in place (the same store version) are not seen
+    write_store(stores[0], ids, real_tok * 2.0, np.ones(n, bool))
+    assert store_metrics(stores[0], stores[1], params, cache) == cached[0]
+    assert store_metrics(stores[0], stores[1], params)["fd_dinov2"] != cached[0]["fd_dinov2"]
+    # new real features (another fingerprint): a new version, the old entry removed
+    write_store(stores[0], ids, real_tok + 1.0, np.ones(n, bool), fingerprint="other")
+    fresh = store_metrics(stores[0], stores[1], params, cache)
+    assert fresh == store_metrics(stores[0], stores[1], params)
+    assert fresh["fd_dinov2"] != cached[0]["fd_dinov2"]
+    now = sorted(cache.rglob("*.npz"))
+    assert len(now) == 1 and now[0].parent != entries[0].parent
