@@ -18,7 +18,7 @@ import numpy as np
 import polars as pl
 
 from blindspot_assets.report import svg
-from blindspot_assets.report.data import Labels, for_model, numeric, pick
+from blindspot_assets.report.data import Labels, for_model, numeric
 
 FREQUENCY_SCALE = 0.4  # the paper's figure: sigmoid(relative / 0.4)
 
@@ -62,10 +62,9 @@ def token_frequency_figure(
     series: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = {}
     for key in models:
         stats = for_model(stats_all, key)
-        fire, rel = pick(stats, "nb_fire_real"), pick(stats, "relative")
-        if stats is None or fire is None or rel is None:
+        if stats is None:
             continue
-        bands = frequency_bands(numeric(stats, fire), numeric(stats, rel))
+        bands = frequency_bands(numeric(stats, "nb_fire_real"), numeric(stats, "relative"))
         if bands[0].size:
             series[key] = (bands[0], bands[1], bands[2], bands[3])
     if not series:
@@ -107,7 +106,7 @@ def concept_map_html(
     max_points: int = 4000,
 ) -> str | None:
     """The concept map (table concept_map) with a model chooser; None without the table."""
-    if map_df is None or map_df.is_empty() or not {"concept", "x", "y"} <= set(map_df.columns):
+    if map_df is None or map_df.is_empty():
         return None
     map_df = map_df.unique("concept", keep="first").sort("concept")
     deltas: dict[str, dict[int, float]] = {}
@@ -115,16 +114,16 @@ def concept_map_html(
     priority: dict[int, float] = {}
     for key in models:
         stats = for_model(stats_all, key)
-        if stats is None or "delta" not in stats.columns or "concept" not in stats.columns:
+        if stats is None or stats.is_empty():
             continue
         deltas[key] = dict(
             zip(stats["concept"].to_list(), numeric(stats, "delta").tolist(), strict=True)
         )
-        if not priority and "energy_real" in stats.columns:
+        if not priority:
             energy = numeric(stats, "energy_real").tolist()
             priority = dict(zip(stats["concept"].to_list(), energy, strict=True))
         marked = for_model(flagged_all, key)
-        if marked is not None and "concept" in marked.columns:
+        if marked is not None:
             flagged |= {int(c) for c in marked["concept"].to_list()}
     all_concepts = map_df["concept"].to_numpy()
     shown = _pick_points(all_concepts, priority, flagged, max_points)
@@ -138,7 +137,7 @@ def concept_map_html(
     first_d = per_model[first] if first else [None] * len(concepts)
     colours = [svg.delta_colour(v if v is not None else float("nan")) for v in first_d]
     tooltips = [_tooltip(c, n, first, v) for c, n, v in zip(concepts, names, first_d, strict=True)]
-    method = str(rows["method"][0]) if "method" in rows.columns and rows.height else "2-D map"
+    method = str(rows["method"][0]) if rows.height else "2-D map"
     figure = svg.concept_map_svg(
         numeric(rows, "x"),
         numeric(rows, "y"),
@@ -206,9 +205,6 @@ def variant_html(variants: pl.DataFrame | None, deltas_all: pl.DataFrame | None)
     numbers with their interval, and the per-caption distance distributions of both."""
     if variants is None or variants.is_empty():
         return None
-    need = {"model_a", "model_b", "mean_diff"}
-    if not need <= set(variants.columns):
-        return None
     parts: list[str] = []
     for row in variants.iter_rows(named=True):
         a, b = str(row["model_a"]), str(row["model_b"])
@@ -218,9 +214,8 @@ def variant_html(variants: pl.DataFrame | None, deltas_all: pl.DataFrame | None)
         dists = {}
         for key in (a, b):
             df = for_model(deltas_all, key)
-            col = pick(df, "l2")
-            if df is not None and col:
-                dists[key] = numeric(df, col)
+            if df is not None and df.height:
+                dists[key] = numeric(df, "l2")
         if len(dists) == 2:
             fig = svg.step_histograms_svg(
                 dists, title=f"‖ξ(x′) − ξ(x)‖ — {a} vs {b}", xlabel="‖ξ(x′) − ξ(x)‖"
@@ -236,8 +231,8 @@ def variant_html(variants: pl.DataFrame | None, deltas_all: pl.DataFrame | None)
 
 def _verdict(row: dict[str, Any]) -> str:
     a, b = row["model_a"], row["model_b"]
-    diff, lo, hi = row.get("mean_diff"), row.get("ci_low"), row.get("ci_high")
-    frac = row.get("frac_b_closer")
+    diff, lo, hi = row["mean_diff"], row["ci_low"], row["ci_high"]
+    frac = row["frac_b_closer"]
     where = ""
     if isinstance(lo, float) and isinstance(hi, float) and np.isfinite(lo) and np.isfinite(hi):
         if hi < 0:
@@ -267,9 +262,8 @@ _VARIANT_COLUMNS = (
 
 
 def _variant_table(row: dict[str, Any]) -> str:
-    cols = [(c, h) for c, h in _VARIANT_COLUMNS if c in row]
-    head = "".join(f"<th>{_esc(h)}</th>" for _, h in cols)
-    cells = "".join(f"<td>{_esc(svg.fmt(row[c]))}</td>" for c, _ in cols)
+    head = "".join(f"<th>{_esc(h)}</th>" for _, h in _VARIANT_COLUMNS)
+    cells = "".join(f"<td>{_esc(svg.fmt(row[c]))}</td>" for c, _ in _VARIANT_COLUMNS)
     return (
         f'<table class="data variant-table"><thead><tr>{head}</tr></thead>'
         f"<tbody><tr>{cells}</tr></tbody></table>"

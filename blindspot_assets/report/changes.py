@@ -32,7 +32,7 @@ def changes_sections(
     changes: pl.DataFrame | None, labels: Labels, fail_on: Sequence[str]
 ) -> list[tuple[str, str, str]]:
     """(id, title, markup) per comparison; none without the table."""
-    if changes is None or changes.is_empty() or "comparison" not in changes.columns:
+    if changes is None or changes.is_empty():
         return []
     out = []
     for key in sorted(changes["comparison"].unique().to_list()):
@@ -62,8 +62,8 @@ def _section(rows: pl.DataFrame, labels: Labels, fail_on: Sequence[str]) -> str:
     count_head = "".join(f"<th>{s}</th>" for s in (*_ORDER, "unchanged"))
     parts = [
         verdict,
-        f'<p class="note">{_esc(first["base"])} ({_esc(first.get("base_model_version"))}) → '
-        f"{_esc(first['candidate'])} ({_esc(first.get('candidate_model_version'))}), "
+        f'<p class="note">{_esc(first["base"])} ({_esc(first["base_model_version"])}) → '
+        f"{_esc(first['candidate'])} ({_esc(first['candidate_model_version'])}), "
         f"{first['n_pairs']} captions answered by both. Change: the paired mean over captions "
         "of ξ(candidate image) − ξ(base image), i.e. ΔE(candidate) − ΔE(base), with its 95% "
         "interval; q: the minimum-effect test of the change, Benjamini–Hochberg over concepts. "
@@ -88,7 +88,7 @@ def _section(rows: pl.DataFrame, labels: Labels, fail_on: Sequence[str]) -> str:
         r["name"] = labels.short(int(r["concept"]))
         cells = []
         for c, _ in _COLUMNS:
-            v = r.get(c)
+            v = r[c]
             if c in text:
                 cells.append(f'<td class="t">{_esc(v or "")}</td>')
             else:

@@ -1,10 +1,9 @@
-"""What the report reads: the results tables (whichever exist), run lineage, and defensive
-column lookup, so a table that gained or renamed a column still shows what it has."""
+"""What the report reads: the results tables, each with exactly the columns its schema names
+(``store/schema.py``), and the run's lineage."""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,78 +16,41 @@ from blindspot_assets.config_fields import flat_dict
 from blindspot_assets.store.images import MANIFEST, model_version, read_lineage
 from blindspot_assets.store.layout import REAL
 from blindspot_assets.store.rowstore import RowStore
-from blindspot_assets.store.schema import LINEAGE_COLUMNS
+from blindspot_assets.store.schema import LINEAGE_COLUMNS, TABLE_SCHEMAS
 from blindspot_assets.store.tables import read_table
 
 REQUIRED_TABLES = ("concept_stats", "blindspots", "concept_top_images")
 OPTIONAL_TABLES = ("concept_labels", "datapoint_deltas", "memorization_candidates")
 
 
-def load_table(tables_root: str | Path, name: str) -> pl.DataFrame | None:
-    """All partitions of a table, or None when it has not been materialised."""
+def conform(df: pl.DataFrame, name: str) -> pl.DataFrame:
+    """``df`` with the columns of table ``name``'s schema, in its order: a column the schema
+    does not name is dropped (the report cannot read it), one it names that a partition lacks
+    (written before the column existed) is null."""
+    columns = TABLE_SCHEMAS[name]
+    missing = [pl.lit(None).alias(c) for c in columns if c not in df.columns]
+    return df.with_columns(missing).select(columns)
+
+
+def load_table(
+    tables_root: str | Path, name: str, partition: str | None = None
+) -> pl.DataFrame | None:
+    """A table (all partitions, or one) in its schema's columns, or None when it has not been
+    materialised."""
     try:
-        return read_table(tables_root, name)
+        return conform(read_table(tables_root, name, partition), name)
     except (FileNotFoundError, ValueError):
         return None
 
 
-def pick(df: pl.DataFrame | None, *candidates: str, contains: Sequence[str] = ()) -> str | None:
-    """The first of ``candidates`` that is a column, else the first column whose name contains
-    every word of ``contains``."""
-    if df is None:
-        return None
-    for c in candidates:
-        if c in df.columns:
-            return c
-    if contains:
-        for c in df.columns:
-            low = c.lower()
-            if all(w in low for w in contains):
-                return c
-    return None
-
-
-def numeric(df: pl.DataFrame, column: str | None) -> np.ndarray:
-    if column is None or column not in df.columns:
-        return np.full(df.height, np.nan)
-    try:
-        return np.asarray(df[column].cast(pl.Float64, strict=False).to_numpy(), dtype=np.float64)
-    except (pl.exceptions.PolarsError, TypeError, ValueError):
-        return np.full(df.height, np.nan)
+def numeric(df: pl.DataFrame, column: str) -> np.ndarray:
+    """A column as float64, NaN where null."""
+    return np.asarray(df[column].cast(pl.Float64).to_numpy(), dtype=np.float64)
 
 
 def for_model(df: pl.DataFrame | None, model_key: str) -> pl.DataFrame | None:
-    """Rows of one model: by ``model_key`` (or ``dataset``) when the table has it."""
-    if df is None:
-        return None
-    col = pick(df, "model_key", "model", "dataset")
-    if col is None:
-        return df
-    return df.filter(pl.col(col).cast(pl.String) == model_key)
-
-
-def parse_concepts(value: object) -> list[int]:
-    """Concept ids from a list column, a JSON list or a comma-separated string."""
-    if value is None:
-        return []
-    if isinstance(value, str):
-        text = value.strip()
-        try:
-            value = json.loads(text) if text.startswith("[") else text.split(",")
-        except json.JSONDecodeError:
-            value = text.strip("[]").split(",")
-    if isinstance(value, pl.Series):
-        value = value.to_list()
-    out = []
-    if isinstance(value, Iterable):
-        for v in value:
-            if isinstance(v, dict):  # a struct: {"concept": k, ...}
-                v = v.get("concept")
-            try:
-                out.append(int(str(v).strip()) if not isinstance(v, int) else v)
-            except (TypeError, ValueError):
-                continue
-    return out
+    """The rows of one model of a per-model table (by ``model_key``)."""
+    return None if df is None else df.filter(pl.col("model_key") == model_key)
 
 
 @dataclass
@@ -101,25 +63,14 @@ class Labels:
 
     @classmethod
     def from_table(cls, df: pl.DataFrame | None, per_concept: int = 3) -> Labels:
-        concept = pick(df, "concept", "concept_id")
-        term = pick(df, "label", "term", "phrase", "word", "name", "top_term", contains=("term",))
-        if df is None or concept is None or term is None:
+        """The ``per_concept`` best terms of each concept from ``concept_labels`` (by rank)."""
+        if df is None:
             return cls()
-        score = pick(df, "score", "association", "pmi", "npmi", "weight", contains=("score",))
-        rank = pick(df, "rank", "label_rank", "term_rank")
-        if rank is not None:
-            df = df.sort(rank)
-        elif score is not None:
-            df = df.sort(score, descending=True, nulls_last=True)
         terms: dict[int, list[tuple[str, float | None]]] = {}
-        scores = numeric(df, score) if score is not None else None
-        for i, (c, t) in enumerate(zip(df[concept].to_list(), df[term].to_list(), strict=True)):
-            if c is None or t is None:
-                continue
+        for c, t, s in df.sort("rank").select("concept", "term", "score").iter_rows():
             got = terms.setdefault(int(c), [])
-            s = None if scores is None or not np.isfinite(scores[i]) else float(scores[i])
             if len(got) < per_concept and all(t != x for x, _ in got):
-                got.append((str(t), s))
+                got.append((str(t), None if s is None or not np.isfinite(s) else float(s)))
         return cls(terms)
 
     def short(self, concept: int) -> str:
@@ -205,7 +156,7 @@ def read_lineage_block(cfg: RunConfig, tables: dict[str, pl.DataFrame | None]) -
     for name, df in tables.items():
         if df is None:
             continue
-        cols = [c for c in LINEAGE_COLUMNS if c in df.columns]
+        cols = [c for c in LINEAGE_COLUMNS if c in df.columns and df[c].null_count() < df.height]
         if cols:
             stamps[name] = {
                 c: sorted(str(v) for v in df[c].unique().to_list() if v is not None) for c in cols

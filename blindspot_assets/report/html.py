@@ -8,8 +8,8 @@ activation drawn over each; the most different datapoint pairs; memorisation can
 models: a summary, the correlation matrix of relative differences, the datapoint-distance
 distributions. Last, the lineage of everything on the page.
 
-Optional tables (labels, datapoint deltas, memorisation, correlations) are shown when present and
-read by column meaning, not by a fixed schema.
+Optional tables (labels, datapoint deltas, memorisation, correlations) are shown when present;
+every table is read in the columns its schema names (``store/schema.py``, ``data.load_table``).
 """
 
 from __future__ import annotations
@@ -38,11 +38,10 @@ from blindspot_assets.report.data import (
     REQUIRED_TABLES,
     Labels,
     Lineage,
+    conform,
     for_model,
     load_table,
     numeric,
-    parse_concepts,
-    pick,
     read_lineage_block,
 )
 from blindspot_assets.report.images import ImageWriter, concept_maps
@@ -51,7 +50,7 @@ from blindspot_assets.report.page import render_page
 from blindspot_assets.stats.significance import expected_false_flags
 from blindspot_assets.store.layout import REAL, TokenLayout
 from blindspot_assets.store.rowstore import RowStore, store_exists
-from blindspot_assets.store.tables import list_tables
+from blindspot_assets.store.tables import list_tables, read_table
 
 ProgressFn = Callable[[int, int], None]
 
@@ -117,7 +116,6 @@ class ModelSection:
     flagged_rows: list[dict[str, Any]] = field(default_factory=list)
     n_flagged: int = 0
     datapoints: list[dict[str, Any]] = field(default_factory=list)
-    datapoint_columns: dict[str, str | None] = field(default_factory=dict)
     memorization: list[dict[str, Any]] = field(default_factory=list)
     memorization_total: int = 0
     notes: list[str] = field(default_factory=list)
@@ -130,14 +128,6 @@ class ModelSection:
 def _sigmoid_markers(cfg: RunConfig) -> dict[float, str]:
     params = cfg.stats.params
     return {params.suppressed_below: "suppressed", params.exaggerated_above: "exaggerated"}
-
-
-def _skewness(x: np.ndarray) -> float:
-    x = x[np.isfinite(x)]
-    if x.size < 3 or float(x.std()) == 0:
-        return float("nan")
-    d = x - x.mean()
-    return float((d**3).mean() / (d**2).mean() ** 1.5)
 
 
 def _concept_tooltip(row: dict[str, Any], name: str) -> str:
@@ -159,7 +149,7 @@ def _figures(
     cfg: RunConfig, key: str, stats: pl.DataFrame, flagged: pl.DataFrame, labels: Labels
 ) -> list[str]:
     figs = []
-    delta = numeric(stats, pick(stats, "delta"))
+    delta = numeric(stats, "delta")
     figs.append(
         svg.histogram_svg(
             delta,
@@ -169,7 +159,6 @@ def _figures(
             markers=_sigmoid_markers(cfg),
         )
     )
-    sig_col = pick(flagged, "significant")
     flagged_rows = list(flagged.iter_rows(named=True))
 
     def points(x_col: str, y_col: str) -> list[svg.ScatterPoint]:
@@ -180,10 +169,9 @@ def _figures(
                 _num(r.get(y_col)),
                 svg.SUPPRESSED if r.get("kind") == "suppressed" else svg.EXAGGERATED,
                 _concept_tooltip(r, labels.name(int(r["concept"]))),
-                bool(r.get(sig_col)) if sig_col else False,
+                bool(r["significant"]),
             )
             for r in flagged_rows
-            if x_col in r and y_col in r
         ]
 
     def scatter(x_col: str, y_col: str, **kwargs: Any) -> str:
@@ -191,29 +179,22 @@ def _figures(
         return svg.scatter_svg(x, y, highlight=points(x_col, y_col), **kwargs)
 
     legend = {"suppressed": svg.SUPPRESSED, "exaggerated": svg.EXAGGERATED, "other": svg.NEUTRAL}
-    e_real, e_gen = pick(stats, "energy_real"), pick(stats, "energy_gen")
-    if e_real and e_gen:
-        title = f"Energy per concept, real vs generated — {key}"
-        figs.append(
-            scatter(e_real, e_gen, title=title, xlabel="E(real)", ylabel=f"E({key})",
-                    log_x=True, log_y=True, diagonal=True, legend=legend)
-        )  # fmt: skip
-    freq = pick(stats, "image_freq_real", "nb_fire_real")
-    rel = pick(stats, "relative")
-    if freq and rel:
-        xlabel = "fraction of real images where it fires"
-        if freq != "image_freq_real":
-            xlabel = "token codes firing (real)"
-        title = f"Concept frequency vs relative difference — {key}"
-        figs.append(
-            scatter(freq, rel, title=title, xlabel=xlabel, ylabel="relative difference", log_x=True)
-        )
+    title = f"Energy per concept, real vs generated — {key}"
+    figs.append(
+        scatter("energy_real", "energy_gen", title=title, xlabel="E(real)", ylabel=f"E({key})",
+                log_x=True, log_y=True, diagonal=True, legend=legend)
+    )  # fmt: skip
+    title = f"Concept frequency vs relative difference — {key}"
+    xlabel = "fraction of real images where it fires"
+    figs.append(
+        scatter("image_freq_real", "relative", title=title, xlabel=xlabel,
+                ylabel="relative difference", log_x=True)
+    )  # fmt: skip
     return figs
 
 
 _STAT_KEYS = (
     ("delta", ("delta",)),
-    ("delta_ci", ("delta_ci_low", "delta_ci_high")),
     ("delta_energy", ("delta_energy",)),
     ("delta_energy_ci", ("delta_energy_ci_low", "delta_energy_ci_high")),
     ("relative", ("relative",)),
@@ -230,33 +211,24 @@ _STAT_KEYS = (
 
 
 def _card_stats(row: dict[str, Any]) -> dict[str, Any]:
+    """A flagged row's numbers for its card; those the row has no value for are left out."""
     out: dict[str, Any] = {}
     for key, cols in _STAT_KEYS:
-        if all(c in row for c in cols):
-            out[key] = tuple(row[c] for c in cols) if len(cols) > 1 else row[cols[0]]
+        values = tuple(row[c] for c in cols)
+        if any(v is not None for v in values):
+            out[key] = values if len(cols) > 1 else values[0]
     return out
 
 
 def _top_rows(flagged: pl.DataFrame, kind: str, n: int) -> pl.DataFrame:
-    rows = flagged.filter(pl.col("kind") == kind) if "kind" in flagged.columns else flagged[:0]
-    if "rank" in rows.columns:
-        rows = rows.sort("rank")
-    elif "delta_energy" in rows.columns:
-        rows = rows.sort("delta_energy", descending=kind == "exaggerated")
-    return rows.head(n)
+    return flagged.filter(pl.col("kind") == kind).sort("rank").head(n)
 
 
 def _top_images(top: pl.DataFrame | None, concept: int, dataset: str, n: int) -> list[str]:
-    if top is None or not {"concept", "image_id"} <= set(top.columns):
+    if top is None:
         return []
-    rows = top.filter(pl.col("concept") == concept)
-    if "dataset" in rows.columns:
-        rows = rows.filter(pl.col("dataset") == dataset)
-    if "rank" in rows.columns:
-        rows = rows.sort("rank")
-    elif "score" in rows.columns:
-        rows = rows.sort("score", descending=True)
-    return [str(i) for i in rows["image_id"].head(n).to_list()]
+    rows = top.filter((pl.col("concept") == concept) & (pl.col("dataset") == dataset))
+    return [str(i) for i in rows.sort("rank")["image_id"].head(n).to_list()]
 
 
 def _cards(
@@ -337,15 +309,14 @@ def _flagged_table(
     key: str, flagged: pl.DataFrame, labels: Labels, carded: set[int], opts: ReportOptions
 ) -> tuple[list[str], list[dict[str, Any]]]:
     preferred = [
-        "rank", "concept", "name", "kind", "delta", "delta_ci_low", "delta_ci_high",
-        "delta_energy", "delta_energy_ci_low", "delta_energy_ci_high", "relative",
-        "change_lcb", "effect_size", "q_value", "paper_verdict", "significant", "specific",
-        "within_nuisance", "verification_status",
+        "rank", "concept", "name", "kind", "delta", "delta_energy", "delta_energy_ci_low",
+        "delta_energy_ci_high", "relative", "change_lcb", "effect_size", "q_value",
+        "paper_verdict", "significant", "specific", "within_nuisance", "verification_status",
     ]  # fmt: skip
-    df = flagged.sort("rank") if "rank" in flagged.columns else flagged
-    df = df.head(opts.max_table_rows)
+    df = flagged.sort("rank").head(opts.max_table_rows)
     named = bool(labels.terms or labels.names)
-    cols = [c for c in preferred if c in df.columns or (c == "name" and named)]
+    # the columns with a value (a partition written before a column existed has none)
+    cols = [c for c in preferred if (c == "name" and named) or (c != "name" and _any(df[c]))]
     rows = []
     for r in df.iter_rows(named=True):
         concept = int(r["concept"])
@@ -356,11 +327,15 @@ def _flagged_table(
     return cols, rows
 
 
+def _any(column: pl.Series) -> bool:
+    return column.null_count() < column.len()
+
+
 def _specific_view(
     flagged: pl.DataFrame, labels: Labels, opts: ReportOptions
 ) -> tuple[list[dict[str, Any]] | None, list[dict[str, Any]]]:
     """The significant flags split into model-specific and shared (``stats/specific.py``)."""
-    if "specific" not in flagged.columns or flagged["specific"].is_null().all():
+    if not _any(flagged["specific"]):
         return None, []
     significant = flagged.filter(pl.col("significant")).sort("rank")
     cols = ["concept", "kind", "rank", "change_lcb"]
@@ -376,148 +351,100 @@ def _specific_view(
 
 def _datapoints(
     key: str, df: pl.DataFrame | None, labels: Labels, writer: ImageWriter, opts: ReportOptions
-) -> tuple[list[dict[str, Any]], dict[str, str | None]]:
+) -> list[dict[str, Any]]:
+    """The model's most different real/generated pairs (``datapoint_deltas``, by ``l2``)."""
     df = for_model(df, key)
-    if df is None or df.is_empty():
-        return [], {}
-    image = pick(df, "image_id", "real_image_id", contains=("image", "id"))
-    dist = pick(
-        df, "l2", "distance", "xi_distance", "l2_distance", "delta_norm", contains=("dist",)
-    )
-    missing = pick(df, "missing_concepts", "most_missing", contains=("missing",))
-    added = pick(df, "added_concepts", "most_added", contains=("added",))
-    cols = {"image": image, "distance": dist, "missing": missing, "added": added}
-    if image is None:
-        return [], cols
-    if dist is not None:
-        df = df.sort(dist, descending=True, nulls_last=True)
+    if df is None:
+        return []
     out = []
-    for r in df.head(opts.n_datapoints).iter_rows(named=True):
-        image_id = str(r[image])
+    for r in (
+        df.sort("l2", descending=True, nulls_last=True)
+        .head(opts.n_datapoints)
+        .iter_rows(named=True)
+    ):
+        image_id = str(r["image_id"])
         caption = writer.caption(REAL, image_id) or writer.caption(key, image_id)
         real = Tile(REAL, image_id, None, caption, writer.thumbnail(REAL, image_id))
-        gen_id = str(r.get("gen_image_id") or image_id)  # a sample ≥ 1 has its own id
+        gen_id = str(r["gen_image_id"] or image_id)  # a sample ≥ 1 has its own id
         gen = Tile(key, gen_id, None, caption, writer.thumbnail(key, gen_id))
 
-        def named(col: str | None, row: dict[str, Any] = r) -> list[tuple[int, str]]:
-            ids = parse_concepts(row.get(col)) if col else []
-            return [(c, labels.short(c)) for c in ids[:8]]
+        def named(concepts: list[int] | None) -> list[tuple[int, str]]:
+            return [(c, labels.short(c)) for c in (concepts or [])[:8]]
 
         out.append(
             {
                 "real": real,
                 "gen": gen,
-                "distance": r.get(dist) if dist else None,
-                "missing": named(missing),
-                "added": named(added),
+                "distance": r["l2"],
+                "missing": named(r["missing_concepts"]),
+                "added": named(r["added_concepts"]),
             }
         )
-    return out, cols
+    return out
 
 
 def _memorization(
     key: str, df: pl.DataFrame | None, writer: ImageWriter, opts: ReportOptions
 ) -> tuple[list[dict[str, Any]], int]:
+    """The model's lowest-distance memorisation pairs (every pair may be tabled: candidates
+    marked) and its number of candidates."""
     df = for_model(df, key)
-    if df is None or df.is_empty():
+    if df is None:
         return [], 0
-    gen = pick(df, "gen_image_id", "generated_image_id", "image_id", contains=("gen", "id"))
-    real = pick(
-        df, "real_image_id", "nearest_real_image_id", "nearest_real_id", "nearest_image_id",
-        contains=("real", "id"),
-    )  # fmt: skip
-    dist = pick(df, "distance", "nn_distance", contains=("dist",))
-    thr = pick(df, "threshold", contains=("threshold",))
-    candidate = pick(df, "is_candidate")
-    # every pair may be tabled: show the lowest distances, candidates marked; count candidates
-    n_candidates = int(df[candidate].fill_null(False).sum()) if candidate else df.height
-    own = pick(df, "is_own_pair")
-    if gen is None:
-        return [], n_candidates
-    if dist is not None:
-        df = df.sort(dist, nulls_last=True)
+    n_candidates = int(df["is_candidate"].fill_null(False).sum())
     out = []
-    for r in df.head(opts.n_memorization).iter_rows(named=True):
-        gen_id = str(r[gen])
-        real_id = str(r[real]) if real and r.get(real) is not None else None
+    for r in df.sort("distance", nulls_last=True).head(opts.n_memorization).iter_rows(named=True):
+        gen_id, real_id = str(r["gen_image_id"]), r["nearest_real_id"]
         out.append(
             {
                 "gen": Tile(key, gen_id, None, writer.caption(key, gen_id),
                             writer.thumbnail(key, gen_id)),
                 "real": Tile(REAL, real_id, None, writer.caption(REAL, real_id),
                              writer.thumbnail(REAL, real_id)) if real_id else None,
-                "distance": r.get(dist) if dist else None,
-                "threshold": r.get(thr) if thr else None,
-                "own_pair": bool(r.get(own)) if own else None,
-                "candidate": bool(r.get(candidate)) if candidate else True,
-                "evidence": r.get("evidence") or "",
-                "concept_distance": r.get("concept_distance"),
+                "distance": r["distance"],
+                "threshold": r["threshold"],
+                "own_pair": r["is_own_pair"],
+                "candidate": bool(r["is_candidate"]),
+                "evidence": r["evidence"] or "",
+                "concept_distance": r["concept_distance"],
                 # "reproduced on s of k seeds" when the model made several images per caption
-                "seeds": (r.get("reproduced_seeds"), r["n_seeds"])
-                if (r.get("n_seeds") or 0) > 1 else None,
-                "across_seeds": bool(r.get("reproduced_across_seeds")),
+                "seeds": (r["reproduced_seeds"], r["n_seeds"])
+                if (r["n_seeds"] or 0) > 1 else None,
+                "across_seeds": bool(r["reproduced_across_seeds"]),
             }
         )  # fmt: skip
     return out, n_candidates
 
 
-def _correlations(
-    tables_root: str | Path, stats: pl.DataFrame | None, models: list[str]
-) -> tuple[list[str], np.ndarray, str] | None:
-    """(models, matrix, source) of the Pearson correlation of relative differences."""
-    for name in [t for t in list_tables(tables_root) if "corr" in t]:
-        df = load_table(tables_root, name)
-        if df is None or df.is_empty():
-            continue
-        strings = [c for c, t in df.schema.items() if t == pl.String and c not in ("run_id",)]
-        value = pick(df, "pearson_r", "pearson", "r", "correlation", contains=("pearson",))
-        if len(strings) >= 2 and value:
-            a, b = strings[0], strings[1]
-            names = sorted(set(df[a].to_list()) | set(df[b].to_list()))
-            m = np.eye(len(names))
-            for x, y, v in df.select(a, b, value).iter_rows():
-                i, j = names.index(x), names.index(y)
-                m[i, j] = m[j, i] = float(v) if v is not None else np.nan
-            return names, m, f"table {name}"
-    if stats is None or not {"model_key", "concept", "relative"} <= set(stats.columns):
+def _correlations(tables_root: str | Path) -> tuple[list[str], np.ndarray] | None:
+    """(models, matrix) of the Pearson r of relative differences (``model_correlations``)."""
+    df = load_table(tables_root, "model_correlations")
+    if df is None or df.is_empty():
         return None
-    present = [m for m in models if m in set(stats["model_key"].to_list())]
-    if len(present) < 2:
-        return None
-    wide = stats.pivot(
-        on="model_key", index="concept", values="relative", aggregate_function="first"
-    )
-    mat = np.array([numeric(wide, m) for m in present])
-    n = len(present)
-    corr = np.eye(n)
-    for i in range(n):
-        for j in range(i + 1, n):
-            ok = np.isfinite(mat[i]) & np.isfinite(mat[j])
-            if ok.sum() > 2 and mat[i][ok].std() > 0 and mat[j][ok].std() > 0:
-                corr[i, j] = corr[j, i] = float(np.corrcoef(mat[i][ok], mat[j][ok])[0, 1])
-            else:
-                corr[i, j] = corr[j, i] = np.nan
-    return present, corr, "computed by the report from concept_stats.relative"
+    names = sorted(set(df["model_a"].to_list()) | set(df["model_b"].to_list()))
+    m = np.eye(len(names))
+    for a, b, v in df.select("model_a", "model_b", "pearson_r").iter_rows():
+        i, j = names.index(a), names.index(b)
+        m[i, j] = m[j, i] = np.nan if v is None else float(v)
+    return names, m
 
 
 def _frequency_figure(tables_root: str | Path) -> tuple[str, str] | None:
     """Mean relative difference per concept-frequency bin, one line per model (if tabled)."""
     df = load_table(tables_root, "frequency_vs_relative")
-    model = pick(df, "model_key", "model")
-    y = pick(df, "mean_relative", "median_relative", contains=("relative",))
-    lo, hi = pick(df, "freq_low"), pick(df, "freq_high")
-    if df is None or df.is_empty() or model is None or y is None or lo is None or hi is None:
+    if df is None or df.is_empty():
         return None
     series = {}
-    for key in df[model].unique(maintain_order=True).to_list():
-        part = df.filter(pl.col(model) == key)
-        mid = np.sqrt(np.maximum(numeric(part, lo), 1e-12) * np.maximum(numeric(part, hi), 1e-12))
-        series[str(key)] = (mid, numeric(part, y))
+    for key in df["model_key"].unique(maintain_order=True).to_list():
+        part = df.filter(pl.col("model_key") == key)
+        low, high = numeric(part, "freq_low"), numeric(part, "freq_high")
+        mid = np.sqrt(np.maximum(low, 1e-12) * np.maximum(high, 1e-12))
+        series[str(key)] = (mid, numeric(part, "mean_relative"))
     figure = svg.lines_svg(
         series,
         title="Relative difference by concept frequency",
         xlabel="fraction of real images where the concept fires (bin)",
-        ylabel=y.replace("_", " "),
+        ylabel="mean relative",
         log_x=True,
     )
     return figure, (
@@ -533,7 +460,7 @@ def control_flags(cfg: RunConfig, blind_all: pl.DataFrame | None) -> list[dict[s
     for key in cfg.controls:
         flagged = for_model(blind_all, key)
         row: dict[str, Any] = {"key": key, "paper": None, "significant": None}
-        if flagged is not None and {"paper_verdict", "significant"} <= set(flagged.columns):
+        if flagged is not None:
             row["paper"] = int(flagged["paper_verdict"].sum())
             row["significant"] = int(flagged["significant"].sum())
         rows.append(row)
@@ -544,42 +471,32 @@ def _model_counts(
     cfg: RunConfig,
     stats: pl.DataFrame,
     flagged: pl.DataFrame,
-    summaries: pl.DataFrame | None,
+    summary: dict[str, Any] | None,
     controls: list[dict[str, Any]],
 ) -> dict[str, Any]:
+    """A model's overview row; ``summary``: its ``model_summaries`` row (None before it)."""
     counts: dict[str, Any] = {"concepts": stats.height}
-    for verdict in ("paper_verdict", "significant"):
-        if verdict in flagged.columns and "kind" in flagged.columns:
-            for kind in ("suppressed", "exaggerated"):
-                n = flagged.filter((pl.col("kind") == kind) & pl.col(verdict)).height
-                counts[f"{kind} ({'paper' if verdict == 'paper_verdict' else 'significant'})"] = n
-        elif "kind" in flagged.columns:
-            for kind in ("suppressed", "exaggerated"):
-                counts[kind] = flagged.filter(pl.col("kind") == kind).height
-    skew_col = pick(summaries, "delta_skewness", "skewness", contains=("skew",))
-    if summaries is not None and skew_col is not None:
-        counts["δ skewness"] = float(numeric(summaries, skew_col)[0]) if summaries.height else None
-    else:
-        counts["δ skewness"] = _skewness(numeric(stats, pick(stats, "delta")))
-    spearman = pick(summaries, contains=("spearman",))
-    if summaries is not None and spearman is not None and summaries.height:
-        counts["freq–relative ρ"] = float(numeric(summaries, spearman)[0])
-    delta = numeric(stats, pick(stats, "delta"))
+    for verdict, name in (("paper_verdict", "paper"), ("significant", "significant")):
+        for kind in ("suppressed", "exaggerated"):
+            n = flagged.filter((pl.col("kind") == kind) & pl.col(verdict)).height
+            counts[f"{kind} ({name})"] = n
+    counts["δ skewness"] = summary["delta_skewness"] if summary else None
+    if summary:
+        counts["freq–relative ρ"] = summary["freq_relative_spearman"]
+    delta = numeric(stats, "delta")
     counts["median δ"] = float(np.nanmedian(delta)) if np.isfinite(delta).any() else None
-    n_pairs = pick(stats, "n_pairs")
-    if n_pairs and stats.height:
-        counts["pairs"] = int(stats[n_pairs][0])
-    if "significant" in stats.columns:
-        n_sig = int(stats["significant"].sum())
-        counts["expected false flags"] = expected_false_flags(n_sig, cfg.stats.params.alpha)
+    if stats.height:
+        counts["pairs"] = int(stats["n_pairs"][0])
+    n_sig = int(stats["significant"].sum())
+    counts["expected false flags"] = expected_false_flags(n_sig, cfg.stats.params.alpha)
     done = [c for c in controls if c["significant"] is not None]
     counts["control floor"] = max(max(c["significant"], c["paper"]) for c in done) if done else None
     # does the concept vocabulary cover this model's images as well as the real ones?
-    if summaries is not None and summaries.height and "recon_r2_gen" in summaries.columns:
-        row = summaries.row(0, named=True)
-        counts["SAE R² real / gen"] = f"{row['recon_r2_real']:.2f} / {row['recon_r2_gen']:.2f}"
-        counts["vocabulary gap"] = "yes" if row["vocabulary_gap"] else "no"
-    return counts | distribution_counts(summaries)
+    if summary and summary["recon_r2_gen"] is not None:
+        r2 = f"{summary['recon_r2_real']:.2f} / {summary['recon_r2_gen']:.2f}"
+        counts["SAE R² real / gen"] = r2
+        counts["vocabulary gap"] = "yes" if summary["vocabulary_gap"] else "no"
+    return counts | distribution_counts(summary)
 
 
 # model_summaries' distribution metrics (stats/distribution.py) and their overview headers
@@ -589,28 +506,24 @@ DISTRIBUTION_COUNTS = (
 )  # fmt: skip
 
 
-def distribution_counts(summaries: pl.DataFrame | None) -> dict[str, Any]:
+def distribution_counts(summary: dict[str, Any] | None) -> dict[str, Any]:
     """A model's distribution metrics from its ``model_summaries`` row, each as "value [low,
     high]" (the bootstrap interval), and the sample sizes; {} before they are computed."""
-    if summaries is None or not summaries.height or "fd_dinov2" not in summaries.columns:
+    if summary is None or summary["fd_dinov2"] is None:
         return {}
-    row = summaries.row(0, named=True)
     out: dict[str, Any] = {}
     for column, header in DISTRIBUTION_COUNTS:
-        low, high = row.get(f"{column}_ci_low"), row.get(f"{column}_ci_high")
+        low, high = summary[f"{column}_ci_low"], summary[f"{column}_ci_high"]
         interval = f" [{svg.fmt(low)}, {svg.fmt(high)}]" if low is not None else ""
-        out[header] = f"{svg.fmt(row[column])}{interval}"
-    out["images real / gen (distribution)"] = f"{row.get('n_real')} / {row.get('n_generated')}"
+        out[header] = f"{svg.fmt(summary[column])}{interval}"
+    out["images real / gen (distribution)"] = f"{summary['n_real']} / {summary['n_generated']}"
     return out
 
 
-def _summary_table(tables_root: str | Path) -> pl.DataFrame | None:
-    """A per-model summary table from the statistics, if one exists (for δ skewness)."""
-    for name in [t for t in list_tables(tables_root) if "summar" in t]:
-        df = load_table(tables_root, name)
-        if df is not None and pick(df, contains=("skew",)):
-            return df
-    return None
+def _summary_rows(tables_root: str | Path) -> dict[str, dict[str, Any]]:
+    """Each model's ``model_summaries`` row (δ skewness and the other per-model summaries)."""
+    df = load_table(tables_root, "model_summaries")
+    return {} if df is None else {str(r["model"]): r for r in df.iter_rows(named=True)}
 
 
 # shown in sections of their own
@@ -645,9 +558,7 @@ def _other_tables(tables_root: str | Path, shown: set[str]) -> list[dict[str, An
     for name in list_tables(tables_root):
         if name in shown:
             continue
-        df = load_table(tables_root, name)
-        if df is None:
-            continue
+        df = read_table(tables_root, name)  # every column: a glance at the table
         head = df if df.height <= 30 else df.head(10)
         out.append({"name": name, "rows": df.height, "columns": df.columns, "head": head})
     return out
@@ -697,7 +608,7 @@ class _SectionInputs:
     labels: Labels
     writer: ImageWriter
     opts: ReportOptions
-    summary: pl.DataFrame | None
+    summaries: dict[str, dict[str, Any]]
 
 
 def _model_section(
@@ -712,10 +623,11 @@ def _model_section(
     cfg, tables, labels, writer, opts = (
         inputs.cfg, inputs.tables, inputs.labels, inputs.writer, inputs.opts
     )  # fmt: skip
-    flagged = flagged if flagged is not None else stats[:0]
+    flagged = flagged if flagged is not None else conform(stats[:0], "blindspots")
     top = tables["concept_top_images"]
     section = ModelSection(key)
-    section.counts = _model_counts(cfg, stats, flagged, inputs.summary, controls)
+    summary = inputs.summaries.get(key)
+    section.counts = _model_counts(cfg, stats, flagged, summary, controls)
     section.figures = _figures(cfg, key, stats, flagged, labels)
     section.cards = _cards(key, flagged, top, labels, writer, opts)
     carded = {c.concept for cs in section.cards.values() for c in cs}
@@ -724,9 +636,7 @@ def _model_section(
     )
     section.n_flagged = flagged.height
     section.specific, section.shared = _specific_view(flagged, labels, opts)
-    section.datapoints, section.datapoint_columns = _datapoints(
-        key, tables["datapoint_deltas"], labels, writer, opts
-    )
+    section.datapoints = _datapoints(key, tables["datapoint_deltas"], labels, writer, opts)
     section.memorization, section.memorization_total = _memorization(
         key, tables["memorization_candidates"], writer, opts
     )
@@ -741,13 +651,14 @@ def _cross_figures(
 ) -> list[tuple[str, str]]:  # fmt: skip
     """The figures across models, each with its caption."""
     cross: list[tuple[str, str]] = []
-    corr = _correlations(root, stats_all, models)
+    corr = _correlations(root)
     if corr is not None:
-        names, matrix, source = corr
+        names, matrix = corr
         cross.append(
             (
                 svg.matrix_svg(names, matrix, title="Pearson r of relative differences"),
-                f"Correlation of per-concept relative differences between models ({source}).",
+                "Correlation of per-concept relative differences between models (table "
+                "model_correlations).",
             )
         )
     for figure in (_frequency_figure(root), analyses.token_frequency_figure(stats_all, models)):
@@ -785,7 +696,7 @@ def build_report(
     stats_all, blind_all, top = (tables[n] for n in REQUIRED_TABLES)
     labels = Labels.from_table(tables["concept_labels"])
     labels.names = model_names(load_table(root, "concept_names"))
-    summaries = _summary_table(root)
+    summaries = _summary_rows(root)
     crop = encoder_crop_fraction(cfg.layout, cfg.encoder)  # what the encoder saw
     writer = ImageWriter(cfg.layout, out_dir, opts.thumb_px, crop, write_root=staging)
 
@@ -799,13 +710,12 @@ def build_report(
             missing_models.append(key)
             continue
         flagged = verification_view.with_status(for_model(blind_all, key), root, key)
-        context = _SectionInputs(cfg, tables, labels, writer, opts, for_model(summaries, key))
+        context = _SectionInputs(cfg, tables, labels, writer, opts, summaries)
         section = _model_section(key, stats, flagged, context, controls)
         sections.append(section)
         dp = for_model(tables["datapoint_deltas"], key)
-        dist_col = section.datapoint_columns.get("distance")
-        if dp is not None and dist_col:
-            distances[key] = numeric(dp, dist_col)
+        if dp is not None and dp.height:
+            distances[key] = numeric(dp, "l2")
     all_cards = [c for s in sections for cs in s.cards.values() for c in cs]
     n_blind = sum(s.n_flagged for s in sections)
     _fill_heat_maps(cfg, all_cards, writer, progress)

@@ -7,7 +7,7 @@ import polars as pl
 
 def model_names(df: pl.DataFrame | None) -> dict[int, str]:
     """Concept id → name; empty when the table is absent, empty (no labeller) or nameless."""
-    if df is None or df.is_empty() or not {"concept", "name"} <= set(df.columns):
+    if df is None:
         return {}
     out: dict[int, str] = {}
     for concept, name in df.select("concept", "name").iter_rows():

@@ -3,8 +3,7 @@
 Images come from the real library (demo world source and demo generators). The features and
 codes row stores are written through the store layer with synthetic, planted token codes:
 concept 0 fires on real images and never on demo-a's (suppressed), concept 1 fires on every
-demo-a image (exaggerated). The tables come from the statistics library itself (or, for
-the defensive-reading test, are hand-made with other column names).
+demo-a image (exaggerated). The tables come from the statistics library itself.
 """
 
 from __future__ import annotations
@@ -102,33 +101,6 @@ def _library_tables(cfg: RunConfig, key: str, stamp: dict[str, str]) -> None:
     write_table_partition(tables, "memorization_candidates", key, mem.with_columns(**stamp))
 
 
-def _handmade_tables(cfg: RunConfig, key: str, xi_real: np.ndarray, xi_gen: np.ndarray) -> None:
-    """Optional tables with other column names than the library's: the report must cope."""
-    ids = RowStore.open(cfg.layout.codes(REAL)).image_ids()
-    dist = np.linalg.norm(xi_gen - xi_real, axis=1)
-    missing = [[int(c) for c in np.argsort(xi_gen[i] - xi_real[i])[:3]] for i in range(len(ids))]
-    added = [[int(c) for c in np.argsort(xi_real[i] - xi_gen[i])[:3]] for i in range(len(ids))]
-    tables = cfg.layout.tables
-    write_table_partition(
-        tables,
-        "datapoint_deltas",
-        key,
-        pl.DataFrame(
-            {"model_key": key, "image_id": ids, "xi_distance": dist,
-             "missing": [",".join(map(str, m)) for m in missing], "most_added": added}
-        ),
-    )  # fmt: skip
-    write_table_partition(
-        tables,
-        "memorization_candidates",
-        key,
-        pl.DataFrame(
-            {"model": key, "generated_image_id": ids[:2], "nearest_real_image_id": ids[:2],
-             "nn_distance": [0.0, 0.01]}
-        ),
-    )  # fmt: skip
-
-
 def build_run(
     tmp_path: Path,
     n_images: int = 32,
@@ -138,9 +110,8 @@ def build_run(
     flip: float = 0.1,
 ) -> RunConfig:
     """A run under ``tmp_path``. ``tables``: "library" (every table, from the statistics
-    library), "handmade" (optional tables with unusual column names), "required" (only
-    concept_stats, blindspots, concept_top_images). ``flip``: the fraction of (image, concept)
-    activations a model gets wrong (more → more blindspots)."""
+    library) or "required" (only concept_stats, blindspots, concept_top_images). ``flip``: the
+    fraction of (image, concept) activations a model gets wrong (more → more blindspots)."""
     from blindspot_assets import stats as lib
 
     raw = demo_config_dict(tmp_path, n_images=n_images)
@@ -199,8 +170,6 @@ def build_run(
         )
         if tables == "library":
             _library_tables(cfg, key, stamp)
-        elif tables == "handmade":
-            _handmade_tables(cfg, key, real_codes[2], codes[2])
     if tables == "library":
         labels = lib.label_concepts(cfg.layout.codes(REAL), real, 5)
         write_table_partition(root, "concept_labels", "all", labels)
@@ -218,21 +187,5 @@ def build_run(
             how="diagonal_relaxed",
         )
         write_table_partition(root, "frequency_vs_relative", "all", freq)
-    elif tables == "handmade":
-        terms = ["red", "striped", "circle", "blue", "dotted", "square", "yellow", "triangle"]
-        write_table_partition(
-            root,
-            "concept_labels",
-            "all",
-            pl.DataFrame(
-                {
-                    "concept_id": [c for c in range(n_concepts) for _ in range(2)],
-                    "phrase": [
-                        terms[(c + j) % len(terms)] for c in range(n_concepts) for j in (0, 1)
-                    ],
-                    "pmi": [2.0 - j for _ in range(n_concepts) for j in (0, 1)],
-                }
-            ),
-        )
     refresh_views(cfg.layout.duckdb, root)
     return cfg

@@ -1,4 +1,4 @@
-"""The HTML report as a library: figures, token heat maps, defensive table reading, the page."""
+"""The HTML report as a library: figures, token heat maps, tables read by schema, the page."""
 
 from __future__ import annotations
 
@@ -14,12 +14,13 @@ import pytest
 from PIL import Image
 
 from blindspot_assets.report import ReportOptions, build_report, svg
-from blindspot_assets.report.data import Labels, parse_concepts, pick
+from blindspot_assets.report.data import Labels, load_table
 from blindspot_assets.report.images import concept_maps, overlay_heat, safe_name
 from blindspot_assets.report.preview import thumbnail_grid_md
 from blindspot_assets.store.layout import TokenLayout, code_arrays
 from blindspot_assets.store.rowstore import RowStore
-from blindspot_assets.store.tables import read_table, write_table_partition
+from blindspot_assets.store.schema import TABLE_SCHEMAS
+from blindspot_assets.store.tables import list_tables, read_table, write_table_partition
 from tests.report.synthetic_run import EXAGGERATED, SUPPRESSED, build_run
 
 
@@ -145,18 +146,42 @@ def test_overlay_and_names():
     assert "/" not in safe_name("a/b c") and safe_name("a/b c") != safe_name("a_b_c")
 
 
-# -- defensive reading -------------------------------------------------------------------------
-def test_labels_and_concept_lists_by_meaning():
-    df = pl.DataFrame({"concept_id": [1, 1, 2], "phrase": ["red", "two red", "sky"],
-                       "pmi": [0.5, 0.9, 0.1]})  # fmt: skip
+# -- tables read by schema --------------------------------------------------------------------
+def test_labels_are_the_best_ranked_terms():
+    terms = ["red", "two red", "red", "sky"]
+    df = pl.DataFrame({"concept": [1, 1, 1, 2], "rank": [2, 1, 3, 1], "term": terms,
+                       "score": [0.5, 0.9, 0.4, None]})  # fmt: skip
     labels = Labels.from_table(df)
     assert labels.name(1) == "two red · red" and labels.short(2) == "sky" and labels.name(9) == ""
-    assert Labels.from_table(pl.DataFrame({"x": [1]})).terms == {}
-    assert parse_concepts([3, 4]) == [3, 4] and parse_concepts("[5, 6]") == [5, 6]
-    assert parse_concepts("7,8") == [7, 8] and parse_concepts(None) == []
-    assert pick(pl.DataFrame({"nn_distance": [1.0]}), "distance", contains=("dist",)) == (
-        "nn_distance"
-    )
+    assert labels.terms[1] == [("two red", 0.9), ("red", 0.5)]
+    assert labels.terms[2] == [("sky", None)]
+
+
+def test_a_table_is_read_in_its_schema_columns(tmp_path):
+    """A column the schema does not name is not seen; one it names that the partition lacks
+    (written before the column existed) reads as null."""
+    df = pl.DataFrame({"concept": [0, 1], "x": [0.5, 1.5], "y": [2.0, 3.0], "z_extra": [1, 2]})
+    write_table_partition(tmp_path, "concept_map", "all", df)
+    got = load_table(tmp_path, "concept_map")
+    assert got is not None and got.columns == list(TABLE_SCHEMAS["concept_map"])
+    assert got["x"].to_list() == [0.5, 1.5] and got["method"].to_list() == [None, None]
+    assert load_table(tmp_path, "concept_names") is None  # not materialised
+
+
+@pytest.mark.parametrize(
+    ("table", "column"),
+    [("datapoint_deltas", "l2"), ("memorization_candidates", "nearest_real_id"),
+     ("model_summaries", "delta_skewness"), ("blindspots", "change_lcb")],
+)  # fmt: skip
+def test_a_column_the_schema_does_not_define_cannot_be_read(
+    library_run, tmp_path, monkeypatch, table, column
+):
+    """The report reads named columns of the schemas: with one taken out of its table's
+    schema, building the report fails on that name instead of guessing another."""
+    schema = tuple(c for c in TABLE_SCHEMAS[table] if c != column)
+    monkeypatch.setitem(TABLE_SCHEMAS, table, schema)
+    with pytest.raises((pl.exceptions.ColumnNotFoundError, KeyError), match=column):
+        build_report(library_run, tmp_path / "report")
 
 
 # -- the page ----------------------------------------------------------------------------------
@@ -171,8 +196,21 @@ def _check_page(summary, out_dir: Path) -> _Page:
     return page
 
 
-def test_report_from_library_tables(tmp_path):
-    cfg = build_run(tmp_path, tables="library")
+@pytest.fixture(scope="module")
+def library_run(tmp_path_factory):
+    """One run with every table the statistics library writes, shared by this module."""
+    return build_run(tmp_path_factory.mktemp("library"), tables="library")
+
+
+def test_the_schemas_name_every_column_the_library_writes(library_run):
+    root = library_run.layout.tables
+    for table in list_tables(root):
+        written = read_table(root, table).columns
+        assert set(written) <= set(TABLE_SCHEMAS[table]), table
+
+
+def test_report_from_library_tables(library_run, tmp_path):
+    cfg = library_run
     out = tmp_path / "report"
     summary = build_report(cfg, out)
     page = _check_page(summary, out)
@@ -201,16 +239,6 @@ def test_report_from_library_tables(tmp_path):
     (out / "img" / "stale.jpg").write_bytes(b"x")
     build_report(cfg, out)
     assert not (out / "img" / "stale.jpg").exists()
-
-
-def test_report_reads_optional_tables_by_column_meaning(tmp_path):
-    cfg = build_run(tmp_path, tables="handmade")
-    summary = build_report(cfg, tmp_path / "report")
-    page = _check_page(summary, tmp_path / "report")
-    text = " ".join(page.text)
-    assert "‖Δξ‖" in text and "missing:" in text  # xi_distance / "missing" as a string
-    assert "2 generated image(s)" in text  # generated_image_id / nn_distance
-    assert "computed by the report" in text  # no correlation table: computed from concept_stats
 
 
 def test_report_with_required_tables_only_and_with_none(tmp_path):
@@ -245,14 +273,16 @@ def test_report_with_hundreds_of_concept_cards_renders_fast(tmp_path):
     _check_page(summary, tmp_path / "report")
 
 
-def test_a_build_that_fails_midway_leaves_the_previous_report_whole(tmp_path, monkeypatch):
+def test_a_build_that_fails_midway_leaves_the_previous_report_whole(
+    library_run, tmp_path, monkeypatch
+):
     """A full disk while the images of a new report are written: the old page and every image
     it shows are still there, byte for byte; the next build that succeeds replaces them."""
     import errno
 
     from blindspot_assets.report.images import ImageWriter
 
-    cfg = build_run(tmp_path)
+    cfg = library_run
     out = tmp_path / "report"
     build_report(cfg, out)
     page = (out / "index.html").read_bytes()
