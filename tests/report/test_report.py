@@ -336,3 +336,23 @@ def test_overview_shows_the_distribution_metrics_beside_the_counts(tmp_path):
     for cell in ("12.5 [11, 14]", "0.42 [0.375, 0.47]", "0.64 [0.58, 0.7]", "400 / 398"):
         assert f"<td>{cell}</td>" in overview, cell
     assert "CLS tokens of the run's encoder" in overview
+
+
+def test_the_page_files_are_package_data():
+    """The template, styles and scripts are files of the report package, read through
+    importlib.resources; every one of them is declared package data, so a wheel carries it."""
+    import tomllib
+    from fnmatch import fnmatch
+
+    from blindspot_assets.report import page
+
+    root = Path(page.__file__).parent
+    files = [p for p in root.rglob("*") if p.is_file() and p.suffix not in (".py", ".pyc")]
+    assert {p.relative_to(root).as_posix() for p in files} >= {
+        "templates/page.html.j2", "static/report.css", "static/report.js", "static/concept_map.js"
+    }  # fmt: skip
+    pyproject = tomllib.loads((root.parents[1] / "pyproject.toml").read_text())
+    globs = pyproject["tool"]["setuptools"]["package-data"]["blindspot_assets.report"]
+    for p in files:
+        assert any(fnmatch(p.relative_to(root).as_posix(), g) for g in globs), p
+        assert page.resource(p.relative_to(root).as_posix()) == p.read_text(encoding="utf-8")
