@@ -10,6 +10,12 @@ pass alone) on this very world: the perfect PNG model was flagged on 40 signific
 here), nothing said which flags were the model's own, and ``control-copy`` stayed clean under
 every policy, ``as_stored`` included: no control could fail (the probe's history arm flags 35
 concepts under ``history: none``, 0 under the default).
+
+The encoder's patches are 8 px, one JPEG block each (the 256-px images are cropped to 224 at an
+offset of 16 px, so patch and block grids coincide): the hardest case for the codec asymmetry.
+With DINOv2's own 14-px patches, or 16-px ones, the perfect model is flagged on 0 concepts even
+under ``history: none`` (measured on this world, 2026-12-08), so this world could not tell the
+policies apart there; it stays at 8 px.
 """
 
 from __future__ import annotations
