@@ -18,6 +18,7 @@ from blindspot_assets.defs.versions import (
     closure,
     config_view,
     current_versions,
+    folded,
     imports_of,
     loaded_config,
     read_source,
@@ -105,13 +106,35 @@ def _changed(before: dict[str, str], after: dict[str, str]) -> set[str]:
     return {a for a in before if before[a] != after[a]}
 
 
+def _parents() -> dict[str, set[str]]:
+    graph = defs.resolve_asset_graph()
+    return {
+        k.to_user_string(): {p.to_user_string() for p in graph.get(k).parent_keys}
+        for k in graph.get_all_asset_keys()
+    }
+
+
+def _with_downstream(assets: set[str]) -> set[str]:
+    parents = _parents()
+    out = set(assets)
+    while grown := {a for a, ps in parents.items() if ps & out and a not in out}:
+        out |= grown
+    return out
+
+
+def _folded_change(source_of=None, cfg=None) -> set[str]:  # type: ignore[no-untyped-def]
+    """The assets whose code version in the graph (folded with upstream) an edit changes."""
+    before = folded(current_versions(), _parents())
+    return _changed(before, folded(current_versions(source_of, cfg), _parents()))
+
+
 def test_every_asset_has_a_derived_code_version():
     graph = defs.resolve_asset_graph()
     materialisable = {
         k.to_user_string() for k in graph.get_all_asset_keys() if graph.get(k).is_materializable
     }
     assert materialisable == ASSETS == set(COVERAGE)
-    versions = current_versions()
+    versions = folded(current_versions(), _parents())
     for name in materialisable:
         node = graph.get(dg_key(name))
         assert re.fullmatch(r"[0-9a-f]{12}", node.code_version or ""), name
@@ -149,6 +172,10 @@ def test_a_config_edit_changes_the_assets_that_read_the_block_and_no_other():
         _changed(before, current_versions(cfg=replace(cfg, data_root=Path("/elsewhere")))) == ASSETS
     )
     assert current_versions(cfg=replace(cfg, source_path=Path("/moved.yaml"))) == before
+    # in the graph, each version is folded with its ancestors': the downstream goes stale too
+    stats = replace(cfg, stats=replace(cfg.stats, params=params))
+    assert _folded_change(cfg=stats) == STATS_READERS | {"concept_names"}
+    assert _folded_change(cfg=encoder) == ASSETS - {"real_images", "generated_images"}
 
 
 def _edited(module: str, edit: str):  # type: ignore[no-untyped-def]
@@ -175,7 +202,10 @@ def _edited(module: str, edit: str):  # type: ignore[no-untyped-def]
 )
 def test_a_code_edit_changes_the_assets_that_run_it_and_a_docstring_edit_nothing(module, runners):
     before = current_versions()
-    assert _changed(before, current_versions(_edited(module, "code"))) == runners
+    after = current_versions(_edited(module, "code"))
+    assert _changed(before, after) == runners
+    parents = _parents()
+    assert _changed(folded(before, parents), folded(after, parents)) == _with_downstream(runners)
     assert current_versions(_edited(module, "docs")) == before
 
 

@@ -31,6 +31,10 @@ The code version is per asset, not per partition: an edit of one model's entry o
 marks every partition of the assets that read ``models`` stale (observing
 ``model_checkpoints`` re-reads the checkpoints, per partition).
 
+In the graph each version is then folded with its ancestors' (``folded``, applied in
+``definitions.py``): Dagster marks a child stale for a parent's new data version, not for its
+new code version, so without it only the assets reading an edited block would show stale.
+
 ``COVERAGE`` records each asset's roots, closure and blocks; the asset-graph snapshot records
 roots and blocks (not the hashes, nor the closure, which moves with any import).
 """
@@ -388,3 +392,23 @@ def library_modules() -> list[str]:
         if parts:
             out.append(".".join(parts))
     return sorted(out)
+
+
+def folded(own: dict[str, str], parents: dict[str, set[str]]) -> dict[str, str]:
+    """Each asset's own version hashed with its parents' folded versions, so a change anywhere
+    upstream gives every asset downstream a new code version too. Dagster's staleness does not
+    pass a parent's new code version on to its children (only a new data version, once the
+    parent is materialised again); folding shows the whole downstream stale after a reload.
+    Parents without a version of their own (the observable ``model_checkpoints``) are left out:
+    their data versions reach the children through Dagster."""
+    out: dict[str, str] = {}
+
+    def fold(asset: str) -> str:
+        if asset not in out:
+            ups = sorted(fold(p) for p in parents.get(asset, set()) if p in own)
+            out[asset] = hashlib.sha256(" ".join([own[asset], *ups]).encode()).hexdigest()[:12]
+        return out[asset]
+
+    for asset in own:
+        fold(asset)
+    return out
