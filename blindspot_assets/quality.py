@@ -260,22 +260,6 @@ def _probe_flags(cfg: RunConfig) -> dict[str, int] | None:
     return {"paper_verdict": delta_flags, "significant": int(arm["significant"].sum())}
 
 
-def manifest_counts(manifest: pl.DataFrame) -> dict[str, Any]:
-    """An image set's counts: images, usable, failed, usable with an empty caption, and the
-    failures per reason."""
-    failures = manifest.filter(pl.col("status") != "ok")
-    empty = manifest.filter(
-        (pl.col("status") == "ok") & (pl.col("caption").str.strip_chars() == "")
-    )
-    return {
-        "n_images": manifest.height,
-        "n_ok": manifest.height - failures.height,
-        "n_failed": failures.height,
-        "n_empty_captions": empty.height,
-        "failures_by_reason": dict(failures.group_by("status").len().iter_rows()),
-    }
-
-
 def real_images_outcome(set_dir: Path) -> CheckOutcome:
     """Every manifest row an image on disk or a recorded failure; ids unique."""
     manifest = read_manifest(set_dir)

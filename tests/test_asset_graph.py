@@ -1,16 +1,36 @@
-"""The lineage graph never changes by accident: keys, groups, deps, partitions, the modules each
-code version covers and kinds are snapshotted. After a deliberate change: UPDATE_SNAPSHOTS=1
-pytest this file. Code versions follow the rule of ``defs/versions.py``, proven here."""
+"""The lineage graph never changes by accident: keys, groups, deps, partitions, the library
+modules each asset's body calls, the config blocks it reads and kinds are snapshotted. After a
+deliberate change: UPDATE_SNAPSHOTS=1 pytest this file. Code versions follow the rule of
+``defs/versions.py``; the expected sets below are written by hand, not taken from it."""
 
 import json
 import os
 import re
+from dataclasses import replace
 from pathlib import Path
 
+import pytest
+
 from blindspot_assets.definitions import defs
-from blindspot_assets.defs.versions import COVERED, module_files, read_source, version_of
+from blindspot_assets.defs.versions import (
+    COVERAGE,
+    UndeclaredConfig,
+    closure,
+    config_view,
+    current_versions,
+    folded,
+    imports_of,
+    loaded_config,
+    read_source,
+)
+from blindspot_assets.generators.registry import FAMILY_MODULES
+from blindspot_assets.sources.registry import SOURCE_MODULES
 
 SNAPSHOT = Path(__file__).parent / "snapshots" / "asset_graph.json"
+
+
+def _coverage(asset: str, what: str) -> tuple[str, ...]:
+    return getattr(COVERAGE[asset], what) if asset in COVERAGE else ()
 
 
 def graph_snapshot() -> dict[str, object]:
@@ -25,7 +45,8 @@ def graph_snapshot() -> dict[str, object]:
             "partitions": (
                 {"type": type(pdef).__name__, "keys": pdef.get_partition_keys()} if pdef else None
             ),
-            "code_version_covers": list(COVERED.get(key.to_user_string(), ())),
+            "code_roots": list(_coverage(key.to_user_string(), "roots")),
+            "config_reads": list(_coverage(key.to_user_string(), "reads")),
             "kinds": sorted(node.kinds),
             "checks": sorted(c.name for c in node.check_keys),
             "pools": sorted(node.pools or ()),
@@ -66,64 +87,150 @@ def test_library_never_imports_dagster():
     assert offenders == []
 
 
-def _versions(source_of=read_source) -> dict[str, str]:
-    return {asset: version_of(modules, source_of) for asset, modules in COVERED.items()}
+STATS_READERS = {
+    "concept_stats", "nuisance_probe", "blindspots", "concept_top_images", "datapoint_deltas",
+    "memorization_candidates", "concept_labels", "concept_cooccurrence", "concept_map",
+    "model_comparison", "blindspot_changes", "blindspot_verification", "report",
+}  # fmt: skip
+# the assets whose bodies reach stats/scores.py (δ): through stats.concepts or stats.run_tables,
+# which every table asset calls to write its table
+SCORES_RUNNERS = STATS_READERS
+ASSETS = {
+    "real_images", "generated_images", "real_features", "gen_features", "sae",
+    "real_concept_codes", "concept_codes", "concept_names", *STATS_READERS,
+}  # fmt: skip
 
 
-def test_code_versions_follow_the_rule():
-    """Every materialisable asset declares what it runs; its code version is that code's hash."""
+def _changed(before: dict[str, str], after: dict[str, str]) -> set[str]:
+    assert before.keys() == after.keys()
+    return {a for a in before if before[a] != after[a]}
+
+
+def _parents() -> dict[str, set[str]]:
     graph = defs.resolve_asset_graph()
-    for key in graph.get_all_asset_keys():
-        node = graph.get(key)
-        if not node.is_materializable:
-            continue
-        name = key.to_user_string()
-        assert name in COVERED, f"{name}: declare its modules with defs.versions.code_version"
-        assert node.code_version == version_of(COVERED[name]), name
-        assert re.fullmatch(r"[0-9a-f]{12}", node.code_version), name
-    # a hash of the code: the same modules give the same version, other modules another one
-    files = {a: frozenset(m for n in mods for m in module_files(n)) for a, mods in COVERED.items()}
-    versions = _versions()
-    for a in COVERED:
-        for b in COVERED:
-            assert (versions[a] == versions[b]) == (files[a] == files[b]), (a, b)
+    return {
+        k.to_user_string(): {p.to_user_string() for p in graph.get(k).parent_keys}
+        for k in graph.get_all_asset_keys()
+    }
 
 
-def _edited(module: str):  # type: ignore[no-untyped-def]
+def _with_downstream(assets: set[str]) -> set[str]:
+    parents = _parents()
+    out = set(assets)
+    while grown := {a for a, ps in parents.items() if ps & out and a not in out}:
+        out |= grown
+    return out
+
+
+def _folded_change(source_of=None, cfg=None) -> set[str]:  # type: ignore[no-untyped-def]
+    """The assets whose code version in the graph (folded with upstream) an edit changes."""
+    before = folded(current_versions(), _parents())
+    return _changed(before, folded(current_versions(source_of, cfg), _parents()))
+
+
+def test_every_asset_has_a_derived_code_version():
+    graph = defs.resolve_asset_graph()
+    materialisable = {
+        k.to_user_string() for k in graph.get_all_asset_keys() if graph.get(k).is_materializable
+    }
+    assert materialisable == ASSETS == set(COVERAGE)
+    versions = folded(current_versions(), _parents())
+    for name in materialisable:
+        node = graph.get(dg_key(name))
+        assert re.fullmatch(r"[0-9a-f]{12}", node.code_version or ""), name
+        assert node.code_version == versions[name], name
+
+
+def dg_key(name: str):  # type: ignore[no-untyped-def]
+    import dagster as dg
+
+    return dg.AssetKey(name)
+
+
+def test_a_config_edit_changes_the_assets_that_read_the_block_and_no_other():
+    cfg = loaded_config()
+    before = current_versions(cfg=cfg)
+    params = replace(cfg.stats.params, temperature=0.3)
+    assert (
+        _changed(
+            before, current_versions(cfg=replace(cfg, stats=replace(cfg.stats, params=params)))
+        )
+        == STATS_READERS
+    )
+    encoder = replace(cfg, encoder=replace(cfg.encoder, image_size=112))
+    assert _changed(before, current_versions(cfg=encoder)) == {
+        "real_features", "gen_features", "nuisance_probe", "blindspot_verification",
+    }  # fmt: skip
+    first = next(iter(cfg.models))
+    models = {**cfg.models, first: replace(cfg.models[first], images_per_caption=3)}
+    assert _changed(before, current_versions(cfg=replace(cfg, models=models))) == {
+        "generated_images", "gen_features", "blindspots", "concept_top_images",
+        "model_comparison", "blindspot_changes", "blindspot_verification", "concept_names",
+        "report",
+    }  # fmt: skip
+    assert (
+        _changed(before, current_versions(cfg=replace(cfg, data_root=Path("/elsewhere")))) == ASSETS
+    )
+    assert current_versions(cfg=replace(cfg, source_path=Path("/moved.yaml"))) == before
+    # in the graph, each version is folded with its ancestors': the downstream goes stale too
+    stats = replace(cfg, stats=replace(cfg.stats, params=params))
+    assert _folded_change(cfg=stats) == STATS_READERS | {"concept_names"}
+    assert _folded_change(cfg=encoder) == ASSETS - {"real_images", "generated_images"}
+
+
+def _edited(module: str, edit: str):  # type: ignore[no-untyped-def]
     def source_of(name: str) -> str:
-        return read_source(name) + ("\nEDITED = 1\n" if name == module else "")
+        source = read_source(name)
+        if name != module:
+            return source
+        if edit == "docs":  # comments, docstrings and formatting are not code
+            return source.replace('"""', '"""Reworded. ', 1) + "\n# a comment\n\n"
+        return source + "\nEDITED = 1\n"
 
     return source_of
 
 
-def test_every_declared_module_counts_in_the_version():
-    """An edit to the code of any module an asset declares — not only its first — changes its
-    code version: each module of two declared, and the last module of every asset."""
-    pair = ("stats.concepts", "stats.cooccurrence")
-    for module in pair:
-        assert version_of(pair, _edited(module)) != version_of(pair), module
-    for asset, mods in COVERED.items():
-        last = module_files(mods[-1])[-1]
-        assert version_of(mods, _edited(last)) != version_of(mods), (asset, last)
+@pytest.mark.parametrize(
+    ("module", "runners"),
+    [
+        ("stats.scores", SCORES_RUNNERS),
+        ("stats.cooccurrence", {"concept_cooccurrence"}),
+        ("report.html", {"report"}),
+        ("labels.vlm", {"concept_names"}),
+        ("sources.demo", {"real_images"}),
+    ],
+)
+def test_a_code_edit_changes_the_assets_that_run_it_and_a_docstring_edit_nothing(module, runners):
+    before = current_versions()
+    after = current_versions(_edited(module, "code"))
+    assert _changed(before, after) == runners
+    parents = _parents()
+    assert _changed(folded(before, parents), folded(after, parents)) == _with_downstream(runners)
+    assert current_versions(_edited(module, "docs")) == before
 
 
-def test_a_changed_module_changes_only_the_assets_that_run_it():
-    before = _versions()
-    edited = "stats.cooccurrence"
+def test_the_closure_follows_function_local_imports_and_modules_named_by_string():
+    prefix = "blindspot_assets."
+    families = {m.removeprefix(prefix) for m in FAMILY_MODULES.values()}
+    sources = {m.removeprefix(prefix) for m in SOURCE_MODULES.values()}
+    assert families <= imports_of("generators.registry")  # imported by name (importlib)
+    assert sources <= imports_of("sources.registry")
+    # config.py imports sae.config in a function body (and, for types only, stats.params)
+    assert "sae.config" in imports_of("config")
+    assert closure(["stats.cooccurrence"]) == tuple(
+        sorted({"stats.cooccurrence", *closure(imports_of("stats.cooccurrence"))})
+    )
 
-    def with_edit(module: str) -> str:
-        source = read_source(module)
-        return source + "\nBLOCK_FACTOR = 2\n" if module == edited else source
 
-    after = _versions(with_edit)
-    changed = {a for a in before if before[a] != after[a]}
-    assert changed == {a for a, mods in COVERED.items() if edited in mods or "stats" in mods}
-    assert changed == {"concept_cooccurrence"}
-
-    def with_docs(module: str) -> str:  # comments, docstrings and formatting are not code
-        source = read_source(module)
-        if module != edited:
-            return source
-        return source.replace('"""', '"""Reworded. ', 1) + "\n# a comment\n"
-
-    assert _versions(with_docs) == before
+def test_an_asset_body_sees_only_the_config_blocks_it_declares():
+    cfg = loaded_config()
+    view = config_view(cfg, "concept_stats")
+    assert view.stats == cfg.stats and view.layout.codes("real") == cfg.layout.codes("real")
+    for read in (
+        lambda: view.models["demo-a"],
+        lambda: view.model("demo-a"),
+        lambda: view.encoder.batch_size,
+        lambda: int(view.seed),
+    ):
+        with pytest.raises(UndeclaredConfig, match="concept_stats reads the run config"):
+            read()

@@ -13,13 +13,12 @@ import polars as pl
 
 from blindspot_assets.config import RunConfig
 from blindspot_assets.defs.concepts import concept_codes, real_concept_codes, sae
-from blindspot_assets.defs.declare import stage_asset, table_asset
-from blindspot_assets.defs.features import ENCODER, gen_features, real_features, run_encoder
+from blindspot_assets.defs.declare import config_of, stage_asset, table_asset
+from blindspot_assets.defs.features import gen_features, real_features, run_encoder
 from blindspot_assets.defs.inputs import real_images
 from blindspot_assets.defs.metadata import lineage_md, progress_logger, table_md
 from blindspot_assets.defs.partitions import model_keys
 from blindspot_assets.defs.resources import RunConfigResource
-from blindspot_assets.defs.versions import code_version
 from blindspot_assets.report import build_report
 from blindspot_assets.sae.build import sae_dictionary
 from blindspot_assets.stats import compute_concept_stats
@@ -49,12 +48,6 @@ from blindspot_assets.store.tables import clear_table_partition
 
 MaterializeResult = dg.MaterializeResult[Any]
 
-STATS_MODULES: tuple[str, ...] = ("stats.concepts", "stats.energy", "stats.uncertainty")
-STATS_MODULES += ("stats.significance", "stats.scores", "stats.params", "stats.reading")
-STATS_MODULES += ("stats.sparse_sums",)
-COMPARISON_MODULES: tuple[str, ...] = ("stats.run_tables", "stats.summaries", "stats.planted")
-COMPARISON_MODULES += ("stats.reconstruction", "stats.distribution")
-
 
 def per_model_tables(
     context: dg.AssetExecutionContext,
@@ -70,14 +63,14 @@ def per_model_tables(
 @table_asset(
     per_model=True,
     deps=[real_concept_codes, concept_codes],
-    code_version=code_version("concept_stats", *STATS_MODULES),
+    reads=("stats",),
     description="Per concept and model: energies E_k of real and generated sets, nb_fire, ΔE, "
     "δ = sigmoid(ΔE/T), relative difference, paired uncertainty (table concept_stats).",
 )
 def concept_stats(
     context: dg.AssetExecutionContext, run_config: RunConfigResource
 ) -> MaterializeResult:
-    cfg = run_config.load()
+    cfg = config_of(context, run_config)
     params = cfg.stats.params
     written = per_model_tables(
         context,
@@ -101,9 +94,7 @@ def concept_stats(
 
 @table_asset(
     deps=[real_images, real_features, sae, real_concept_codes],
-    code_version=code_version(
-        "nuisance_probe", "stats.nuisance", "stats.run_tables", *STATS_MODULES, *ENCODER
-    ),
+    reads=("stats", "encoder", "images", "sae"),
     description="The nuisance probe, a null control that sees processing asymmetry: real "
     "images against themselves with a simulated history (fresh content vs. its real file's "
     "JPEG encode) and a mild blur, through the run's own pipeline (table nuisance_effects). "
@@ -112,7 +103,7 @@ def concept_stats(
 def nuisance_probe(
     context: dg.AssetExecutionContext, run_config: RunConfigResource
 ) -> MaterializeResult:
-    cfg = run_config.load()
+    cfg = config_of(context, run_config)
     if cfg.stats.probe_images == 0:
         clear_table_partition(cfg.layout.tables, "nuisance_effects", "all")
         return dg.MaterializeResult(metadata={"skipped": "stats.probe_images is 0"})
@@ -138,16 +129,7 @@ def nuisance_probe(
         dg.AssetDep(concept_codes, partition_mapping=dg.AllPartitionMapping()),
         nuisance_probe,  # within_nuisance
     ],
-    code_version=code_version(
-        "blindspots",
-        "stats.concepts",
-        "stats.replication",
-        "stats.params",
-        "stats.run_tables",
-        "stats.specific",
-        "stats.significance",
-        "stats.reading",
-    ),
+    reads=("stats", "models"),
     description="Concepts a model suppresses or exaggerates: the paper's δ-threshold verdict "
     "and the significance verdict side by side, ranked by how much of the concept is lost or "
     "added, and whether the change is specific to this model against the other models' "
@@ -156,7 +138,7 @@ def nuisance_probe(
 def blindspots(
     context: dg.AssetExecutionContext, run_config: RunConfigResource
 ) -> MaterializeResult:
-    cfg = run_config.load()
+    cfg = config_of(context, run_config)
     params = cfg.stats.params
     written = per_model_tables(
         context,
@@ -178,14 +160,14 @@ def blindspots(
 
 @table_asset(
     deps=[real_concept_codes, concept_codes],
-    code_version=code_version("concept_top_images", "stats.top_images"),
+    reads=("stats", "models"),
     description="For every concept, its top-activating images in the real set and in each "
     "model's generated set, ranked by `stats.top_images_by` (table concept_top_images).",
 )
 def concept_top_images(
     context: dg.AssetExecutionContext, run_config: RunConfigResource
 ) -> MaterializeResult:
-    cfg = run_config.load()
+    cfg = config_of(context, run_config)
     tables, skipped = top_images_by_dataset(cfg)
     for dataset in skipped:
         context.log.warning(f"no concept codes for {dataset} yet; skipped")
@@ -198,14 +180,14 @@ def concept_top_images(
 @table_asset(
     per_model=True,
     deps=[real_concept_codes, concept_codes],
-    code_version=code_version("datapoint_deltas", "stats.datapoints", "stats.reading"),
+    reads=("stats",),
     description="Per real/generated pair: ‖ξ(x')−ξ(x)‖ and the concepts most missing and most "
     "added (table datapoint_deltas).",
 )
 def datapoint_deltas(
     context: dg.AssetExecutionContext, run_config: RunConfigResource
 ) -> MaterializeResult:
-    cfg = run_config.load()
+    cfg = config_of(context, run_config)
     written = per_model_tables(
         context,
         cfg,
@@ -225,7 +207,7 @@ def datapoint_deltas(
     per_model=True,
     deps=[real_features, gen_features, real_concept_codes, concept_codes],
     kinds={"duckdb", "pytorch"},
-    code_version=code_version("memorization_candidates", "stats.memorization"),
+    reads=("stats",),
     description="Generated images that are near copies of a real image: DINOv2 patch maps and "
     "image thumbnails (at several zooms) closer than real images come to each other, with the "
     "expected false-candidate count under exchangeability and the concept-space distance "
@@ -234,7 +216,7 @@ def datapoint_deltas(
 def memorization_candidates(
     context: dg.AssetExecutionContext, run_config: RunConfigResource
 ) -> MaterializeResult:
-    cfg = run_config.load()
+    cfg = config_of(context, run_config)
     codes = store_exists(cfg.layout.codes(REAL))
     written = per_model_tables(
         context,
@@ -268,14 +250,14 @@ def memorization_candidates(
 
 @table_asset(
     deps=[real_concept_codes, real_images],
-    code_version=code_version("concept_labels", "stats.labels"),
+    reads=("stats",),
     description="Automatic concept names: the caption terms most associated with each "
     "concept's activation over the real images (table concept_labels).",
 )
 def concept_labels(
     context: dg.AssetExecutionContext, run_config: RunConfigResource
 ) -> MaterializeResult:
-    cfg = run_config.load()
+    cfg = config_of(context, run_config)
     labels = label_concepts(
         cfg.layout.codes(REAL), read_manifest(cfg.layout.real_images), cfg.stats.label_terms
     )
@@ -286,7 +268,7 @@ def concept_labels(
 
 @table_asset(
     deps=[real_concept_codes],
-    code_version=code_version("concept_cooccurrence", "stats.cooccurrence"),
+    reads=("stats",),
     description="Concept co-occurrence over the real set: ZᵀZ of the token codes (or of the "
     "per-image energies ξ), streamed a block of concepts at a time; each concept's top "
     "partners by cosine (table concept_cooccurrence).",
@@ -294,7 +276,7 @@ def concept_labels(
 def concept_cooccurrence(
     context: dg.AssetExecutionContext, run_config: RunConfigResource
 ) -> MaterializeResult:
-    cfg = run_config.load()
+    cfg = config_of(context, run_config)
     spec = cfg.stats
     t0 = time.perf_counter()
     result = compute_cooccurrence(
@@ -321,14 +303,14 @@ def concept_cooccurrence(
 
 @table_asset(
     deps=[sae],
-    code_version=code_version("concept_map", "stats.concept_map"),
+    reads=("stats",),
     description="A 2-D map of the concepts: t-SNE (openTSNE) of the SAE dictionary rows under "
     "cosine distance, for the report's concept map (table concept_map).",
 )
 def concept_map(
     context: dg.AssetExecutionContext, run_config: RunConfigResource
 ) -> MaterializeResult:
-    cfg = run_config.load()
+    cfg = config_of(context, run_config)
     t0 = time.perf_counter()
     table = concept_map_table(sae_dictionary(cfg.layout.sae), seed=cfg.stats.params.seed, n_jobs=-1)
     table = with_sae_version(cfg, table)
@@ -351,7 +333,7 @@ def concept_map(
         real_features,
         gen_features,
     ],  # fmt: skip
-    code_version=code_version("model_comparison", *COMPARISON_MODULES),
+    reads=("stats", "models"),
     description="Across models: δ skewness, distribution metrics on the encoder's CLS token "
     "(FD, precision, recall, density, coverage with bootstrap intervals), frequency vs relative "
     "difference, Pearson correlation of relative differences, model-vs-variant comparisons, and "
@@ -360,7 +342,7 @@ def concept_map(
 def model_comparison(
     context: dg.AssetExecutionContext, run_config: RunConfigResource
 ) -> MaterializeResult:
-    cfg = run_config.load()
+    cfg = config_of(context, run_config)
     result = model_comparison_tables(cfg, cfg.stats.params)
     if result.vocabulary_gaps:
         context.log.warning(
@@ -398,12 +380,12 @@ def model_comparison(
         dg.AssetKey("blindspot_verification"),  # defs/verification.py (imports this module)
     ],
     kinds={"html"},
-    code_version=code_version("report", "report"),
+    reads=("name", "models", "stats", "labels", "real", "seed"),
     description="A self-contained HTML report: per model the top suppressed and exaggerated "
     "concepts with their top real images beside the generated ones, and the lineage.",
 )
 def report(context: dg.AssetExecutionContext, run_config: RunConfigResource) -> MaterializeResult:
-    cfg = run_config.load()
+    cfg = config_of(context, run_config)
     summary = build_report(
         cfg, cfg.layout.report, progress=progress_logger(context, "report heat maps")
     )

@@ -11,7 +11,7 @@ import polars as pl
 
 from blindspot_assets.defs.analysis import concept_stats
 from blindspot_assets.defs.concepts import concept_codes, real_concept_codes
-from blindspot_assets.defs.declare import table_asset
+from blindspot_assets.defs.declare import config_of, table_asset
 from blindspot_assets.defs.features import gen_features, real_features
 from blindspot_assets.defs.metadata import table_md
 from blindspot_assets.defs.partitions import (
@@ -20,7 +20,6 @@ from blindspot_assets.defs.partitions import (
     model_keys,
 )
 from blindspot_assets.defs.resources import RunConfigResource
-from blindspot_assets.defs.versions import code_version
 from blindspot_assets.stats.changes import change_preview, regressions, status_counts
 from blindspot_assets.stats.run_tables import comparison_changes, comparisons, write_run_table
 
@@ -46,14 +45,7 @@ def distribution_md(df: pl.DataFrame) -> dict[str, float | None]:
         real_features,
         dg.AssetDep(gen_features, partition_mapping=changes_mapping),  # distribution metrics
     ],
-    code_version=code_version(
-        "blindspot_changes",
-        "stats.changes",
-        "stats.run_tables",
-        "store.versions",
-        "stats.distribution",
-        "stats.reading",
-    ),
+    reads=("stats", "models"),
     description="Per comparison [base, candidate] of stats.compare (run in the candidate's "
     "partition): each concept's status new / resolved / persisting / worsened / improved / "
     "unchanged and the paired change of ΔE with its interval, and both sides' distribution "
@@ -62,7 +54,7 @@ def distribution_md(df: pl.DataFrame) -> dict[str, float | None]:
 def blindspot_changes(
     context: dg.AssetExecutionContext, run_config: RunConfigResource
 ) -> dg.MaterializeResult[Any]:
-    cfg = run_config.load()
+    cfg = config_of(context, run_config)
     params = cfg.stats.params
     counts: dict[str, Any] = {}
     skipped: dict[str, str] = {}

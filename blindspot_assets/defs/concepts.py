@@ -5,28 +5,20 @@ from typing import Any
 import dagster as dg
 
 from blindspot_assets.config import RunConfig
-from blindspot_assets.defs.declare import stage_asset
+from blindspot_assets.defs.declare import config_of, stage_asset
 from blindspot_assets.defs.features import gen_features, real_features
 from blindspot_assets.defs.metadata import lineage_md, metadata_values, progress_logger
 from blindspot_assets.defs.resources import RunConfigResource
 from blindspot_assets.defs.sharding import Stage, sharded_asset
-from blindspot_assets.defs.versions import code_version
+from blindspot_assets.defs.versions import loaded_config
 from blindspot_assets.devices import choose_device
 from blindspot_assets.sae import encode_features_to_codes, load_sae, open_codes_store
 from blindspot_assets.sae.build import build_sae
 from blindspot_assets.shards import CodeShards, Shard, finish_sharded_store
 from blindspot_assets.store.rowstore import RowStore
 
-SAE_MODULES: tuple[str, ...] = (
-    "sae.build",
-    "sae.train",
-    "sae.model",
-    "sae.scratch",
-    "sae.config",
-    "sae.data",
-)
-SAE_MODULES += ("sae.released",)
-CODES_MODULES = ("sae.encode", "sae.fast_encode", "sae.scratch", "sae.model", "sae.checkpoint")
+# the SAE reads the models' entries only when it trains on their features too
+TRAINS_ON_GENERATED = loaded_config().sae.train_on == "real+generated"
 
 
 @stage_asset(
@@ -34,14 +26,14 @@ CODES_MODULES = ("sae.encode", "sae.fast_encode", "sae.scratch", "sae.model", "s
     runs_on="gpu",
     deps=[real_features, gen_features],
     kinds={"pytorch", "safetensors"},
-    code_version=code_version("sae", *SAE_MODULES, "sae.checkpoint"),
+    reads=("sae", "name", *(("models",) if TRAINS_ON_GENERATED else ())),
     description="Relaxed archetypal SAE (TopK/BatchTopK) trained on the real features (or real "
     "+ generated, as configured); safetensors weights with a JSON header.",
 )
 def sae(
     context: dg.AssetExecutionContext, run_config: RunConfigResource
 ) -> dg.MaterializeResult[Any]:
-    built = build_sae(run_config.load(), log=context.log.info)
+    built = build_sae(config_of(context, run_config), log=context.log.info)
     if built.pretrained is not None:
         meta: dict[str, Any] = {"pretrained": built.pretrained, "header": lineage_md(built.header)}
     else:
@@ -105,13 +97,13 @@ CODES = Stage(plan=_plan_codes, work=_encode_shard, merge=_merge_codes)
 
 real_concept_codes = sharded_asset(
     "real_concept_codes", [sae, real_features], CODES, group="concepts",
-    kinds={"pytorch", "zarr"}, code_version=code_version("real_concept_codes", *CODES_MODULES),
+    kinds={"pytorch", "zarr"}, reads=("sae",),
     description="Sparse concept codes of the real images: per-image energy ξ (N, c), firing "
     "counts, and the top active concepts of every token. Sharded like the features.",
 )  # fmt: skip
 concept_codes = sharded_asset(
     "concept_codes", [sae, gen_features], CODES, group="concepts", kinds={"pytorch", "zarr"},
-    per_model=True, code_version=code_version("concept_codes", *CODES_MODULES),
+    per_model=True, reads=("sae",),
     description="Sparse concept codes of one model's generated images (same layout as "
     "real_concept_codes).",
 )  # fmt: skip

@@ -11,7 +11,6 @@ from blindspot_assets.defs.generation import generated_images
 from blindspot_assets.defs.inputs import real_images
 from blindspot_assets.defs.metadata import lineage_md, progress_logger
 from blindspot_assets.defs.sharding import Stage, sharded_asset
-from blindspot_assets.defs.versions import code_version
 from blindspot_assets.encoders.dinov2 import (
     DinoEncoder,
     extract_features,
@@ -114,18 +113,16 @@ def feature_metadata(path: str | Path, summary: FeatureShards) -> dict[str, Any]
 
 FEATURES = Stage(plan=_plan, work=_encode_shard, merge=_merge)
 
-ENCODER = ("encoders.dinov2", "encoders.images")
-
 real_features = sharded_asset(
     "real_features", [real_images], FEATURES, group="features", kinds={"pytorch", "zarr"},
-    code_version=code_version("real_features", *ENCODER),
+    reads=("encoder", "images"),
     description="DINOv2-with-registers last_hidden_state of every real image: (N, T, d) "
     "float16 in Zarr, all tokens (CLS, registers, patches); bad images kept as invalid rows. "
     "Fans out over `scale.shards` GPU steps writing one store.",
 )  # fmt: skip
 gen_features = sharded_asset(
     "gen_features", [generated_images], FEATURES, group="features", kinds={"pytorch", "zarr"},
-    per_model=True, code_version=code_version("gen_features", *ENCODER),
+    per_model=True, reads=("encoder", "images", "models"),
     description="DINOv2 token features of one model's generated images, same layout as "
     "real_features; row i pairs with the real image of the same image_id. Sharded like "
     "real_features.",

@@ -12,7 +12,6 @@ from blindspot_assets.defs.metadata import lineage_md, progress_logger, thumbnai
 from blindspot_assets.defs.partitions import model_partitions
 from blindspot_assets.defs.resources import RunConfigResource
 from blindspot_assets.defs.sharding import Stage, sharded_asset
-from blindspot_assets.defs.versions import code_version
 from blindspot_assets.generators.registry import (
     base_seed,
     batch_size,
@@ -104,7 +103,7 @@ def _merge(
 generated_images = sharded_asset(
     "generated_images", [real_images, model_checkpoints], Stage(_plan, _generate_shard, _merge),
     group="generation", kinds={"pytorch", "diffusers"}, per_model=True,
-    code_version=code_version("generated_images", "generators", "store.versions"),
+    reads=("models", "seed"),
     description="For every real caption, `images_per_caption` images (1 by default) from the "
     "partition's model, each with a seed derived from (model, image id, sample); resumes "
     "where an interrupted run stopped. Fans out over `scale.shards` GPU steps (one manifest "

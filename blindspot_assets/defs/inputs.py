@@ -5,11 +5,10 @@ from typing import Any
 
 import dagster as dg
 
-from blindspot_assets.defs.declare import stage_asset
+from blindspot_assets.defs.declare import config_of, stage_asset
 from blindspot_assets.defs.metadata import progress_logger, table_md, thumbnails
 from blindspot_assets.defs.resources import RunConfigResource
-from blindspot_assets.defs.versions import code_version
-from blindspot_assets.quality import manifest_counts
+from blindspot_assets.sources.intake import manifest_counts
 from blindspot_assets.sources.registry import source_module
 
 
@@ -17,14 +16,14 @@ from blindspot_assets.sources.registry import source_module
     group="inputs",
     runs_on="any",
     kinds={"python", "parquet"},
-    code_version=code_version("real_images", "sources", "demo.world"),
+    reads=("real", "seed"),
     description="Real image–caption pairs (demo world, LAION parquet, img2dataset output or a "
     "folder) in one folder with manifest.parquet; failures recorded with their reason.",
 )
 def real_images(
     context: dg.AssetExecutionContext, run_config: RunConfigResource
 ) -> dg.MaterializeResult[Any]:
-    cfg = run_config.load()
+    cfg = config_of(context, run_config)
     out_dir = cfg.layout.real_images
     t0 = time.perf_counter()
     manifest = source_module(cfg.real).fetch(

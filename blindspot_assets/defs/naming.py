@@ -9,10 +9,9 @@ from typing import Any
 import dagster as dg
 
 from blindspot_assets.defs.analysis import blindspots, concept_top_images
-from blindspot_assets.defs.declare import stage_asset
+from blindspot_assets.defs.declare import config_of, stage_asset
 from blindspot_assets.defs.metadata import lineage_md, progress_logger, table_md
 from blindspot_assets.defs.resources import RunConfigResource
-from blindspot_assets.defs.versions import code_version
 from blindspot_assets.labels.run_names import SKIPPED, name_concepts_of_run
 
 
@@ -21,7 +20,7 @@ from blindspot_assets.labels.run_names import SKIPPED, name_concepts_of_run
     runs_on="gpu",
     deps=[concept_top_images, blindspots],
     kinds={"pytorch", "duckdb"},
-    code_version=code_version("concept_names", "labels"),
+    reads=("labels", "models"),
     description="Concept names from a vision-language / captioning model (`labels.model_id`, "
     "off by default): each concept's top real images, cropped to where it fires, captioned "
     "and reduced to a short name (table concept_names).",
@@ -29,7 +28,7 @@ from blindspot_assets.labels.run_names import SKIPPED, name_concepts_of_run
 def concept_names(
     context: dg.AssetExecutionContext, run_config: RunConfigResource
 ) -> dg.MaterializeResult[Any]:
-    cfg = run_config.load()
+    cfg = config_of(context, run_config)
     named = name_concepts_of_run(
         cfg, context.run.run_id, context.log.info, progress_logger(context, "concept names")
     )

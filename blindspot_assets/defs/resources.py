@@ -15,7 +15,15 @@ class RunConfigResource(dg.ConfigurableResource["RunConfigResource"]):
     config_path: str = str(DEFAULT_CONFIG)
 
     def load(self) -> RunConfig:
+        """The whole config: for what no asset's version covers (observations, checks)."""
         return load_config(self.config_path)
+
+    def view(self, asset: str) -> RunConfig:
+        """The config as ``asset`` may read it: the blocks it declares (``reads=``); any other
+        block raises (``defs/versions.py``)."""
+        from blindspot_assets.defs.versions import config_view  # versions reads this module
+
+        return config_view(self.load(), asset)
 
 
 def default_config_path() -> str:

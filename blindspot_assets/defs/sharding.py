@@ -36,6 +36,7 @@ from blindspot_assets.defs.deployment import CPU_OP_TAGS, GPU_OP_TAGS
 from blindspot_assets.defs.metadata import lineage_md
 from blindspot_assets.defs.partitions import N_SHARDS, model_keys, model_partitions, single_run
 from blindspot_assets.defs.resources import RunConfigResource
+from blindspot_assets.defs.versions import derived_version
 from blindspot_assets.shards import Shard
 from blindspot_assets.store.layout import REAL
 
@@ -90,14 +91,15 @@ def sharded_asset(
     *,
     group: str,
     kinds: set[str],
-    code_version: str,
+    reads: Sequence[str],
     description: str,
     per_model: bool = False,
     gpu: bool = True,
     n_shards: int | None = None,
 ) -> dg.AssetsDefinition:
     """A graph-backed asset that fans ``stage.work`` out over ``n_shards`` (``scale.shards``);
-    ``per_model``: partitioned by model, one run covering a range of them."""
+    ``per_model``: partitioned by model, one run covering a range of them; ``reads``: the
+    run-config blocks the stage's functions read (its code version covers them and their code)."""
     partitioned = per_model
     n = n_shards or N_SHARDS
     upstream_keys = {f"after_{i}": u.key for i, u in enumerate(upstream)}
@@ -123,7 +125,7 @@ def sharded_asset(
         partitions_def=model_partitions if per_model else None,
         backfill_policy=single_run if per_model else None,
         kinds=kinds,
-        code_version=code_version,
+        code_version=derived_version(name, [stage.plan, stage.work, stage.merge], reads),
     )(compose)
 
 
@@ -145,12 +147,13 @@ def _plan_op(
     def plan_op(
         context: dg.OpExecutionContext, run_config: RunConfigResource
     ) -> Iterator[dg.Output[list[Shard]]]:
-        cfg = run_config.load()
-        if cfg.scale.shards != n:
+        asked = run_config.load().scale.shards  # the fan-out, not what the stage computes
+        if asked != n:
             context.log.warning(
-                f"the run config asks for scale.shards={cfg.scale.shards} but the code location "
+                f"the run config asks for scale.shards={asked} but the code location "
                 f"was loaded with {n}: using {n} (reload the code location to change it)"
             )
+        cfg = run_config.view(name)
         per_op: list[list[Shard]] = [[] for _ in range(n)]
         for dataset in _datasets(context, partitioned):
             ranges = list(stage.plan(cfg, dataset, n))
@@ -173,7 +176,7 @@ def _shard_op(name: str, stage: Stage[Any], gpu: bool) -> dg.OpDefinition:
     def shard_op(
         context: dg.OpExecutionContext, run_config: RunConfigResource, shards: list[Shard]
     ) -> list[ShardDone[Any]]:
-        cfg = run_config.load()
+        cfg = run_config.view(name)
         return [ShardDone(s, stage.work(context, cfg, s)) for s in shards]
 
     return shard_op
@@ -183,7 +186,7 @@ def _merge_op(
     name: str, stage: Stage[Any], shard_names: list[str], partitioned: bool
 ) -> dg.OpDefinition:
     def merge_fn(context: dg.OpExecutionContext, **done: list[ShardDone[Any]]) -> None:
-        cfg: RunConfig = context.resources.run_config.load()
+        cfg: RunConfig = context.resources.run_config.view(name)
         flat = [d for shard_name in shard_names for d in done[shard_name]]
         per_dataset = {}
         for dataset in _datasets(context, partitioned):

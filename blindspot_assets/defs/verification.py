@@ -14,13 +14,12 @@ from blindspot_assets.defs.analysis import (
     per_model_tables,
 )
 from blindspot_assets.defs.concepts import sae
-from blindspot_assets.defs.declare import stage_asset
+from blindspot_assets.defs.declare import config_of, stage_asset
 from blindspot_assets.defs.features import run_encoder
 from blindspot_assets.defs.generation import generated_images
 from blindspot_assets.defs.metadata import progress_logger, table_md
 from blindspot_assets.defs.partitions import model_keys
 from blindspot_assets.defs.resources import RunConfigResource
-from blindspot_assets.defs.versions import code_version
 from blindspot_assets.stats.run_tables import verify_model
 from blindspot_assets.stats.verification import VerificationParams
 
@@ -39,7 +38,7 @@ def _verify(
     runs_on="gpu",
     deps=[blindspots, concept_top_images, concept_labels, sae, generated_images],
     kinds={"pytorch", "duckdb"},
-    code_version=code_version("blindspot_verification", "stats.verification"),
+    reads=("models", "stats", "encoder", "images", "seed", "sae"),
     description="Confirm flagged blindspots: the top `stats.verify_top` significant concepts of "
     "each kind, `stats.verify_images` new images for each of `stats.verify_captions` captions "
     "(new seeds, same generator and image pipeline), tested against the real images: "
@@ -49,7 +48,7 @@ def _verify(
 def blindspot_verification(
     context: dg.AssetExecutionContext, run_config: RunConfigResource
 ) -> dg.MaterializeResult[Any]:
-    cfg = run_config.load()
+    cfg = config_of(context, run_config)
     meta: dict[str, Any] = {}
     keys = model_keys(context)
     written = per_model_tables(

@@ -27,6 +27,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
+import polars as pl
 from PIL import Image, UnidentifiedImageError
 
 from blindspot_assets.checkpoint_versions import MissingInput
@@ -319,3 +320,19 @@ def ingest_local(
                 detail=f"same id as {first}",
             )
     return rows
+
+
+def manifest_counts(manifest: pl.DataFrame) -> dict[str, Any]:
+    """An image set's counts: images, usable, failed, usable with an empty caption, and the
+    failures per reason."""
+    failures = manifest.filter(pl.col("status") != "ok")
+    empty = manifest.filter(
+        (pl.col("status") == "ok") & (pl.col("caption").str.strip_chars() == "")
+    )
+    return {
+        "n_images": manifest.height,
+        "n_ok": manifest.height - failures.height,
+        "n_failed": failures.height,
+        "n_empty_captions": empty.height,
+        "failures_by_reason": dict(failures.group_by("status").len().iter_rows()),
+    }
