@@ -109,6 +109,7 @@ def _without_docstrings(tree: ast.AST) -> ast.AST:
     return tree
 
 
+@functools.lru_cache(maxsize=512)  # keyed by the text: an edited module is parsed again
 def code_fingerprint(source: str) -> str:
     """The code of a module, without comments, docstrings and formatting."""
     return ast.dump(_without_docstrings(ast.parse(source)), include_attributes=False)
