@@ -113,9 +113,9 @@ def _accumulate_images(
 ) -> None:
     """Add ξ[:, lo:hi]ᵀ ξ of ``rows`` (float32 products of one row block, summed in float64)."""
     xi = torch.from_numpy(np.asarray(read_rows(store.array("xi"), rows), np.float32))
-    sums += (xi[:, lo:hi].T @ xi).double()
+    sums.add_(xi[:, lo:hi].T @ xi)  # float32 products, added into the float64 sums
     fired = (xi != 0).float()
-    counts += (fired[:, lo:hi].T @ fired).round().int()
+    counts += (fired[:, lo:hi].T @ fired).int()  # whole numbers below 2^24: exact in float32
 
 
 def compute_cooccurrence(
@@ -148,13 +148,17 @@ def compute_cooccurrence(
     k = min(top, max(c - 1, 1))
     frames = []
     passes = 1
+    # numpy-owned (visible to tracemalloc), updated in place through torch views; one pair for
+    # every pass (zeroed, not allocated again: a fresh 786 MB array costs seconds of page faults)
+    sums_buffer = counts_buffer = None
     for lo, hi in iter_blocks(c, block):
         if not fires[lo:hi].any():
             continue  # no concept of this block fires: nothing to accumulate
         passes += 1
-        # numpy-owned (visible to tracemalloc), updated in place through torch views
-        sums = torch.from_numpy(np.zeros((hi - lo, c), np.float64))
-        counts = torch.from_numpy(np.zeros((hi - lo, c), np.int32))
+        if sums_buffer is None or counts_buffer is None:
+            sums_buffer = torch.from_numpy(np.zeros((block, c), np.float64))
+            counts_buffer = torch.from_numpy(np.zeros((block, c), np.int32))
+        sums, counts = sums_buffer[: hi - lo].zero_(), counts_buffer[: hi - lo].zero_()
         for start, stop in iter_blocks(rows_n.size, block_rows):
             if over == "tokens":
                 _accumulate_tokens(store, rows_n[start:stop], lo, hi, c, sums, counts)
@@ -166,7 +170,7 @@ def compute_cooccurrence(
                     sums[sub_lo:sub_hi], counts[sub_lo:sub_hi], norm, lo + sub_lo, k, fires
                 )
             )
-        del sums, counts
+    del sums_buffer, counts_buffer
     table = pl.concat(frames) if frames else _empty()
     table = table.with_columns(pl.lit(over).alias("over")).sort(["concept", "rank"])
     return Cooccurrence(table, passes, accumulator_bytes(block, c), int(rows_n.size))
@@ -181,11 +185,13 @@ def _top_partners(
     fires: np.ndarray,
 ) -> pl.DataFrame:
     b, c = sums.shape
-    denom = norm[lo : lo + b, None] * norm[None, :]
-    cosine = torch.where(denom > 0, sums / denom.clamp_min(1e-300), torch.zeros_like(sums))
+    # two (b, c) temporaries, not seven: a zero norm comes with zero sums, which the last step
+    # marks -1 (no co-activation) whatever the division gave
+    cosine = norm[lo : lo + b, None] * norm[None, :]
+    torch.div(sums, cosine.clamp_min_(1e-300), out=cosine)
     own = torch.arange(b)
     cosine[own, own + lo] = 0.0  # a concept is not its own partner
-    cosine = torch.where(sums > 0, cosine, torch.full_like(cosine, -1.0))
+    cosine.masked_fill_(~(sums > 0), -1.0)
     values, partners = torch.topk(cosine, min(k, c), dim=1)
     keep = (values > 0).numpy()
     concept = np.broadcast_to(np.arange(lo, lo + b)[:, None], keep.shape)[keep]
