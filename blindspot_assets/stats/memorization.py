@@ -13,16 +13,25 @@ back, small shifts):
   thumbnails, real side at the same zooms. Where an encoder is insensitive to layout or
   over-sensitive to texture phase, pixels still see a copy.
 
-Distances are cosine distances per channel. **Threshold and null.** Under the hypothesis that
-generated images are exchangeable with real ones, a generated image's distance to its nearest
-real image is distributed as a real image's distance to its nearest *other* real image. Each
-channel's threshold τ_c is the ``calibration_quantile / n_channels`` quantile of those real→real
-distances (a seeded sample of ``calibration_size`` real images), so the expected number of false
-candidates among n generated images is n · Σ_c F_c(τ_c) ≈ n · ``calibration_quantile``; it is
-reported (``expected_false_candidates``: n · Σ_c max(F̂_c(τ_c), level), the empirical CDF of the
-null at τ_c, never below the level a small calibration sample cannot resolve). A generated
-image is a candidate when any channel is below its threshold; ``distance`` is min_c d_c / τ_c
-(< 1: candidate), the nearest real image is that channel's.
+Distances are cosine distances per channel. **Statistic, threshold and null.** The raw nearest
+distance is not comparable between images: generated images are not exchangeable with real ones
+(a model's redraws and emptied scenes sit in denser regions than real scenes), so a threshold on
+it calibrated on real→real distances lists many times its nominal rate of non-copies. The
+statistic is local and scale free instead: with d₁ ≤ … ≤ d_n the distances to the ``neighbours``
+nearest distinct real images (an image's zooms counted once),
+
+    r_c(x′) = d₁ / mean(d₁, …, d_n)                         (Carlini et al. 2023)
+
+a dense neighbourhood shrinks every d_i and leaves r_c alone, while a copy has d₁ ≈ 0 against
+ordinary d₂ … d_n: r_c ≈ 0. Its null is the same statistic on real images, leave-one-out: for a
+seeded sample of ``calibration_size`` real images, r_c over the n nearest *other* real images.
+Each channel's threshold τ_c is the ``calibration_quantile / n_channels`` quantile of those, so
+the expected number of false candidates among n generated images is n · Σ_c F_c(τ_c) ≈
+n · ``calibration_quantile``; it is reported (``expected_false_candidates``: n · Σ_c
+max(F̂_c(τ_c), level), the empirical CDF of the null at τ_c, never below the level a small
+calibration sample cannot resolve). A generated image is a candidate when any channel is below
+its threshold; ``distance`` is min_c r_c / τ_c (< 1: candidate), the nearest real image is that
+channel's.
 
 **Concept space** (when code stores are given): the paper's evidence, ‖ξ(x′) − ξ(x)‖ relative to
 ‖ξ(x′)‖ + ‖ξ(x)‖, for the matched real image (``concept_distance``) and for the image of the
@@ -61,6 +70,7 @@ from blindspot_assets.store.rowstore import RowStore
 I64 = NDArray[np.int64]
 F32 = NDArray[np.float32]
 DEFAULT_SCALES = (1.0, 1.0 / 0.92, 1.0 / 0.84)  # no crop, 4 % and 8 % borders cut
+NEIGHBOURS = 10  # n of the local ratio d₁ / mean(d₁ … d_n)
 
 
 def _normalize(x: torch.Tensor) -> torch.Tensor:
@@ -325,14 +335,6 @@ def nearest_distinct(
     return np.where(found, dist, np.inf), np.where(found, np.take_along_axis(ids, pos, axis=1), -1)
 
 
-def _nearest(
-    queries: torch.Tensor, index: NearestIndex, q_rows: I64 | None
-) -> tuple[np.ndarray, I64]:
-    """Distance to and row of the nearest reference (any zoom); ``q_rows`` excludes self."""
-    dist, near = nearest_distinct(queries, index, 1, q_rows)
-    return dist[:, 0], near[:, 0]
-
-
 def _token_mean(store: RowStore, rows: I64, block_rows: int) -> NDArray[np.float32]:
     tokens = store.array("tokens")
     total = np.zeros(int(tokens.shape[2]), np.float64)
@@ -387,10 +389,39 @@ def _concept_columns(
 
 @dataclass(frozen=True)
 class _ChannelResult:
-    tau: float  # the channel's threshold
+    tau: float  # the channel's threshold on the local ratio
+    ratio: np.ndarray  # per generated image: the local ratio (``local_ratio``)
     dist: np.ndarray  # per generated image: distance to its nearest real image
     near: I64  # that real image's row
     expected_false: float  # n · max(F̂(τ), level)
+
+
+def local_ratio(dist: np.ndarray) -> np.ndarray:
+    """d₁ / mean(d₁ … d_n) per row of (m, n) distances to the n nearest distinct images, nearest
+    first (Carlini et al. 2023's distance to the nearest relative to the n nearest): scale
+    free, so a dense neighbourhood (all of d₁ … d_n small) does not make it small; a copy has
+    d₁ ≈ 0, so ≈ 0. Missing neighbours (inf) are left out; 0 where all the distances are 0."""
+    finite = np.where(np.isfinite(dist), dist, np.nan)
+    mean = np.nanmean(finite, axis=1) if dist.size else np.zeros(len(dist))
+    out: np.ndarray = np.divide(dist[:, 0], mean, out=np.zeros(len(dist)), where=mean > 0)
+    return out
+
+
+def tail_quantile(null: np.ndarray, level: float, tail: float = 0.05) -> float:
+    """The ``level`` quantile of a null sample of ratios, its lower tail extrapolated where the
+    sample cannot resolve it. The lower tail of a ratio that only vanishes for coincident
+    images is a power law, F(t) ∝ t^k (k the local intrinsic dimension: for points spread
+    evenly, (d₁/d_n)^k is the least of n − 1 uniforms); its exponent is the Hill estimate from
+    the m = ⌈``tail`` · N⌉ smallest values t₍₁₎ ≤ … ≤ t₍m₎ below t₍m+1₎,
+    k̂ = 1 / mean_i log(t₍m+1₎ / t₍i₎), and τ = t₍m+1₎ · (level · N / m)^(1/k̂). Where
+    level ≥ m / N, the empirical quantile."""
+    t = np.sort(np.asarray(null, np.float64))
+    m = min(len(t) - 1, max(10, math.ceil(tail * len(t))))
+    if m < 1 or level >= m / len(t):
+        return float(np.quantile(t, level))
+    logs = np.log(t[m] / np.maximum(t[:m], 1e-12)) if t[m] > 0 else np.zeros(m)
+    k = 1.0 / max(float(logs.mean()), 1e-12)
+    return float(t[m] * (level * len(t) / m) ** (1.0 / k))
 
 
 def _search_channel(
@@ -399,18 +430,21 @@ def _search_channel(
     real_rows: I64,
     calib: I64,
     gen_rows: I64,
-    scales: Sequence[float],
-    block_rows: int,
+    sizes: tuple[Sequence[float], int, int],
     level: float,
 ) -> _ChannelResult:
-    """One channel: the real index, the real→real null (self excluded), τ, the generated side."""
+    """One channel: the real index; the real→real null of the local ratio over the ``n``
+    nearest (leave-one-out: each calibration image's own row excluded) and τ, its ``level``
+    quantile; the generated side's ratio. ``sizes``: the zooms, ``n``, block rows."""
+    scales, n, block_rows = sizes
+    n = max(1, min(n, real_rows.size - 1))
     index = _ref_index(real_ch, real_rows, scales, block_rows)
-    null = _nearest(_describe(real_ch, calib, block_rows), index, calib)[0]
-    tau = float(np.quantile(null, level))
+    null = local_ratio(nearest_distinct(_describe(real_ch, calib, block_rows), index, n, calib)[0])
+    tau = tail_quantile(null, level)
     # F̂(τ) is the level when the sample resolves the quantile; never report less
     expected_false = gen_rows.size * max(float(np.mean(null < tau)), level)
-    dist, near = _nearest(_describe(gen_ch, gen_rows, block_rows), index, None)
-    return _ChannelResult(tau, dist, near, expected_false)
+    dist, near = nearest_distinct(_describe(gen_ch, gen_rows, block_rows), index, n)
+    return _ChannelResult(tau, local_ratio(dist), dist[:, 0], near[:, 0], expected_false)
 
 
 def _describe(channel: Channel, rows: I64, block_rows: int) -> torch.Tensor:
@@ -446,6 +480,13 @@ def with_seed_counts(df: pl.DataFrame, real_ids: set[str]) -> pl.DataFrame:
     )
 
 
+def _calibration_rows(real_rows: I64, size: int, seed: int) -> I64:
+    """The real rows of the null: all of them, or a seeded sample of ``size``."""
+    if real_rows.size <= size:
+        return real_rows
+    return np.sort(np.random.default_rng(seed).choice(real_rows, size, replace=False))
+
+
 def find_memorization_candidates(
     real_features: str | Path | RowStore,
     gen_features: str | Path | RowStore,
@@ -462,16 +503,19 @@ def find_memorization_candidates(
     pool: int = 4,
     thumb: int = 24,
     scales: Sequence[float] = DEFAULT_SCALES,
+    neighbours: int = NEIGHBOURS,
 ) -> pl.DataFrame:
     """Near copies of real images among the generated ones (see the module doc).
 
-    Columns: ``gen_image_id``, ``nearest_real_id``, ``distance`` (min over channels of d_c/τ_c:
-    < 1 is a candidate), ``threshold`` (1.0, the unit of ``distance``), ``evidence`` (the
-    channels below their threshold, comma-separated), ``<channel>_distance`` and
-    ``<channel>_threshold`` per channel, ``concept_distance`` and ``own_concept_distance``
-    (NaN without code stores), ``expected_false_candidates`` (under exchangeability, for this
-    generated set), ``is_candidate``, and the columns of ``with_seed_counts`` (one row per
-    generated sample; "reproduced on s of k seeds"); sorted by ``distance``. Only the
+    Columns: ``gen_image_id``, ``nearest_real_id``, ``distance`` (min over channels of r_c/τ_c,
+    r_c the local ratio over the ``neighbours`` nearest real images: < 1 is a candidate),
+    ``threshold`` (1.0, the unit of ``distance``), ``evidence`` (the channels below their
+    threshold, comma-separated), per channel ``<channel>_distance`` (cosine distance to the
+    nearest real image), ``<channel>_ratio`` (r_c) and ``<channel>_threshold`` (τ_c),
+    ``concept_distance`` and ``own_concept_distance`` (NaN without code stores),
+    ``expected_false_candidates`` (under the null, for this generated set), ``is_candidate``,
+    and the columns of ``with_seed_counts`` (one row per generated sample; "reproduced on s of
+    k seeds"); sorted by ``distance``. Only the
     candidates unless ``all_rows``.
     """
     if not 0 < calibration_quantile < 1:
@@ -480,24 +524,19 @@ def find_memorization_candidates(
     real_rows, gen_rows = select_rows(real, None), select_rows(gen, None)
     if real_rows.size < 2:
         raise ValueError("memorisation threshold needs at least two valid real images")
-    calib = real_rows
-    if calib.size > calibration_size:
-        rng = np.random.default_rng(seed)
-        calib = np.sort(rng.choice(real_rows, calibration_size, replace=False))
+    calib = _calibration_rows(real_rows, calibration_size, seed)
     mean_d = _token_mean(real, calib[: min(calib.size, 2048)], block_rows)
     pairs = [(patch_channel(real, mean_d, pool), patch_channel(gen, mean_d, pool))]
     if real_images is not None and gen_images is not None:
         pairs += [(pixel_channel(real_images, real, thumb), pixel_channel(gen_images, gen, thumb))]
     level = calibration_quantile / len(pairs)
-    found = [
-        _search_channel(r_ch, g_ch, real_rows, calib, gen_rows, scales, block_rows, level)
-        for r_ch, g_ch in pairs
-    ]
+    sizes = (scales, neighbours, block_rows)
+    found = [_search_channel(r, g, real_rows, calib, gen_rows, sizes, level) for r, g in pairs]
     names = [r_ch.name for r_ch, _ in pairs]
     thresholds = {c: f.tau for c, f in zip(names, found, strict=True)}
-    gen_dist = {c: f.dist for c, f in zip(names, found, strict=True)}
+    by_name = dict(zip(names, found, strict=True))
     expected_false = sum(f.expected_false for f in found)
-    ratio = np.stack([gen_dist[c] / max(thresholds[c], 1e-12) for c in names])  # (C, n)
+    ratio = np.stack([by_name[c].ratio / max(thresholds[c], 1e-12) for c in names])  # (C, n)
     best_c = ratio.argmin(axis=0) if gen_rows.size else np.zeros(0, np.int64)
     near_rows = np.stack([f.near for f in found])[best_c, np.arange(gen_rows.size)]
     real_ids_all, gen_ids_all = real.image_ids(), gen.image_ids()
@@ -513,7 +552,8 @@ def find_memorization_candidates(
         ],
     }
     for c in names:
-        columns[f"{c}_distance"] = gen_dist[c]
+        columns[f"{c}_distance"] = by_name[c].dist
+        columns[f"{c}_ratio"] = by_name[c].ratio
         columns[f"{c}_threshold"] = np.full(gen_rows.size, thresholds[c])
     columns["concept_distance"], columns["own_concept_distance"] = _concept_columns(
         real_codes, gen_codes, gen_ids, near_ids

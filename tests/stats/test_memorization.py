@@ -131,9 +131,15 @@ def test_planted_near_copies_are_found_with_few_false_candidates(
     assert score["found"] >= 0.9, score
     assert score["false"] <= 0.01, score
     assert min(score[k] for k in KINDS) >= 0.8, score
-    # the expected false count under exchangeability is reported, and small here
+    # the expected false count under the null is reported: n · Σ_c max(F̂_c(τ_c), q / 2), and
+    # 400 calibration images resolve F̂ to 1 / 400 per channel
     expected = float(every["expected_false_candidates"][0])
-    assert 0.001 * N - 1e-9 <= expected <= 0.001 * N + 1e-9  # n · q with a resolved quantile
+    assert 0.001 * N - 1e-9 <= expected <= N * 2 / N + 1e-9
+    # the local ratio per channel: its threshold is the unit of distance
+    for c in ("patch", "pixel"):
+        ratio = every[f"{c}_ratio"] / every[f"{c}_threshold"]
+        assert (every["distance"] <= ratio + 1e-12).all()
+        assert (every[f"{c}_ratio"].is_between(0, 1)).all()
     # copies of the image's own caption vs another caption's; concept-space evidence
     own = cands.filter(pl.col("gen_image_id").is_in([g for g, p in planted.items() if p[1]]))
     other = cands.filter(pl.col("gen_image_id").is_in([g for g, p in planted.items() if not p[1]]))
@@ -274,6 +280,17 @@ def test_ivf_is_exact_among_near_ties() -> None:
     assert int(ties.min()) >= 10  # near-ties for every query
     index = NearestIndex(refs, ids, flat_max=0, n_lists=300, probe=1)
     _assert_exact(index, queries, refs, ids, 1)
+
+
+def test_local_ratio_is_scale_free_and_small_for_a_copy() -> None:
+    """d₁ / mean(d₁ … d_n): the same neighbourhood shrunk 10× (a denser region) gives the same
+    ratio; a copy (d₁ = 0) gives 0; missing neighbours (inf) are left out of the mean."""
+    from blindspot_assets.stats.memorization import local_ratio
+
+    dist = np.array(
+        [[0.2, 0.3, 0.4], [0.02, 0.03, 0.04], [0.0, 0.3, 0.4], [0.1, 0.3, np.inf], [0, 0, 0]]
+    )
+    np.testing.assert_allclose(local_ratio(dist), [2 / 3, 2 / 3, 0.0, 0.5, 0.0])
 
 
 def test_reproduced_on_s_of_k_seeds() -> None:
