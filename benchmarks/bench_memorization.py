@@ -179,10 +179,10 @@ def print_table(rows: list[dict[str, Any]]) -> None:
              ("RSS MB", 8), ("load", 10)]  # fmt: skip
     print("".join(f"{h:>{w}}" for h, w in heads))
     for r in rows:
-        brute_s = r.get("brute_s", float("nan"))
-        if "brute_s" not in r and measured:
+        brute_s = next((m["brute_s"] for m in measured if m["n"] == r["n"]), float("nan"))
+        if brute_s != brute_s and measured:  # not measured at this size
             brute_s = measured[-1]["brute_s"] * (r["n"] / measured[-1]["n"]) ** 2
-        mark = "" if "brute_s" in r else "*"
+        mark = "" if any(m["n"] == r["n"] for m in measured) else "*"
         print(
             f"{r['n']:>9}{r['impl']:>7}{r['lists']:>7}{r['build_s']:>9.1f}{r['search_s']:>10.1f}"
             f"{r['s_per_1k_queries']:>8.3f}{r['lists_per_query']:>9.1f}{brute_s:>9.0f}{mark:1}"
