@@ -204,8 +204,8 @@ class StatsSpec:
     variant_pairs: ModelPairs = ()
     """Model pairs compared as a model and its variant (e.g. [sd15, sd15-dpo]) on ‖ξ(x')−ξ(x)‖."""
     memorization_quantile: float = 0.001
-    """Real–real nearest-neighbour distance quantile below which a generated image is a
-    memorisation candidate."""
+    """False-candidate rate per generated image: the quantile of the real images' own local
+    ratio (leave-one-out) below which a generated image is a memorisation candidate."""
     top_datapoint_concepts: int = 5
     """Concepts listed per image in ``datapoint_deltas``."""
     label_terms: int = 5

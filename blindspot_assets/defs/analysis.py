@@ -208,10 +208,10 @@ def datapoint_deltas(
     deps=[real_features, gen_features, real_concept_codes, concept_codes],
     kinds={"duckdb", "pytorch"},
     reads=("stats",),
-    description="Generated images that are near copies of a real image: DINOv2 patch maps and "
-    "image thumbnails (at several zooms) closer than real images come to each other, with the "
-    "expected false-candidate count under exchangeability and the concept-space distance "
-    "(table memorization_candidates).",
+    description="Generated images that are near copies of a real image: on DINOv2 patch maps "
+    "and image thumbnails (at several zooms), the nearest real image far closer than the 10 "
+    "nearest (a local ratio calibrated on real images leave-one-out), with the expected "
+    "false-candidate count and the concept-space distance (table memorization_candidates).",
 )
 def memorization_candidates(
     context: dg.AssetExecutionContext, run_config: RunConfigResource

@@ -13,16 +13,25 @@ back, small shifts):
   thumbnails, real side at the same zooms. Where an encoder is insensitive to layout or
   over-sensitive to texture phase, pixels still see a copy.
 
-Distances are cosine distances per channel. **Threshold and null.** Under the hypothesis that
-generated images are exchangeable with real ones, a generated image's distance to its nearest
-real image is distributed as a real image's distance to its nearest *other* real image. Each
-channel's threshold τ_c is the ``calibration_quantile / n_channels`` quantile of those real→real
-distances (a seeded sample of ``calibration_size`` real images), so the expected number of false
-candidates among n generated images is n · Σ_c F_c(τ_c) ≈ n · ``calibration_quantile``; it is
-reported (``expected_false_candidates``: n · Σ_c max(F̂_c(τ_c), level), the empirical CDF of the
-null at τ_c, never below the level a small calibration sample cannot resolve). A generated
-image is a candidate when any channel is below its threshold; ``distance`` is min_c d_c / τ_c
-(< 1: candidate), the nearest real image is that channel's.
+Distances are cosine distances per channel. **Statistic, threshold and null.** The raw nearest
+distance is not comparable between images: generated images are not exchangeable with real ones
+(a model's redraws and emptied scenes sit in denser regions than real scenes), so a threshold on
+it calibrated on real→real distances lists many times its nominal rate of non-copies. The
+statistic is local and scale free instead: with d₁ ≤ … ≤ d_n the distances to the ``neighbours``
+nearest distinct real images (an image's zooms counted once),
+
+    r_c(x′) = d₁ / mean(d₁, …, d_n)                         (Carlini et al. 2023)
+
+a dense neighbourhood shrinks every d_i and leaves r_c alone, while a copy has d₁ ≈ 0 against
+ordinary d₂ … d_n: r_c ≈ 0. Its null is the same statistic on real images, leave-one-out: for a
+seeded sample of ``calibration_size`` real images, r_c over the n nearest *other* real images.
+Each channel's threshold τ_c is the ``calibration_quantile / n_channels`` quantile of those, so
+the expected number of false candidates among n generated images is n · Σ_c F_c(τ_c) ≈
+n · ``calibration_quantile``; it is reported (``expected_false_candidates``: n · Σ_c
+max(F̂_c(τ_c), level), the empirical CDF of the null at τ_c, never below the level a small
+calibration sample cannot resolve). A generated image is a candidate when any channel is below
+its threshold; ``distance`` is min_c r_c / τ_c (< 1: candidate), the nearest real image is that
+channel's.
 
 **Concept space** (when code stores are given): the paper's evidence, ‖ξ(x′) − ξ(x)‖ relative to
 ‖ξ(x′)‖ + ‖ξ(x)‖, for the matched real image (``concept_distance``) and for the image of the
@@ -33,11 +42,9 @@ Everything is blocked: generated images are read ``block_rows`` at a time and co
 real descriptors (held in memory: per real image and zoom ``pool² · d`` and ``3 · thumb²``
 float32 values, ~40 kB for ViT-B at pool 4 with 3 zooms, so ~400 MB for 10,000 images; the
 queries' descriptors, one per image, are held too, to be searched in one call); no N × N
-matrix is formed. The nearest real image is found through a ``ConeIndex`` (exact: the
-brute-force answer): a k-means tree of cones over the real descriptors with leaves of at most a
-few hundred, in which a subtree whose cone bound cannot beat a query's best so far is skipped
-whole; with structure at every scale a query reads a few leaves and compares a few hundred
-centres however many real images there are.
+matrix is formed. The nearest real images are found exactly (the brute-force answer) through a
+``NearestIndex`` (faiss): a flat inner-product search up to ``FLAT_MAX`` reference vectors,
+above it an IVF search made exact by a cone bound per list.
 """
 
 from __future__ import annotations
@@ -46,9 +53,9 @@ import math
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from functools import cached_property
 from pathlib import Path
 
+import faiss
 import numpy as np
 import polars as pl
 import torch
@@ -63,6 +70,7 @@ from blindspot_assets.store.rowstore import RowStore
 I64 = NDArray[np.int64]
 F32 = NDArray[np.float32]
 DEFAULT_SCALES = (1.0, 1.0 / 0.92, 1.0 / 0.84)  # no crop, 4 % and 8 % borders cut
+NEIGHBOURS = 10  # n of the local ratio d₁ / mean(d₁ … d_n)
 
 
 def _normalize(x: torch.Tensor) -> torch.Tensor:
@@ -127,518 +135,204 @@ def pixel_channel(image_dir: Path, store: RowStore, side: int) -> Channel:
     return Channel("pixel", describe)
 
 
-@dataclass(frozen=True)
-class _Level:
-    """One level of a cone tree: its nodes' unit centres and cone half-angles (over every vector
-    below the node), and where each node's children start in the next level."""
-
-    centres: torch.Tensor  # (k, D)
-    half_angle: torch.Tensor  # (k,)
-    children: torch.Tensor  # (k + 1,): node j's children are children[j]:children[j + 1]
-
-    @cached_property
-    def cone_rows(self) -> torch.Tensor:
-        """(k, D + 2): ĉ, cos α, sin α per node, for ``_may_beat``'s one matmul."""
-        a = self.half_angle[:, None]
-        return torch.cat([self.centres, torch.cos(a), torch.sin(a)], dim=1)
+FLAT_MAX = 32_768  # reference vectors searched flat; above, the certified IVF search
 
 
-class ConeIndex:
-    """Exact maximum-cosine search over unit vectors, pruned by a tree of cones.
+class NearestIndex:
+    """Exact top-k maximum-inner-product search over unit vectors, with faiss.
 
-    A spherical k-means tree (``_cone_tree``). One k-means with ``n / (fanout · leaf_size)``
-    centres (seeded k-means++ style) cuts the vectors into cells; the levels above the cells
-    are built bottom-up by grouping cells, ``fanout`` to a group; below a cell, a node of more
-    than ``fanout · leaf_size`` vectors is split into ``fanout`` children and a smaller one
-    straight into leaves (lists) of at most ``leaf_size``, a leaf further in two while that
-    makes both cones much tighter (a leaf k-means filled with fragments of far-apart clusters
-    would be opened by every query). So the number of lists grows ∝ n. Every node keeps its
-    unit centre ĉ and the half-angle α of the smallest cone around ĉ holding *all the vectors
-    below it*. For a unit query q at angle β to ĉ no vector below the node is closer than
-    max(0, β − α), so a node that cannot beat the query's best so far is skipped with its
-    whole subtree (``_may_beat``: one matmul per node and level). A query first scans the leaves
-    reached by walking down from the two nearest cells, then walks the tree from the root
-    opening only the nodes that may beat its best, and scans the leaves left open: the answer
-    is the brute-force one (up to float rounding on exact ties). With structure at every scale
-    the work per query (centres compared, lists read) does not grow with n. Groups that share
-    nothing (random directions) cannot be skipped together: every query compares one centre
-    per cell, and the cells' children it opens near their cone's edge grow with their number.
-    Without any structure every bound stays open and the search costs about brute force, still
-    exact. Memory: the vectors (sorted by leaf), their ids and the nodes: O(n · D).
+    Up to ``flat_max`` reference vectors (32,768: about 10,000 real images at three zooms) a
+    faiss ``IndexFlatIP``: every query against every vector, one BLAS matmul per block of
+    queries. Above it an inverted file: a spherical faiss k-means (seeded, on 64 vectors per
+    list) cuts the vectors into ``n_lists`` lists (√N by default, of about √N vectors each:
+    comparing the list centres and reading a few lists then cost a query about as much), and
+    each list j keeps its unit centre ĉ_j and the half-angle α_j of the smallest cone around
+    ĉ_j holding all its vectors, so no vector of the list is closer to a unit query q at angle
+    β_j = ∠(q, ĉ_j) than max(0, β_j − α_j). The search is exact: each query reads its
+    ``probe`` nearest lists (the faiss quantizer), then every other list that may still beat
+    its k-th best so far, s: β_j < α_j + arccos s (less 1e-5 of slack for float rounding; one
+    matmul per block, ``_may_beat``). A list it skips cannot hold a better vector, so the
+    answer is the brute-force one; where lists are tight a query reads a few, without any
+    structure it reads them all. A list is read against all its queries at once (faiss
+    ``knn``: one BLAS matmul, on one thread), so its vectors are read once per pass. Memory:
+    the vectors (float32, N · D, sorted by list) and their ids: O(N · D).
     """
 
     def __init__(
         self,
-        vectors: torch.Tensor,
+        vectors: torch.Tensor | F32,
         ids: I64,
-        leaf_size: int = 256,
-        fanout: int = 16,
+        flat_max: int = FLAT_MAX,
+        n_lists: int | None = None,
+        probe: int = 2,
         seed: int = 0,
     ) -> None:
-        with _one_thread():  # many small ops: a thread pool costs more than it gives
-            order, bounds, cells = _cone_tree(vectors, max(1, leaf_size), max(2, fanout), seed)
-        self._entry = cells  # the level of the cells
-        self.vectors = vectors[order].contiguous()
-        self.ids = torch.from_numpy(np.asarray(ids, np.int64))[order]
-        self.levels: list[_Level] = []
-        for d, starts in enumerate(bounds):
-            below = bounds[d + 1] if d + 1 < len(bounds) else torch.arange(len(order) + 1)
-            centres, half_angle = _cones(self.vectors, starts)
-            children = torch.searchsorted(below, starts)
-            self.levels.append(_Level(centres, half_angle, children))
-        leaves = self.levels[-1]
-        self.centres, self.half_angle, self.offsets = leaves.centres, leaves.half_angle, bounds[-1]
-        self.lists_scanned = 0  # (query, leaf) pairs scanned by search, for the benchmarks
-        self.centres_compared = 0  # (query, node) bounds and steps down from the cells, by search
-        self.cells_compared = 0  # (query, cell) similarities of search's first step
-
-    def _scan(
-        self,
-        queries: torch.Tensor,
-        q_idx: torch.Tensor,
-        leaf: torch.Tensor,
-        exclude: torch.Tensor | None,
-        best: torch.Tensor,
-        arg: torch.Tensor,
-    ) -> None:
-        """Update ``best``/``arg`` with every (query, leaf) pair given, leaf by leaf: each leaf
-        is read once against all its queries, in chunks of at most 2^22 similarities."""
-        order = torch.argsort(leaf, stable=True)
-        q_idx = q_idx[order]
-        lists, counts = torch.unique_consecutive(leaf[order], return_counts=True)
-        offsets = self.offsets.tolist()
-        stop = 0
-        for j, count in zip(lists.tolist(), counts.tolist(), strict=True):
-            lo, hi = offsets[j], offsets[j + 1]
-            step = max(1, (1 << 22) // max(1, hi - lo))
-            for a in range(stop, stop + count, step):
-                rows = q_idx[a : min(a + step, stop + count)]
-                sim = queries[rows] @ self.vectors[lo:hi].T
-                if exclude is not None:
-                    sim.masked_fill_(exclude[rows][:, None] == self.ids[lo:hi][None, :], -torch.inf)
-                value, idx = sim.max(dim=1)
-                better = value > best[rows]
-                best[rows[better]], arg[rows[better]] = value[better], self.ids[lo + idx[better]]
-            stop += count
-        self.lists_scanned += int(q_idx.numel())
-
-    def search(
-        self, queries: torch.Tensor, exclude: I64 | None = None, chunk: int = 1 << 18
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(best cosine, its id) per unit query; ``exclude`` (one id per query) is skipped.
-
-        Three passes over all the queries at once: each query reads two leaves found by
-        walking down the tree (``_first_leaves``); then, ``chunk`` queries at a time, the tree
-        is walked level by level with every (query, open node) pair (``_open_leaves``); then
-        every leaf left open is read once, against all the queries that need it. It runs on
-        one thread: the ops are small, and waking a thread pool costs more than they do.
-        Search many queries per call: the fewer queries per node, the smaller the matmuls.
-        """
-        m = queries.shape[0]
-        if m == 0:
-            return torch.zeros(0), torch.zeros(0, dtype=torch.int64)
-        ex = None if exclude is None else torch.from_numpy(np.asarray(exclude, np.int64))
-        best = torch.full((m,), -torch.inf)
-        arg = torch.full((m,), -1, dtype=torch.int64)
-        with _one_thread():
-            first = self._first_leaves(queries)  # (m, 1 or 2)
-            near = torch.argsort(first[:, 0], stable=True)  # neighbours read the same rows
-            queries, first = queries[near], first[near]
-            ex = None if ex is None else ex[near]
-            q_idx = torch.arange(m)[:, None].expand_as(first)
-            again = torch.zeros_like(first, dtype=torch.bool)
-            again[:, 1:] = first[:, 1:] == first[:, :1]
-            self._scan(queries, q_idx[~again], first[~again], ex, best, arg)
-            for rows in torch.arange(m).split(max(1, chunk)):
-                q_at, leaf = self._open_leaves(queries, rows, best)
-                new = (leaf[:, None] != first[q_at]).all(dim=1)  # the first ones are read
-                self._scan(queries, q_at[new], leaf[new], ex, best, arg)
-        best[near], arg[near] = best.clone(), arg.clone()
-        return best, arg
-
-    def _first_leaves(self, q: torch.Tensor) -> torch.Tensor:
-        """Two leaves per query to read first (one where the tree has a single path): from the
-        two most similar cells (all compared, in blocks: the levels above mix far-apart groups
-        wherever there is no structure at their scale, and a greedy or beam step through them
-        goes astray), the walk down to the most similar child at each level below."""
-        cells = self.levels[self._entry].centres
-        k = min(2, len(cells))
-        self.cells_compared += q.shape[0] * len(cells)
-        starts = torch.cat(
-            [(q[a:b] @ cells.T).topk(k, dim=1).indices for a, b in iter_blocks(q.shape[0], 8192)]
+        x = np.ascontiguousarray(np.asarray(vectors, np.float32))
+        self.ids = np.asarray(ids, np.int64)
+        self.size, dim = x.shape
+        _, counts = np.unique(self.ids, return_counts=True)
+        self.per_id = int(counts.max()) if counts.size else 1  # vectors sharing one id, at most
+        self.probe = probe
+        self.lists_scanned = 0  # (query, list) pairs read by the IVF search, for the benchmarks
+        self.flat = faiss.IndexFlatIP(dim)
+        self.n_lists = 0
+        if self.size <= flat_max:
+            self.flat.add(x)
+            return
+        self.n_lists = n_lists or max(2, math.isqrt(self.size))
+        kmeans = faiss.Kmeans(dim, self.n_lists, niter=10, spherical=True, seed=seed,
+                              max_points_per_centroid=64)  # fmt: skip
+        kmeans.train(x)  # on a seeded sample of 64 vectors per list
+        self.flat.add(np.asarray(kmeans.centroids, np.float32))  # the quantizer: list centres
+        assign = self.flat.search(x, 1)[1][:, 0]
+        order = np.argsort(assign, kind="stable")
+        self.vectors, self.position = x[order], order  # sorted by list
+        self.offsets = np.searchsorted(assign[order], np.arange(self.n_lists + 1))
+        self.cones = _list_cones(
+            self.vectors, self.offsets, self.flat.reconstruct_n(0, self.n_lists)
         )
-        return torch.stack([self._descend(q, starts[:, i], self._entry) for i in range(k)], dim=1)
 
-    def _descend(self, q: torch.Tensor, node: torch.Tensor, depth: int) -> torch.Tensor:
-        """The leaf each query reaches from its ``node`` at level ``depth`` by stepping, level
-        by level, to the most similar child (queries grouped by node: one matmul per node)."""
-        for parent, level in zip(self.levels[depth:-1], self.levels[depth + 1 :], strict=True):
-            lo, width = parent.children[:-1], parent.children.diff()
-            step = lo[node]  # nodes with one child: that child
-            order = torch.argsort(node, stable=True)
-            nodes, counts = torch.unique_consecutive(node[order], return_counts=True)
-            for j, rows in zip(nodes.tolist(), order.split(counts.tolist()), strict=True):
-                if int(width[j]) > 1:
-                    first = int(lo[j])
-                    sim = q[rows] @ level.centres[first : first + int(width[j])].T
-                    self.centres_compared += sim.numel()
-                    step[rows] = first + sim.argmax(dim=1)
-            node = step
-        return node
+    def search(self, queries: torch.Tensor | F32, k: int = 1) -> tuple[F32, I64]:
+        """(similarities, ids) of the k most similar reference vectors per query, best first
+        (similarity −inf and id −1 past the last vector)."""
+        q = np.ascontiguousarray(np.asarray(queries, np.float32))
+        k = max(1, k)
+        if len(q) == 0:
+            return np.zeros((0, k), np.float32), np.zeros((0, k), np.int64)
+        sim, at = self.flat.search(q, k) if self.n_lists == 0 else self._ivf_search(q, k)
+        sim[at < 0] = -np.inf
+        return sim, np.where(at < 0, -1, self.ids[np.maximum(at, 0)])
 
-    def _open_leaves(
-        self, queries: torch.Tensor, rows: torch.Tensor, best: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(query row, leaf) pairs whose cone may hold a vector beating the query's best, for
-        the queries ``rows``. Down to the cells, queries near each other (``search`` orders
-        them by their first leaf; 256 at a time) walk together: a node is tested against the
-        whole block when its parent is open for any of them, which costs nothing where every
-        query opens every node (no structure above the cells) and keeps the walk short where
-        there is. From the cells down, every (query, open node) pair walks on its own: a
-        node's children are tested against the queries that opened it only
-        (``_open_children``)."""
-        q_rows = _query_rows(queries[rows], best[rows])
-        gamma = torch.arccos(-q_rows[:, -2])  # γ = arccos b, b = −(the row's D-th value)
-        above = self.levels[: self._entry + 1]
-        q_parts, node_parts = [], []
-        for block in torch.arange(len(rows)).split(256):
-            nodes = torch.zeros(1, dtype=torch.int64)  # the root
-            open_ = torch.ones(len(block), 1, dtype=torch.bool)
-            for parent, level in zip(above[:-1], above[1:], strict=True):
-                nodes = _ranges(parent.children, nodes)
-                cones = level.cone_rows[nodes]
-                open_ = _may_beat(q_rows[block] @ cones.T, level.half_angle[nodes], gamma[block])
-                self.centres_compared += open_.numel()
-                some = open_.any(dim=0)
-                nodes, open_ = nodes[some], open_[:, some]
-            q_at, at = open_.nonzero(as_tuple=True)
-            q_parts.append(block[q_at])
-            node_parts.append(nodes[at])
-        q_at, node = torch.cat(q_parts), torch.cat(node_parts)
-        below = self.levels[self._entry :]
-        for parent, level in zip(below[:-1], below[1:], strict=True):
-            q_at, node = self._open_children(q_rows, gamma, q_at, node, parent, level)
-        return rows[q_at], node
+    def _ivf_search(self, q: F32, k: int) -> tuple[F32, I64]:
+        """Two passes over all the queries: their ``probe`` nearest lists, then the lists
+        that may beat their k-th best; each pass reads every list once, against all the
+        queries that need it. ``at`` holds positions in the vectors given."""
+        sim = np.full((len(q), k), -np.inf, np.float32)
+        at = np.full((len(q), k), -1, np.int64)
+        probe = min(self.probe, self.n_lists)
+        first = np.concatenate(
+            [self.flat.search(q[a:b], probe)[1] for a, b in iter_blocks(len(q), 8192)]
+        )
+        self._scan(q, np.repeat(np.arange(len(q)), probe), first.ravel(), sim, at)
+        rows, lists = [], []
+        for a, b in iter_blocks(len(q), 4096):
+            may = _may_beat(q[a:b], sim[a:b, k - 1], self.cones)
+            np.put_along_axis(may, first[a:b], False, axis=1)  # read already
+            r, j = np.nonzero(may)
+            rows.append(a + r)
+            lists.append(j)
+        self._scan(q, np.concatenate(rows), np.concatenate(lists), sim, at)
+        return sim, at
 
-    def _open_children(
-        self,
-        q_rows: torch.Tensor,
-        gamma: torch.Tensor,
-        q_at: torch.Tensor,
-        node: torch.Tensor,
-        parent: _Level,
-        level: _Level,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """The (query, child) pairs left open below the open (query, node) pairs given: one
-        matmul per node with several children against its queries. A node with a single child
-        (a leaf repeated down to the last level) holds the same vectors, so the same cone: its
-        pairs pass through."""
-        lo, width = parent.children[node], parent.children.diff()[node]
-        one = width == 1
-        out_q, out_node = [q_at[one]], [lo[one]]
-        q_many, node_many = q_at[~one], node[~one]
-        order = torch.argsort(node_many, stable=True)
-        nodes, counts = torch.unique_consecutive(node_many[order], return_counts=True)
-        for j, group in zip(nodes.tolist(), order.split(counts.tolist()), strict=True):
-            a, b = int(parent.children[j]), int(parent.children[j + 1])
-            q_j = q_many[group]
-            cones = level.cone_rows[a:b]
-            open_ = _may_beat(q_rows[q_j] @ cones.T, level.half_angle[a:b], gamma[q_j])
-            at, c = open_.nonzero(as_tuple=True)
-            out_q.append(q_j[at])
-            out_node.append(a + c)
-            self.centres_compared += open_.numel()
-        return torch.cat(out_q), torch.cat(out_node)
+    def _scan(self, q: F32, rows: I64, lists: I64, sim: F32, at: I64) -> None:
+        """Merge into ``sim``/``at`` the top k of each (query row, list) pair given, list by
+        list: one faiss ``knn`` (a BLAS matmul) per list against all its queries."""
+        self.lists_scanned += int(rows.size)
+        order = np.argsort(lists, kind="stable")
+        rows, lists = rows[order], lists[order]
+        bounds = np.searchsorted(lists, np.arange(self.n_lists + 1))
+        with _one_thread():  # many small matmuls: waking a thread pool costs more than it gives
+            self._scan_lists(q, rows, bounds, sim, at)
 
-
-def _query_rows(q: torch.Tensor, best: torch.Tensor) -> torch.Tensor:
-    """(m, D + 2): q, −b, √(1 − b²) per query, with b its best so far less 1e-5 (slack for
-    float rounding): row · cone row = cos β − cos(α + γ), γ = arccos b."""
-    b = (best - 1e-5).clamp(-1.0, 1.0)[:, None]
-    return torch.cat([q, -b, (1.0 - b * b).clamp(min=0.0).sqrt()], dim=1)
-
-
-def _may_beat(score: torch.Tensor, alpha: torch.Tensor, gamma: torch.Tensor) -> torch.Tensor:
-    """(queries × nodes) whether a node's cone may hold a vector beating a query's best, from
-    ``score`` = ``_query_rows`` · ``cone_rows``, the nodes' α and the queries' γ = arccos b.
-
-    No vector within α of ĉ is closer to q than max(0, β − α), so a node may hold one with
-    cosine above b = cos γ only if β < α + γ: where α + γ < π that is cos β > cos(α + γ), i.e.
-    score > 0 (no arccos, no per-pair cos or sin); where α + γ ≥ π the node is always open."""
-    open_ = score > 0.0
-    wide = alpha + gamma.max() >= math.pi
-    if bool(wide.any()):
-        open_[:, wide] |= alpha[wide][None, :] + gamma[:, None] >= math.pi
-    return open_
-
-
-def _ranges(offsets: torch.Tensor, nodes: torch.Tensor) -> torch.Tensor:
-    """offsets[j]:offsets[j + 1] for every j in ``nodes`` (sorted), concatenated."""
-    lo, hi = offsets[nodes], offsets[nodes + 1]
-    sizes = hi - lo
-    starts = torch.repeat_interleave(lo - (torch.cumsum(sizes, 0) - sizes), sizes)
-    return starts + torch.arange(int(sizes.sum()))
-
-
-def _cone_tree(
-    vectors: torch.Tensor, leaf_size: int, fanout: int, seed: int
-) -> tuple[torch.Tensor, list[torch.Tensor], int]:
-    """An order of the vectors; per level of the tree (root first), where its nodes start in
-    that order (plus the end); the level of the cells.
-
-    The vectors are first cut into cells of about ``fanout · leaf_size`` by one spherical
-    k-means with that many centres (``_cells``), and the levels above the cells are built
-    bottom-up by grouping cells (``_group_levels``). A top-down split with a small fanout has
-    to put far-apart groups together wherever there are more of them than children (random
-    "themes"), and then cuts each of them into fragments spread over its children: every
-    level below is mixed, and every query opens it. Below the cells the tree is built top down:
-    a node of more than ``fanout · leaf_size`` vectors is split into ``fanout`` children, each
-    then into tight pieces (``_tight_pieces``); a smaller node into its leaves at once
-    (``_leaf_pieces``), which stay leaves down to the last level."""
-    order = torch.arange(vectors.shape[0])
-    bounds = _cells(vectors, order, leaf_size, fanout, seed)
-    cells = len(bounds) - 1
-    leaves: set[int] = set()  # starts of the nodes that are leaves
-    while True:
-        starts = bounds[-1].tolist()
-        cuts = set(starts)
-        for j, (a, b) in enumerate(zip(starts[:-1], starts[1:], strict=True)):
-            if a in leaves:
+    def _scan_lists(self, q: F32, rows: I64, bounds: I64, sim: F32, at: I64) -> None:
+        k = sim.shape[1]
+        for j in np.flatnonzero(np.diff(bounds)):
+            lo, hi = int(self.offsets[j]), int(self.offsets[j + 1])
+            if hi == lo:
                 continue
-            node_seed = seed + len(bounds) * 1_000_003 + j
-            if b - a > fanout * leaf_size:
-                counts = _split(vectors, order[a:b], fanout, node_seed)
-                counts = _pieces_of(vectors, order[a:b], counts, _tight_pieces)
-            else:
-                counts = _leaf_pieces(vectors, order[a:b], leaf_size, node_seed)
-                leaves.update((a + torch.cumsum(counts, 0) - counts).tolist())
-            cuts.update((a + torch.cumsum(counts, 0)[:-1]).tolist())
-        if len(cuts) == len(starts):
-            return order, bounds, cells
-        bounds.append(torch.tensor(sorted(cuts)))
-
-
-def _cells(
-    vectors: torch.Tensor, order: torch.Tensor, leaf_size: int, fanout: int, seed: int
-) -> list[torch.Tensor]:
-    """Cut ``order`` in place into cells of about ``fanout · leaf_size`` (one k-means, then
-    tight pieces) grouped bottom-up (``_group_levels``); the node starts per level, root first,
-    the cells last. Few vectors: the root alone."""
-    n = vectors.shape[0]
-    if n <= fanout * leaf_size:
-        return [torch.tensor([0, n])]
-    counts = _split(vectors, order, -(-n // (fanout * leaf_size)), seed)
-    counts = _pieces_of(vectors, order, counts, _tight_pieces)
-    return _group_levels(vectors, order, counts, fanout, seed)
-
-
-def _group_levels(
-    vectors: torch.Tensor, order: torch.Tensor, counts: torch.Tensor, fanout: int, seed: int
-) -> list[torch.Tensor]:
-    """Levels above runs of ``counts`` vectors of ``order`` (the cells), built bottom-up: the
-    nodes of a level are grouped by a spherical k-means of their vector sums into about one
-    group per ``fanout`` nodes, until at most ``fanout`` are left under the root. The cells are
-    reordered in place so that every group is a run; the node starts per level, root first.
-    Grouping cells (few, and each already one piece of content) finds the groups that exist at
-    every scale and cannot mix fragments of far-apart ones."""
-    ends = torch.cumsum(counts, 0)
-    cell_of = torch.empty_like(order)
-    cell_of[order] = torch.repeat_interleave(torch.arange(len(counts)), counts)
-    sums = torch.zeros(len(counts), vectors.shape[1]).index_add_(0, cell_of, vectors)  # no copy
-    chain = [torch.arange(len(counts))]  # per level (cells first): each cell's node there
-    while sums.shape[0] > fanout:
-        group = _group(sums, -(-sums.shape[0] // fanout), seed + len(chain))
-        chain.append(group[chain[-1]])
-        sums = torch.zeros(int(group.max()) + 1, sums.shape[1]).index_add_(0, group, sums)
-    cell_order = torch.from_numpy(np.lexsort([c.numpy() for c in chain]))  # top level primary
-    runs = [
-        order[int(e - c) : int(e)]
-        for c, e in zip(counts[cell_order], ends[cell_order], strict=True)
-    ]
-    order[:] = torch.cat(runs)
-    new_ends = torch.cumsum(counts[cell_order], 0)
-    bounds = [torch.tensor([0, int(new_ends[-1])])]
-    for node in reversed(chain):  # top level first, the cells last
-        node = node[cell_order]
-        last = torch.nonzero(node[1:] != node[:-1]).flatten()  # last cell of each node but one
-        bounds.append(torch.cat([torch.zeros(1, dtype=torch.int64), new_ends[last], new_ends[-1:]]))
-    return bounds
-
-
-def _group(sums: torch.Tensor, k: int, seed: int, iters: int = 10) -> torch.Tensor:
-    """Spherical k-means of nodes, each weighted by its vectors (the rows of ``sums`` are their
-    sums): the group (0..) of each node, groups numbered without gaps."""
-    x = torch.nn.functional.normalize(sums, dim=1)
-    centres = _lloyd(x, sums, _spread_seeds(x, k, torch.Generator().manual_seed(seed)), iters)
-    group = _argmax_sim(x, centres)
-    return torch.searchsorted(torch.unique(group), group)  # numbered without gaps
-
-
-def _leaf_pieces(
-    vectors: torch.Tensor, members: torch.Tensor, leaf_size: int, seed: int
-) -> torch.Tensor:
-    """Split a node into leaves of at most ``leaf_size`` (k-means, again on any piece still too
-    big), each then into tight pieces (``_tight_pieces``); reorder ``members`` (a view into the
-    tree's order) by leaf and return the leaf sizes."""
-    if len(members) <= leaf_size:
-        return _tight_pieces(vectors, members)
-    counts = _split(vectors, members, -(-len(members) // leaf_size), seed)
-    return _pieces_of(
-        vectors, members, counts, lambda v, m: _leaf_pieces(v, m, leaf_size, seed + len(m))
-    )
-
-
-def _pieces_of(
-    vectors: torch.Tensor,
-    members: torch.Tensor,
-    counts: torch.Tensor,
-    pieces: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
-) -> torch.Tensor:
-    """``pieces`` applied to each run of ``counts`` members (empty runs dropped); the sizes of
-    all the pieces, in order."""
-    ends = torch.cumsum(counts, 0).tolist()
-    return torch.cat(
-        [
-            pieces(vectors, members[end - c : end])
-            for c, end in zip(counts.tolist(), ends, strict=True)
-            if c > 0
-        ]
-    )
-
-
-def _split(vectors: torch.Tensor, members: torch.Tensor, k: int, seed: int) -> torch.Tensor:
-    """Reorder ``members`` (a view into the tree's order) by their k-means cluster; the cluster
-    sizes. Where k-means puts everything in one cluster (identical vectors), the members are cut
-    into k equal runs instead: any split keeps the search exact, and the tree must get deeper."""
-    x = vectors[members]
-    centres = _spherical_kmeans(x, k, seed)
-    assign = torch.cat([_argmax_sim(x[a:b], centres) for a, b in iter_blocks(len(x), 65536)])
-    counts = torch.bincount(assign, minlength=k)
-    if int(counts.max()) == len(x):
-        assign = torch.arange(len(x)) * k // len(x)
-        counts = torch.bincount(assign, minlength=k)
-    members[:] = members[torch.argsort(assign, stable=True)]
-    return counts
-
-
-def _split_if_tighter(vectors: torch.Tensor, members: torch.Tensor) -> torch.Tensor | None:
-    """Split a node in two (2-means seeded with its mean and its farthest member) when both
-    halves' cones are under 0.8 of its own, or one half of two or more members is under half
-    of it (a fragment peeled off a mixture of several); reorder ``members`` and return the two
-    sizes, or None. A node that k-means filled with fragments of far-apart clusters has a wide
-    cone, which every query would open; its fragments alone are tight and get skipped."""
-    x = vectors[members]
-    mean = torch.nn.functional.normalize(x.sum(0), dim=0)
-    centres = _lloyd(x, x, torch.stack([mean, x[(x @ mean).argmin()]]), 4)
-    assign = _argmax_sim(x, centres)
-    counts = torch.bincount(assign, minlength=2)
-    if int(counts.min()) == 0:
-        return None
-    whole, halves = _half_angle(x), [_half_angle(x[assign == 0]), _half_angle(x[assign == 1])]
-    tight = int(torch.tensor(halves).argmin())
-    peel = int(counts[tight]) >= 2 and halves[tight] < 0.5 * whole  # a fragment of a mixture
-    if max(halves) >= 0.8 * whole and not peel:
-        return None
-    members[:] = members[torch.argsort(assign, stable=True)]
-    return counts
-
-
-def _tight_pieces(vectors: torch.Tensor, members: torch.Tensor) -> torch.Tensor:
-    """Split a small node in two while ``_split_if_tighter`` finds it worth it, then each half
-    the same way (in one level of the tree: a shallow tree costs less to walk); reorder
-    ``members`` by piece and return the piece sizes."""
-    halves = _split_if_tighter(vectors, members) if len(members) >= 8 else None
-    if halves is None:
-        return torch.tensor([len(members)])
-    cut = int(halves[0])
-    return torch.cat([_tight_pieces(vectors, members[:cut]), _tight_pieces(vectors, members[cut:])])
-
-
-def _half_angle(x: torch.Tensor) -> float:
-    """Half-angle of the cone around the normalised mean of the unit rows ``x``."""
-    mean = torch.nn.functional.normalize(x.sum(0), dim=0)
-    return math.acos(min(1.0, max(-1.0, float((x @ mean).min()))))
-
-
-def _cones(vectors: torch.Tensor, starts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Unit centre and half-angle of the cone holding vectors[starts[j]:starts[j + 1]], per j."""
-    k = len(starts) - 1
-    node = torch.repeat_interleave(torch.arange(k), starts.diff())
-    if len(node) == 0:
-        return torch.zeros(k, vectors.shape[1]), torch.zeros(k)
-    sums = torch.zeros(k, vectors.shape[1]).index_add_(0, node, vectors)  # reduceat: 25× slower
-    centres = torch.nn.functional.normalize(sums, dim=1)
-    cos_min = torch.ones(k)
-    for a, b in iter_blocks(len(node), 65536):
-        cos = (vectors[a:b] * centres[node[a:b]]).sum(dim=1)
-        cos_min.scatter_reduce_(0, node[a:b], cos, reduce="amin")
-    return centres, torch.arccos(cos_min.clamp(-1.0, 1.0))
+            r = rows[bounds[j] : bounds[j + 1]]
+            ip = faiss.METRIC_INNER_PRODUCT
+            s2, a2 = faiss.knn(q[r], self.vectors[lo:hi], min(k, hi - lo), metric=ip)
+            sim[r], at[r] = _merge_top(sim[r], at[r], s2, self.position[lo + a2], k)
 
 
 @contextmanager
 def _one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
+    threads = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(1)
     try:
         yield
     finally:
-        torch.set_num_threads(threads)
+        faiss.omp_set_num_threads(threads)
 
 
-def _argmax_sim(x: torch.Tensor, centres: torch.Tensor) -> torch.Tensor:
-    return (x @ centres.T).argmax(dim=1)
+@dataclass(frozen=True)
+class _Cones:
+    """Per list: unit centre ĉ, cos α and sin α of its cone's half-angle α, as the rows
+    (ĉ, cos α, sin α) of one matrix."""
+
+    rows: F32  # (lists, D + 2)
 
 
-def _spread_seeds(x: torch.Tensor, k: int, g: torch.Generator) -> torch.Tensor:
-    """k-means++ seeding on unit rows: each next seed drawn with probability ∝ its cosine
-    distance to the nearest seed so far, so far-apart groups all get a seed (random seeds
-    leave some groups without one, and k-means then mixes them in one cluster)."""
-    seeds = [int(torch.randint(x.shape[0], (1,), generator=g))]
-    dist = (1.0 - x @ x[seeds[0]]).clamp(min=0.0)
-    for _ in range(k - 1):
-        total = float(dist.sum())
-        weights = dist / total if total > 0 else torch.full_like(dist, 1.0 / len(dist))
-        seeds.append(int(torch.multinomial(weights, 1, generator=g)))
-        dist = torch.minimum(dist, (1.0 - x @ x[seeds[-1]]).clamp(min=0.0))
-    return x[seeds].clone()
+def _list_cones(vectors: F32, offsets: I64, centres: F32) -> _Cones:
+    """Each list's unit centre and its cone's half-angle around it (over all its vectors; an
+    empty list gets α = 0 around its centre: it is never read)."""
+    centres = centres / np.maximum(np.linalg.norm(centres, axis=1, keepdims=True), 1e-12)
+    cos_min = np.ones(len(centres), np.float64)
+    for j in range(len(centres)):
+        lo, hi = offsets[j], offsets[j + 1]
+        if hi > lo:
+            cos_min[j] = float((vectors[lo:hi] @ centres[j]).min())
+    alpha = np.arccos(np.clip(cos_min, -1.0, 1.0))
+    return _Cones(np.concatenate([centres, np.cos(alpha)[:, None], np.sin(alpha)[:, None]], 1,
+                                 dtype=np.float32))  # fmt: skip
 
 
-def _spherical_kmeans(x: torch.Tensor, k: int, seed: int, iters: int = 8) -> torch.Tensor:
-    """Unit centres of a spherical k-means on a seeded sample of at most 64·k rows."""
-    g = torch.Generator().manual_seed(seed)
-    sample = x[torch.randperm(x.shape[0], generator=g)[: min(x.shape[0], 64 * k)]]
-    return _lloyd(sample, sample, _spread_seeds(sample, k, g), iters)
+def _may_beat(q: F32, best: F32, cones: _Cones) -> NDArray[np.bool_]:
+    """(queries, lists): may a vector of the list beat the query's best so far, s? Yes when
+    β < α + γ, γ = arccos(s − 1e-5) (slack for float rounding): with b = cos γ,
+    (q, −b, √(1 − b²)) · (ĉ, cos α, sin α) = cos β − cos(α + γ) > 0 (for α + γ < π; a query
+    whose γ exceeds π − max α may beat every list)."""
+    b = np.clip(best.astype(np.float64) - 1e-5, -1.0, 1.0)[:, None]
+    rows = np.concatenate([q, -b, np.sqrt(1.0 - b * b)], axis=1, dtype=np.float32)
+    may = rows @ cones.rows.T > 0
+    alpha_max = float(np.arccos(np.clip(cones.rows[:, -2].min(), -1.0, 1.0)))
+    may[np.arccos(b[:, 0]) + alpha_max >= math.pi - 1e-6] = True
+    return may
 
 
-def _lloyd(x: torch.Tensor, sums: torch.Tensor, centres: torch.Tensor, iters: int) -> torch.Tensor:
-    """Spherical k-means steps from ``centres``: each unit row of ``x`` goes to its most
-    similar centre, and a centre moves to the normalised total of its members' ``sums`` rows
-    (``x`` itself, or nodes' vector sums, so that a node weighs as many vectors as it holds);
-    a centre left without members stays where it is."""
-    for _ in range(iters):
-        assign = _argmax_sim(x, centres)
-        one_hot = torch.nn.functional.one_hot(assign, len(centres)).to(sums.dtype)
-        pooled = one_hot.T @ sums  # a matmul: index_add_ is slow on CPU for small blocks
-        used = torch.bincount(assign, minlength=len(centres)) > 0
-        centres = torch.where(used[:, None], torch.nn.functional.normalize(pooled, dim=1), centres)
-    return centres
+def _merge_top(sim: F32, at: I64, sim2: F32, at2: I64, k: int) -> tuple[F32, I64]:
+    """The top k of two candidate lists per row (disjoint: from different lists)."""
+    s, a = np.concatenate([sim, sim2], axis=1), np.concatenate([at, at2], axis=1)
+    order = np.argsort(-s, axis=1, kind="stable")[:, :k]
+    return np.take_along_axis(s, order, axis=1), np.take_along_axis(a, order, axis=1)
 
 
-def _ref_index(channel: Channel, rows: I64, scales: Sequence[float], block_rows: int) -> ConeIndex:
+def _ref_index(
+    channel: Channel, rows: I64, scales: Sequence[float], block_rows: int
+) -> NearestIndex:
     """The real side's descriptors at every zoom in one index; each vector's id is its row."""
     parts, ids = [], []
     for zoom in scales:
         for a, b in iter_blocks(rows.size, block_rows):
-            parts.append(channel.describe(rows[a:b], zoom))
+            parts.append(channel.describe(rows[a:b], zoom).numpy())
             ids.append(rows[a:b])
-    return ConeIndex(torch.cat(parts), np.concatenate(ids))
+    return NearestIndex(np.concatenate(parts), np.concatenate(ids))
 
 
-def _nearest(queries: torch.Tensor, index: ConeIndex, q_rows: I64 | None) -> tuple[np.ndarray, I64]:
-    """Distance to and row of the nearest reference (any zoom); ``q_rows`` excludes self."""
-    best, arg = index.search(queries, q_rows)
-    dist = (1.0 - best.clamp(-1.0, 1.0)).numpy().astype(np.float64)
-    return dist, arg.numpy()
+def nearest_distinct(
+    queries: torch.Tensor | F32, index: NearestIndex, n: int = 1, exclude: I64 | None = None
+) -> tuple[np.ndarray, I64]:
+    """Cosine distances (m, n) to and ids of the n nearest *distinct* ids per query, nearest
+    first (an id's distance is its nearest vector's; inf and −1 past the last id); ``exclude``
+    (one id per query) is skipped. Exact: an id holds at most ``index.per_id`` vectors, so the
+    n-th distinct id's best vector ranks at most (n − 1) · per_id + 1 among all vectors, and
+    the excluded id takes at most per_id places before it."""
+    k = (n + (exclude is not None)) * index.per_id
+    sim, ids = index.search(queries, k)
+    order = np.argsort(ids, axis=1, kind="stable")  # equal ids: the most similar first
+    by_id = np.take_along_axis(ids, order, axis=1)
+    first = np.ones(by_id.shape, bool)
+    first[:, 1:] = by_id[:, 1:] != by_id[:, :-1]
+    keep = np.empty_like(first)
+    np.put_along_axis(keep, order, first, axis=1)
+    keep &= ids >= 0
+    if exclude is not None:
+        keep &= ids != np.asarray(exclude, np.int64)[:, None]
+    pos = np.argsort(~keep, axis=1, kind="stable")[:, :n]  # the first n kept, in rank order
+    found = np.take_along_axis(keep, pos, axis=1)
+    dist = 1.0 - np.clip(np.take_along_axis(sim, pos, axis=1).astype(np.float64), -1.0, 1.0)
+    return np.where(found, dist, np.inf), np.where(found, np.take_along_axis(ids, pos, axis=1), -1)
 
 
 def _token_mean(store: RowStore, rows: I64, block_rows: int) -> NDArray[np.float32]:
@@ -695,10 +389,39 @@ def _concept_columns(
 
 @dataclass(frozen=True)
 class _ChannelResult:
-    tau: float  # the channel's threshold
+    tau: float  # the channel's threshold on the local ratio
+    ratio: np.ndarray  # per generated image: the local ratio (``local_ratio``)
     dist: np.ndarray  # per generated image: distance to its nearest real image
     near: I64  # that real image's row
     expected_false: float  # n · max(F̂(τ), level)
+
+
+def local_ratio(dist: np.ndarray) -> np.ndarray:
+    """d₁ / mean(d₁ … d_n) per row of (m, n) distances to the n nearest distinct images, nearest
+    first (Carlini et al. 2023's distance to the nearest relative to the n nearest): scale
+    free, so a dense neighbourhood (all of d₁ … d_n small) does not make it small; a copy has
+    d₁ ≈ 0, so ≈ 0. Missing neighbours (inf) are left out; 0 where all the distances are 0."""
+    finite = np.where(np.isfinite(dist), dist, np.nan)
+    mean = np.nanmean(finite, axis=1) if dist.size else np.zeros(len(dist))
+    out: np.ndarray = np.divide(dist[:, 0], mean, out=np.zeros(len(dist)), where=mean > 0)
+    return out
+
+
+def tail_quantile(null: np.ndarray, level: float, tail: float = 0.05) -> float:
+    """The ``level`` quantile of a null sample of ratios, its lower tail extrapolated where the
+    sample cannot resolve it. The lower tail of a ratio that only vanishes for coincident
+    images is a power law, F(t) ∝ t^k (k the local intrinsic dimension: for points spread
+    evenly, (d₁/d_n)^k is the least of n − 1 uniforms); its exponent is the Hill estimate from
+    the m = ⌈``tail`` · N⌉ smallest values t₍₁₎ ≤ … ≤ t₍m₎ below t₍m+1₎,
+    k̂ = 1 / mean_i log(t₍m+1₎ / t₍i₎), and τ = t₍m+1₎ · (level · N / m)^(1/k̂). Where
+    level ≥ m / N, the empirical quantile."""
+    t = np.sort(np.asarray(null, np.float64))
+    m = min(len(t) - 1, max(10, math.ceil(tail * len(t))))
+    if m < 1 or level >= m / len(t):
+        return float(np.quantile(t, level))
+    logs = np.log(t[m] / np.maximum(t[:m], 1e-12)) if t[m] > 0 else np.zeros(m)
+    k = 1.0 / max(float(logs.mean()), 1e-12)
+    return float(t[m] * (level * len(t) / m) ** (1.0 / k))
 
 
 def _search_channel(
@@ -707,18 +430,21 @@ def _search_channel(
     real_rows: I64,
     calib: I64,
     gen_rows: I64,
-    scales: Sequence[float],
-    block_rows: int,
+    sizes: tuple[Sequence[float], int, int],
     level: float,
 ) -> _ChannelResult:
-    """One channel: the real index, the real→real null (self excluded), τ, the generated side."""
+    """One channel: the real index; the real→real null of the local ratio over the ``n``
+    nearest (leave-one-out: each calibration image's own row excluded) and τ, its ``level``
+    quantile; the generated side's ratio. ``sizes``: the zooms, ``n``, block rows."""
+    scales, n, block_rows = sizes
+    n = max(1, min(n, real_rows.size - 1))
     index = _ref_index(real_ch, real_rows, scales, block_rows)
-    null = _nearest(_describe(real_ch, calib, block_rows), index, calib)[0]
-    tau = float(np.quantile(null, level))
+    null = local_ratio(nearest_distinct(_describe(real_ch, calib, block_rows), index, n, calib)[0])
+    tau = tail_quantile(null, level)
     # F̂(τ) is the level when the sample resolves the quantile; never report less
     expected_false = gen_rows.size * max(float(np.mean(null < tau)), level)
-    dist, near = _nearest(_describe(gen_ch, gen_rows, block_rows), index, None)
-    return _ChannelResult(tau, dist, near, expected_false)
+    dist, near = nearest_distinct(_describe(gen_ch, gen_rows, block_rows), index, n)
+    return _ChannelResult(tau, local_ratio(dist), dist[:, 0], near[:, 0], expected_false)
 
 
 def _describe(channel: Channel, rows: I64, block_rows: int) -> torch.Tensor:
@@ -754,6 +480,13 @@ def with_seed_counts(df: pl.DataFrame, real_ids: set[str]) -> pl.DataFrame:
     )
 
 
+def _calibration_rows(real_rows: I64, size: int, seed: int) -> I64:
+    """The real rows of the null: all of them, or a seeded sample of ``size``."""
+    if real_rows.size <= size:
+        return real_rows
+    return np.sort(np.random.default_rng(seed).choice(real_rows, size, replace=False))
+
+
 def find_memorization_candidates(
     real_features: str | Path | RowStore,
     gen_features: str | Path | RowStore,
@@ -770,16 +503,19 @@ def find_memorization_candidates(
     pool: int = 4,
     thumb: int = 24,
     scales: Sequence[float] = DEFAULT_SCALES,
+    neighbours: int = NEIGHBOURS,
 ) -> pl.DataFrame:
     """Near copies of real images among the generated ones (see the module doc).
 
-    Columns: ``gen_image_id``, ``nearest_real_id``, ``distance`` (min over channels of d_c/τ_c:
-    < 1 is a candidate), ``threshold`` (1.0, the unit of ``distance``), ``evidence`` (the
-    channels below their threshold, comma-separated), ``<channel>_distance`` and
-    ``<channel>_threshold`` per channel, ``concept_distance`` and ``own_concept_distance``
-    (NaN without code stores), ``expected_false_candidates`` (under exchangeability, for this
-    generated set), ``is_candidate``, and the columns of ``with_seed_counts`` (one row per
-    generated sample; "reproduced on s of k seeds"); sorted by ``distance``. Only the
+    Columns: ``gen_image_id``, ``nearest_real_id``, ``distance`` (min over channels of r_c/τ_c,
+    r_c the local ratio over the ``neighbours`` nearest real images: < 1 is a candidate),
+    ``threshold`` (1.0, the unit of ``distance``), ``evidence`` (the channels below their
+    threshold, comma-separated), per channel ``<channel>_distance`` (cosine distance to the
+    nearest real image), ``<channel>_ratio`` (r_c) and ``<channel>_threshold`` (τ_c),
+    ``concept_distance`` and ``own_concept_distance`` (NaN without code stores),
+    ``expected_false_candidates`` (under the null, for this generated set), ``is_candidate``,
+    and the columns of ``with_seed_counts`` (one row per generated sample; "reproduced on s of
+    k seeds"); sorted by ``distance``. Only the
     candidates unless ``all_rows``.
     """
     if not 0 < calibration_quantile < 1:
@@ -788,24 +524,19 @@ def find_memorization_candidates(
     real_rows, gen_rows = select_rows(real, None), select_rows(gen, None)
     if real_rows.size < 2:
         raise ValueError("memorisation threshold needs at least two valid real images")
-    calib = real_rows
-    if calib.size > calibration_size:
-        rng = np.random.default_rng(seed)
-        calib = np.sort(rng.choice(real_rows, calibration_size, replace=False))
+    calib = _calibration_rows(real_rows, calibration_size, seed)
     mean_d = _token_mean(real, calib[: min(calib.size, 2048)], block_rows)
     pairs = [(patch_channel(real, mean_d, pool), patch_channel(gen, mean_d, pool))]
     if real_images is not None and gen_images is not None:
         pairs += [(pixel_channel(real_images, real, thumb), pixel_channel(gen_images, gen, thumb))]
     level = calibration_quantile / len(pairs)
-    found = [
-        _search_channel(r_ch, g_ch, real_rows, calib, gen_rows, scales, block_rows, level)
-        for r_ch, g_ch in pairs
-    ]
+    sizes = (scales, neighbours, block_rows)
+    found = [_search_channel(r, g, real_rows, calib, gen_rows, sizes, level) for r, g in pairs]
     names = [r_ch.name for r_ch, _ in pairs]
     thresholds = {c: f.tau for c, f in zip(names, found, strict=True)}
-    gen_dist = {c: f.dist for c, f in zip(names, found, strict=True)}
+    by_name = dict(zip(names, found, strict=True))
     expected_false = sum(f.expected_false for f in found)
-    ratio = np.stack([gen_dist[c] / max(thresholds[c], 1e-12) for c in names])  # (C, n)
+    ratio = np.stack([by_name[c].ratio / max(thresholds[c], 1e-12) for c in names])  # (C, n)
     best_c = ratio.argmin(axis=0) if gen_rows.size else np.zeros(0, np.int64)
     near_rows = np.stack([f.near for f in found])[best_c, np.arange(gen_rows.size)]
     real_ids_all, gen_ids_all = real.image_ids(), gen.image_ids()
@@ -821,7 +552,8 @@ def find_memorization_candidates(
         ],
     }
     for c in names:
-        columns[f"{c}_distance"] = gen_dist[c]
+        columns[f"{c}_distance"] = by_name[c].dist
+        columns[f"{c}_ratio"] = by_name[c].ratio
         columns[f"{c}_threshold"] = np.full(gen_rows.size, thresholds[c])
     columns["concept_distance"], columns["own_concept_distance"] = _concept_columns(
         real_codes, gen_codes, gen_ids, near_ids

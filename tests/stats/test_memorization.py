@@ -10,7 +10,6 @@ the pipeline's image policy does.
 from __future__ import annotations
 
 import io
-import math
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +22,7 @@ from blindspot_assets.config import EncoderSpec
 from blindspot_assets.demo.world import caption_of, parse_caption, render, sample_scene
 from blindspot_assets.encoders.dinov2 import load_encoder
 from blindspot_assets.stats import find_memorization_candidates
-from blindspot_assets.stats.memorization import ConeIndex
+from blindspot_assets.stats.memorization import NearestIndex, nearest_distinct
 from tests.stats.conftest import write_codes, write_features
 
 N = 400
@@ -132,9 +131,15 @@ def test_planted_near_copies_are_found_with_few_false_candidates(
     assert score["found"] >= 0.9, score
     assert score["false"] <= 0.01, score
     assert min(score[k] for k in KINDS) >= 0.8, score
-    # the expected false count under exchangeability is reported, and small here
+    # the expected false count under the null is reported: n · Σ_c max(F̂_c(τ_c), q / 2), and
+    # 400 calibration images resolve F̂ to 1 / 400 per channel
     expected = float(every["expected_false_candidates"][0])
-    assert 0.001 * N - 1e-9 <= expected <= 0.001 * N + 1e-9  # n · q with a resolved quantile
+    assert 0.001 * N - 1e-9 <= expected <= N * 2 / N + 1e-9
+    # the local ratio per channel: its threshold is the unit of distance
+    for c in ("patch", "pixel"):
+        ratio = every[f"{c}_ratio"] / every[f"{c}_threshold"]
+        assert (every["distance"] <= ratio + 1e-12).all()
+        assert (every[f"{c}_ratio"].is_between(0, 1)).all()
     # copies of the image's own caption vs another caption's; concept-space evidence
     own = cands.filter(pl.col("gen_image_id").is_in([g for g, p in planted.items() if p[1]]))
     other = cands.filter(pl.col("gen_image_id").is_in([g for g, p in planted.items() if not p[1]]))
@@ -187,183 +192,105 @@ def _clustered_unit_vectors(n: int, dim: int, n_groups: int, seed: int) -> torch
     return torch.nn.functional.normalize(x, dim=1)
 
 
-def test_cone_index_returns_the_brute_force_neighbours() -> None:
-    """The pruned search answers exactly what the full similarity matrix answers, with and
-    without excluding each query's own row, while scanning a fraction of the lists."""
+def _brute_distinct(
+    queries: torch.Tensor, refs: torch.Tensor, ids: np.ndarray, n: int, exclude: object = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Cosine distances to and ids of the n nearest distinct ids, from the full matrix: each
+    id's best similarity over its vectors, the excluded id dropped."""
+    full = (queries @ refs.T).double().numpy()
+    uniq, inverse = np.unique(ids, return_inverse=True)
+    best = np.full((len(queries), len(uniq)), -np.inf)
+    np.maximum.at(best.T, inverse, full.T)
+    if exclude is not None:
+        best[np.asarray(exclude)[:, None] == uniq[None, :]] = -np.inf
+    order = np.argsort(-best, axis=1, kind="stable")[:, :n]
+    return 1.0 - np.take_along_axis(best, order, axis=1), uniq[order]
+
+
+FLAT, IVF = {"flat_max": 10**9}, {"flat_max": 0, "n_lists": 100}
+
+
+def _assert_exact(index: NearestIndex, queries, refs, ids, n, exclude=None) -> None:  # type: ignore[no-untyped-def]
+    dist, near = nearest_distinct(queries, index, n, exclude)
+    ref_dist, ref_near = _brute_distinct(queries, refs, ids, n, exclude)
+    np.testing.assert_array_equal(near, ref_near)
+    np.testing.assert_allclose(dist, ref_dist, atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", [FLAT, IVF], ids=["flat", "ivf"])
+def test_nearest_index_returns_the_brute_force_neighbours(kind: dict[str, int]) -> None:
+    """Flat and IVF search answer what the full similarity matrix answers, for the nearest
+    and the 5 nearest distinct ids, with and without excluding each query's own id; the IVF
+    search reads a few of its lists per query."""
     refs = _clustered_unit_vectors(3000, 32, 40, seed=1)
     ids = np.arange(3000, dtype=np.int64) * 7 + 5  # ids are store rows, not positions
     queries = _clustered_unit_vectors(500, 32, 40, seed=2)
     queries[:50] = torch.nn.functional.normalize(refs[:50] + 0.01 * torch.randn(50, 32), dim=1)
-    index = ConeIndex(refs, ids)
-    best, arg = index.search(queries, chunk=128)
-    full = queries @ refs.T
-    np.testing.assert_array_equal(arg.numpy(), ids[full.argmax(dim=1).numpy()])
-    torch.testing.assert_close(best, full.max(dim=1).values)
-    assert (arg[:50].numpy() == ids[:50]).all()  # the planted near copies
-    assert index.lists_scanned < 0.25 * 500 * len(index.centres)  # a few lists per query
-    # self excluded: queries are the references themselves
-    best_self, arg_self = index.search(refs[:400], exclude=ids[:400])
-    full_self = refs[:400] @ refs.T
-    full_self[torch.arange(400), torch.arange(400)] = -torch.inf
-    np.testing.assert_array_equal(arg_self.numpy(), ids[full_self.argmax(dim=1).numpy()])
-    torch.testing.assert_close(best_self, full_self.max(dim=1).values)
+    index = NearestIndex(refs, ids, **kind)
+    assert (index.n_lists == 0) == (kind is FLAT)
+    for n in (1, 5):
+        _assert_exact(index, queries, refs, ids, n)
+    assert (nearest_distinct(queries[:50], index)[1][:, 0] == ids[:50]).all()  # planted copies
+    if kind is IVF:
+        assert index.lists_scanned < 0.25 * 2 * 500 * index.n_lists
+    _assert_exact(index, refs[:400], refs, ids, 3, exclude=ids[:400])  # self excluded
 
 
-def _hierarchical_unit_vectors(n: int, dim: int, per_content: int, seed: int) -> torch.Tensor:
-    """n / per_content contents at the leaves of a tree that branches 4 ways, each node a
-    Gaussian step from its parent (spread 0.45 to the contents, 0.7 above, 1.1 higher up);
-    the variants, Gaussian steps of 0.25 around a random content, drawn with ``seed``."""
+@pytest.mark.parametrize("kind", [FLAT, IVF], ids=["flat", "ivf"])
+def test_zooms_sharing_an_id_count_once_and_are_excluded_together(kind: dict[str, int]) -> None:
+    """Each image's descriptors at three zooms share its id: the n nearest are n distinct
+    images, and excluding a query's own id skips all three of its vectors."""
     g = torch.Generator().manual_seed(0)
-    k = n // per_content
-    depth = math.ceil(math.log(k, 4))
-    nodes = torch.randn(1, dim, generator=g)
-    for level in range(depth):
-        spread = (0.45, 0.7, 1.1)[min(2, depth - 1 - level)]
-        nodes = nodes.repeat_interleave(4, dim=0)
-        nodes = nodes + spread * torch.randn(nodes.shape, generator=g)
-    g = torch.Generator().manual_seed(seed)
-    x = nodes[torch.randint(k, (n,), generator=g)]
-    return torch.nn.functional.normalize(x + 0.25 * torch.randn(x.shape, generator=g), dim=1)
+    images = _clustered_unit_vectors(1500, 16, 30, seed=3)
+    zooms = [torch.nn.functional.normalize(images + s * torch.randn(images.shape, generator=g),
+                                           dim=1) for s in (0.02, 0.05)]  # fmt: skip
+    refs = torch.cat([images, *zooms])
+    ids = np.tile(np.arange(1500, dtype=np.int64) * 3 + 1, 3)
+    index = NearestIndex(refs, ids, **kind)
+    assert index.per_id == 3
+    _assert_exact(index, images[:300], refs, ids, 4, exclude=ids[:300])
+    _assert_exact(index, _clustered_unit_vectors(300, 16, 30, seed=4), refs, ids, 4)
+    near = nearest_distinct(images[:300], index, 4, ids[:300])[1]
+    assert (near != ids[:300, None]).all()
+    assert all(len(set(row)) == 4 for row in near.tolist())
 
 
-def _brute(queries: torch.Tensor, refs: torch.Tensor, ids: np.ndarray, exclude: object = None):
-    full = queries @ refs.T
-    if exclude is not None:
-        full[
-            torch.from_numpy(np.asarray(exclude))[:, None] == torch.from_numpy(ids)[None, :]
-        ] = -torch.inf
-    best, at = full.max(dim=1)
-    return best, ids[at.numpy()]
-
-
-def test_cone_tree_is_exact_with_and_without_exclude_and_reads_few_lists() -> None:
-    """A tree several levels deep answers what the full similarity matrix answers — with each
-    image's descriptors at two zooms sharing its id, and with that id excluded — while reading
-    a small fraction of the leaves and comparing a fraction of the node centres."""
-    images = _hierarchical_unit_vectors(2000, 32, 25, seed=1)
-    zoomed = torch.nn.functional.normalize(images + 0.05 * torch.randn(images.shape), dim=1)
-    refs = torch.cat([images, zoomed])
-    ids = np.tile(np.arange(2000, dtype=np.int64) * 3 + 1, 2)
-    index = ConeIndex(refs, ids, leaf_size=32, fanout=4)
-    assert len(index.levels) >= 4  # root, two levels of 4-way splits, leaves
-    assert int(index.offsets.diff().max()) <= 32
-    n_nodes = sum(len(level.centres) for level in index.levels[1:])
-    queries = _hierarchical_unit_vectors(2000, 32, 25, seed=2)[:600]
-    queries[:60] = torch.nn.functional.normalize(images[:60] + 0.01 * torch.randn(60, 32), dim=1)
-    best, arg = index.search(queries, chunk=256)
-    ref_best, ref_arg = _brute(queries, refs, ids)
-    np.testing.assert_array_equal(arg.numpy(), ref_arg)
-    torch.testing.assert_close(best, ref_best)
-    assert (arg[:60].numpy() == ids[:60]).all()  # the planted near copies
-    assert index.lists_scanned < 0.1 * 600 * len(index.centres)
-    assert index.centres_compared < 0.5 * 600 * n_nodes
-    # self excluded: both zooms of each query's own image are skipped
-    best_self, arg_self = index.search(images[:500], exclude=ids[:500])
-    ref_best, ref_arg = _brute(images[:500], refs, ids, ids[:500])
-    np.testing.assert_array_equal(arg_self.numpy(), ref_arg)
-    torch.testing.assert_close(best_self, ref_best)
-    assert (arg_self.numpy() != ids[:500]).all()
-
-
-def test_cone_tree_cones_hold_every_vector_below_them() -> None:
-    """Each node's cone (centre, half-angle) holds every vector of its subtree: the bound the
-    search prunes with is never below a similarity it skips."""
-    refs = _hierarchical_unit_vectors(3000, 16, 20, seed=3)
-    index = ConeIndex(refs, np.arange(3000), leaf_size=16, fanout=4)
-    for depth, level in enumerate(index.levels):
-        starts = torch.arange(len(level.centres) + 1)
-        for deeper in index.levels[depth:]:  # down to the leaves' vector offsets
-            starts = deeper.children[starts]
-        for j in range(len(level.centres)):
-            a, b = int(starts[j]), int(starts[j + 1])
-            angles = torch.arccos((index.vectors[a:b] @ level.centres[j]).clamp(-1.0, 1.0))
-            assert float(angles.max()) <= float(level.half_angle[j]) + 1e-3
-
-
-def test_cone_tree_stays_exact_without_structure() -> None:
-    """Uniform directions: no cone can be skipped, the answer is still the brute-force one."""
-    refs = torch.nn.functional.normalize(torch.randn(1500, 8), dim=1)
-    queries = torch.nn.functional.normalize(torch.randn(300, 8), dim=1)
+def test_ivf_stays_exact_without_structure() -> None:
+    """Uniform directions: no list's cone can be skipped, the answer is still the brute-force
+    one; fewer vectors than asked for: −1 and inf past the last id."""
+    g = torch.Generator().manual_seed(0)
+    refs = torch.nn.functional.normalize(torch.randn(1500, 8, generator=g), dim=1)
+    queries = torch.nn.functional.normalize(torch.randn(300, 8, generator=g), dim=1)
     ids = np.arange(1500, dtype=np.int64)
-    best, arg = ConeIndex(refs, ids, leaf_size=16, fanout=4).search(queries)
-    ref_best, ref_arg = _brute(queries, refs, ids)
-    np.testing.assert_array_equal(arg.numpy(), ref_arg)
-    torch.testing.assert_close(best, ref_best)
+    _assert_exact(NearestIndex(refs, ids, flat_max=0, n_lists=300), queries, refs, ids, 3)
+    dist, near = nearest_distinct(queries, NearestIndex(refs[:2], ids[:2]), 3)
+    assert (near[:, 2] == -1).all() and np.isinf(dist[:, 2]).all()
 
 
-def test_cone_tree_is_exact_among_near_ties() -> None:
+def test_ivf_is_exact_among_near_ties() -> None:
     """Dense directions in three dimensions: every query has dozens of references within 1e-2
-    of its best cosine, spread over many leaves. The pruning may only skip a leaf that cannot
-    beat the best so far; a bound loosened by 1e-2 skips the leaf of the true nearest one."""
+    of its best cosine, spread over many lists. The search may only skip a list that cannot
+    beat the best so far; a bound loosened by 1e-2 skips the list of the true nearest one."""
     g = torch.Generator().manual_seed(0)
     refs = torch.nn.functional.normalize(torch.randn(5000, 3, generator=g), dim=1)
     queries = torch.nn.functional.normalize(torch.randn(300, 3, generator=g), dim=1)
     ids = np.arange(5000, dtype=np.int64)
-    ref_best, ref_arg = _brute(queries, refs, ids)
-    ties = ((queries @ refs.T) > ref_best[:, None] - 1e-2).sum(dim=1)
+    best = (queries @ refs.T).max(dim=1).values
+    ties = ((queries @ refs.T) > best[:, None] - 1e-2).sum(dim=1)
     assert int(ties.min()) >= 10  # near-ties for every query
-    best, arg = ConeIndex(refs, ids, leaf_size=16, fanout=4).search(queries)
-    np.testing.assert_array_equal(arg.numpy(), ref_arg)
-    torch.testing.assert_close(best, ref_best)
+    index = NearestIndex(refs, ids, flat_max=0, n_lists=300, probe=1)
+    _assert_exact(index, queries, refs, ids, 1)
 
 
-def test_cone_tree_work_per_query_does_not_grow_with_new_content() -> None:
-    """Four times the images, four times the contents (each as big): a query reads about as
-    many leaves, and its walk compares far fewer than four times as many centres. Its first
-    step compares every cell (one per ``fanout · leaf_size`` vectors): that part grows ∝ n."""
-    per_query = []
-    for n in (2000, 8000):
-        refs = _hierarchical_unit_vectors(n, 32, 25, seed=1)
-        queries = _hierarchical_unit_vectors(n, 32, 25, seed=2)
-        index = ConeIndex(refs, np.arange(n), leaf_size=32, fanout=4)
-        index.search(queries)
-        per_query.append((index.lists_scanned / n, index.centres_compared / n))
-        cells = index.levels[index._entry].centres
-        assert index.cells_compared == n * len(cells)
-        assert len(cells) >= n / 128  # k-means cells, some cut into tight pieces
-    (lists_small, centres_small), (lists_big, centres_big) = per_query
-    assert lists_big < 1.5 * lists_small, per_query
-    assert centres_big < 2 * centres_small, per_query
+def test_local_ratio_is_scale_free_and_small_for_a_copy() -> None:
+    """d₁ / mean(d₁ … d_n): the same neighbourhood shrunk 10× (a denser region) gives the same
+    ratio; a copy (d₁ = 0) gives 0; missing neighbours (inf) are left out of the mean."""
+    from blindspot_assets.stats.memorization import local_ratio
 
-
-def _turned(parents: torch.Tensor, degrees: float, g: torch.Generator) -> torch.Tensor:
-    """Each unit row of ``parents`` turned by ``degrees`` towards a random direction."""
-    u = torch.randn(parents.shape, generator=g)
-    u = torch.nn.functional.normalize(u - (u * parents).sum(1, keepdim=True) * parents, dim=1)
-    return math.cos(math.radians(degrees)) * parents + math.sin(math.radians(degrees)) * u
-
-
-def _themed_unit_vectors(n_themes: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Random, unrelated "themes" (far more than a node's fanout), 10 contents 35° from each,
-    ~20 variants 15° from a content (drawn with ``seed``); the vectors and their theme."""
-    g = torch.Generator().manual_seed(0)
-    themes = torch.nn.functional.normalize(torch.randn(n_themes, 32, generator=g), dim=1)
-    contents = _turned(themes.repeat_interleave(10, dim=0), 35.0, g)
-    g = torch.Generator().manual_seed(seed)
-    content = torch.randint(len(contents), (20 * len(contents),), generator=g)
-    return _turned(contents[content], 15.0, g), content // 10
-
-
-def test_cone_tree_keeps_unrelated_groups_apart() -> None:
-    """96 unrelated themes under a 4-way tree: a tree split top-down 4 ways at a time mixes
-    fragments of several themes in its nodes and then its leaves (69 mixed leaves here, 20
-    leaves read per query); cells cut by one k-means and grouped bottom-up keep every leaf
-    within one content's spread, and a query reads about two leaves, exactly."""
-    refs, theme = _themed_unit_vectors(96, seed=1)
-    queries, _ = _themed_unit_vectors(96, seed=2)
-    index = ConeIndex(refs, np.arange(len(refs)), leaf_size=32, fanout=4)
-    leaf_theme = theme[index.ids]
-    bounds = index.offsets.tolist()
-    mixed = [
-        len(leaf_theme[a:b].unique()) > 1 for a, b in zip(bounds[:-1], bounds[1:], strict=True)
-    ]
-    assert not any(mixed)
-    assert float(index.half_angle.max()) < math.radians(20.0)  # variants lie 15° from content
-    best, arg = index.search(queries)
-    assert index.lists_scanned < 3 * len(queries)
-    ref_best, ref_arg = _brute(queries[:2000], refs, np.arange(len(refs)))
-    np.testing.assert_array_equal(arg[:2000].numpy(), ref_arg)
-    torch.testing.assert_close(best[:2000], ref_best)
+    dist = np.array(
+        [[0.2, 0.3, 0.4], [0.02, 0.03, 0.04], [0.0, 0.3, 0.4], [0.1, 0.3, np.inf], [0, 0, 0]]
+    )
+    np.testing.assert_allclose(local_ratio(dist), [2 / 3, 2 / 3, 0.0, 0.5, 0.0])
 
 
 def test_reproduced_on_s_of_k_seeds() -> None:
