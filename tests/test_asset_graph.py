@@ -160,6 +160,7 @@ def test_a_config_edit_changes_the_assets_that_read_the_block_and_no_other():
     encoder = replace(cfg, encoder=replace(cfg.encoder, image_size=112))
     assert _changed(before, current_versions(cfg=encoder)) == {
         "real_features", "gen_features", "nuisance_probe", "blindspot_verification",
+        "concept_names",  # the labeller sees the top images as the encoder did
     }  # fmt: skip
     first = next(iter(cfg.models))
     models = {**cfg.models, first: replace(cfg.models[first], images_per_caption=3)}

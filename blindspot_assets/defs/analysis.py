@@ -94,7 +94,7 @@ def concept_stats(
 
 @table_asset(
     deps=[real_images, real_features, sae, real_concept_codes],
-    reads=("stats", "encoder", "images", "sae"),
+    reads=("stats", "encoder", "images", "sae", "seed"),
     description="The nuisance probe, a null control that sees processing asymmetry: real "
     "images against themselves with a simulated history (fresh content vs. its real file's "
     "JPEG encode) and a mild blur, through the run's own pipeline (table nuisance_effects). "

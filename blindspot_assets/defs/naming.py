@@ -20,7 +20,7 @@ from blindspot_assets.labels.run_names import SKIPPED, name_concepts_of_run
     runs_on="gpu",
     deps=[concept_top_images, blindspots],
     kinds={"pytorch", "duckdb"},
-    reads=("labels", "models"),
+    reads=("labels", "models", "encoder", "images"),
     description="Concept names from a vision-language / captioning model (`labels.model_id`, "
     "off by default): each concept's top real images, cropped to where it fires, captioned "
     "and reduced to a short name (table concept_names).",

@@ -64,7 +64,8 @@ TABLE_SCHEMAS: dict[str, tuple[str, ...]] = {
     ),
     "memorization_candidates": (
         "gen_image_id", "nearest_real_id", "distance", "threshold", "evidence",
-        "patch_distance", "patch_threshold", "pixel_distance", "pixel_threshold",
+        "patch_distance", "patch_ratio", "patch_threshold", "pixel_distance", "pixel_ratio",
+        "pixel_threshold",
         "concept_distance", "own_concept_distance", "expected_false_candidates", "is_own_pair",
         "is_candidate", "caption_id", "sample", "n_seeds", "reproduced_seeds",
         "reproduced_across_seeds", *LINEAGE_COLUMNS,

@@ -73,7 +73,9 @@ def check_distribution_floor(db):
     copy, redraw = rows["control-copy"], rows["control-redraw"]
     assert copy["fd_dinov2"] < 1e-9, copy
     assert [copy[m] for m in ("precision", "recall", "coverage")] == [1.0] * 3, copy
-    assert copy["n_real"] == copy["n_generated"] == 396 and copy["feature_token"] == "cls"
+    # 396 valid captions, two images each
+    assert copy["n_real"] == copy["n_captions"] == 396 and copy["feature_token"] == "cls"
+    assert copy["n_generated"] == 2 * 396, copy
     assert redraw["coverage"] > 0.9 and redraw["recall"] > 0.9, redraw
     for key in ("demo-a", "demo-b"):
         model = rows[key]
