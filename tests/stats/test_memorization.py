@@ -22,7 +22,7 @@ from blindspot_assets.config import EncoderSpec
 from blindspot_assets.demo.world import caption_of, parse_caption, render, sample_scene
 from blindspot_assets.encoders.dinov2 import load_encoder
 from blindspot_assets.stats import find_memorization_candidates
-from blindspot_assets.stats.memorization import NearestIndex, nearest_distinct
+from blindspot_assets.stats.memorization import NearestIndex, nearest_distinct, tail_quantile
 from tests.stats.conftest import write_codes, write_features
 
 N = 400
@@ -348,3 +348,29 @@ def test_a_caption_that_copies_one_image_on_both_seeds_is_flagged(
     assert not df.filter(~pl.col("caption_id").is_in(list(planted)))[
         "reproduced_across_seeds"
     ].any()
+
+
+def test_ivf_lists_default_to_the_square_root_of_the_size_and_stay_exact():
+    rng = np.random.default_rng(3)
+
+    def _unit(x: np.ndarray) -> torch.Tensor:
+        return torch.nn.functional.normalize(torch.from_numpy(x.astype(np.float32)), dim=1)
+
+    refs = _unit(rng.standard_normal((400, 16)))
+    ids = np.arange(400)
+    index = NearestIndex(refs, ids, flat_max=100)  # above flat_max: the inverted file
+    assert index.n_lists == 20  # √400
+    _assert_exact(index, _unit(rng.standard_normal((50, 16))), refs, ids, 3)
+    assert NearestIndex(refs, ids).n_lists == 0  # at most FLAT_MAX vectors: one flat index
+
+
+def test_tail_quantile_is_empirical_where_resolved_and_hill_extrapolated_below():
+    t = np.random.default_rng(4).uniform(0.05, 1.0, 1000)
+    s = np.sort(t)
+    # level ≥ m / N (m = 50 of 1,000): the empirical quantile
+    assert tail_quantile(t, 0.2) == pytest.approx(float(np.quantile(t, 0.2)))
+    # below: τ = t₍m+1₎ · (level · N / m)^(1 / k̂), k̂ = 1 / mean log(t₍m+1₎ / t₍i₎), i ≤ m
+    m = 50
+    k = 1.0 / np.mean(np.log(s[m] / s[:m]))
+    assert tail_quantile(t, 0.001) == pytest.approx(s[m] * (0.001 * 1000 / m) ** (1 / k))
+    assert tail_quantile(t, 0.001) < s[0]  # beyond what the sample resolves
